@@ -1,0 +1,49 @@
+//! Types shared by the eBPF programs (`tracer-ebpf`) and the loader (`tracer`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel side writes it into maps and the
+//! ring buffer, the user side reads the same bytes back.
+#![no_std]
+
+/// Name of the eBPF program that runs at every hit of a watched bytecode instruction.
+pub const WATCH_PROGRAM: &str = "watch_hit";
+/// Name of the ring buffer map that carries [`WatchHit`] records to userspace.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array of [`Counter`] values.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Ring buffer size: 4 MiB holds ~130 000 hits, several seconds of a 10 000-steps/s engine.
+pub const EVENTS_BYTES: u32 = 1 << 22;
+
+/// One read of a watched instruction byte by a traced thread.
+///
+/// The eBPF side only stamps the time and says which watch fired; userspace knows what each
+/// watched address means.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchHit {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, the clock of Python's `time.monotonic_ns()`.
+    pub ktime_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: thread id in the low half, process id in the high half.
+    pub pid_tgid: u64,
+    /// The watched address (the breakpoint's `bp_addr`), identifying the probe point.
+    pub watch_addr: u64,
+    /// User instruction pointer at the trap, to tell the interpreter's dispatch reads from
+    /// one-time rewrites of the instruction (quickening).
+    pub ip: u64,
+}
+
+/// Slots of the per-CPU counter array (summed over CPUs by userspace).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug)]
+pub enum Counter {
+    /// Every run of the watch program.
+    Hits = 0,
+    /// Hits lost because the ring buffer was full.
+    RingFull = 1,
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTER_SLOTS: u32 = 2;
+
+#[cfg(feature = "user")]
+// SAFETY: `WatchHit` is `repr(C)` with only `u64` fields: no padding, any bit pattern valid.
+unsafe impl aya::Pod for WatchHit {}

@@ -1,0 +1,58 @@
+//! The kernel side: small and dumb. At each hit of a watched bytecode instruction it stamps
+//! the time and which watch fired, and pushes that to the ring buffer. What the watch means
+//! and how hits become steps is the loader's business.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, perf_event},
+    maps::{PerCpuArray, RingBuf},
+    programs::PerfEventContext,
+};
+use tracer_common::{Counter, WatchHit, COUNTER_SLOTS, EVENTS_BYTES};
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+#[inline(always)]
+fn bump(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and a perf_event program does not nest on one CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Runs at every access to a watched instruction byte (a hardware data breakpoint).
+#[perf_event]
+pub fn watch_hit(ctx: PerfEventContext) -> u32 {
+    bump(Counter::Hits);
+    // SAFETY: the kernel passes a valid `bpf_perf_event_data` to perf_event programs.
+    let data = unsafe { &*ctx.ctx };
+    let Some(mut entry) = EVENTS.reserve::<WatchHit>(0) else {
+        bump(Counter::RingFull);
+        return 0;
+    };
+    entry.write(WatchHit {
+        // SAFETY: a plain helper call without arguments.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        pid_tgid: bpf_get_current_pid_tgid(),
+        watch_addr: data.addr,
+        ip: data.regs.rip,
+    });
+    entry.submit(0);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
