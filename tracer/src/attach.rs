@@ -1,0 +1,97 @@
+//! Stage 4, attach: load the eBPF object and put a hardware watchpoint on each planned
+//! instruction byte of the engine thread, with the watch program attached to it.
+//!
+//! Watchpoints trap only the watched thread and only on the watched byte; the target is
+//! never stopped and its memory never written. Dropping [`Probes`] detaches everything.
+
+use std::time::Instant;
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        perf_event::{BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig, PerfEventScope, SamplePolicy},
+        PerfEvent, ProgramError,
+    },
+    Ebpf,
+};
+use tracer_common::{Counter, COUNTERS_MAP, EVENTS_MAP, WATCH_PROGRAM};
+
+use crate::plan::ProbePlan;
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("loading the eBPF programs failed: {0}{hint}", hint = permission_hint(.0))]
+    Load(String),
+    #[error("watching {what} on thread {tid} failed: {source}{hint}", hint = watch_hint(source))]
+    Watch { what: String, tid: u32, source: std::io::Error },
+}
+
+fn permission_hint(message: &str) -> &'static str {
+    if message.contains("Operation not permitted") || message.contains("Permission denied") {
+        "\n  hint: the tracer needs root (or CAP_BPF + CAP_PERFMON): run it with sudo"
+    } else {
+        ""
+    }
+}
+
+fn watch_hint(error: &std::io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC) => "\n  hint: all 4 debug registers of that thread are taken (a debugger or another tracer?)",
+        Some(libc::EACCES | libc::EPERM) => "\n  hint: run as root, or lower /proc/sys/kernel/perf_event_paranoid",
+        Some(libc::ESRCH) => "\n  hint: the thread exited",
+        _ => "",
+    }
+}
+
+/// Loaded and attached probes; detached on drop.
+pub struct Probes {
+    // Holds the program and its perf-event links alive.
+    _ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    /// How long loading and attaching took.
+    pub attach_time: std::time::Duration,
+}
+
+impl Probes {
+    /// A counter summed over CPUs (0 if it cannot be read).
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters.get(&(counter as u32), 0).map(|values| values.iter().sum()).unwrap_or(0)
+    }
+}
+
+pub fn attach(plan: &ProbePlan) -> Result<Probes, AttachError> {
+    let started = Instant::now();
+    let load = |e: &dyn std::fmt::Display| AttachError::Load(e.to_string());
+    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| load(&e))?;
+    let program: &mut PerfEvent = ebpf
+        .program_mut(WATCH_PROGRAM)
+        .ok_or_else(|| load(&"watch program missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e: ProgramError| load(&e))?;
+    program.load().map_err(|e| load(&e))?;
+    for watch in &plan.watches {
+        let config = PerfEventConfig::Breakpoint(BreakpointConfig::Data {
+            // x86 has no read-only data watch; writes (rare rewrites of the byte) are filtered later.
+            r#type: PerfBreakpointType::ReadWrite,
+            address: watch.addr,
+            // One byte, the opcode: a wider watch also traps on the oparg read (2 hits a call on 3.12).
+            length: PerfBreakpointLength::Len1,
+        });
+        let scope = PerfEventScope::OneProcess { pid: plan.tid, cpu: None };
+        program.attach(config, scope, SamplePolicy::Period(1), false).map_err(|e| AttachError::Watch {
+            what: format!("{} ({:#x})", watch.mark, watch.addr),
+            tid: plan.tid,
+            source: match e {
+                ProgramError::SyscallError(e) => e.io_error,
+                other => std::io::Error::other(other.to_string()),
+            },
+        })?;
+    }
+    let events = RingBuf::try_from(ebpf.take_map(EVENTS_MAP).ok_or_else(|| load(&"events map missing"))?).map_err(|e| load(&e))?;
+    let counters =
+        PerCpuArray::try_from(ebpf.take_map(COUNTERS_MAP).ok_or_else(|| load(&"counters map missing"))?).map_err(|e| load(&e))?;
+    Ok(Probes { _ebpf: ebpf, events, counters, attach_time: started.elapsed() })
+}

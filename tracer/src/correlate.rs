@@ -1,0 +1,167 @@
+//! Stage 6, correlate: hits of the four marks into engine steps.
+//!
+//! A step is `StepEntry → ScheduleDone → ExecuteDone → UpdateDone`, in that order, on the
+//! engine thread. Anything else is counted, never turned into a row: an entry with no
+//! schedule (vLLM's early return when there is nothing to do), a step cut short (a lost hit,
+//! or an exception inside the step), a repeated mark (a one-time rewrite the address filter
+//! could not tell apart).
+
+use crate::{decode::Hit, plan::Mark};
+
+/// One complete engine step, CLOCK_MONOTONIC ns at each mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// 0-based index among the steps this trace completed.
+    pub index: u64,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub schedule_done_ns: u64,
+    pub execute_done_ns: u64,
+    pub update_done_ns: u64,
+}
+
+impl Step {
+    pub fn schedule_ns(&self) -> u64 {
+        self.schedule_done_ns - self.start_ns
+    }
+    pub fn execute_ns(&self) -> u64 {
+        self.execute_done_ns - self.schedule_done_ns
+    }
+    pub fn update_ns(&self) -> u64 {
+        self.update_done_ns - self.execute_done_ns
+    }
+    pub fn step_ns(&self) -> u64 {
+        self.update_done_ns - self.start_ns
+    }
+}
+
+/// Hits that did not make a step, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CorrelateCounts {
+    /// Step entries followed by the next entry with nothing in between (nothing scheduled).
+    pub idle_entries: u64,
+    /// Steps that got past schedule but never finished.
+    pub incomplete_steps: u64,
+    /// A mark seen twice in a row.
+    pub repeated_marks: u64,
+    /// A mark out of order (e.g. an end mark with no step open: the trace started mid-step).
+    pub out_of_order: u64,
+}
+
+#[derive(Default)]
+pub struct Correlator {
+    /// Times of the marks seen so far in the open step, in mark order.
+    open: Vec<u64>,
+    tid: u32,
+    completed: u64,
+    pub counts: CorrelateCounts,
+}
+
+const ORDER: [Mark; 4] = [Mark::StepEntry, Mark::ScheduleDone, Mark::ExecuteDone, Mark::UpdateDone];
+
+impl Correlator {
+    pub fn push(&mut self, hit: Hit) -> Option<Step> {
+        let position = ORDER.iter().position(|m| *m == hit.mark).expect("every mark is in ORDER");
+        if hit.mark == Mark::StepEntry {
+            match self.open.len() {
+                0 => {}
+                1 => self.counts.idle_entries += 1,
+                _ => self.counts.incomplete_steps += 1,
+            }
+            self.open.clear();
+            self.open.push(hit.ktime_ns);
+            self.tid = hit.tid;
+            return None;
+        }
+        if position == self.open.len() && hit.tid == self.tid {
+            self.open.push(hit.ktime_ns);
+        } else if position + 1 == self.open.len() {
+            self.counts.repeated_marks += 1;
+            return None;
+        } else {
+            self.counts.out_of_order += 1;
+            return None;
+        }
+        if self.open.len() < ORDER.len() {
+            return None;
+        }
+        let step = Step {
+            index: self.completed,
+            tid: self.tid,
+            start_ns: self.open[0],
+            schedule_done_ns: self.open[1],
+            execute_done_ns: self.open[2],
+            update_done_ns: self.open[3],
+        };
+        self.completed += 1;
+        self.open.clear();
+        Some(step)
+    }
+
+    /// Ends the trace: a step still open is counted, not emitted.
+    pub fn finish(&mut self) {
+        if self.open.len() > 1 {
+            self.counts.incomplete_steps += 1;
+        }
+        self.open.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(mark: Mark, ktime_ns: u64) -> Hit {
+        Hit { ktime_ns, tid: 5, mark }
+    }
+
+    fn feed(correlator: &mut Correlator, hits: &[(Mark, u64)]) -> Vec<Step> {
+        hits.iter().filter_map(|&(mark, t)| correlator.push(hit(mark, t))).collect()
+    }
+
+    use Mark::*;
+
+    #[test]
+    fn four_marks_make_a_step() {
+        let mut c = Correlator::default();
+        let steps = feed(&mut c, &[(StepEntry, 100), (ScheduleDone, 130), (ExecuteDone, 1130), (UpdateDone, 1150)]);
+        assert_eq!(steps.len(), 1);
+        let s = steps[0];
+        assert_eq!((s.index, s.tid, s.schedule_ns(), s.execute_ns(), s.update_ns(), s.step_ns()), (0, 5, 30, 1000, 20, 1050));
+        assert_eq!(c.counts, CorrelateCounts::default());
+    }
+
+    #[test]
+    fn mid_step_start_idle_entries_and_repeats_are_counted_not_emitted() {
+        let mut c = Correlator::default();
+        let steps = feed(
+            &mut c,
+            &[
+                // attached mid-step: the tail of a step with no entry
+                (ExecuteDone, 1),
+                (UpdateDone, 2),
+                // an idle entry (early return)
+                (StepEntry, 10),
+                // a real step with a repeated mark
+                (StepEntry, 20),
+                (ScheduleDone, 25),
+                (ScheduleDone, 26),
+                (ExecuteDone, 40),
+                (UpdateDone, 45),
+                // a step cut short, then another complete one
+                (StepEntry, 50),
+                (ScheduleDone, 55),
+                (StepEntry, 60),
+                (ScheduleDone, 61),
+                (ExecuteDone, 62),
+                (UpdateDone, 63),
+                // still open at the end
+                (StepEntry, 70),
+                (ScheduleDone, 71),
+            ],
+        );
+        assert_eq!(steps.iter().map(|s| (s.index, s.start_ns, s.schedule_ns())).collect::<Vec<_>>(), [(0, 20, 5), (1, 60, 1)]);
+        c.finish();
+        assert_eq!(c.counts, CorrelateCounts { idle_entries: 1, incomplete_steps: 2, repeated_marks: 1, out_of_order: 2 });
+    }
+}

@@ -1,0 +1,196 @@
+//! Stage 1, discover: from a pid to the CPython runtime inside it.
+//!
+//! Finds the ELF file that holds the interpreter (the executable itself for static builds
+//! such as Debian's and Ubuntu's, or a `libpython3.X.so`), where it is loaded, the
+//! addresses of `_PyRuntime` and the builtin type objects from its dynamic symbols (present
+//! even in stripped builds, since extension modules link against them), and the version.
+
+use std::{
+    fs,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+use crate::{
+    cpython::{layout, Layout, TypeAddrs},
+    memory::{LiveProcess, ProcessMemory},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("no process with pid {0}")]
+    NoSuchProcess(u32),
+    #[error("cannot read /proc/{pid}/maps: {source} (run as root, e.g. with sudo)")]
+    Permission { pid: u32, source: std::io::Error },
+    #[error("process {pid} ({exe}) is not a CPython process: no mapped file defines _PyRuntime")]
+    NotPython { pid: u32, exe: String },
+    #[error("process {pid} runs CPython {version}, which this tracer does not support (supported: {supported})")]
+    UnsupportedVersion { pid: u32, version: String, supported: String },
+    #[error("reading the interpreter of process {pid}: {what}")]
+    Other { pid: u32, what: String },
+}
+
+/// The traced process and the interpreter in it.
+#[derive(Debug)]
+pub struct Target {
+    pub pid: u32,
+    pub exe: String,
+    pub cmdline: String,
+    pub python: PythonRuntime,
+}
+
+/// Where a CPython runtime lives in the target.
+#[derive(Debug)]
+pub struct PythonRuntime {
+    /// The ELF that holds the interpreter, as the target sees it.
+    pub binary: PathBuf,
+    /// `major.minor.micro`.
+    pub version: String,
+    pub layout: &'static Layout,
+    /// Address of `_PyRuntime` in the target.
+    pub runtime: u64,
+    pub types: TypeAddrs,
+    /// The interpreter loop's code in the target, where hits of genuine instruction reads
+    /// come from (None if the symbol is absent).
+    pub eval_loop: Option<Range<u64>>,
+}
+
+pub fn discover(pid: u32) -> Result<Target, DiscoverError> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if !proc_dir.exists() {
+        return Err(DiscoverError::NoSuchProcess(pid));
+    }
+    let maps = fs::read_to_string(proc_dir.join("maps")).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => DiscoverError::NoSuchProcess(pid),
+        _ => DiscoverError::Permission { pid, source },
+    })?;
+    let exe = fs::read_link(proc_dir.join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
+    let cmdline = fs::read(proc_dir.join("cmdline"))
+        .map(|raw| String::from_utf8_lossy(&raw).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let mappings = parse_maps(&maps);
+    // The executable first (static builds), then any libpython.
+    let mut candidates: Vec<&str> = Vec::new();
+    for m in &mappings {
+        let name = Path::new(m.path).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if (m.path == exe || name.starts_with("libpython3")) && !candidates.contains(&m.path) {
+            candidates.push(m.path);
+        }
+    }
+    for path in candidates {
+        if let Some(python) = runtime_in(pid, path, &mappings)? {
+            return Ok(Target { pid, exe, cmdline, python });
+        }
+    }
+    Err(DiscoverError::NotPython { pid, exe })
+}
+
+struct Mapping<'a> {
+    start: u64,
+    offset: u64,
+    path: &'a str,
+}
+
+fn parse_maps(maps: &str) -> Vec<Mapping<'_>> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, _perms, offset, _dev, _inode) =
+                (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            let path = fields.next().filter(|p| p.starts_with('/'))?;
+            Some(Mapping {
+                start: u64::from_str_radix(range.split('-').next()?, 16).ok()?,
+                offset: u64::from_str_radix(offset, 16).ok()?,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// The runtime in one mapped ELF file, if it defines `_PyRuntime`.
+fn runtime_in(pid: u32, path: &str, mappings: &[Mapping]) -> Result<Option<PythonRuntime>, DiscoverError> {
+    let other = |what: String| DiscoverError::Other { pid, what };
+    // Through /proc/pid/root, so a process in a container is read from its own filesystem.
+    let on_disk = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    let data = fs::read(&on_disk).map_err(|e| other(format!("{}: {e}", on_disk.display())))?;
+    let elf = object::File::parse(&*data).map_err(|e| other(format!("{path}: {e}")))?;
+    let symbol = |name: &str| {
+        elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(name)).map(|s| (s.address(), s.size()))
+    };
+    let Some((runtime, _)) = symbol("_PyRuntime") else { return Ok(None) };
+    let load_base = mappings
+        .iter()
+        .find(|m| m.path == path && m.offset == 0)
+        .map(|m| m.start)
+        .ok_or_else(|| other(format!("{path} has no mapping at file offset 0")))?;
+    let first_vaddr = elf.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
+    let bias = load_base - first_vaddr;
+    let at = |name: &str| symbol(name).map(|(addr, _)| bias + addr).unwrap_or(0);
+
+    let mem = LiveProcess { pid };
+    let version = match symbol("Py_Version") {
+        // Py_Version (3.11+) is PY_VERSION_HEX: 0xMMmmppLS.
+        Some((addr, _)) => {
+            let hex = mem.read_u32(bias + addr).map_err(|e| other(format!("reading Py_Version: {e}")))?;
+            format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff)
+        }
+        None => version_from_name(path).ok_or_else(|| other(format!("cannot tell the Python version of {path}")))?,
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u8>().unwrap_or(0));
+    let minor_version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let layout = layout::for_version(minor_version).ok_or_else(|| DiscoverError::UnsupportedVersion {
+        pid,
+        version: version.clone(),
+        supported: layout::supported_versions(),
+    })?;
+    Ok(Some(PythonRuntime {
+        binary: PathBuf::from(path),
+        version,
+        layout,
+        runtime: bias + runtime,
+        types: TypeAddrs {
+            str: at("PyUnicode_Type"),
+            dict: at("PyDict_Type"),
+            tuple: at("PyTuple_Type"),
+            module: at("PyModule_Type"),
+            function: at("PyFunction_Type"),
+            code: at("PyCode_Type"),
+        },
+        eval_loop: symbol("_PyEval_EvalFrameDefault")
+            .filter(|&(_, size)| size > 0)
+            .map(|(addr, size)| bias + addr..bias + addr + size),
+    }))
+}
+
+/// `3.10` from `.../libpython3.10.so.1.0` or `.../python3.10`, for builds without `Py_Version`.
+fn version_from_name(path: &str) -> Option<String> {
+    let name = Path::new(path).file_name()?.to_str()?;
+    let rest = &name[name.find("python3.")? + "python".len()..];
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+    Some(rest[..end].trim_end_matches('.').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_from_file_names() {
+        assert_eq!(version_from_name("/usr/lib/libpython3.10.so.1.0").as_deref(), Some("3.10"));
+        assert_eq!(version_from_name("/opt/py/bin/python3.12").as_deref(), Some("3.12"));
+        assert_eq!(version_from_name("/usr/bin/node"), None);
+    }
+
+    #[test]
+    fn maps_lines() {
+        let maps = "5581a000-5581b000 r--p 00000000 08:01 123 /usr/bin/python3.11\n\
+                    7f00-7f10 rw-p 00000000 00:00 0 \n\
+                    7f20-7f30 r-xp 00001000 08:01 9 /lib/libc.so.6\n";
+        let m = parse_maps(maps);
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].start, m[0].offset, m[0].path), (0x5581a000, 0, "/usr/bin/python3.11"));
+        assert_eq!((m[1].offset, m[1].path), (0x1000, "/lib/libc.so.6"));
+    }
+}

@@ -1,0 +1,84 @@
+//! Stage 2, resolve: from the runtime to the objects we probe, by qualified name.
+//!
+//! Walks `sys.modules` → module `__dict__` → class `__dict__` → function → code object, and
+//! finds the thread whose Python stack runs the engine's busy loop.
+
+use crate::{
+    cpython::{reader::Code, PyReader, ReadError},
+    discover::Target,
+    memory::LiveProcess,
+    vllm::{EngineNames, ENGINES},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("process {pid} runs Python {version} but has not imported {module}: is it a vLLM engine process? (with vLLM's default multiprocessing the engine runs in a child process titled EngineCore)")]
+    NoVllm { pid: u32, version: String, module: String },
+    #[error("{name} not found in process {pid}: {why}")]
+    Missing { pid: u32, name: String, why: String },
+    #[error("no thread of process {pid} is running {busy_loop}; pass --tid to pick the engine thread")]
+    NoEngineThread { pid: u32, busy_loop: String },
+    #[error("thread {tid} is not a Python thread of process {pid}")]
+    NotAThread { pid: u32, tid: u64 },
+    #[error("reading Python objects in process {pid}: {source}")]
+    Read { pid: u32, source: ReadError },
+}
+
+/// The engine's step function and the thread that calls it.
+#[derive(Debug)]
+pub struct Resolved {
+    pub names: &'static EngineNames,
+    pub step: Code,
+    /// Native thread id of the engine loop.
+    pub tid: u32,
+}
+
+pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveError> {
+    let pid = target.pid;
+    let py = &target.python;
+    let mem = LiveProcess { pid };
+    let reader = PyReader::new(&mem, py.layout, py.types);
+    let read = |source| ResolveError::Read { pid, source };
+    let modules = reader.sys_modules(py.runtime).map_err(read)?;
+
+    let mut names = None;
+    for engine in ENGINES {
+        if let Some(module) = reader.dict_get(modules, engine.core_module).map_err(read)? {
+            names = Some((engine, module));
+            break;
+        }
+    }
+    let Some((names, module)) = names else {
+        return Err(ResolveError::NoVllm { pid, version: py.version.clone(), module: ENGINES[0].core_module.into() });
+    };
+    let module_dict = reader.module_dict(module).map_err(read)?;
+    let code_of = |qualname: &str| -> Result<Code, ResolveError> {
+        let missing = |why: String| ResolveError::Missing { pid, name: format!("{}.{qualname}", names.core_module), why };
+        let mut dict = module_dict;
+        let mut object = 0;
+        for part in qualname.split('.') {
+            if object != 0 {
+                dict = reader.class_dict(object).map_err(|e| missing(e.to_string()))?;
+            }
+            object = reader.dict_get(dict, part).map_err(read)?.ok_or_else(|| missing(format!("no attribute {part}")))?;
+        }
+        let code = reader.function_code(object).map_err(|e| missing(e.to_string()))?;
+        reader.code(code).map_err(read)
+    };
+    let step = code_of(names.step)?;
+    let busy_loop = code_of(names.busy_loop)?;
+
+    let threads = reader.threads(py.runtime).map_err(read)?;
+    let tid = match tid {
+        Some(tid) => {
+            threads.iter().find(|t| t.native_thread_id == u64::from(tid)).ok_or(ResolveError::NotAThread { pid, tid: tid.into() })?;
+            tid
+        }
+        None => threads
+            .iter()
+            .find(|t| reader.stack(t).is_ok_and(|stack| stack.contains(&busy_loop.addr)))
+            .map(|t| t.native_thread_id as u32)
+            .ok_or_else(|| ResolveError::NoEngineThread { pid, busy_loop: busy_loop.qualname.clone() })?,
+    };
+    Ok(Resolved { names, step, tid })
+}

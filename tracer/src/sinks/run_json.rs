@@ -1,0 +1,55 @@
+//! `run.json`: what was traced, how, and everything that was lost or filtered on the way.
+
+use std::{io::Write as _, path::Path};
+
+use serde::Serialize;
+
+use super::Totals;
+use crate::{correlate::CorrelateCounts, decode::DecodeCounts};
+
+#[derive(Debug, Serialize)]
+pub struct RunInfo {
+    pub tracer_version: &'static str,
+    pub pid: u32,
+    pub tid: u32,
+    pub exe: String,
+    pub cmdline: String,
+    pub python_version: String,
+    pub python_binary: String,
+    pub engine_shape: &'static str,
+    pub step_function: String,
+    pub probes: Vec<ProbeInfo>,
+    /// CLOCK_MONOTONIC ns when the probes went in and when the trace ended.
+    pub trace_start_ns: u64,
+    pub trace_end_ns: u64,
+    pub attach_ms: f64,
+    pub end_reason: String,
+    pub totals: Totals,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProbeInfo {
+    pub mark: String,
+    pub bytecode_offset: usize,
+    pub address: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Counters {
+    /// Runs of the eBPF program.
+    pub probe_hits: u64,
+    /// Hits lost because the ring buffer was full.
+    pub ring_buffer_drops: u64,
+    pub decode: DecodeCounts,
+    pub correlate: CorrelateCounts,
+}
+
+impl RunInfo {
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut file = std::fs::File::create(path)?;
+        serde_json::to_writer_pretty(&mut file, self)?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    }
+}

@@ -1,0 +1,161 @@
+//! One trace, end to end: discover → resolve → plan → attach → decode → correlate → sinks,
+//! until Ctrl-C, SIGTERM/SIGHUP, `--duration`, or the target's exit, whichever comes first.
+//! Whatever ends it, the files are flushed and closed and the summary printed.
+
+use std::{
+    os::fd::{FromRawFd, OwnedFd},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracer_common::Counter;
+
+use crate::{
+    attach, correlate::Correlator, decode::Decoder, discover, plan, resolve, sinks::{self, RunInfo, StepRow, StepsCsv, Totals},
+};
+
+/// How often the ring buffer is drained (the eBPF side does not wake us per hit).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How often steps.csv is flushed to disk while tracing.
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+pub struct Options {
+    pub pid: u32,
+    pub tid: Option<u32>,
+    pub out_dir: PathBuf,
+    pub duration: Option<Duration>,
+    pub quiet: bool,
+}
+
+/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A pidfd becomes readable when the process exits.
+fn pidfd(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: plain syscall; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by pidfd_open, is owned by nobody else, and the AsyncFd
+    // owns it until it is dropped.
+    unsafe { AsyncFd::register(OwnedFd::from_raw_fd(fd as i32)) }.map_err(Into::into)
+}
+
+pub fn run(options: Options) -> Result<Totals> {
+    let note = |message: String| {
+        if !options.quiet {
+            eprintln!("{message}");
+        }
+    };
+    let target = discover::discover(options.pid)?;
+    let resolved = resolve::resolve(&target, options.tid)?;
+    let plan = plan::plan(&resolved, target.python.layout)?;
+    std::fs::create_dir_all(&options.out_dir).with_context(|| format!("creating {}", options.out_dir.display()))?;
+    let steps_path = options.out_dir.join("steps.csv");
+    let mut steps_csv = StepsCsv::create(&steps_path).with_context(|| format!("creating {}", steps_path.display()))?;
+
+    let trace_start_ns = monotonic_ns();
+    let mut probes = attach::attach(&plan)?;
+    note(format!(
+        "tracer: attached to pid {} tid {} (Python {}, {}) in {:.1} ms; writing {}",
+        target.pid,
+        plan.tid,
+        target.python.version,
+        resolved.step.qualname,
+        probes.attach_time.as_secs_f64() * 1e3,
+        options.out_dir.display()
+    ));
+
+    let mut decoder = Decoder::new(&plan, target.python.eval_loop.clone());
+    let mut correlator = Correlator::default();
+    let mut totals = Totals::default();
+    let mut write_error = None;
+    let mut drain = |probes: &mut attach::Probes, totals: &mut Totals, csv: &mut StepsCsv| {
+        while let Some(record) = probes.events.next() {
+            let Some(step) = decoder.decode(&record).and_then(|hit| correlator.push(hit)) else { continue };
+            let row = StepRow::new(&step, target.pid, trace_start_ns);
+            totals.add(&row);
+            if let Err(e) = csv.write(&row) {
+                write_error.get_or_insert(e);
+            }
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let end_reason = runtime.block_on(async {
+        let mut exited = pidfd(target.pid).context("watching the target for exit")?;
+        let (mut sigint, mut sigterm, mut sighup) =
+            (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+        let deadline = tokio::time::sleep(options.duration.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(deadline);
+        let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+        let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
+        let reason = loop {
+            tokio::select! {
+                _ = drain_tick.tick() => drain(&mut probes, &mut totals, &mut steps_csv),
+                _ = flush_tick.tick() => steps_csv.flush().context("writing steps.csv")?,
+                _ = sigint.recv() => break "interrupted (SIGINT)",
+                _ = sigterm.recv() => break "terminated (SIGTERM)",
+                _ = sighup.recv() => break "hung up (SIGHUP)",
+                _ = &mut deadline => break "duration reached",
+                guard = exited.readable_mut() => { guard?.clear_ready(); break "target exited" }
+            }
+        };
+        anyhow::Ok(reason)
+    })?;
+    // Everything the kernel side wrote before we stopped still gets decoded.
+    drain(&mut probes, &mut totals, &mut steps_csv);
+    let trace_end_ns = monotonic_ns();
+    correlator.finish();
+    if let Some(e) = write_error {
+        return Err(e).context("writing steps.csv");
+    }
+    steps_csv.flush().context("writing steps.csv")?;
+
+    let info = RunInfo {
+        tracer_version: env!("CARGO_PKG_VERSION"),
+        pid: target.pid,
+        tid: plan.tid,
+        exe: target.exe.clone(),
+        cmdline: target.cmdline.clone(),
+        python_version: target.python.version.clone(),
+        python_binary: target.python.binary.display().to_string(),
+        engine_shape: resolved.names.releases,
+        step_function: format!("{}.{}", resolved.names.core_module, resolved.step.qualname),
+        probes: plan
+            .watches
+            .iter()
+            .map(|w| sinks::run_json::ProbeInfo { mark: w.mark.to_string(), bytecode_offset: w.offset, address: format!("{:#x}", w.addr) })
+            .collect(),
+        trace_start_ns,
+        trace_end_ns,
+        attach_ms: probes.attach_time.as_secs_f64() * 1e3,
+        end_reason: end_reason.into(),
+        totals,
+        counters: sinks::run_json::Counters {
+            probe_hits: probes.counter(Counter::Hits),
+            ring_buffer_drops: probes.counter(Counter::RingFull),
+            decode: decoder.counts,
+            correlate: correlator.counts,
+        },
+    };
+    drop(probes);
+    let run_json = options.out_dir.join("run.json");
+    info.write(&run_json).with_context(|| format!("writing {}", run_json.display()))?;
+    if info.counters.ring_buffer_drops > 0 {
+        eprintln!("tracer: warning: {} probe hits were lost (ring buffer full); see run.json", info.counters.ring_buffer_drops);
+    }
+    note(format!("tracer: {end_reason}; {}", totals.summary()));
+    Ok(totals)
+}
