@@ -1,0 +1,208 @@
+//! `tracer attach` on the fixture engine, real probes on real interpreters, checked against
+//! the fixture's own in-process timers.
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use support::*;
+use tracer::sinks::StepRow;
+
+/// Measured steps per run: the issue asks for ≥ 2 000.
+const STEPS: usize = 2_000;
+/// p99 bound on |traced − in-process| per phase. One watchpoint trap costs microseconds on a
+/// VM; both clocks see one trap per phase boundary, so errors are the trap's jitter. Measured
+/// p99 here is under 1 µs; 10 µs leaves room for a loaded CI machine.
+const P99_BOUND_NS: i64 = 10_000;
+
+/// Starts a fixture that waits, attaches, lets exactly `STEPS` steps run, and checks that
+/// every one of them is in steps.csv with phase times matching the fixture's own timers.
+fn traced_steps_match_ground_truth(python: &str) {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("truth.csv");
+    let out = dir.path().join("out");
+    let steps = STEPS.to_string();
+    let mut fixture = Fixture::spawn(
+        python,
+        &["--wait-go", "--steps", &steps, "--execute-ms", "0.5", "--truth", truth_path.to_str().unwrap()],
+    );
+    let mut tracer = Tracer::spawn(&["attach", "--pid", &fixture.pid.to_string(), "-o", out.to_str().unwrap()]);
+    tracer.wait_attached();
+    fixture.go();
+    assert!(fixture.wait().success());
+    // The target's exit ends the trace.
+    let (status, stderr) = tracer.finish(Duration::from_secs(30));
+    assert!(status.success(), "tracer failed: {stderr:?}");
+    assert!(stderr.iter().any(|l| l.contains("target exited")), "{stderr:?}");
+
+    let truth: Vec<TruthRow> = read_csv(&truth_path);
+    let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
+    assert_eq!(truth.len(), STEPS);
+    assert_eq!(traced.len(), truth.len(), "steps lost or invented");
+    check_phases(&truth.iter().collect::<Vec<_>>(), &traced, python);
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["counters"]["ring_buffer_drops"], 0);
+    assert_eq!(run["totals"]["steps"], STEPS as u64);
+    assert_eq!(run["end_reason"], "target exited");
+}
+
+/// Pairs each traced step with its truth row and bounds the phase errors.
+fn check_phases(truth: &[&TruthRow], traced: &[StepRow], label: &str) {
+    let mut errors: [Vec<i64>; 4] = Default::default();
+    for (t, s) in truth.iter().zip(traced) {
+        // The step-entry trap fires before the fixture's first timestamp, and not long before.
+        let lead = t.start_ns as i64 - s.start_ns as i64;
+        assert!((0..1_000_000).contains(&lead), "step {}: traced start {} vs fixture {}", t.step, s.start_ns, t.start_ns);
+        let traced_phases = [s.schedule_ns, s.execute_ns, s.update_ns, s.step_ns];
+        for (k, (tp, sp)) in t.phases().iter().zip(traced_phases).enumerate() {
+            errors[k].push(sp as i64 - *tp as i64);
+        }
+    }
+    for (name, errs) in ["schedule", "execute", "update", "step"].iter().zip(errors.iter_mut()) {
+        let (p50, p99) = (percentile(errs, 50.0), percentile(errs, 99.0));
+        let max = percentile(errs, 100.0);
+        eprintln!("{label}: {name} |error| p50 {p50} ns, p99 {p99} ns, max {max} ns");
+        assert!(p99 <= P99_BOUND_NS, "{label}: {name} p99 error {p99} ns > {P99_BOUND_NS} ns");
+    }
+}
+
+#[test]
+fn steps_match_ground_truth_pyenv_3_11() {
+    traced_steps_match_ground_truth(&pyenv("3.11.7"));
+}
+
+#[test]
+fn steps_match_ground_truth_debian_3_11_stripped() {
+    // Debian's interpreter: statically linked, stripped, only dynamic symbols.
+    assert!(Path::new("/usr/bin/python3.11").exists());
+    traced_steps_match_ground_truth("/usr/bin/python3.11");
+}
+
+#[test]
+fn steps_match_ground_truth_pyenv_3_12() {
+    traced_steps_match_ground_truth(&pyenv("3.12.1"));
+}
+
+#[test]
+fn steps_match_ground_truth_pyenv_3_13() {
+    traced_steps_match_ground_truth(&pyenv("3.13.0"));
+}
+
+/// The usual case: attach to an engine that is already busy, stop with Ctrl-C. Every step
+/// the fixture ran between the first and the last traced step must be in steps.csv.
+#[test]
+fn attach_mid_run_and_interrupt_keeps_every_step_in_window() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("truth.csv");
+    let out = dir.path().join("out");
+    let mut fixture = Fixture::spawn(&pyenv("3.11.7"), &["--execute-ms", "0.3", "--truth", truth_path.to_str().unwrap()]);
+    let mut tracer = Tracer::spawn(&["attach", "--pid", &fixture.pid.to_string(), "-o", out.to_str().unwrap()]);
+    tracer.wait_attached();
+    std::thread::sleep(Duration::from_millis(1500));
+    tracer.signal(libc::SIGINT);
+    let (status, stderr) = tracer.finish(Duration::from_secs(30));
+    assert!(status.success(), "{stderr:?}");
+    fixture.signal(libc::SIGTERM);
+    assert!(fixture.wait().success());
+
+    let truth: Vec<TruthRow> = read_csv(&truth_path);
+    let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
+    assert!(traced.len() > 500, "only {} steps traced in 1.5 s", traced.len());
+    // The truth row of the first traced step: the first one starting after it.
+    let first = truth.iter().position(|t| t.start_ns > traced[0].start_ns).unwrap();
+    let window: Vec<&TruthRow> = truth[first..first + traced.len()].iter().collect();
+    // The next truth step after the window must start after the last traced one ended.
+    let after = &truth[first + traced.len()];
+    assert!(after.start_ns > traced.last().unwrap().start_ns + traced.last().unwrap().step_ns, "a step in the window is missing");
+    check_phases(&window, &traced, "mid-run 3.11.7");
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["end_reason"], "interrupted (SIGINT)");
+}
+
+#[test]
+fn duration_ends_the_trace() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Fixture::spawn(&pyenv("3.11.7"), &["--execute-ms", "1"]);
+    let out = dir.path().join("out");
+    let started = std::time::Instant::now();
+    let (status, stderr) = run_tracer(&["attach", "--pid", &fixture.pid.to_string(), "-o", out.to_str().unwrap(), "-d", "0.5"]);
+    assert!(status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(stderr.contains("duration reached"), "{stderr}");
+    let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
+    assert!(!traced.is_empty());
+    assert!(traced.iter().all(|s| s.start_rel_ns >= 0 && s.start_rel_ns < 2_000_000_000));
+}
+
+// ---- bad input: a clear message and a non-zero exit ----
+
+fn assert_fails_with(args: &[&str], needle: &str) {
+    let (status, stderr) = run_tracer(args);
+    assert!(!status.success(), "expected failure for {args:?}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+#[test]
+fn pid_that_does_not_exist() {
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    assert_fails_with(&["attach", "--pid", &pid_max.to_string()], "no process with pid");
+}
+
+#[test]
+fn process_that_is_not_python() {
+    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    assert_fails_with(&["attach", "--pid", &sleeper.id().to_string()], "is not a CPython process");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}
+
+/// A Python process that stays up until dropped, printing "ready" once it runs.
+fn python_idle(python: &str) -> (std::process::Child, Lines) {
+    let mut child = std::process::Command::new(python)
+        .args(["-c", "import time; print('ready', flush=True); time.sleep(60)"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    lines.wait_for("ready", Duration::from_secs(30));
+    (child, lines)
+}
+
+#[test]
+fn python_without_vllm() {
+    let (mut child, _lines) = python_idle(&pyenv("3.11.7"));
+    assert_fails_with(&["attach", "--pid", &child.id().to_string()], "has not imported vllm.v1.engine.core");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn unsupported_python_version() {
+    let (mut child, _lines) = python_idle(&pyenv("3.9.18"));
+    assert_fails_with(&["attach", "--pid", &child.id().to_string()], "runs CPython 3.9, which this tracer does not support");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn not_root() {
+    let (mut child, _lines) = python_idle(&pyenv("3.11.7"));
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", tracer_bin(), "attach", "--pid", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("run as root, e.g. with sudo"), "{stderr}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn unwritable_output_directory() {
+    let fixture = Fixture::spawn(&pyenv("3.11.7"), &["--execute-ms", "1"]);
+    assert_fails_with(&["attach", "--pid", &fixture.pid.to_string(), "-o", "/proc/no-such-dir"], "creating /proc/no-such-dir");
+}
