@@ -1,6 +1,15 @@
-//! Project chores: `cargo xtask <setup|demo|test|bench|codegen>`. See README.md.
+//! Project chores, one command each (see README.md):
+//!
+//! - `cargo xtask setup`   install what the build needs (nightly rust-src, bpf-linker), build
+//! - `cargo xtask demo`    setup, then trace the bundled fixture engine for a few seconds
+//! - `cargo xtask test`    setup, then every test (unit and real-probe integration)
+//! - `cargo xtask bench`   step-time overhead, traced ÷ untraced, on the fixture engine
+//! - `cargo xtask codegen` regenerate the CPython layout tables
 
+mod bench;
 mod codegen;
+mod fixture;
+mod setup;
 
 use std::{
     path::{Path, PathBuf},
@@ -10,9 +19,23 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 fn main() -> Result<()> {
-    let task = std::env::args().nth(1).unwrap_or_default();
-    match task.as_str() {
-        "codegen" => codegen::run(),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("setup") => setup::run(),
+        Some("demo") => {
+            setup::run()?;
+            fixture::demo()
+        }
+        Some("test") => {
+            setup::run()?;
+            // Default members only: tracer-ebpf builds for the BPF target, inside tracer's build.rs.
+            exec(cargo().args(["test", "--release"]).args(&args[1..]))
+        }
+        Some("bench") => {
+            setup::run()?;
+            bench::run()
+        }
+        Some("codegen") => codegen::run(),
         _ => bail!("usage: cargo xtask <setup|demo|test|bench|codegen>"),
     }
 }
@@ -22,6 +45,28 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
 }
 
+/// Where setup installs tools: ignored by git, kept between runs.
+pub fn tools_dir() -> PathBuf {
+    workspace_root().join(".tools")
+}
+
+/// `cargo` in the workspace root, with the tools dir first on PATH (bpf-linker).
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("PATH", format!("{}:{path}", tools_dir().join("bin").display())).current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command with inherited output; fails if it fails.
+pub fn exec(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
 /// Runs a command, returns its stdout; fails with its stderr when it fails.
 pub fn cmd_output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -29,4 +74,9 @@ pub fn cmd_output(cmd: &mut Command) -> Result<String> {
         bail!("{cmd:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The built tracer binary.
+pub fn tracer_bin() -> PathBuf {
+    workspace_root().join("target/release/tracer")
 }
