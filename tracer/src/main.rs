@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("tracer: error: {error:#}");
+            trace::say(&format!("tracer: error: {error:#}"));
             ExitCode::FAILURE
         }
     }

@@ -4,11 +4,17 @@
 //! finds the thread whose Python stack runs the engine's busy loop.
 
 use crate::{
-    cpython::{reader::Code, PyReader, ReadError},
+    cpython::{
+        reader::{Code, ThreadState},
+        PyReader, ReadError,
+    },
     discover::Target,
     memory::LiveProcess,
     vllm::{EngineNames, ENGINES},
 };
+
+/// Attempts at walking each thread's stack before concluding none runs the busy loop.
+const STACK_WALK_TRIES: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -74,11 +80,19 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
             threads.iter().find(|t| t.native_thread_id == u64::from(tid)).ok_or(ResolveError::NotAThread { pid, tid: tid.into() })?;
             tid
         }
-        None => threads
-            .iter()
-            .find(|t| reader.stack(t).is_ok_and(|stack| stack.contains(&busy_loop.addr)))
-            .map(|t| t.native_thread_id as u32)
-            .ok_or_else(|| ResolveError::NoEngineThread { pid, busy_loop: busy_loop.qualname.clone() })?,
+        None => {
+            // The stacks change under us while we walk them, so one walk can tear; the busy
+            // loop's frame sits at the bottom of the engine thread for its whole life, so a
+            // few tries find it.
+            let runs_busy_loop = |t: &&ThreadState| reader.stack(t).is_ok_and(|stack| stack.contains(&busy_loop.addr));
+            (0..STACK_WALK_TRIES)
+                .find_map(|_| threads.iter().find(runs_busy_loop).or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    None
+                }))
+                .map(|t| t.native_thread_id as u32)
+                .ok_or_else(|| ResolveError::NoEngineThread { pid, busy_loop: busy_loop.qualname.clone() })?
+        }
     };
     Ok(Resolved { names, step, tid })
 }

@@ -40,6 +40,13 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// A line on stderr. A closed stderr (the launching terminal went away) must not cost the
+/// trace its files, so write errors are ignored.
+pub fn say(message: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
 /// A pidfd becomes readable when the process exits.
 fn pidfd(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: plain syscall; a non-negative result is a new fd we own.
@@ -55,7 +62,7 @@ fn pidfd(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
 pub fn run(options: Options) -> Result<Totals> {
     let note = |message: String| {
         if !options.quiet {
-            eprintln!("{message}");
+            say(&message);
         }
     };
     let target = discover::discover(options.pid)?;
@@ -154,7 +161,7 @@ pub fn run(options: Options) -> Result<Totals> {
     let run_json = options.out_dir.join("run.json");
     info.write(&run_json).with_context(|| format!("writing {}", run_json.display()))?;
     if info.counters.ring_buffer_drops > 0 {
-        eprintln!("tracer: warning: {} probe hits were lost (ring buffer full); see run.json", info.counters.ring_buffer_drops);
+        say(&format!("tracer: warning: {} probe hits were lost (ring buffer full); see run.json", info.counters.ring_buffer_drops));
     }
     note(format!("tracer: {end_reason}; {}", totals.summary()));
     Ok(totals)

@@ -55,6 +55,8 @@ fn attach(pid: u32) -> Result<Child> {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stderr, &mut line)?;
     anyhow::ensure!(line.contains("attached"), "tracer did not attach: {line}");
+    // Keep reading, so the tracer's closing summary has somewhere to go.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     Ok(tracer)
 }
 
