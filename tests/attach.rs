@@ -206,3 +206,24 @@ fn unwritable_output_directory() {
     let fixture = Fixture::spawn(&pyenv("3.11.7"), &["--execute-ms", "1"]);
     assert_fails_with(&["attach", "--pid", &fixture.pid.to_string(), "-o", "/proc/no-such-dir"], "creating /proc/no-such-dir");
 }
+
+#[test]
+fn sigterm_and_sighup_end_the_trace_with_complete_files() {
+    let _serial = exclusive();
+    let fixture = Fixture::spawn(&pyenv("3.11.7"), &["--execute-ms", "0.5"]);
+    for (signal, reason) in [(libc::SIGTERM, "terminated (SIGTERM)"), (libc::SIGHUP, "hung up (SIGHUP)")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut tracer = Tracer::spawn(&["attach", "--pid", &fixture.pid.to_string(), "-o", out.to_str().unwrap()]);
+        tracer.wait_attached();
+        std::thread::sleep(Duration::from_millis(300));
+        tracer.signal(signal);
+        let (status, stderr) = tracer.finish(Duration::from_secs(30));
+        assert!(status.success(), "{stderr:?}");
+        let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["end_reason"], reason);
+        let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
+        assert_eq!(run["totals"]["steps"], traced.len() as u64);
+        assert!(traced.len() > 100, "{} steps in 300 ms", traced.len());
+    }
+}

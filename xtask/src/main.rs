@@ -27,7 +27,9 @@ fn main() -> Result<()> {
             fixture::demo()
         }
         Some("test") => {
-            setup::run()?;
+            // Tools only: the test build compiles everything itself (a separate release
+            // build first would compile the eBPF object twice).
+            setup::tools()?;
             // Default members only: tracer-ebpf builds for the BPF target, inside tracer's build.rs.
             exec(cargo().args(["test", "--release"]).args(&args[1..]))
         }

@@ -15,14 +15,20 @@ use crate::{cargo, cmd_output, exec, tools_dir};
 /// The bpf-linker release known to build against LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Tools, then a release build of the tracer.
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    rust_src()?;
-    bpf_linker()?;
+    tools()?;
     eprintln!("setup: building tracer (release)");
     exec(cargo().args(["build", "--release", "--package", "tracer"]))?;
     eprintln!("setup: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Installs what building the eBPF object needs.
+pub fn tools() -> Result<()> {
+    rust_src()?;
+    bpf_linker()
 }
 
 fn rust_src() -> Result<()> {

@@ -63,3 +63,100 @@ pub fn after_call(instrs: &[Instr], names: &[String], method: &str, ops: &Opcode
     let call = load + 1 + instrs[load + 1..].iter().position(|i| ops.calls.contains(&i.op))?;
     instrs.get(call + 1).map(|i| i.offset)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpython::layout;
+
+    /// 3.11's opcode numbers, from the generated table.
+    fn ops_3_11() -> &'static Opcodes {
+        layout::for_version((3, 11)).expect("3.11 row").opcodes
+    }
+
+    /// Some specialized form of `base` (an opcode the table maps back to it).
+    fn specialized(ops: &Opcodes, base: u8) -> u8 {
+        (0..=255u8).find(|&op| op != base && ops.deopt[op as usize] == base).expect("base has a specialized form")
+    }
+
+    /// One instruction and its (zeroed) inline caches.
+    fn emit(code: &mut Vec<u8>, ops: &Opcodes, op: u8, arg: u8) {
+        code.extend([op, arg]);
+        let base = ops.deopt[op as usize];
+        code.extend(std::iter::repeat_n(0, 2 * usize::from(ops.caches[base as usize])));
+    }
+
+    const STORE_FAST: u8 = 125;
+    const LOAD_FAST: u8 = 124;
+    const PRECALL: u8 = 166;
+
+    /// `def step(self): out = self.scheduler.schedule(); self.ex.execute_model(out)` as
+    /// 3.11 lays it out, with the given opcodes for the attribute loads and calls.
+    fn step_bytecode(ops: &Opcodes, load_attr: u8, load_method: u8, call: u8, resume: u8) -> Vec<u8> {
+        let mut code = Vec::new();
+        emit(&mut code, ops, resume, 0);
+        emit(&mut code, ops, LOAD_FAST, 0);
+        emit(&mut code, ops, load_attr, 0); // .scheduler
+        emit(&mut code, ops, load_method, 1); // .schedule
+        emit(&mut code, ops, PRECALL, 0);
+        emit(&mut code, ops, call, 0);
+        emit(&mut code, ops, STORE_FAST, 1); // ← after schedule()
+        emit(&mut code, ops, LOAD_FAST, 0);
+        emit(&mut code, ops, load_attr, 2); // .ex
+        emit(&mut code, ops, load_method, 3); // .execute_model
+        emit(&mut code, ops, LOAD_FAST, 1);
+        emit(&mut code, ops, PRECALL, 1);
+        emit(&mut code, ops, call, 1);
+        // a name index above 255 needs EXTENDED_ARG: the watch must sit on the prefix
+        emit(&mut code, ops, ops.extended_arg.unwrap(), 1);
+        emit(&mut code, ops, STORE_FAST, 4); // ← after execute_model(), arg 0x104
+        code
+    }
+
+    fn names() -> Vec<String> {
+        ["scheduler", "schedule", "ex", "execute_model"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn finds_entry_and_call_returns_in_plain_bytecode() {
+        let ops = ops_3_11();
+        let (attr, method, call, resume) =
+            (ops.load_attr.unwrap(), ops.load_method.unwrap(), ops.calls[0], ops.resume.unwrap());
+        let instrs = instructions(&step_bytecode(ops, attr, method, call, resume), ops);
+        assert_eq!(entry_point(&instrs, ops), Some(0));
+        // RESUME 2 + LOAD_FAST 2 + LOAD_ATTR 2+8 + LOAD_METHOD 2+20 + PRECALL 2+2 + CALL 2+8
+        assert_eq!(after_call(&instrs, &names(), "schedule", ops), Some(50));
+        let after_execute = after_call(&instrs, &names(), "execute_model", ops).unwrap();
+        let prefixed = instrs.iter().find(|i| i.offset == after_execute).unwrap();
+        assert_eq!((prefixed.op, prefixed.arg), (STORE_FAST, 0x104), "the watch sits on the EXTENDED_ARG prefix");
+        assert_eq!(after_call(&instrs, &names(), "update_from_output", ops), None);
+    }
+
+    #[test]
+    fn specialized_bytecode_gives_the_same_points() {
+        let ops = ops_3_11();
+        let plain = step_bytecode(ops, ops.load_attr.unwrap(), ops.load_method.unwrap(), ops.calls[0], ops.resume.unwrap());
+        let quick = step_bytecode(
+            ops,
+            specialized(ops, ops.load_attr.unwrap()),
+            specialized(ops, ops.load_method.unwrap()),
+            specialized(ops, ops.calls[0]),
+            specialized(ops, ops.resume.unwrap()),
+        );
+        assert_ne!(plain, quick);
+        let (a, b) = (instructions(&plain, ops), instructions(&quick, ops));
+        assert_eq!(a, b);
+        for method in ["schedule", "execute_model"] {
+            assert_eq!(after_call(&a, &names(), method, ops), after_call(&b, &names(), method, ops));
+        }
+    }
+
+    #[test]
+    fn resume_after_yield_is_not_the_entry() {
+        let ops = ops_3_11();
+        let mut code = Vec::new();
+        emit(&mut code, ops, ops.resume.unwrap(), 1); // a generator's resumption point
+        emit(&mut code, ops, ops.resume.unwrap(), 0);
+        assert_eq!(entry_point(&instructions(&code, ops), ops), Some(2));
+    }
+}

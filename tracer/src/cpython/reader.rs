@@ -249,3 +249,44 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         Ok(codes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cpython::layout, memory::Snapshot};
+
+    const STR_TYPE: u64 = 0x9000;
+
+    /// A compact str object as 3.12 lays it out, at `addr`.
+    fn str_object(layout: &Layout, addr: u64, text: &str) -> (u64, Vec<u8>) {
+        let ascii = text.is_ascii();
+        let units: Vec<u16> = text.encode_utf16().collect();
+        let (kind, data): (u32, Vec<u8>) = if ascii {
+            (1, text.as_bytes().to_vec())
+        } else {
+            (2, units.iter().flat_map(|u| u.to_ne_bytes()).collect())
+        };
+        let header = if ascii { layout.unicode_ascii_data } else { layout.unicode_compact_data } as usize;
+        let mut bytes = vec![0u8; header + data.len() + 2];
+        bytes[layout.object_type as usize..][..8].copy_from_slice(&STR_TYPE.to_ne_bytes());
+        bytes[layout.unicode_length as usize..][..8].copy_from_slice(&(units.len() as u64).to_ne_bytes());
+        let state = kind << 2 | 1 << 5 | u32::from(ascii) << 6;
+        bytes[layout.unicode_state as usize..][..4].copy_from_slice(&state.to_ne_bytes());
+        bytes[header..][..data.len()].copy_from_slice(&data);
+        (addr, bytes)
+    }
+
+    #[test]
+    fn decodes_compact_strings_and_checks_their_type() {
+        let layout = layout::for_version((3, 12)).unwrap();
+        let mem = Snapshot {
+            regions: vec![str_object(layout, 0x1000, "EngineCore.step"), str_object(layout, 0x2000, "réquête")],
+        };
+        let reader = PyReader::new(&mem, layout, TypeAddrs { str: STR_TYPE, ..Default::default() });
+        assert_eq!(reader.str(0x1000).unwrap(), "EngineCore.step");
+        assert_eq!(reader.str(0x2000).unwrap(), "réquête");
+        let wrong = PyReader::new(&mem, layout, TypeAddrs { str: STR_TYPE + 8, ..Default::default() });
+        assert!(matches!(wrong.str(0x1000), Err(ReadError::WrongType { expected: "str", .. })));
+        assert!(matches!(reader.str(0x5000), Err(ReadError::Memory { .. })));
+    }
+}
