@@ -159,46 +159,54 @@ fn process_that_is_not_python() {
     sleeper.wait().unwrap();
 }
 
-/// A Python process that stays up until dropped, printing "ready" once it runs.
-fn python_idle(python: &str) -> (std::process::Child, Lines) {
-    let mut child = std::process::Command::new(python)
-        .args(["-c", "import time; print('ready', flush=True); time.sleep(60)"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = Lines::new(child.stdout.take().unwrap());
-    lines.wait_for("ready", Duration::from_secs(30));
-    (child, lines)
+/// A Python process that idles (no vLLM), killed when dropped.
+struct IdlePython(std::process::Child);
+
+impl IdlePython {
+    fn spawn(python: &str) -> Self {
+        let mut child = std::process::Command::new(python)
+            .args(["-c", "import time; print('ready', flush=True); time.sleep(60)"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Lines::new(child.stdout.take().unwrap()).wait_for("ready", Duration::from_secs(30));
+        Self(child)
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for IdlePython {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
 fn python_without_vllm() {
-    let (mut child, _lines) = python_idle(&pyenv("3.11.7"));
-    assert_fails_with(&["attach", "--pid", &child.id().to_string()], "has not imported vllm.v1.engine.core");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let idle = IdlePython::spawn(&pyenv("3.11.7"));
+    assert_fails_with(&["attach", "--pid", &idle.pid()], "has not imported vllm.v1.engine.core");
 }
 
 #[test]
 fn unsupported_python_version() {
-    let (mut child, _lines) = python_idle(&pyenv("3.9.18"));
-    assert_fails_with(&["attach", "--pid", &child.id().to_string()], "runs CPython 3.9, which this tracer does not support");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let idle = IdlePython::spawn(&pyenv("3.9.18"));
+    assert_fails_with(&["attach", "--pid", &idle.pid()], "runs CPython 3.9, which this tracer does not support");
 }
 
 #[test]
 fn not_root() {
-    let (mut child, _lines) = python_idle(&pyenv("3.11.7"));
+    let idle = IdlePython::spawn(&pyenv("3.11.7"));
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", tracer_bin(), "attach", "--pid", &child.id().to_string()])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", tracer_bin(), "attach", "--pid", &idle.pid()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("run as root, e.g. with sudo"), "{stderr}");
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
