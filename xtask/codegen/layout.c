@@ -38,15 +38,12 @@ int main(void) {
   F("frame_code", offsetof(_PyInterpreterFrame, f_code));
 #endif
   F("frame_previous", offsetof(_PyInterpreterFrame, previous));
-  F("code_name", offsetof(PyCodeObject, co_name));
   F("code_qualname", offsetof(PyCodeObject, co_qualname));
   F("code_names", offsetof(PyCodeObject, co_names));
   F("code_size", offsetof(PyVarObject, ob_size));
   F("code_code_adaptive", offsetof(PyCodeObject, co_code_adaptive));
-  F("type_name", offsetof(PyTypeObject, tp_name));
   F("type_dict", offsetof(PyTypeObject, tp_dict));
   F("type_flags", offsetof(PyTypeObject, tp_flags));
-  F("dict_used", offsetof(PyDictObject, ma_used));
   F("dict_keys", offsetof(PyDictObject, ma_keys));
   F("dict_values", offsetof(PyDictObject, ma_values));
   F("dictkeys_log2_size", offsetof(PyDictKeysObject, dk_log2_size));
