@@ -25,23 +25,41 @@ fn traced_steps_match_ground_truth(python: &str) {
     let steps = STEPS.to_string();
     let mut fixture = Fixture::spawn(
         python,
-        &["--wait-go", "--steps", &steps, "--execute-ms", "0.5", "--truth", truth_path.to_str().unwrap()],
+        &[
+            "--wait-go",
+            "--steps",
+            &steps,
+            "--execute-ms",
+            "0.5",
+            "--truth",
+            truth_path.to_str().unwrap(),
+        ],
     );
-    let mut tracer = Tracer::spawn(&["attach", "--pid", &fixture.pid.to_string(), "-o", out.to_str().unwrap()]);
+    let mut tracer = Tracer::spawn(&[
+        "attach",
+        "--pid",
+        &fixture.pid.to_string(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     tracer.wait_attached();
     fixture.go();
     assert!(fixture.wait().success());
     // The target's exit ends the trace.
     let (status, stderr) = tracer.finish(Duration::from_secs(30));
     assert!(status.success(), "tracer failed: {stderr:?}");
-    assert!(stderr.iter().any(|l| l.contains("target exited")), "{stderr:?}");
+    assert!(
+        stderr.iter().any(|l| l.contains("target exited")),
+        "{stderr:?}"
+    );
 
     let truth: Vec<TruthRow> = read_csv(&truth_path);
     let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
     assert_eq!(truth.len(), STEPS);
     assert_eq!(traced.len(), truth.len(), "steps lost or invented");
     check_phases(&truth.iter().collect::<Vec<_>>(), &traced, python);
-    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["counters"]["ring_buffer_drops"], 0);
     assert_eq!(run["totals"]["steps"], STEPS as u64);
     assert_eq!(run["end_reason"], "target exited");
@@ -53,17 +71,29 @@ fn check_phases(truth: &[&TruthRow], traced: &[StepRow], label: &str) {
     for (t, s) in truth.iter().zip(traced) {
         // The step-entry trap fires before the fixture's first timestamp, and not long before.
         let lead = t.start_ns as i64 - s.start_ns as i64;
-        assert!((0..1_000_000).contains(&lead), "step {}: traced start {} vs fixture {}", t.step, s.start_ns, t.start_ns);
+        assert!(
+            (0..1_000_000).contains(&lead),
+            "step {}: traced start {} vs fixture {}",
+            t.step,
+            s.start_ns,
+            t.start_ns
+        );
         let traced_phases = [s.schedule_ns, s.execute_ns, s.update_ns, s.step_ns];
         for (k, (tp, sp)) in t.phases().iter().zip(traced_phases).enumerate() {
             errors[k].push(sp as i64 - *tp as i64);
         }
     }
-    for (name, errs) in ["schedule", "execute", "update", "step"].iter().zip(errors.iter_mut()) {
+    for (name, errs) in ["schedule", "execute", "update", "step"]
+        .iter()
+        .zip(errors.iter_mut())
+    {
         let (p50, p99) = (percentile(errs, 50.0), percentile(errs, 99.0));
         let max = percentile(errs, 100.0);
         eprintln!("{label}: {name} |error| p50 {p50} ns, p99 {p99} ns, max {max} ns");
-        assert!(p99 <= P99_BOUND_NS, "{label}: {name} p99 error {p99} ns > {P99_BOUND_NS} ns");
+        assert!(
+            p99 <= P99_BOUND_NS,
+            "{label}: {name} p99 error {p99} ns > {P99_BOUND_NS} ns"
+        );
     }
 }
 
@@ -97,8 +127,22 @@ fn attach_mid_run_and_interrupt_keeps_every_step_in_window() {
     let dir = tempfile::tempdir().unwrap();
     let truth_path = dir.path().join("truth.csv");
     let out = dir.path().join("out");
-    let mut fixture = Fixture::spawn(&pyenv("3.11.7"), &["--execute-ms", "0.3", "--truth", truth_path.to_str().unwrap()]);
-    let mut tracer = Tracer::spawn(&["attach", "--pid", &fixture.pid.to_string(), "-o", out.to_str().unwrap()]);
+    let mut fixture = Fixture::spawn(
+        &pyenv("3.11.7"),
+        &[
+            "--execute-ms",
+            "0.3",
+            "--truth",
+            truth_path.to_str().unwrap(),
+        ],
+    );
+    let mut tracer = Tracer::spawn(&[
+        "attach",
+        "--pid",
+        &fixture.pid.to_string(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     tracer.wait_attached();
     std::thread::sleep(Duration::from_millis(1500));
     tracer.signal(libc::SIGINT);
@@ -109,15 +153,26 @@ fn attach_mid_run_and_interrupt_keeps_every_step_in_window() {
 
     let truth: Vec<TruthRow> = read_csv(&truth_path);
     let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
-    assert!(traced.len() > 500, "only {} steps traced in 1.5 s", traced.len());
+    assert!(
+        traced.len() > 500,
+        "only {} steps traced in 1.5 s",
+        traced.len()
+    );
     // The truth row of the first traced step: the first one starting after it.
-    let first = truth.iter().position(|t| t.start_ns > traced[0].start_ns).unwrap();
+    let first = truth
+        .iter()
+        .position(|t| t.start_ns > traced[0].start_ns)
+        .unwrap();
     let window: Vec<&TruthRow> = truth[first..first + traced.len()].iter().collect();
     // The next truth step after the window must start after the last traced one ended.
     let after = &truth[first + traced.len()];
-    assert!(after.start_ns > traced.last().unwrap().start_ns + traced.last().unwrap().step_ns, "a step in the window is missing");
+    assert!(
+        after.start_ns > traced.last().unwrap().start_ns + traced.last().unwrap().step_ns,
+        "a step in the window is missing"
+    );
     check_phases(&window, &traced, "mid-run 3.11.7");
-    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["end_reason"], "interrupted (SIGINT)");
 }
 
@@ -128,13 +183,23 @@ fn duration_ends_the_trace() {
     let fixture = Fixture::spawn(&pyenv("3.11.7"), &["--execute-ms", "1"]);
     let out = dir.path().join("out");
     let started = std::time::Instant::now();
-    let (status, stderr) = run_tracer(&["attach", "--pid", &fixture.pid.to_string(), "-o", out.to_str().unwrap(), "-d", "0.5"]);
+    let (status, stderr) = run_tracer(&[
+        "attach",
+        "--pid",
+        &fixture.pid.to_string(),
+        "-o",
+        out.to_str().unwrap(),
+        "-d",
+        "0.5",
+    ]);
     assert!(status.success(), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(stderr.contains("duration reached"), "{stderr}");
     let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
     assert!(!traced.is_empty());
-    assert!(traced.iter().all(|s| s.start_rel_ns >= 0 && s.start_rel_ns < 2_000_000_000));
+    assert!(traced
+        .iter()
+        .all(|s| s.start_rel_ns >= 0 && s.start_rel_ns < 2_000_000_000));
 }
 
 // ---- bad input: a clear message and a non-zero exit ----
@@ -147,14 +212,27 @@ fn assert_fails_with(args: &[&str], needle: &str) {
 
 #[test]
 fn pid_that_does_not_exist() {
-    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
-    assert_fails_with(&["attach", "--pid", &pid_max.to_string()], "no process with pid");
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_fails_with(
+        &["attach", "--pid", &pid_max.to_string()],
+        "no process with pid",
+    );
 }
 
 #[test]
 fn process_that_is_not_python() {
-    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-    assert_fails_with(&["attach", "--pid", &sleeper.id().to_string()], "is not a CPython process");
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    assert_fails_with(
+        &["attach", "--pid", &sleeper.id().to_string()],
+        "is not a CPython process",
+    );
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
 }
@@ -165,7 +243,10 @@ struct IdlePython(std::process::Child);
 impl IdlePython {
     fn spawn(python: &str) -> Self {
         let mut child = std::process::Command::new(python)
-            .args(["-c", "import time; print('ready', flush=True); time.sleep(60)"])
+            .args([
+                "-c",
+                "import time; print('ready', flush=True); time.sleep(60)",
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -188,20 +269,34 @@ impl Drop for IdlePython {
 #[test]
 fn python_without_vllm() {
     let idle = IdlePython::spawn(&pyenv("3.11.7"));
-    assert_fails_with(&["attach", "--pid", &idle.pid()], "has not imported vllm.v1.engine.core");
+    assert_fails_with(
+        &["attach", "--pid", &idle.pid()],
+        "has not imported vllm.v1.engine.core",
+    );
 }
 
 #[test]
 fn unsupported_python_version() {
     let idle = IdlePython::spawn(&pyenv("3.9.18"));
-    assert_fails_with(&["attach", "--pid", &idle.pid()], "runs CPython 3.9, which this tracer does not support");
+    assert_fails_with(
+        &["attach", "--pid", &idle.pid()],
+        "runs CPython 3.9, which this tracer does not support",
+    );
 }
 
 #[test]
 fn not_root() {
     let idle = IdlePython::spawn(&pyenv("3.11.7"));
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", tracer_bin(), "attach", "--pid", &idle.pid()])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            tracer_bin(),
+            "attach",
+            "--pid",
+            &idle.pid(),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -212,23 +307,42 @@ fn not_root() {
 #[test]
 fn unwritable_output_directory() {
     let fixture = Fixture::spawn(&pyenv("3.11.7"), &["--execute-ms", "1"]);
-    assert_fails_with(&["attach", "--pid", &fixture.pid.to_string(), "-o", "/proc/no-such-dir"], "creating /proc/no-such-dir");
+    assert_fails_with(
+        &[
+            "attach",
+            "--pid",
+            &fixture.pid.to_string(),
+            "-o",
+            "/proc/no-such-dir",
+        ],
+        "creating /proc/no-such-dir",
+    );
 }
 
 #[test]
 fn sigterm_and_sighup_end_the_trace_with_complete_files() {
     let _serial = exclusive();
     let fixture = Fixture::spawn(&pyenv("3.11.7"), &["--execute-ms", "0.5"]);
-    for (signal, reason) in [(libc::SIGTERM, "terminated (SIGTERM)"), (libc::SIGHUP, "hung up (SIGHUP)")] {
+    for (signal, reason) in [
+        (libc::SIGTERM, "terminated (SIGTERM)"),
+        (libc::SIGHUP, "hung up (SIGHUP)"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let mut tracer = Tracer::spawn(&["attach", "--pid", &fixture.pid.to_string(), "-o", out.to_str().unwrap()]);
+        let mut tracer = Tracer::spawn(&[
+            "attach",
+            "--pid",
+            &fixture.pid.to_string(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
         tracer.wait_attached();
         std::thread::sleep(Duration::from_millis(300));
         tracer.signal(signal);
         let (status, stderr) = tracer.finish(Duration::from_secs(30));
         assert!(status.success(), "{stderr:?}");
-        let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
         assert_eq!(run["end_reason"], reason);
         let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
         assert_eq!(run["totals"]["steps"], traced.len() as u64);

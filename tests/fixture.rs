@@ -13,7 +13,10 @@ fn selfcheck(python: &str) {
         .output()
         .expect("running selfcheck.py");
     let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{python}: fixture selfcheck failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "{python}: fixture selfcheck failed:\n{text}"
+    );
 }
 
 #[test]

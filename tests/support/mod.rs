@@ -14,7 +14,10 @@ use std::{
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn tracer_bin() -> &'static str {
@@ -33,7 +36,10 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
 pub fn pyenv(version: &str) -> String {
     let home = std::env::var("HOME").unwrap();
     let path = format!("{home}/.pyenv/versions/{version}/bin/python3");
-    assert!(Path::new(&path).exists(), "{path} is missing: the tests need the pyenv interpreters");
+    assert!(
+        Path::new(&path).exists(),
+        "{path} is missing: the tests need the pyenv interpreters"
+    );
     path
 }
 
@@ -53,7 +59,10 @@ impl Lines {
                 }
             }
         });
-        Self { rx, seen: Vec::new() }
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
     }
 
     /// The first line containing `needle`, waiting up to `timeout`.
@@ -68,7 +77,10 @@ impl Lines {
                         return line;
                     }
                 }
-                Err(_) => panic!("no line with {needle:?} within {timeout:?}; saw {:?}", self.seen),
+                Err(_) => panic!(
+                    "no line with {needle:?} within {timeout:?}; saw {:?}",
+                    self.seen
+                ),
             }
         }
     }
@@ -100,11 +112,18 @@ impl Fixture {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning the fixture engine");
-        let mut stdout = Lines::new(child.stdout.take().unwrap());
+        let stdout = Lines::new(child.stdout.take().unwrap());
         let stdin = child.stdin.take();
         let pid = child.id();
-        let mut fixture = Self { child, pid, stdin, stdout };
-        fixture.stdout.wait_for("ready pid=", Duration::from_secs(60));
+        let mut fixture = Self {
+            child,
+            pid,
+            stdin,
+            stdout,
+        };
+        fixture
+            .stdout
+            .wait_for("ready pid=", Duration::from_secs(60));
         fixture
     }
 
@@ -139,15 +158,19 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child =
-            Command::new(tracer_bin()).args(args).stderr(Stdio::piped()).spawn().expect("spawning the tracer");
+        let mut child = Command::new(tracer_bin())
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the tracer");
         let stderr = Lines::new(child.stderr.take().unwrap());
         Self { child, stderr }
     }
 
     /// Waits for the "attached" line: from then on every step is traced.
     pub fn wait_attached(&mut self) {
-        self.stderr.wait_for("tracer: attached", Duration::from_secs(30));
+        self.stderr
+            .wait_for("tracer: attached", Duration::from_secs(30));
     }
 
     pub fn signal(&self, signal: libc::c_int) {
@@ -162,7 +185,10 @@ impl Tracer {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status, self.stderr.rest());
             }
-            assert!(Instant::now() < deadline, "tracer still running after {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "tracer still running after {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -177,8 +203,14 @@ impl Drop for Tracer {
 
 /// Runs the tracer to completion and returns (exit status, stderr).
 pub fn run_tracer(args: &[&str]) -> (ExitStatus, String) {
-    let out = Command::new(tracer_bin()).args(args).output().expect("running the tracer");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(tracer_bin())
+        .args(args)
+        .output()
+        .expect("running the tracer");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A row of the fixture's ground-truth CSV.

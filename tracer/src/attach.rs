@@ -9,7 +9,10 @@ use std::time::Instant;
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        perf_event::{BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig, PerfEventScope, SamplePolicy},
+        perf_event::{
+            BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig,
+            PerfEventScope, SamplePolicy,
+        },
         PerfEvent, ProgramError,
     },
     Ebpf,
@@ -25,7 +28,11 @@ pub enum AttachError {
     #[error("loading the eBPF programs failed: {0}{hint}", hint = permission_hint(.0))]
     Load(String),
     #[error("watching {what} on thread {tid} failed: {source}{hint}", hint = watch_hint(source))]
-    Watch { what: String, tid: u32, source: std::io::Error },
+    Watch {
+        what: String,
+        tid: u32,
+        source: std::io::Error,
+    },
 }
 
 fn permission_hint(message: &str) -> &'static str {
@@ -58,7 +65,10 @@ pub struct Probes {
 impl Probes {
     /// A counter summed over CPUs (0 if it cannot be read).
     pub fn counter(&self, counter: Counter) -> u64 {
-        self.counters.get(&(counter as u32), 0).map(|values| values.iter().sum()).unwrap_or(0)
+        self.counters
+            .get(&(counter as u32), 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
     }
 }
 
@@ -80,18 +90,35 @@ pub fn attach(plan: &ProbePlan) -> Result<Probes, AttachError> {
             // One byte, the opcode: a wider watch also traps on the oparg read (2 hits a call on 3.12).
             length: PerfBreakpointLength::Len1,
         });
-        let scope = PerfEventScope::OneProcess { pid: plan.tid, cpu: None };
-        program.attach(config, scope, SamplePolicy::Period(1), false).map_err(|e| AttachError::Watch {
-            what: format!("{} ({:#x})", watch.mark, watch.addr),
-            tid: plan.tid,
-            source: match e {
-                ProgramError::SyscallError(e) => e.io_error,
-                other => std::io::Error::other(other.to_string()),
-            },
-        })?;
+        let scope = PerfEventScope::OneProcess {
+            pid: plan.tid,
+            cpu: None,
+        };
+        program
+            .attach(config, scope, SamplePolicy::Period(1), false)
+            .map_err(|e| AttachError::Watch {
+                what: format!("{} ({:#x})", watch.mark, watch.addr),
+                tid: plan.tid,
+                source: match e {
+                    ProgramError::SyscallError(e) => e.io_error,
+                    other => std::io::Error::other(other.to_string()),
+                },
+            })?;
     }
-    let events = RingBuf::try_from(ebpf.take_map(EVENTS_MAP).ok_or_else(|| load(&"events map missing"))?).map_err(|e| load(&e))?;
-    let counters =
-        PerCpuArray::try_from(ebpf.take_map(COUNTERS_MAP).ok_or_else(|| load(&"counters map missing"))?).map_err(|e| load(&e))?;
-    Ok(Probes { _ebpf: ebpf, events, counters, attach_time: started.elapsed() })
+    let events = RingBuf::try_from(
+        ebpf.take_map(EVENTS_MAP)
+            .ok_or_else(|| load(&"events map missing"))?,
+    )
+    .map_err(|e| load(&e))?;
+    let counters = PerCpuArray::try_from(
+        ebpf.take_map(COUNTERS_MAP)
+            .ok_or_else(|| load(&"counters map missing"))?,
+    )
+    .map_err(|e| load(&e))?;
+    Ok(Probes {
+        _ebpf: ebpf,
+        events,
+        counters,
+        attach_time: started.elapsed(),
+    })
 }

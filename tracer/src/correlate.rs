@@ -57,11 +57,19 @@ pub struct Correlator {
     pub counts: CorrelateCounts,
 }
 
-const ORDER: [Mark; 4] = [Mark::StepEntry, Mark::ScheduleDone, Mark::ExecuteDone, Mark::UpdateDone];
+const ORDER: [Mark; 4] = [
+    Mark::StepEntry,
+    Mark::ScheduleDone,
+    Mark::ExecuteDone,
+    Mark::UpdateDone,
+];
 
 impl Correlator {
     pub fn push(&mut self, hit: Hit) -> Option<Step> {
-        let position = ORDER.iter().position(|m| *m == hit.mark).expect("every mark is in ORDER");
+        let position = ORDER
+            .iter()
+            .position(|m| *m == hit.mark)
+            .expect("every mark is in ORDER");
         if hit.mark == Mark::StepEntry {
             match self.open.len() {
                 0 => {}
@@ -112,11 +120,17 @@ mod tests {
     use super::*;
 
     fn hit(mark: Mark, ktime_ns: u64) -> Hit {
-        Hit { ktime_ns, tid: 5, mark }
+        Hit {
+            ktime_ns,
+            tid: 5,
+            mark,
+        }
     }
 
     fn feed(correlator: &mut Correlator, hits: &[(Mark, u64)]) -> Vec<Step> {
-        hits.iter().filter_map(|&(mark, t)| correlator.push(hit(mark, t))).collect()
+        hits.iter()
+            .filter_map(|&(mark, t)| correlator.push(hit(mark, t)))
+            .collect()
     }
 
     use Mark::*;
@@ -124,10 +138,28 @@ mod tests {
     #[test]
     fn four_marks_make_a_step() {
         let mut c = Correlator::default();
-        let steps = feed(&mut c, &[(StepEntry, 100), (ScheduleDone, 130), (ExecuteDone, 1130), (UpdateDone, 1150)]);
+        let steps = feed(
+            &mut c,
+            &[
+                (StepEntry, 100),
+                (ScheduleDone, 130),
+                (ExecuteDone, 1130),
+                (UpdateDone, 1150),
+            ],
+        );
         assert_eq!(steps.len(), 1);
         let s = steps[0];
-        assert_eq!((s.index, s.tid, s.schedule_ns(), s.execute_ns(), s.update_ns(), s.step_ns()), (0, 5, 30, 1000, 20, 1050));
+        assert_eq!(
+            (
+                s.index,
+                s.tid,
+                s.schedule_ns(),
+                s.execute_ns(),
+                s.update_ns(),
+                s.step_ns()
+            ),
+            (0, 5, 30, 1000, 20, 1050)
+        );
         assert_eq!(c.counts, CorrelateCounts::default());
     }
 
@@ -160,8 +192,22 @@ mod tests {
                 (ScheduleDone, 71),
             ],
         );
-        assert_eq!(steps.iter().map(|s| (s.index, s.start_ns, s.schedule_ns())).collect::<Vec<_>>(), [(0, 20, 5), (1, 60, 1)]);
+        assert_eq!(
+            steps
+                .iter()
+                .map(|s| (s.index, s.start_ns, s.schedule_ns()))
+                .collect::<Vec<_>>(),
+            [(0, 20, 5), (1, 60, 1)]
+        );
         c.finish();
-        assert_eq!(c.counts, CorrelateCounts { idle_entries: 1, incomplete_steps: 2, repeated_marks: 1, out_of_order: 2 });
+        assert_eq!(
+            c.counts,
+            CorrelateCounts {
+                idle_entries: 1,
+                incomplete_steps: 2,
+                repeated_marks: 1,
+                out_of_order: 2
+            }
+        );
     }
 }

@@ -36,7 +36,11 @@ impl Decoder {
     /// `eval_loop`: the interpreter loop's code range in the target, if known.
     pub fn new(plan: &ProbePlan, eval_loop: Option<Range<u64>>) -> Self {
         let marks = plan.watches.iter().map(|w| (w.addr, w.mark)).collect();
-        Self { marks, eval_loop, counts: DecodeCounts::default() }
+        Self {
+            marks,
+            eval_loop,
+            counts: DecodeCounts::default(),
+        }
     }
 
     pub fn decode(&mut self, record: &[u8]) -> Option<Hit> {
@@ -50,11 +54,19 @@ impl Decoder {
             self.counts.unknown_watch += 1;
             return None;
         };
-        if self.eval_loop.as_ref().is_some_and(|range| !range.contains(&raw.ip)) {
+        if self
+            .eval_loop
+            .as_ref()
+            .is_some_and(|range| !range.contains(&raw.ip))
+        {
             self.counts.rewrites += 1;
             return None;
         }
-        Some(Hit { ktime_ns: raw.ktime_ns, tid: raw.pid_tgid as u32, mark })
+        Some(Hit {
+            ktime_ns: raw.ktime_ns,
+            tid: raw.pid_tgid as u32,
+            mark,
+        })
     }
 }
 
@@ -64,9 +76,20 @@ mod tests {
     use crate::plan::Watch;
 
     fn record(watch_addr: u64, ip: u64) -> Vec<u8> {
-        let hit = WatchHit { ktime_ns: 42, pid_tgid: (7 << 32) | 9, watch_addr, ip };
+        let hit = WatchHit {
+            ktime_ns: 42,
+            pid_tgid: (7 << 32) | 9,
+            watch_addr,
+            ip,
+        };
         // SAFETY: viewing a plain-old-data struct as its bytes.
-        unsafe { std::slice::from_raw_parts((&hit as *const WatchHit).cast::<u8>(), size_of::<WatchHit>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts(
+                (&hit as *const WatchHit).cast::<u8>(),
+                size_of::<WatchHit>(),
+            )
+        }
+        .to_vec()
     }
 
     #[test]
@@ -74,15 +97,37 @@ mod tests {
         let plan = ProbePlan {
             tid: 9,
             watches: vec![
-                Watch { addr: 0x1000, mark: Mark::StepEntry, offset: 0 },
-                Watch { addr: 0x1010, mark: Mark::ScheduleDone, offset: 16 },
+                Watch {
+                    addr: 0x1000,
+                    mark: Mark::StepEntry,
+                    offset: 0,
+                },
+                Watch {
+                    addr: 0x1010,
+                    mark: Mark::ScheduleDone,
+                    offset: 16,
+                },
             ],
         };
         let mut decoder = Decoder::new(&plan, Some(0x5000..0x6000));
-        assert_eq!(decoder.decode(&record(0x1010, 0x5500)), Some(Hit { ktime_ns: 42, tid: 9, mark: Mark::ScheduleDone }));
+        assert_eq!(
+            decoder.decode(&record(0x1010, 0x5500)),
+            Some(Hit {
+                ktime_ns: 42,
+                tid: 9,
+                mark: Mark::ScheduleDone
+            })
+        );
         assert_eq!(decoder.decode(&record(0x1000, 0x7000)), None);
         assert_eq!(decoder.decode(&record(0x2000, 0x5500)), None);
         assert_eq!(decoder.decode(&[0u8; 5]), None);
-        assert_eq!(decoder.counts, DecodeCounts { malformed: 1, unknown_watch: 1, rewrites: 1 });
+        assert_eq!(
+            decoder.counts,
+            DecodeCounts {
+                malformed: 1,
+                unknown_watch: 1,
+                rewrites: 1
+            }
+        );
     }
 }

@@ -27,7 +27,11 @@ pub enum DiscoverError {
     #[error("process {pid} ({exe}) is not a CPython process: no mapped file defines _PyRuntime")]
     NotPython { pid: u32, exe: String },
     #[error("process {pid} runs CPython {version}, which this tracer does not support (supported: {supported})")]
-    UnsupportedVersion { pid: u32, version: String, supported: String },
+    UnsupportedVersion {
+        pid: u32,
+        version: String,
+        supported: String,
+    },
     #[error("reading the interpreter of process {pid}: {what}")]
     Other { pid: u32, what: String },
 }
@@ -66,22 +70,38 @@ pub fn discover(pid: u32) -> Result<Target, DiscoverError> {
         std::io::ErrorKind::NotFound => DiscoverError::NoSuchProcess(pid),
         _ => DiscoverError::Permission { pid, source },
     })?;
-    let exe = fs::read_link(proc_dir.join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
+    let exe = fs::read_link(proc_dir.join("exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let cmdline = fs::read(proc_dir.join("cmdline"))
-        .map(|raw| String::from_utf8_lossy(&raw).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
+        .map(|raw| {
+            String::from_utf8_lossy(&raw)
+                .split('\0')
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default();
     let mappings = parse_maps(&maps);
     // The executable first (static builds), then any libpython.
     let mut candidates: Vec<&str> = Vec::new();
     for m in &mappings {
-        let name = Path::new(m.path).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = Path::new(m.path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if (m.path == exe || name.starts_with("libpython3")) && !candidates.contains(&m.path) {
             candidates.push(m.path);
         }
     }
     for path in candidates {
         if let Some(python) = runtime_in(pid, path, &mappings)? {
-            return Ok(Target { pid, exe, cmdline, python });
+            return Ok(Target {
+                pid,
+                exe,
+                cmdline,
+                python,
+            });
         }
     }
     Err(DiscoverError::NotPython { pid, exe })
@@ -97,8 +117,13 @@ fn parse_maps(maps: &str) -> Vec<Mapping<'_>> {
     maps.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
-            let (range, _perms, offset, _dev, _inode) =
-                (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            let (range, _perms, offset, _dev, _inode) = (
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+            );
             let path = fields.next().filter(|p| p.starts_with('/'))?;
             Some(Mapping {
                 start: u64::from_str_radix(range.split('-').next()?, 16).ok()?,
@@ -110,16 +135,25 @@ fn parse_maps(maps: &str) -> Vec<Mapping<'_>> {
 }
 
 /// The runtime in one mapped ELF file, if it defines `_PyRuntime`.
-fn runtime_in(pid: u32, path: &str, mappings: &[Mapping]) -> Result<Option<PythonRuntime>, DiscoverError> {
+fn runtime_in(
+    pid: u32,
+    path: &str,
+    mappings: &[Mapping],
+) -> Result<Option<PythonRuntime>, DiscoverError> {
     let other = |what: String| DiscoverError::Other { pid, what };
     // Through /proc/pid/root, so a process in a container is read from its own filesystem.
     let on_disk = PathBuf::from(format!("/proc/{pid}/root{path}"));
     let data = fs::read(&on_disk).map_err(|e| other(format!("{}: {e}", on_disk.display())))?;
     let elf = object::File::parse(&*data).map_err(|e| other(format!("{path}: {e}")))?;
     let symbol = |name: &str| {
-        elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(name)).map(|s| (s.address(), s.size()))
+        elf.dynamic_symbols()
+            .chain(elf.symbols())
+            .find(|s| s.name() == Ok(name))
+            .map(|s| (s.address(), s.size()))
     };
-    let Some((runtime, _)) = symbol("_PyRuntime") else { return Ok(None) };
+    let Some((runtime, _)) = symbol("_PyRuntime") else {
+        return Ok(None);
+    };
     let load_base = mappings
         .iter()
         .find(|m| m.path == path && m.offset == 0)
@@ -133,18 +167,22 @@ fn runtime_in(pid: u32, path: &str, mappings: &[Mapping]) -> Result<Option<Pytho
     let version = match symbol("Py_Version") {
         // Py_Version (3.11+) is PY_VERSION_HEX: 0xMMmmppLS.
         Some((addr, _)) => {
-            let hex = mem.read_u32(bias + addr).map_err(|e| other(format!("reading Py_Version: {e}")))?;
+            let hex = mem
+                .read_u32(bias + addr)
+                .map_err(|e| other(format!("reading Py_Version: {e}")))?;
             format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff)
         }
-        None => version_from_name(path).ok_or_else(|| other(format!("cannot tell the Python version of {path}")))?,
+        None => version_from_name(path)
+            .ok_or_else(|| other(format!("cannot tell the Python version of {path}")))?,
     };
     let mut parts = version.split('.').map(|p| p.parse::<u8>().unwrap_or(0));
     let minor_version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    let layout = layout::for_version(minor_version).ok_or_else(|| DiscoverError::UnsupportedVersion {
-        pid,
-        version: version.clone(),
-        supported: layout::supported_versions(),
-    })?;
+    let layout =
+        layout::for_version(minor_version).ok_or_else(|| DiscoverError::UnsupportedVersion {
+            pid,
+            version: version.clone(),
+            supported: layout::supported_versions(),
+        })?;
     Ok(Some(PythonRuntime {
         binary: PathBuf::from(path),
         version,
@@ -168,7 +206,9 @@ fn runtime_in(pid: u32, path: &str, mappings: &[Mapping]) -> Result<Option<Pytho
 fn version_from_name(path: &str) -> Option<String> {
     let name = Path::new(path).file_name()?.to_str()?;
     let rest = &name[name.find("python3.")? + "python".len()..];
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
     Some(rest[..end].trim_end_matches('.').to_owned())
 }
 
@@ -178,8 +218,14 @@ mod tests {
 
     #[test]
     fn version_from_file_names() {
-        assert_eq!(version_from_name("/usr/lib/libpython3.10.so.1.0").as_deref(), Some("3.10"));
-        assert_eq!(version_from_name("/opt/py/bin/python3.12").as_deref(), Some("3.12"));
+        assert_eq!(
+            version_from_name("/usr/lib/libpython3.10.so.1.0").as_deref(),
+            Some("3.10")
+        );
+        assert_eq!(
+            version_from_name("/opt/py/bin/python3.12").as_deref(),
+            Some("3.12")
+        );
         assert_eq!(version_from_name("/usr/bin/node"), None);
     }
 
@@ -190,7 +236,10 @@ mod tests {
                     7f20-7f30 r-xp 00001000 08:01 9 /lib/libc.so.6\n";
         let m = parse_maps(maps);
         assert_eq!(m.len(), 2);
-        assert_eq!((m[0].start, m[0].offset, m[0].path), (0x5581a000, 0, "/usr/bin/python3.11"));
+        assert_eq!(
+            (m[0].start, m[0].offset, m[0].path),
+            (0x5581a000, 0, "/usr/bin/python3.11")
+        );
         assert_eq!((m[1].offset, m[1].path), (0x1000, "/lib/libc.so.6"));
     }
 }

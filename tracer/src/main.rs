@@ -44,16 +44,28 @@ enum Command {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text.parse().map_err(|_| format!("not a number of seconds: {text}"))?;
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {text}"))?;
     Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Attach { pid, tid, output, duration, quiet } => {
-            trace::run(trace::Options { pid, tid, out_dir: output, duration, quiet })
-        }
+        Command::Attach {
+            pid,
+            tid,
+            output,
+            duration,
+            quiet,
+        } => trace::run(trace::Options {
+            pid,
+            tid,
+            out_dir: output,
+            duration,
+            quiet,
+        }),
     };
     match result {
         Ok(_) => ExitCode::SUCCESS,

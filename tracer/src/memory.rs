@@ -14,7 +14,10 @@ pub trait ProcessMemory {
 
     fn read_bytes(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
         if len > MAX_READ {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("refusing a {len}-byte remote read")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("refusing a {len}-byte remote read"),
+            ));
         }
         let mut buf = vec![0; len];
         self.read(addr, &mut buf)?;
@@ -51,10 +54,17 @@ impl ProcessMemory for LiveProcess {
         if buf.is_empty() {
             return Ok(());
         }
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         // SAFETY: `local` covers exactly `buf`; the kernel checks `remote` against the target.
-        let n = unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        let n =
+            unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
         match n {
             n if n < 0 => Err(io::Error::last_os_error()),
             n if n as usize != buf.len() => Err(io::Error::new(
@@ -75,13 +85,18 @@ pub struct Snapshot {
 impl ProcessMemory for Snapshot {
     fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         for (start, bytes) in &self.regions {
-            let Some(offset) = addr.checked_sub(*start) else { continue };
+            let Some(offset) = addr.checked_sub(*start) else {
+                continue;
+            };
             let offset = offset as usize;
             if let Some(src) = bytes.get(offset..offset + buf.len()) {
                 buf.copy_from_slice(src);
                 return Ok(());
             }
         }
-        Err(io::Error::new(io::ErrorKind::NotFound, format!("{addr:#x} not in snapshot")))
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr:#x} not in snapshot"),
+        ))
     }
 }

@@ -73,16 +73,28 @@ pub fn plan(resolved: &Resolved, layout: &Layout) -> Result<ProbePlan, PlanError
     let mut watches = vec![Watch {
         addr: 0,
         mark: Mark::StepEntry,
-        offset: bytecode::entry_point(&instrs, ops).ok_or_else(|| missing("the RESUME instruction".into()))?,
+        offset: bytecode::entry_point(&instrs, ops)
+            .ok_or_else(|| missing("the RESUME instruction".into()))?,
     }];
-    for (method, mark) in [(names.schedule, Mark::ScheduleDone), (names.execute, Mark::ExecuteDone), (names.update, Mark::UpdateDone)] {
+    for (method, mark) in [
+        (names.schedule, Mark::ScheduleDone),
+        (names.execute, Mark::ExecuteDone),
+        (names.update, Mark::UpdateDone),
+    ] {
         let offset = bytecode::after_call(&instrs, &code.names, method, ops)
             .ok_or_else(|| missing(format!("the call of {method}()")))?;
-        watches.push(Watch { addr: 0, mark, offset });
+        watches.push(Watch {
+            addr: 0,
+            mark,
+            offset,
+        });
     }
     for watch in &mut watches {
         watch.addr = code.bytecode_addr + watch.offset as u64;
     }
     debug_assert!(watches.len() <= MAX_WATCHES);
-    Ok(ProbePlan { tid: resolved.tid, watches })
+    Ok(ProbePlan {
+        tid: resolved.tid,
+        watches,
+    })
 }

@@ -19,10 +19,16 @@ const STACK_WALK_TRIES: usize = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("process {pid} runs Python {version} but has not imported {module}: is it a vLLM engine process? (with vLLM's default multiprocessing the engine runs in a child process titled EngineCore)")]
-    NoVllm { pid: u32, version: String, module: String },
+    NoVllm {
+        pid: u32,
+        version: String,
+        module: String,
+    },
     #[error("{name} not found in process {pid}: {why}")]
     Missing { pid: u32, name: String, why: String },
-    #[error("no thread of process {pid} is running {busy_loop}; pass --tid to pick the engine thread")]
+    #[error(
+        "no thread of process {pid} is running {busy_loop}; pass --tid to pick the engine thread"
+    )]
     NoEngineThread { pid: u32, busy_loop: String },
     #[error("thread {tid} is not a Python thread of process {pid}")]
     NotAThread { pid: u32, tid: u64 },
@@ -55,20 +61,35 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
         }
     }
     let Some((names, module)) = names else {
-        return Err(ResolveError::NoVllm { pid, version: py.version.clone(), module: ENGINES[0].core_module.into() });
+        return Err(ResolveError::NoVllm {
+            pid,
+            version: py.version.clone(),
+            module: ENGINES[0].core_module.into(),
+        });
     };
     let module_dict = reader.module_dict(module).map_err(read)?;
     let code_of = |qualname: &str| -> Result<Code, ResolveError> {
-        let missing = |why: String| ResolveError::Missing { pid, name: format!("{}.{qualname}", names.core_module), why };
+        let missing = |why: String| ResolveError::Missing {
+            pid,
+            name: format!("{}.{qualname}", names.core_module),
+            why,
+        };
         let mut dict = module_dict;
         let mut object = 0;
         for part in qualname.split('.') {
             if object != 0 {
-                dict = reader.class_dict(object).map_err(|e| missing(e.to_string()))?;
+                dict = reader
+                    .class_dict(object)
+                    .map_err(|e| missing(e.to_string()))?;
             }
-            object = reader.dict_get(dict, part).map_err(read)?.ok_or_else(|| missing(format!("no attribute {part}")))?;
+            object = reader
+                .dict_get(dict, part)
+                .map_err(read)?
+                .ok_or_else(|| missing(format!("no attribute {part}")))?;
         }
-        let code = reader.function_code(object).map_err(|e| missing(e.to_string()))?;
+        let code = reader
+            .function_code(object)
+            .map_err(|e| missing(e.to_string()))?;
         reader.code(code).map_err(read)
     };
     let step = code_of(names.step)?;
@@ -77,21 +98,36 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
     let threads = reader.threads(py.runtime).map_err(read)?;
     let tid = match tid {
         Some(tid) => {
-            threads.iter().find(|t| t.native_thread_id == u64::from(tid)).ok_or(ResolveError::NotAThread { pid, tid: tid.into() })?;
+            threads
+                .iter()
+                .find(|t| t.native_thread_id == u64::from(tid))
+                .ok_or(ResolveError::NotAThread {
+                    pid,
+                    tid: tid.into(),
+                })?;
             tid
         }
         None => {
             // The stacks change under us while we walk them, so one walk can tear; the busy
             // loop's frame sits at the bottom of the engine thread for its whole life, so a
             // few tries find it.
-            let runs_busy_loop = |t: &&ThreadState| reader.stack(t).is_ok_and(|stack| stack.contains(&busy_loop.addr));
+            let runs_busy_loop = |t: &&ThreadState| {
+                reader
+                    .stack(t)
+                    .is_ok_and(|stack| stack.contains(&busy_loop.addr))
+            };
             (0..STACK_WALK_TRIES)
-                .find_map(|_| threads.iter().find(runs_busy_loop).or_else(|| {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                    None
-                }))
+                .find_map(|_| {
+                    threads.iter().find(runs_busy_loop).or_else(|| {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        None
+                    })
+                })
                 .map(|t| t.native_thread_id as u32)
-                .ok_or_else(|| ResolveError::NoEngineThread { pid, busy_loop: busy_loop.qualname.clone() })?
+                .ok_or_else(|| ResolveError::NoEngineThread {
+                    pid,
+                    busy_loop: busy_loop.qualname.clone(),
+                })?
         }
     };
     Ok(Resolved { names, step, tid })

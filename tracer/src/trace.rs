@@ -16,7 +16,11 @@ use tokio::{
 use tracer_common::Counter;
 
 use crate::{
-    attach, correlate::Correlator, decode::Decoder, discover, plan, resolve, sinks::{self, RunInfo, StepRow, StepsCsv, Totals},
+    attach,
+    correlate::Correlator,
+    decode::Decoder,
+    discover, plan, resolve,
+    sinks::{self, RunInfo, StepRow, StepsCsv, Totals},
 };
 
 /// How often the ring buffer is drained (the eBPF side does not wake us per hit).
@@ -34,7 +38,10 @@ pub struct Options {
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -68,9 +75,11 @@ pub fn run(options: Options) -> Result<Totals> {
     let target = discover::discover(options.pid)?;
     let resolved = resolve::resolve(&target, options.tid)?;
     let plan = plan::plan(&resolved, target.python.layout)?;
-    std::fs::create_dir_all(&options.out_dir).with_context(|| format!("creating {}", options.out_dir.display()))?;
+    std::fs::create_dir_all(&options.out_dir)
+        .with_context(|| format!("creating {}", options.out_dir.display()))?;
     let steps_path = options.out_dir.join("steps.csv");
-    let mut steps_csv = StepsCsv::create(&steps_path).with_context(|| format!("creating {}", steps_path.display()))?;
+    let mut steps_csv = StepsCsv::create(&steps_path)
+        .with_context(|| format!("creating {}", steps_path.display()))?;
 
     let trace_start_ns = monotonic_ns();
     let mut probes = attach::attach(&plan)?;
@@ -90,7 +99,9 @@ pub fn run(options: Options) -> Result<Totals> {
     let mut write_error = None;
     let mut drain = |probes: &mut attach::Probes, totals: &mut Totals, csv: &mut StepsCsv| {
         while let Some(record) = probes.events.next() {
-            let Some(step) = decoder.decode(&record).and_then(|hit| correlator.push(hit)) else { continue };
+            let Some(step) = decoder.decode(&record).and_then(|hit| correlator.push(hit)) else {
+                continue;
+            };
             let row = StepRow::new(&step, target.pid, trace_start_ns);
             totals.add(&row);
             if let Err(e) = csv.write(&row) {
@@ -99,11 +110,16 @@ pub fn run(options: Options) -> Result<Totals> {
         }
     };
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let end_reason = runtime.block_on(async {
         let mut exited = pidfd(target.pid).context("watching the target for exit")?;
-        let (mut sigint, mut sigterm, mut sighup) =
-            (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+        let (mut sigint, mut sigterm, mut sighup) = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        );
         let deadline = tokio::time::sleep(options.duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
@@ -143,7 +159,11 @@ pub fn run(options: Options) -> Result<Totals> {
         probes: plan
             .watches
             .iter()
-            .map(|w| sinks::run_json::ProbeInfo { mark: w.mark.to_string(), bytecode_offset: w.offset, address: format!("{:#x}", w.addr) })
+            .map(|w| sinks::run_json::ProbeInfo {
+                mark: w.mark.to_string(),
+                bytecode_offset: w.offset,
+                address: format!("{:#x}", w.addr),
+            })
             .collect(),
         trace_start_ns,
         trace_end_ns,
@@ -159,9 +179,13 @@ pub fn run(options: Options) -> Result<Totals> {
     };
     drop(probes);
     let run_json = options.out_dir.join("run.json");
-    info.write(&run_json).with_context(|| format!("writing {}", run_json.display()))?;
+    info.write(&run_json)
+        .with_context(|| format!("writing {}", run_json.display()))?;
     if info.counters.ring_buffer_drops > 0 {
-        say(&format!("tracer: warning: {} probe hits were lost (ring buffer full); see run.json", info.counters.ring_buffer_drops));
+        say(&format!(
+            "tracer: warning: {} probe hits were lost (ring buffer full); see run.json",
+            info.counters.ring_buffer_drops
+        ));
     }
     note(format!("tracer: {end_reason}; {}", totals.summary()));
     Ok(totals)

@@ -68,11 +68,25 @@ fn detach(mut tracer: Child) -> Result<()> {
 }
 
 pub fn run() -> Result<()> {
-    let mut table = String::from("execute_ms,untraced_step_us,traced_step_us,ratio,untraced_steps,traced_steps\n");
-    println!("{:>10} {:>18} {:>16} {:>8}", "execute", "untraced step", "traced step", "ratio");
+    let mut table = String::from(
+        "execute_ms,untraced_step_us,traced_step_us,ratio,untraced_steps,traced_steps\n",
+    );
+    println!(
+        "{:>10} {:>18} {:>16} {:>8}",
+        "execute", "untraced step", "traced step", "ratio"
+    );
     for execute_ms in EXECUTE_MS {
         let mut fixture = Fixture::spawn(&["--execute-ms", execute_ms, "--rate-every", "0.5"])?;
-        let (mut untraced, mut traced) = (Side { steps: 0, step_ns: 0 }, Side { steps: 0, step_ns: 0 });
+        let (mut untraced, mut traced) = (
+            Side {
+                steps: 0,
+                step_ns: 0,
+            },
+            Side {
+                steps: 0,
+                step_ns: 0,
+            },
+        );
         fixture.next_line("rate")?; // settle
         for _ in 0..ROUNDS {
             for _ in 0..WINDOWS {
@@ -87,12 +101,28 @@ pub fn run() -> Result<()> {
             fixture.next_line("rate")?;
         }
         let ratio = traced.mean_us() / untraced.mean_us();
-        println!("{:>8} ms {:>15.1} µs {:>13.1} µs {:>8.4}", execute_ms, untraced.mean_us(), traced.mean_us(), ratio);
-        writeln!(table, "{execute_ms},{:.2},{:.2},{ratio:.5},{},{}", untraced.mean_us(), traced.mean_us(), untraced.steps, traced.steps)?;
+        println!(
+            "{:>8} ms {:>15.1} µs {:>13.1} µs {:>8.4}",
+            execute_ms,
+            untraced.mean_us(),
+            traced.mean_us(),
+            ratio
+        );
+        writeln!(
+            table,
+            "{execute_ms},{:.2},{:.2},{ratio:.5},{},{}",
+            untraced.mean_us(),
+            traced.mean_us(),
+            untraced.steps,
+            traced.steps
+        )?;
     }
     let path = workspace_root().join("target/bench/step_overhead.csv");
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
     std::fs::write(&path, table)?;
-    println!("(ratio = mean step() time traced ÷ untraced, same process, alternating windows; {})", path.display());
+    println!(
+        "(ratio = mean step() time traced ÷ untraced, same process, alternating windows; {})",
+        path.display()
+    );
     Ok(())
 }

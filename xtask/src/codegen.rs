@@ -24,7 +24,10 @@ pub fn run() -> Result<()> {
     );
     let mut rows = String::new();
     for version in INTERPRETERS {
-        let minor = version.rsplit_once('.').map(|(mm, _)| mm).unwrap_or(version);
+        let minor = version
+            .rsplit_once('.')
+            .map(|(mm, _)| mm)
+            .unwrap_or(version);
         let prefix = Path::new(&home).join(".pyenv/versions").join(version);
         let include = prefix.join(format!("include/python{minor}"));
         let exe = build.join(format!("layout-{minor}"));
@@ -39,13 +42,19 @@ pub fn run() -> Result<()> {
         .with_context(|| format!("compiling layout.c for {version}"))?;
         rows.push_str(&cmd_output(&mut std::process::Command::new(&exe))?);
         let python = prefix.join("bin/python3");
-        out.push_str(&cmd_output(std::process::Command::new(python).arg(codegen.join("opcodes.py")))?);
+        out.push_str(&cmd_output(
+            std::process::Command::new(python).arg(codegen.join("opcodes.py")),
+        )?);
         out.push('\n');
     }
     writeln!(out, "pub static LAYOUTS: &[Layout] = &[\n{rows}];")?;
     let dest = root.join("tracer/src/cpython/tables.rs");
     std::fs::write(&dest, out)?;
-    cmd_output(std::process::Command::new("rustfmt").arg("--edition=2021").arg(&dest))?;
+    cmd_output(
+        std::process::Command::new("rustfmt")
+            .arg("--edition=2021")
+            .arg(&dest),
+    )?;
     println!("wrote {}", dest.display());
     Ok(())
 }

@@ -12,10 +12,14 @@ use crate::{exec, tracer_bin, workspace_root};
 /// The first interpreter we have of those the tracer supports.
 pub fn python() -> Result<String> {
     let home = std::env::var("HOME").unwrap_or_default();
-    [format!("{home}/.pyenv/versions/3.11.7/bin/python3"), "/usr/bin/python3.11".into(), "/usr/bin/python3".into()]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .context("no Python 3.11+ found")
+    [
+        format!("{home}/.pyenv/versions/3.11.7/bin/python3"),
+        "/usr/bin/python3.11".into(),
+        "/usr/bin/python3".into(),
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .context("no Python 3.11+ found")
 }
 
 pub struct Fixture {
@@ -64,8 +68,22 @@ impl Drop for Fixture {
 pub fn demo() -> Result<()> {
     let out = workspace_root().join("out/demo");
     let fixture = Fixture::spawn(&["--execute-ms", "1"])?;
-    eprintln!("demo: fixture engine running as pid {}; tracing it for 3 s", fixture.pid);
-    exec(Command::new(tracer_bin()).args(["attach", "--pid", &fixture.pid.to_string(), "--duration", "3", "-o"]).arg(&out))?;
+    eprintln!(
+        "demo: fixture engine running as pid {}; tracing it for 3 s",
+        fixture.pid
+    );
+    exec(
+        Command::new(tracer_bin())
+            .args([
+                "attach",
+                "--pid",
+                &fixture.pid.to_string(),
+                "--duration",
+                "3",
+                "-o",
+            ])
+            .arg(&out),
+    )?;
     drop(fixture);
     let csv = std::fs::read_to_string(out.join("steps.csv"))?;
     eprintln!("demo: {} (first rows):", out.join("steps.csv").display());

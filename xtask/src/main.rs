@@ -44,7 +44,10 @@ fn main() -> Result<()> {
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 /// Where setup installs tools: ignored by git, kept between runs.
@@ -56,7 +59,11 @@ pub fn tools_dir() -> PathBuf {
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     let path = std::env::var("PATH").unwrap_or_default();
-    cmd.env("PATH", format!("{}:{path}", tools_dir().join("bin").display())).current_dir(workspace_root());
+    cmd.env(
+        "PATH",
+        format!("{}:{path}", tools_dir().join("bin").display()),
+    )
+    .current_dir(workspace_root());
     cmd
 }
 
@@ -73,7 +80,11 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
 pub fn cmd_output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8(out.stdout)?)
 }

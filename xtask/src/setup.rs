@@ -32,11 +32,23 @@ pub fn tools() -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let installed = cmd_output(std::process::Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .context("the nightly toolchain is needed to build the eBPF programs")?;
+    let installed = cmd_output(std::process::Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("the nightly toolchain is needed to build the eBPF programs")?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: installing rust-src for nightly");
-        exec(std::process::Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        exec(std::process::Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -46,7 +58,8 @@ fn bpf_linker() -> Result<()> {
     if tools.join("bin/bpf-linker").exists() {
         return Ok(());
     }
-    let sysroot = cmd_output(std::process::Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot =
+        cmd_output(std::process::Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
     let lib = std::path::Path::new(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib)?
         .filter_map(|e| e.ok())
@@ -54,7 +67,12 @@ fn bpf_linker() -> Result<()> {
         .find(|name| name.starts_with("libLLVM.so."))
         .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
     // "libLLVM.so.22.1-rust-1.97.0-nightly" → 22
-    let major = llvm.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or_default().to_owned();
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     if major.parse::<u32>().is_err() {
         bail!("cannot tell the LLVM version of {llvm}");
     }
@@ -64,10 +82,20 @@ fn bpf_linker() -> Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(lib.join(&llvm), &link)?;
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (about a minute)");
-    exec(std::process::Command::new("cargo")
-        .args(["+nightly", "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--no-default-features"])
-        .args(["--features", &format!("llvm-{major}")])
-        .arg("--root")
-        .arg(&tools)
-        .env("LLVM_PREFIX", &prefix))
+    exec(
+        std::process::Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+            ])
+            .args(["--features", &format!("llvm-{major}")])
+            .arg("--root")
+            .arg(&tools)
+            .env("LLVM_PREFIX", &prefix),
+    )
 }

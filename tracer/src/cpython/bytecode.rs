@@ -22,7 +22,10 @@ pub struct Instr {
 pub fn instructions(code: &[u8], ops: &Opcodes) -> Vec<Instr> {
     let mut out = Vec::new();
     let (mut unit, mut start, mut ext) = (0, None, 0u32);
-    while let Some(&[raw_op, arg]) = code.get(unit * 2..unit * 2 + 2).map(|s| <&[u8; 2]>::try_from(s).expect("2 bytes")) {
+    while let Some(&[raw_op, arg]) = code
+        .get(unit * 2..unit * 2 + 2)
+        .map(|s| <&[u8; 2]>::try_from(s).expect("2 bytes"))
+    {
         let op = ops.deopt[raw_op as usize];
         let offset = *start.get_or_insert(unit * 2);
         let arg = ext << 8 | u32::from(arg);
@@ -41,14 +44,22 @@ pub fn instructions(code: &[u8], ops: &Opcodes) -> Vec<Instr> {
 /// Byte offset of the `RESUME` that starts every call of the function.
 pub fn entry_point(instrs: &[Instr], ops: &Opcodes) -> Option<usize> {
     // RESUME's oparg says where it sits: 0 at function start, non-zero after yield/await.
-    instrs.iter().find(|i| Some(i.op) == ops.resume && i.arg & 3 == 0).map(|i| i.offset)
+    instrs
+        .iter()
+        .find(|i| Some(i.op) == ops.resume && i.arg & 3 == 0)
+        .map(|i| i.offset)
 }
 
 /// Byte offset of the instruction that runs right after the call of method `method`
 /// (`obj.method(...)`) returns: the first call instruction after the attribute load of that
 /// name. Arguments that themselves contain calls would move the point; the call sites we
 /// probe (`self.scheduler.schedule()` and the like) pass plain locals.
-pub fn after_call(instrs: &[Instr], names: &[String], method: &str, ops: &Opcodes) -> Option<usize> {
+pub fn after_call(
+    instrs: &[Instr],
+    names: &[String],
+    method: &str,
+    ops: &Opcodes,
+) -> Option<usize> {
     let name_of = |i: &Instr| {
         let index = if Some(i.op) == ops.load_attr {
             i.arg >> ops.load_attr_name_shift
@@ -60,7 +71,11 @@ pub fn after_call(instrs: &[Instr], names: &[String], method: &str, ops: &Opcode
         names.get(index as usize).map(String::as_str)
     };
     let load = instrs.iter().position(|i| name_of(i) == Some(method))?;
-    let call = load + 1 + instrs[load + 1..].iter().position(|i| ops.calls.contains(&i.op))?;
+    let call = load
+        + 1
+        + instrs[load + 1..]
+            .iter()
+            .position(|i| ops.calls.contains(&i.op))?;
     instrs.get(call + 1).map(|i| i.offset)
 }
 
@@ -76,14 +91,19 @@ mod tests {
 
     /// Some specialized form of `base` (an opcode the table maps back to it).
     fn specialized(ops: &Opcodes, base: u8) -> u8 {
-        (0..=255u8).find(|&op| op != base && ops.deopt[op as usize] == base).expect("base has a specialized form")
+        (0..=255u8)
+            .find(|&op| op != base && ops.deopt[op as usize] == base)
+            .expect("base has a specialized form")
     }
 
     /// One instruction and its (zeroed) inline caches.
     fn emit(code: &mut Vec<u8>, ops: &Opcodes, op: u8, arg: u8) {
         code.extend([op, arg]);
         let base = ops.deopt[op as usize];
-        code.extend(std::iter::repeat_n(0, 2 * usize::from(ops.caches[base as usize])));
+        code.extend(std::iter::repeat_n(
+            0,
+            2 * usize::from(ops.caches[base as usize]),
+        ));
     }
 
     const STORE_FAST: u8 = 125;
@@ -92,7 +112,13 @@ mod tests {
 
     /// `def step(self): out = self.scheduler.schedule(); self.ex.execute_model(out)` as
     /// 3.11 lays it out, with the given opcodes for the attribute loads and calls.
-    fn step_bytecode(ops: &Opcodes, load_attr: u8, load_method: u8, call: u8, resume: u8) -> Vec<u8> {
+    fn step_bytecode(
+        ops: &Opcodes,
+        load_attr: u8,
+        load_method: u8,
+        call: u8,
+        resume: u8,
+    ) -> Vec<u8> {
         let mut code = Vec::new();
         emit(&mut code, ops, resume, 0);
         emit(&mut code, ops, LOAD_FAST, 0);
@@ -114,28 +140,47 @@ mod tests {
     }
 
     fn names() -> Vec<String> {
-        ["scheduler", "schedule", "ex", "execute_model"].map(String::from).to_vec()
+        ["scheduler", "schedule", "ex", "execute_model"]
+            .map(String::from)
+            .to_vec()
     }
 
     #[test]
     fn finds_entry_and_call_returns_in_plain_bytecode() {
         let ops = ops_3_11();
-        let (attr, method, call, resume) =
-            (ops.load_attr.unwrap(), ops.load_method.unwrap(), ops.calls[0], ops.resume.unwrap());
+        let (attr, method, call, resume) = (
+            ops.load_attr.unwrap(),
+            ops.load_method.unwrap(),
+            ops.calls[0],
+            ops.resume.unwrap(),
+        );
         let instrs = instructions(&step_bytecode(ops, attr, method, call, resume), ops);
         assert_eq!(entry_point(&instrs, ops), Some(0));
         // RESUME 2 + LOAD_FAST 2 + LOAD_ATTR 2+8 + LOAD_METHOD 2+20 + PRECALL 2+2 + CALL 2+8
         assert_eq!(after_call(&instrs, &names(), "schedule", ops), Some(50));
         let after_execute = after_call(&instrs, &names(), "execute_model", ops).unwrap();
         let prefixed = instrs.iter().find(|i| i.offset == after_execute).unwrap();
-        assert_eq!((prefixed.op, prefixed.arg), (STORE_FAST, 0x104), "the watch sits on the EXTENDED_ARG prefix");
-        assert_eq!(after_call(&instrs, &names(), "update_from_output", ops), None);
+        assert_eq!(
+            (prefixed.op, prefixed.arg),
+            (STORE_FAST, 0x104),
+            "the watch sits on the EXTENDED_ARG prefix"
+        );
+        assert_eq!(
+            after_call(&instrs, &names(), "update_from_output", ops),
+            None
+        );
     }
 
     #[test]
     fn specialized_bytecode_gives_the_same_points() {
         let ops = ops_3_11();
-        let plain = step_bytecode(ops, ops.load_attr.unwrap(), ops.load_method.unwrap(), ops.calls[0], ops.resume.unwrap());
+        let plain = step_bytecode(
+            ops,
+            ops.load_attr.unwrap(),
+            ops.load_method.unwrap(),
+            ops.calls[0],
+            ops.resume.unwrap(),
+        );
         let quick = step_bytecode(
             ops,
             specialized(ops, ops.load_attr.unwrap()),
@@ -147,7 +192,10 @@ mod tests {
         let (a, b) = (instructions(&plain, ops), instructions(&quick, ops));
         assert_eq!(a, b);
         for method in ["schedule", "execute_model"] {
-            assert_eq!(after_call(&a, &names(), method, ops), after_call(&b, &names(), method, ops));
+            assert_eq!(
+                after_call(&a, &names(), method, ops),
+                after_call(&b, &names(), method, ops)
+            );
         }
     }
 

@@ -73,5 +73,9 @@ pub fn for_version(version: (u8, u8)) -> Option<&'static Layout> {
 
 /// The versions we have rows for, for error messages.
 pub fn supported_versions() -> String {
-    LAYOUTS.iter().map(|l| format!("{}.{}", l.version.0, l.version.1)).collect::<Vec<_>>().join(", ")
+    LAYOUTS
+        .iter()
+        .map(|l| format!("{}.{}", l.version.0, l.version.1))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -70,11 +70,15 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     }
 
     fn u64_at(&self, addr: u64) -> Result<u64> {
-        self.mem.read_u64(addr).map_err(|source| ReadError::Memory { addr, source })
+        self.mem
+            .read_u64(addr)
+            .map_err(|source| ReadError::Memory { addr, source })
     }
 
     fn bytes_at(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
-        self.mem.read_bytes(addr, len).map_err(|source| ReadError::Memory { addr, source })
+        self.mem
+            .read_bytes(addr, len)
+            .map_err(|source| ReadError::Memory { addr, source })
     }
 
     fn type_of(&self, obj: u64) -> Result<u64> {
@@ -83,7 +87,10 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
 
     fn expect_type(&self, obj: u64, ty: u64, expected: &'static str) -> Result<()> {
         if obj == 0 || self.type_of(obj)? != ty {
-            return Err(ReadError::WrongType { addr: obj, expected });
+            return Err(ReadError::WrongType {
+                addr: obj,
+                expected,
+            });
         }
         Ok(())
     }
@@ -91,7 +98,10 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     fn var_size(&self, obj: u64) -> Result<u64> {
         let size = self.u64_at(obj + self.layout.var_size)?;
         if size > MAX_ITEMS {
-            return Err(ReadError::Corrupt { addr: obj, what: format!("size {size}") });
+            return Err(ReadError::Corrupt {
+                addr: obj,
+                what: format!("size {size}"),
+            });
         }
         Ok(size)
     }
@@ -103,28 +113,56 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         let l = self.layout;
         let len = self.u64_at(obj + l.unicode_length)?;
         if len > MAX_ITEMS {
-            return Err(ReadError::Corrupt { addr: obj, what: format!("str length {len}") });
+            return Err(ReadError::Corrupt {
+                addr: obj,
+                what: format!("str length {len}"),
+            });
         }
-        let state = self.mem.read_u32(obj + l.unicode_state).map_err(|source| ReadError::Memory { addr: obj, source })?;
-        let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1 == 1, (state >> 6) & 1 == 1);
+        let state = self
+            .mem
+            .read_u32(obj + l.unicode_state)
+            .map_err(|source| ReadError::Memory { addr: obj, source })?;
+        let (kind, compact, ascii) = (
+            (state >> 2) & 7,
+            (state >> 5) & 1 == 1,
+            (state >> 6) & 1 == 1,
+        );
         if !compact {
-            return Err(ReadError::Corrupt { addr: obj, what: "non-compact str".into() });
+            return Err(ReadError::Corrupt {
+                addr: obj,
+                what: "non-compact str".into(),
+            });
         }
-        let data = obj + if ascii { l.unicode_ascii_data } else { l.unicode_compact_data };
+        let data = obj
+            + if ascii {
+                l.unicode_ascii_data
+            } else {
+                l.unicode_compact_data
+            };
         let bytes = self.bytes_at(data, len as usize * kind as usize)?;
-        let corrupt = || ReadError::Corrupt { addr: obj, what: "bad characters".into() };
+        let corrupt = || ReadError::Corrupt {
+            addr: obj,
+            what: "bad characters".into(),
+        };
         match kind {
             1 if ascii => String::from_utf8(bytes).map_err(|_| corrupt()),
             1 => Ok(bytes.iter().map(|&b| char::from(b)).collect()),
-            2 => char::decode_utf16(bytes.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]])))
-                .collect::<std::result::Result<String, _>>()
-                .map_err(|_| corrupt()),
+            2 => char::decode_utf16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_ne_bytes([c[0], c[1]])),
+            )
+            .collect::<std::result::Result<String, _>>()
+            .map_err(|_| corrupt()),
             4 => bytes
                 .chunks_exact(4)
                 .map(|c| char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
                 .collect::<Option<String>>()
                 .ok_or_else(corrupt),
-            _ => Err(ReadError::Corrupt { addr: obj, what: format!("str kind {kind}") }),
+            _ => Err(ReadError::Corrupt {
+                addr: obj,
+                what: format!("str kind {kind}"),
+            }),
         }
     }
 
@@ -133,7 +171,10 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         self.expect_type(obj, self.types.tuple, "tuple")?;
         let n = self.var_size(obj)?;
         let raw = self.bytes_at(obj + self.layout.tuple_items, n as usize * 8)?;
-        Ok(raw.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))).collect())
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+            .collect())
     }
 
     /// The `(key, value)` pointers of a dict with a combined table (module, class and
@@ -142,22 +183,35 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         self.expect_type(obj, self.types.dict, "dict")?;
         let l = self.layout;
         if self.u64_at(obj + l.dict_values)? != 0 {
-            return Err(ReadError::Corrupt { addr: obj, what: "split-table dict".into() });
+            return Err(ReadError::Corrupt {
+                addr: obj,
+                what: "split-table dict".into(),
+            });
         }
         let keys = self.u64_at(obj + l.dict_keys)?;
         let header = self.bytes_at(keys, l.dictkeys_indices as usize)?;
         let byte = |off: u64| header[off as usize];
-        let (log2_size, log2_index_bytes, kind) =
-            (byte(l.dictkeys_log2_size), byte(l.dictkeys_log2_index_bytes), byte(l.dictkeys_kind));
+        let (log2_size, log2_index_bytes, kind) = (
+            byte(l.dictkeys_log2_size),
+            byte(l.dictkeys_log2_index_bytes),
+            byte(l.dictkeys_kind),
+        );
         let nentries = self.u64_at(keys + l.dictkeys_nentries)?;
-        if log2_size > 30 || log2_index_bytes > 33 || nentries > (1u64 << log2_size).min(MAX_ITEMS) {
-            return Err(ReadError::Corrupt { addr: obj, what: format!("dict keys 2^{log2_size}, {nentries} entries") });
+        if log2_size > 30 || log2_index_bytes > 33 || nentries > (1u64 << log2_size).min(MAX_ITEMS)
+        {
+            return Err(ReadError::Corrupt {
+                addr: obj,
+                what: format!("dict keys 2^{log2_size}, {nentries} entries"),
+            });
         }
         // DICT_KEYS_GENERAL entries carry a hash: {hash, key, value}; unicode ones {key, value}.
         let entry_words = if kind == 0 { 3 } else { 2 };
         let entries = keys + l.dictkeys_indices + (1u64 << log2_index_bytes);
         let raw = self.bytes_at(entries, (nentries * entry_words * 8) as usize)?;
-        let words: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))).collect();
+        let words: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+            .collect();
         Ok(words
             .chunks_exact(entry_words as usize)
             .map(|e| (e[e.len() - 2], e[e.len() - 1]))
@@ -186,7 +240,10 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     pub fn class_dict(&self, class: u64) -> Result<u64> {
         let meta = self.type_of(class)?;
         if self.u64_at(meta + self.layout.type_flags)? & TPFLAGS_TYPE_SUBCLASS == 0 {
-            return Err(ReadError::WrongType { addr: class, expected: "class" });
+            return Err(ReadError::WrongType {
+                addr: class,
+                expected: "class",
+            });
         }
         self.u64_at(class + self.layout.type_dict)
     }
@@ -202,7 +259,11 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         let l = self.layout;
         let units = self.var_size(addr)?;
         let bytecode_addr = addr + l.code_code_adaptive;
-        let names = self.tuple(self.u64_at(addr + l.code_names)?)?.into_iter().map(|n| self.str(n)).collect::<Result<_>>()?;
+        let names = self
+            .tuple(self.u64_at(addr + l.code_names)?)?
+            .into_iter()
+            .map(|n| self.str(n))
+            .collect::<Result<_>>()?;
         Ok(Code {
             addr,
             qualname: self.str(self.u64_at(addr + l.code_qualname)?)?,
@@ -219,7 +280,10 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         let mut tstate = self.u64_at(interp + l.interp_threads_head)?;
         let mut threads = Vec::new();
         while tstate != 0 && threads.len() < MAX_FRAMES {
-            threads.push(ThreadState { addr: tstate, native_thread_id: self.u64_at(tstate + l.tstate_native_thread_id)? });
+            threads.push(ThreadState {
+                addr: tstate,
+                native_thread_id: self.u64_at(tstate + l.tstate_native_thread_id)?,
+            });
             tstate = self.u64_at(tstate + l.tstate_next)?;
         }
         Ok(threads)
@@ -266,10 +330,15 @@ mod tests {
         } else {
             (2, units.iter().flat_map(|u| u.to_ne_bytes()).collect())
         };
-        let header = if ascii { layout.unicode_ascii_data } else { layout.unicode_compact_data } as usize;
+        let header = if ascii {
+            layout.unicode_ascii_data
+        } else {
+            layout.unicode_compact_data
+        } as usize;
         let mut bytes = vec![0u8; header + data.len() + 2];
         bytes[layout.object_type as usize..][..8].copy_from_slice(&STR_TYPE.to_ne_bytes());
-        bytes[layout.unicode_length as usize..][..8].copy_from_slice(&(units.len() as u64).to_ne_bytes());
+        bytes[layout.unicode_length as usize..][..8]
+            .copy_from_slice(&(units.len() as u64).to_ne_bytes());
         let state = kind << 2 | 1 << 5 | u32::from(ascii) << 6;
         bytes[layout.unicode_state as usize..][..4].copy_from_slice(&state.to_ne_bytes());
         bytes[header..][..data.len()].copy_from_slice(&data);
@@ -280,13 +349,36 @@ mod tests {
     fn decodes_compact_strings_and_checks_their_type() {
         let layout = layout::for_version((3, 12)).unwrap();
         let mem = Snapshot {
-            regions: vec![str_object(layout, 0x1000, "EngineCore.step"), str_object(layout, 0x2000, "réquête")],
+            regions: vec![
+                str_object(layout, 0x1000, "EngineCore.step"),
+                str_object(layout, 0x2000, "réquête"),
+            ],
         };
-        let reader = PyReader::new(&mem, layout, TypeAddrs { str: STR_TYPE, ..Default::default() });
+        let reader = PyReader::new(
+            &mem,
+            layout,
+            TypeAddrs {
+                str: STR_TYPE,
+                ..Default::default()
+            },
+        );
         assert_eq!(reader.str(0x1000).unwrap(), "EngineCore.step");
         assert_eq!(reader.str(0x2000).unwrap(), "réquête");
-        let wrong = PyReader::new(&mem, layout, TypeAddrs { str: STR_TYPE + 8, ..Default::default() });
-        assert!(matches!(wrong.str(0x1000), Err(ReadError::WrongType { expected: "str", .. })));
+        let wrong = PyReader::new(
+            &mem,
+            layout,
+            TypeAddrs {
+                str: STR_TYPE + 8,
+                ..Default::default()
+            },
+        );
+        assert!(matches!(
+            wrong.str(0x1000),
+            Err(ReadError::WrongType {
+                expected: "str",
+                ..
+            })
+        ));
         assert!(matches!(reader.str(0x5000), Err(ReadError::Memory { .. })));
     }
 }

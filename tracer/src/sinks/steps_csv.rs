@@ -20,8 +20,17 @@ pub struct StepRow {
 
 impl StepRow {
     /// The column names, in field order (a test checks they match the serialized rows).
-    pub const HEADER: [&str; 9] =
-        ["step", "pid", "tid", "start_ns", "start_rel_ns", "schedule_ns", "execute_ns", "update_ns", "step_ns"];
+    pub const HEADER: [&str; 9] = [
+        "step",
+        "pid",
+        "tid",
+        "start_ns",
+        "start_rel_ns",
+        "schedule_ns",
+        "execute_ns",
+        "update_ns",
+        "step_ns",
+    ];
 
     pub fn new(step: &Step, pid: u32, trace_start_ns: u64) -> Self {
         Self {
@@ -44,7 +53,9 @@ pub struct StepsCsv {
 
 impl StepsCsv {
     pub fn create(path: &Path) -> csv::Result<Self> {
-        let mut writer = csv::WriterBuilder::new().has_headers(false).from_path(path)?;
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_path(path)?;
         // Written now, not with the first row, so a trace without steps still has it.
         writer.write_record(StepRow::HEADER)?;
         Ok(Self { writer })
@@ -68,14 +79,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tracer-steps-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("steps.csv");
-        let step = Step { index: 3, tid: 11, start_ns: 1_000, schedule_done_ns: 1_040, execute_done_ns: 2_040, update_done_ns: 2_060 };
+        let step = Step {
+            index: 3,
+            tid: 11,
+            start_ns: 1_000,
+            schedule_done_ns: 1_040,
+            execute_done_ns: 2_040,
+            update_done_ns: 2_060,
+        };
         let row = StepRow::new(&step, 10, 400);
         let mut csv = StepsCsv::create(&path).unwrap();
         csv.write(&row).unwrap();
         csv.flush().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "step,pid,tid,start_ns,start_rel_ns,schedule_ns,execute_ns,update_ns,step_ns\n3,10,11,1000,600,40,1000,20,1060\n");
-        let back: Vec<StepRow> = csv::Reader::from_path(&path).unwrap().deserialize().collect::<Result<_, _>>().unwrap();
+        let back: Vec<StepRow> = csv::Reader::from_path(&path)
+            .unwrap()
+            .deserialize()
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(back, [row]);
         std::fs::remove_dir_all(dir).unwrap();
     }
