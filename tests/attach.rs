@@ -68,16 +68,18 @@ fn traced_steps_match_ground_truth(python: &str) {
 /// Pairs each traced step with its truth row and bounds the phase errors.
 fn check_phases(truth: &[&TruthRow], traced: &[StepRow], label: &str) {
     let mut errors: [Vec<i64>; 4] = Default::default();
+    let mut previous_end = 0;
     for (t, s) in truth.iter().zip(traced) {
-        // The step-entry trap fires before the fixture's first timestamp, and not long before.
-        let lead = t.start_ns as i64 - s.start_ns as i64;
+        // Pairing: the step-entry trap fires after the fixture's previous step ended and
+        // before this step's first timestamp (however long the thread is descheduled between).
         assert!(
-            (0..1_000_000).contains(&lead),
-            "step {}: traced start {} vs fixture {}",
+            previous_end < s.start_ns && s.start_ns <= t.start_ns,
+            "step {}: traced start {} not between the fixture's previous step end {previous_end} and start {}",
             t.step,
             s.start_ns,
             t.start_ns
         );
+        previous_end = t.after_update_ns;
         let traced_phases = [s.schedule_ns, s.execute_ns, s.update_ns, s.step_ns];
         for (k, (tp, sp)) in t.phases().iter().zip(traced_phases).enumerate() {
             errors[k].push(sp as i64 - *tp as i64);
