@@ -35,14 +35,7 @@ fn traced_steps_match_ground_truth(python: &str) {
             truth_path.to_str().unwrap(),
         ],
     );
-    let mut tracer = Tracer::spawn(&[
-        "attach",
-        "--pid",
-        &fixture.pid.to_string(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    tracer.wait_attached();
+    let tracer = Tracer::attach(fixture.pid, &out);
     fixture.go();
     assert!(fixture.wait().success());
     // The target's exit ends the trace.
@@ -58,8 +51,7 @@ fn traced_steps_match_ground_truth(python: &str) {
     assert_eq!(truth.len(), STEPS);
     assert_eq!(traced.len(), truth.len(), "steps lost or invented");
     check_phases(&truth.iter().collect::<Vec<_>>(), &traced, python);
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let run = read_run_json(&out);
     assert_eq!(run["counters"]["ring_buffer_drops"], 0);
     assert_eq!(run["totals"]["steps"], STEPS as u64);
     assert_eq!(run["end_reason"], "target exited");
@@ -138,14 +130,7 @@ fn attach_mid_run_and_interrupt_keeps_every_step_in_window() {
             truth_path.to_str().unwrap(),
         ],
     );
-    let mut tracer = Tracer::spawn(&[
-        "attach",
-        "--pid",
-        &fixture.pid.to_string(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    tracer.wait_attached();
+    let tracer = Tracer::attach(fixture.pid, &out);
     std::thread::sleep(Duration::from_millis(1500));
     tracer.signal(libc::SIGINT);
     let (status, stderr) = tracer.finish(Duration::from_secs(30));
@@ -173,8 +158,7 @@ fn attach_mid_run_and_interrupt_keeps_every_step_in_window() {
         "a step in the window is missing"
     );
     check_phases(&window, &traced, "mid-run 3.11.7");
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let run = read_run_json(&out);
     assert_eq!(run["end_reason"], "interrupted (SIGINT)");
 }
 
@@ -331,20 +315,12 @@ fn sigterm_and_sighup_end_the_trace_with_complete_files() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let mut tracer = Tracer::spawn(&[
-            "attach",
-            "--pid",
-            &fixture.pid.to_string(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        tracer.wait_attached();
+        let tracer = Tracer::attach(fixture.pid, &out);
         std::thread::sleep(Duration::from_millis(300));
         tracer.signal(signal);
         let (status, stderr) = tracer.finish(Duration::from_secs(30));
         assert!(status.success(), "{stderr:?}");
-        let run: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        let run = read_run_json(&out);
         assert_eq!(run["end_reason"], reason);
         let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
         assert_eq!(run["totals"]["steps"], traced.len() as u64);

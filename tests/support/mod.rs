@@ -167,10 +167,20 @@ impl Tracer {
         Self { child, stderr }
     }
 
-    /// Waits for the "attached" line: from then on every step is traced.
-    pub fn wait_attached(&mut self) {
-        self.stderr
+    /// `tracer attach --pid <pid> -o <out>`, returned once its probes are in: from then on
+    /// every step is traced.
+    pub fn attach(pid: u32, out: &Path) -> Self {
+        let mut tracer = Self::spawn(&[
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        tracer
+            .stderr
             .wait_for("tracer: attached", Duration::from_secs(30));
+        tracer
     }
 
     pub fn signal(&self, signal: libc::c_int) {
@@ -248,4 +258,13 @@ pub fn percentile(values: &mut [i64], p: f64) -> i64 {
     values.sort_by_key(|v| v.abs());
     let rank = ((p / 100.0) * values.len() as f64).ceil().max(1.0) as usize - 1;
     values[rank.min(values.len() - 1)].abs()
+}
+
+/// A trace's run.json.
+pub fn read_run_json(out: &Path) -> serde_json::Value {
+    let path = out.join("run.json");
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
