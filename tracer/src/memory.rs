@@ -35,12 +35,6 @@ pub trait ProcessMemory {
         self.read(addr, &mut buf)?;
         Ok(u32::from_ne_bytes(buf))
     }
-
-    fn read_u8(&self, addr: u64) -> io::Result<u8> {
-        let mut buf = [0; 1];
-        self.read(addr, &mut buf)?;
-        Ok(buf[0])
-    }
 }
 
 /// A live process, read with `process_vm_readv` (needs ptrace-read permission: root or same user).

@@ -116,13 +116,15 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
                     .stack(t)
                     .is_ok_and(|stack| stack.contains(&busy_loop.addr))
             };
-            (0..STACK_WALK_TRIES)
-                .find_map(|_| {
-                    threads.iter().find(runs_busy_loop).or_else(|| {
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                        None
-                    })
-                })
+            let mut engine_thread = None;
+            for _ in 0..STACK_WALK_TRIES {
+                engine_thread = threads.iter().find(runs_busy_loop);
+                if engine_thread.is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            engine_thread
                 .map(|t| t.native_thread_id as u32)
                 .ok_or_else(|| ResolveError::NoEngineThread {
                     pid,
