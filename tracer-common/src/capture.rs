@@ -1,0 +1,192 @@
+//! The snapshot plan and its output: what the watch program copies out of the target at the
+//! hits that end `schedule()` and `update_from_output()`.
+//!
+//! The scheduler mutates its queues in the next step, so the state at a hit must be copied
+//! while the engine thread sits in the trap. The kernel side knows no Python version and no
+//! vLLM version: userspace writes a [`Plan`] (struct offsets of this CPython, the scheduler's
+//! address, the interned attribute names to look up) and the program only follows it.
+
+/// Name of the hash map from process id (tgid) to its [`Plan`].
+pub const PLANS_MAP: &str = "PLANS";
+/// Name of the per-CPU work area ([`Scratch`]), an array indexed by CPU number.
+pub const SCRATCH_MAP: &str = "SCRATCH";
+/// Most CPUs the work area has a slot for.
+pub const MAX_CPUS: u32 = 512;
+
+/// Most requests copied per queue per snapshot; longer queues are counted, not copied.
+pub const MAX_QUEUE_ITEMS: usize = 512;
+/// Most `num_scheduled_tokens` entries copied per snapshot.
+pub const MAX_SCHEDULED: usize = 512;
+/// Attribute values copied per request.
+pub const REQUEST_FIELDS: usize = 6;
+/// Most attribute-chain links from the scheduler to a queue or counter.
+pub const CHAIN_LINKS: usize = 4;
+/// Most entries of an instance's attribute table (dict keys) the program scans.
+pub const MAX_DICT_ENTRIES: usize = 512;
+
+/// How this CPython stores instance attributes: picks the lookup path of the program.
+pub mod storage {
+    /// A dict pointer at `tp_dictoffset` (3.10, and classes without managed dicts).
+    pub const DICT_OFFSET: u64 = 0;
+    /// 3.11: dict pointer at obj−24, split values pointer at obj−32.
+    pub const MANAGED_311: u64 = 1;
+    /// 3.12: one tagged word at obj−24: values (low bit set) or dict.
+    pub const TAGGED_312: u64 = 2;
+    /// 3.13+: dict pointer at obj−24, else values inline at obj + `tp_basicsize`.
+    pub const INLINE_313: u64 = 3;
+}
+
+/// What a chain ends in.
+pub mod container {
+    /// A `list`: copy its item pointers.
+    pub const LIST: u64 = 0;
+    /// A `collections.deque` (or subclass): copy its items left to right.
+    pub const DEQUE: u64 = 1;
+    /// A value: copy its 16 bytes after the object header (an `int`'s size word and digits).
+    pub const VALUE: u64 = 2;
+}
+
+/// CPython struct offsets the program needs (bytes; from the layout tables).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyOffsets {
+    /// One of [`storage`].
+    pub storage: u64,
+    /// 1 for 3.10's dict keys (`dk_size`, index width from the size), 0 for 3.11+'s log2 fields.
+    pub old_dict_keys: u64,
+    pub object_type: u64,
+    pub var_size: u64,
+    pub list_items: u64,
+    pub type_basicsize: u64,
+    pub type_dictoffset: u64,
+    pub type_flags: u64,
+    pub heaptype_cached_keys: u64,
+    pub dict_keys: u64,
+    pub dict_values: u64,
+    /// 3.11+: `dk_log2_index_bytes`; 3.10: `dk_size`.
+    pub keys_index_size: u64,
+    /// 3.11+: `dk_kind` (0 general, entries of 24 bytes; else 16); unused on 3.10.
+    pub keys_kind: u64,
+    pub keys_nentries: u64,
+    pub keys_indices: u64,
+    /// Where `values[0]` sits in a `PyDictValues`.
+    pub values_items: u64,
+    /// 3.13+: the `valid` byte of inline values.
+    pub values_valid: u64,
+    pub deque_leftblock: u64,
+    pub deque_leftindex: u64,
+    /// Links from the thread state to the current frame (`0` ends the path).
+    pub tstate_frame: [u64; 2],
+    pub frame_localsplus: u64,
+}
+
+/// A path of attribute lookups from the scheduler, ending in a [`container`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    /// Interned attribute names (`str` object addresses), `links` of them.
+    pub keys: [u64; CHAIN_LINKS],
+    pub links: u64,
+    /// One of [`container`]; a chain with `links == 0` is not captured.
+    pub container: u64,
+}
+
+/// Everything the program needs for one traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub py: PyOffsets,
+    /// Watched addresses whose hits take a snapshot (0 = unused).
+    pub snapshot_at: [u64; 2],
+    /// The `Scheduler` object (long-lived; its attributes are looked up at each hit).
+    pub scheduler: u64,
+    pub running: Chain,
+    pub waiting: Chain,
+    pub kv_free: Chain,
+    /// Interned names of the request attributes to copy (0 = unused).
+    pub request_fields: [u64; REQUEST_FIELDS],
+    /// Bit i set: field i is a pointer to follow (copy 16 bytes after its header); clear:
+    /// copy the pointer itself (identity: enum members, strings).
+    pub request_deref: u64,
+    /// The engine thread's `PyThreadState`, to find the step's frame.
+    pub tstate: u64,
+    /// Index in the step frame's `localsplus` of `scheduler_output` (`u64::MAX`: none).
+    pub output_local: u64,
+    /// Interned name of `SchedulerOutput.num_scheduled_tokens`.
+    pub output_scheduled: u64,
+}
+
+/// Flags of a [`SnapshotHeader`] (bits).
+pub mod snap {
+    /// The running list was read.
+    pub const RUNNING: u32 = 1 << 0;
+    pub const WAITING: u32 = 1 << 1;
+    pub const KV_FREE: u32 = 1 << 2;
+    pub const SCHEDULED: u32 = 1 << 3;
+    /// A chain link or table could not be read (freed, resized, not what the plan says).
+    pub const READ_ERROR: u32 = 1 << 8;
+}
+
+/// Follows a [`crate::WatchHit`] in the same record when the hit took a snapshot; then
+/// `n_running + n_waiting` [`Item`]s and `n_scheduled` [`ScheduledEntry`]s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// [`snap`] bits.
+    pub flags: u32,
+    pub n_running: u32,
+    /// True lengths of the queues (more than copied when over [`MAX_QUEUE_ITEMS`]).
+    pub running_len: u32,
+    pub n_waiting: u32,
+    pub waiting_len: u32,
+    pub n_scheduled: u32,
+    /// 16 bytes after the header of the free-block count (an `int`).
+    pub kv_free: [u64; 2],
+}
+
+/// One request of a queue.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Item {
+    /// The `Request` object's address.
+    pub object: u64,
+    /// Bit i set: field i was not found (attribute missing or table unreadable).
+    pub missing: u64,
+    /// Per field: `[pointer, 0]` or the 16 bytes after the pointed-to object's header.
+    pub fields: [[u64; 2]; REQUEST_FIELDS],
+}
+
+/// One `num_scheduled_tokens` entry: request id string → token count (an `int`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScheduledEntry {
+    pub key: u64,
+    pub value: [u64; 2],
+}
+
+/// The largest record: a hit, its snapshot, full queues and a full scheduled dict.
+pub const MAX_RECORD: usize = size_of::<crate::WatchHit>()
+    + size_of::<SnapshotHeader>()
+    + 2 * MAX_QUEUE_ITEMS * size_of::<Item>()
+    + MAX_SCHEDULED * size_of::<ScheduledEntry>();
+
+/// The per-CPU work area: the record being built, and buffers for tables read in bulk.
+#[repr(C)]
+pub struct Scratch {
+    pub record: [u8; MAX_RECORD],
+    /// Dict key entries, read in one go per object.
+    pub entries: [u64; MAX_DICT_ENTRIES * 3],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `repr(C)` with only integer fields laid out without padding
+    // (u64s, u32s in pairs); any bit pattern is valid.
+    unsafe impl aya::Pod for PyOffsets {}
+    unsafe impl aya::Pod for Chain {}
+    unsafe impl aya::Pod for Plan {}
+    unsafe impl aya::Pod for SnapshotHeader {}
+    unsafe impl aya::Pod for Item {}
+    unsafe impl aya::Pod for ScheduledEntry {}
+}
