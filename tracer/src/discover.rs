@@ -195,6 +195,17 @@ fn runtime_in(
             module: at("PyModule_Type"),
             function: at("PyFunction_Type"),
             code: at("PyCode_Type"),
+            int: at("PyLong_Type"),
+            float: at("PyFloat_Type"),
+            bool: at("PyBool_Type"),
+            list: at("PyList_Type"),
+            set: at("PySet_Type"),
+            frozenset: at("PyFrozenSet_Type"),
+            bytes: at("PyBytes_Type"),
+            member_descr: at("PyMemberDescr_Type"),
+            none: at("_Py_NoneStruct"),
+            true_: at("_Py_TrueStruct"),
+            false_: at("_Py_FalseStruct"),
         },
         eval_loop: symbol("_PyEval_EvalFrameDefault")
             .filter(|&(_, size)| size > 0)

@@ -12,6 +12,11 @@ pub trait ProcessMemory {
     /// Fills `buf` from `addr`, all of it or an error.
     fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
 
+    /// The process id, where there is a live process (some decoding calibrates on it).
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
     fn read_bytes(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
         if len > MAX_READ {
             return Err(io::Error::new(
@@ -44,6 +49,10 @@ pub struct LiveProcess {
 }
 
 impl ProcessMemory for LiveProcess {
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
     fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());

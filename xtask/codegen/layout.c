@@ -1,13 +1,23 @@
 /* Prints the CPython struct offsets the tracer needs, as a Rust `Layout` literal.
  * Built by `cargo xtask codegen` against each interpreter's installed headers (internal
- * ones included), so the numbers are the compiler's, not ours. */
+ * ones included), so the numbers are the compiler's, not ours. Where a struct is private
+ * to a .c file (3.10's dict keys, the deque) its definition is copied here, under a version
+ * test, from that version's sources; the live tests (tests/cpython.rs) check the result. */
 #define Py_BUILD_CORE 1
+/* The header's inline accessors assert on the type of the object; we call them on a dummy. */
+#define NDEBUG 1
 #include "Python.h"
+#include "structmember.h"
 #include "internal/pycore_runtime.h"
 #include "internal/pycore_interp.h"
+#if PY_VERSION_HEX >= 0x030B0000
 #include "internal/pycore_frame.h"
 #include "internal/pycore_dict.h"
 #include "internal/pycore_code.h"
+#include "internal/pycore_object.h"
+#else
+#include "frameobject.h"
+#endif
 #include <stddef.h>
 #include <stdio.h>
 #if PY_VERSION_HEX < 0x030C0000
@@ -16,39 +26,153 @@ typedef struct { PyObject_HEAD PyObject *md_dict; } PyModuleObject;
 #else
 #include "internal/pycore_moduleobject.h"
 #endif
+#if PY_VERSION_HEX < 0x030B0000
+/* 3.10: Objects/dict-common.h (not installed). */
+typedef struct { Py_hash_t me_hash; PyObject *me_key; PyObject *me_value; } PyDictKeyEntry;
+typedef Py_ssize_t (*dict_lookup_func)(PyDictObject *, PyObject *, Py_hash_t, PyObject **);
+struct _dictkeysobject {
+  Py_ssize_t dk_refcnt;
+  Py_ssize_t dk_size;
+  dict_lookup_func dk_lookup;
+  Py_ssize_t dk_usable;
+  Py_ssize_t dk_nentries;
+  char dk_indices[];
+};
+#endif
+/* Modules/_collectionsmodule.c (private, the same from 3.10 to 3.14). */
+#define BLOCKLEN 64
+typedef struct BLOCK {
+  struct BLOCK *leftlink;
+  PyObject *data[BLOCKLEN];
+  struct BLOCK *rightlink;
+} block;
+typedef struct {
+  PyObject_VAR_HEAD
+  block *leftblock;
+  block *rightblock;
+  Py_ssize_t leftindex;
+  Py_ssize_t rightindex;
+} dequeobject;
 
 #define F(name, expr) printf("        %s: %zu,\n", name, (size_t)(expr))
+#define I(name, expr) printf("        %s: %td,\n", name, (ptrdiff_t)(expr))
+
 int main(void) {
+  /* A dummy object for the header's pointer-arithmetic accessors. */
+  static char buffer[256];
+  PyObject *obj = (PyObject *)(buffer + 128);
   printf("    Layout {\n        version: (%d, %d),\n", PY_MAJOR_VERSION, PY_MINOR_VERSION);
   F("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
+  F("runtime_main_thread", offsetof(_PyRuntimeState, main_thread));
+#if PY_VERSION_HEX >= 0x030B0000
   F("interp_threads_head", offsetof(PyInterpreterState, threads.head));
+#else
+  F("interp_threads_head", offsetof(PyInterpreterState, tstate_head));
+#endif
 #if PY_VERSION_HEX >= 0x030C0000
   F("interp_modules", offsetof(PyInterpreterState, imports.modules));
 #else
   F("interp_modules", offsetof(PyInterpreterState, modules));
 #endif
   F("tstate_next", offsetof(PyThreadState, next));
-  F("tstate_native_thread_id", offsetof(PyThreadState, native_thread_id));
+#if PY_VERSION_HEX >= 0x030B0000
+  printf("        tstate_thread_id: ThreadId::Native(%zu),\n",
+         offsetof(PyThreadState, native_thread_id));
+#else
+  printf("        tstate_thread_id: ThreadId::Pthread(%zu),\n", offsetof(PyThreadState, thread_id));
+#endif
 #if PY_VERSION_HEX >= 0x030D0000
   printf("        tstate_current_frame: &[%zu],\n", offsetof(PyThreadState, current_frame));
   F("frame_code", offsetof(_PyInterpreterFrame, f_executable));
-#else
+  F("frame_previous", offsetof(_PyInterpreterFrame, previous));
+  F("frame_localsplus", offsetof(_PyInterpreterFrame, localsplus));
+#elif PY_VERSION_HEX >= 0x030B0000
   printf("        tstate_current_frame: &[%zu, %zu],\n", offsetof(PyThreadState, cframe),
          offsetof(_PyCFrame, current_frame));
   F("frame_code", offsetof(_PyInterpreterFrame, f_code));
-#endif
   F("frame_previous", offsetof(_PyInterpreterFrame, previous));
-  F("code_qualname", offsetof(PyCodeObject, co_qualname));
+  F("frame_localsplus", offsetof(_PyInterpreterFrame, localsplus));
+#else
+  printf("        tstate_current_frame: &[%zu],\n", offsetof(PyThreadState, frame));
+  F("frame_code", offsetof(PyFrameObject, f_code));
+  F("frame_previous", offsetof(PyFrameObject, f_back));
+  F("frame_localsplus", offsetof(PyFrameObject, f_localsplus));
+#endif
+  F("code_name", offsetof(PyCodeObject, co_name));
+#if PY_VERSION_HEX >= 0x030B0000
+  printf("        code_qualname: Some(%zu),\n", offsetof(PyCodeObject, co_qualname));
+  printf("        code_bytecode: Bytecode::Adaptive(%zu),\n",
+         offsetof(PyCodeObject, co_code_adaptive));
+  F("code_localsplusnames", offsetof(PyCodeObject, co_localsplusnames));
+  F("code_nlocalsplus", offsetof(PyCodeObject, co_nlocalsplus));
+#else
+  printf("        code_qualname: None,\n");
+  printf("        code_bytecode: Bytecode::Bytes(%zu),\n", offsetof(PyCodeObject, co_code));
+  F("code_localsplusnames", offsetof(PyCodeObject, co_varnames));
+  F("code_nlocalsplus", offsetof(PyCodeObject, co_nlocals));
+#endif
   F("code_names", offsetof(PyCodeObject, co_names));
-  F("code_size", offsetof(PyVarObject, ob_size));
-  F("code_code_adaptive", offsetof(PyCodeObject, co_code_adaptive));
+  F("code_firstlineno", offsetof(PyCodeObject, co_firstlineno));
+  F("code_linetable", offsetof(PyCodeObject, co_linetable));
+  F("bytes_data", offsetof(PyBytesObject, ob_sval));
+  F("type_name", offsetof(PyTypeObject, tp_name));
+  F("type_basicsize", offsetof(PyTypeObject, tp_basicsize));
+  F("type_dictoffset", offsetof(PyTypeObject, tp_dictoffset));
   F("type_dict", offsetof(PyTypeObject, tp_dict));
   F("type_flags", offsetof(PyTypeObject, tp_flags));
+  F("type_base", offsetof(PyTypeObject, tp_base));
+  F("type_mro", offsetof(PyTypeObject, tp_mro));
+  F("heaptype_cached_keys", offsetof(PyHeapTypeObject, ht_cached_keys));
+#if PY_VERSION_HEX >= 0x030D0000
+  printf("        instance_dict: ManagedDict::Inline { dict: %td, flag: %lu, valid: %zu },\n",
+         (char *)_PyObject_ManagedDictPointer(obj) - (char *)obj,
+         (unsigned long)Py_TPFLAGS_INLINE_VALUES, offsetof(PyDictValues, valid));
+#elif PY_VERSION_HEX >= 0x030C0000
+  printf("        instance_dict: ManagedDict::Tagged { dict_or_values: %td },\n",
+         (char *)_PyObject_DictOrValuesPointer(obj) - (char *)obj);
+#elif PY_VERSION_HEX >= 0x030B0000
+  printf("        instance_dict: ManagedDict::Separate { dict: %td, values: %td },\n",
+         (char *)_PyObject_ManagedDictPointer(obj) - (char *)obj,
+         (char *)_PyObject_ValuesPointer(obj) - (char *)obj);
+#else
+  printf("        instance_dict: ManagedDict::None,\n");
+#endif
+#ifdef Py_TPFLAGS_MANAGED_DICT
+  F("tpflags_managed_dict", Py_TPFLAGS_MANAGED_DICT);
+#else
+  F("tpflags_managed_dict", 0);
+#endif
   F("dict_keys", offsetof(PyDictObject, ma_keys));
   F("dict_values", offsetof(PyDictObject, ma_values));
-  F("dictkeys_log2_size", offsetof(PyDictKeysObject, dk_log2_size));
-  F("dictkeys_log2_index_bytes", offsetof(PyDictKeysObject, dk_log2_index_bytes));
-  F("dictkeys_kind", offsetof(PyDictKeysObject, dk_kind));
+  F("dict_used", offsetof(PyDictObject, ma_used));
+#if PY_VERSION_HEX >= 0x030D0000
+  printf("        values_order: ValuesOrder::AfterValues { capacity: %zu, size: %zu },\n",
+         offsetof(PyDictValues, capacity), offsetof(PyDictValues, size));
+  F("values_items", offsetof(PyDictValues, values));
+#elif PY_VERSION_HEX >= 0x030B0000
+  printf("        values_order: ValuesOrder::Prefix,\n");
+  F("values_items", offsetof(PyDictValues, values));
+#else
+  printf("        values_order: ValuesOrder::KeyOrder,\n");
+  F("values_items", 0);
+#endif
+#if PY_VERSION_HEX >= 0x030B0000
+  printf("        dictkeys_size: DictKeysSize::Log2 { log2_size: %zu, log2_index_bytes: %zu, kind: "
+         "%zu },\n",
+         offsetof(PyDictKeysObject, dk_log2_size), offsetof(PyDictKeysObject, dk_log2_index_bytes),
+         offsetof(PyDictKeysObject, dk_kind));
+  size_t entry_sizes[3];
+  entry_sizes[DICT_KEYS_GENERAL] = sizeof(PyDictKeyEntry);
+  entry_sizes[DICT_KEYS_UNICODE] = sizeof(PyDictUnicodeEntry);
+  entry_sizes[DICT_KEYS_SPLIT] = sizeof(PyDictUnicodeEntry);
+  printf("        dict_entry_size_by_kind: [%zu, %zu, %zu],\n", entry_sizes[0], entry_sizes[1],
+         entry_sizes[2]);
+#else
+  printf("        dictkeys_size: DictKeysSize::Size(%zu),\n", offsetof(PyDictKeysObject, dk_size));
+  /* 3.10 has one entry kind, with the hash. */
+  printf("        dict_entry_size_by_kind: [%zu, %zu, %zu],\n", sizeof(PyDictKeyEntry),
+         sizeof(PyDictKeyEntry), sizeof(PyDictKeyEntry));
+#endif
   F("dictkeys_nentries", offsetof(PyDictKeysObject, dk_nentries));
   F("dictkeys_indices", offsetof(PyDictKeysObject, dk_indices));
   F("unicode_length", offsetof(PyASCIIObject, length));
@@ -58,6 +182,31 @@ int main(void) {
   F("func_code", offsetof(PyFunctionObject, func_code));
   F("module_dict", offsetof(PyModuleObject, md_dict));
   F("tuple_items", offsetof(PyTupleObject, ob_item));
+  F("list_items", offsetof(PyListObject, ob_item));
+#if PY_VERSION_HEX >= 0x030C0000
+  printf("        long_size: LongSize::Tag { offset: %zu, non_size_bits: %d },\n",
+         offsetof(PyLongObject, long_value.lv_tag), _PyLong_NON_SIZE_BITS);
+  F("long_digits", offsetof(PyLongObject, long_value.ob_digit));
+#else
+  printf("        long_size: LongSize::ObSize,\n");
+  F("long_digits", offsetof(PyLongObject, ob_digit));
+#endif
+  F("long_shift", PyLong_SHIFT);
+  F("float_value", offsetof(PyFloatObject, ob_fval));
+  F("set_used", offsetof(PySetObject, used));
+  F("set_mask", offsetof(PySetObject, mask));
+  F("set_table", offsetof(PySetObject, table));
+  F("set_entry_size", sizeof(setentry));
+  F("set_entry_hash", offsetof(setentry, hash));
+  printf("        deque: Deque { leftblock: %zu, rightblock: %zu, leftindex: %zu, rightindex: %zu, "
+         "block_len: %d, block_data: %zu, block_rightlink: %zu },\n",
+         offsetof(dequeobject, leftblock), offsetof(dequeobject, rightblock),
+         offsetof(dequeobject, leftindex), offsetof(dequeobject, rightindex), BLOCKLEN,
+         offsetof(block, data), offsetof(block, rightlink));
+  F("memberdescr_member", offsetof(PyMemberDescrObject, d_member));
+  F("memberdef_type", offsetof(PyMemberDef, type));
+  F("memberdef_offset", offsetof(PyMemberDef, offset));
+  F("member_object_ex", T_OBJECT_EX);
   F("var_size", offsetof(PyVarObject, ob_size));
   F("object_type", offsetof(PyObject, ob_type));
   printf("        opcodes: &OPCODES_%d_%d,\n    },\n", PY_MAJOR_VERSION, PY_MINOR_VERSION);

@@ -7,4 +7,4 @@ pub mod reader;
 mod tables;
 
 pub use layout::Layout;
-pub use reader::{PyReader, ReadError, TypeAddrs};
+pub use reader::{AttrLocation, PyReader, ReadError, TypeAddrs, Value, ValuesAt};

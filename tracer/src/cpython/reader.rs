@@ -6,15 +6,34 @@
 
 use std::io;
 
-use super::Layout;
-use crate::memory::ProcessMemory;
+use super::{
+    layout::{Bytecode, DictKeysSize, LongSize, ManagedDict, ThreadId, ValuesOrder},
+    Layout,
+};
+use crate::memory::{ProcessMemory, MAX_READ};
 
-/// Longest string, tuple or dict we decode; anything bigger is treated as corrupt.
+/// Longest string, tuple, list, dict, set or deque we decode; anything bigger is treated as
+/// corrupt.
 const MAX_ITEMS: u64 = 1 << 20;
 /// Deepest Python stack we walk.
 const MAX_FRAMES: usize = 1024;
+/// Most thread states we follow.
+const MAX_THREADS: usize = 4096;
+/// Longest base-class chain or MRO we follow.
+const MAX_BASES: usize = 64;
+/// Longest type name we read (`tp_name` is a C string).
+const MAX_TYPE_NAME: usize = 256;
+/// Where the kernel tid may sit in glibc's thread descriptor (3.10's calibration scan).
+const MAX_PTHREAD_SCAN: usize = 4096;
+/// `tp_flags` bits for the builtin kinds whose subclasses share their layout (stable since
+/// Python 3.0; not per version).
+const TPFLAGS_LONG_SUBCLASS: u64 = 1 << 24;
+const TPFLAGS_LIST_SUBCLASS: u64 = 1 << 25;
+const TPFLAGS_DICT_SUBCLASS: u64 = 1 << 29;
 /// `Py_TPFLAGS_TYPE_SUBCLASS`: the object is a class (its type derives from `type`).
 const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
+/// `tp_name` of `collections.deque`, whose type object is not exported.
+const DEQUE_TYPE_NAME: &str = "collections.deque";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -24,12 +43,21 @@ pub enum ReadError {
     WrongType { addr: u64, expected: &'static str },
     #[error("object at {addr:#x} is corrupt: {what}")]
     Corrupt { addr: u64, what: String },
+    #[error("int at {addr:#x} does not fit in 64 bits")]
+    TooBig { addr: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, ReadError>;
 
-/// Addresses of the builtin type objects, from the interpreter's dynamic symbols, so each
-/// decoded object's `ob_type` can be checked.
+fn corrupt(addr: u64, what: impl Into<String>) -> ReadError {
+    ReadError::Corrupt {
+        addr,
+        what: what.into(),
+    }
+}
+
+/// Addresses of the builtin type objects and singletons, from the interpreter's dynamic
+/// symbols, so each decoded object's `ob_type` can be checked.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TypeAddrs {
     pub str: u64,
@@ -38,12 +66,25 @@ pub struct TypeAddrs {
     pub module: u64,
     pub function: u64,
     pub code: u64,
+    pub int: u64,
+    pub float: u64,
+    pub bool: u64,
+    pub list: u64,
+    pub set: u64,
+    pub frozenset: u64,
+    pub bytes: u64,
+    pub member_descr: u64,
+    /// `None`, `True`, `False`: the objects themselves.
+    pub none: u64,
+    pub true_: u64,
+    pub false_: u64,
 }
 
 /// What the tracer needs of a code object.
 #[derive(Clone, Debug)]
 pub struct Code {
     pub addr: u64,
+    /// `co_qualname`, or `co_name` on 3.10 (whose code objects have no qualified name).
     pub qualname: String,
     pub names: Vec<String>,
     /// The instructions as they are now (possibly specialized), and where they live.
@@ -56,6 +97,96 @@ pub struct Code {
 pub struct ThreadState {
     pub addr: u64,
     pub native_thread_id: u64,
+}
+
+/// One frame of a thread's Python stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The `_PyInterpreterFrame` (3.10: `PyFrameObject`).
+    pub addr: u64,
+    /// Its code object (on 3.12+ the entry shim's frames hold other objects: check the type).
+    pub code: u64,
+}
+
+/// Where an attribute's value pointer lives, so it can be re-read later (e.g. by the eBPF
+/// side at a probe hit) without walking the class again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttrLocation {
+    /// A `__slots__` member: the pointer is at `obj + offset` in every instance of the class.
+    Slot { offset: u64 },
+    /// Shared-key (split) storage: `values[index]` of the array found as `values` says.
+    /// The index holds for every instance of the class while the class's cached keys hold
+    /// the name.
+    Values { values: ValuesAt, index: u64 },
+    /// The instance's own combined dict, whose pointer is at `obj + dict_at`: entry
+    /// `entry_index` of its keys' `dk_entries` (the value is the entry's last word), valid
+    /// while that entry's key is still `key` (an interned str).
+    DictEntry {
+        dict_at: i64,
+        entry_index: u64,
+        key: u64,
+    },
+}
+
+/// Where an instance's split values array (`PyDictValues.values`) is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValuesAt {
+    /// Inline in the object: `values[0]` is at `obj + offset` (3.13+).
+    Inline { offset: u64 },
+    /// The `PyDictValues` pointer at `obj + at`, minus `tag` (3.11: tag 0; 3.12: tag 1),
+    /// then [`Layout::values_items`].
+    Pointer { at: i64, tag: u64 },
+    /// `ma_values` of the dict whose pointer is at `obj + dict_at`.
+    DictValues { dict_at: i64 },
+}
+
+/// A decoded object graph, for inspection and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    /// An int beyond 64 bits.
+    BigInt,
+    Float(f64),
+    Str(String),
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    Set(Vec<Value>),
+    Deque(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    /// An instance with attributes: its type's `tp_name` and its attributes in storage order.
+    Object {
+        type_name: String,
+        attrs: Vec<(String, Value)>,
+    },
+    /// Anything else, or beyond the depth limit: its type's `tp_name`.
+    Other {
+        type_name: String,
+    },
+}
+
+/// An instance's attribute storage, other than slots.
+enum Storage {
+    None,
+    /// A split values array and the shared keys naming it.
+    Values {
+        at: ValuesAt,
+        array: u64,
+        keys: u64,
+    },
+    /// A dict object (combined or split) whose pointer is at `obj + at`.
+    Dict {
+        at: i64,
+        dict: u64,
+    },
+}
+
+/// A dict keys table, as read.
+struct Keys {
+    nentries: u64,
+    entry_size: u64,
+    entries: u64,
 }
 
 pub struct PyReader<'a, M: ProcessMemory> {
@@ -75,14 +206,51 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             .map_err(|source| ReadError::Memory { addr, source })
     }
 
+    fn u32_at(&self, addr: u64) -> Result<u32> {
+        self.mem
+            .read_u32(addr)
+            .map_err(|source| ReadError::Memory { addr, source })
+    }
+
+    fn u8_at(&self, addr: u64) -> Result<u8> {
+        Ok(self.bytes_at(addr, 1)?[0])
+    }
+
     fn bytes_at(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
         self.mem
             .read_bytes(addr, len)
             .map_err(|source| ReadError::Memory { addr, source })
     }
 
+    /// `n` pointer-sized words from `addr`, in reads of at most [`MAX_READ`] bytes.
+    fn words_at(&self, addr: u64, n: u64) -> Result<Vec<u64>> {
+        if n > MAX_ITEMS * 3 {
+            return Err(corrupt(addr, format!("{n} words")));
+        }
+        let mut words = Vec::with_capacity(n as usize);
+        let per_read = (MAX_READ / 8) as u64;
+        let mut done = 0;
+        while done < n {
+            let chunk = (n - done).min(per_read);
+            let raw = self.bytes_at(addr + done * 8, chunk as usize * 8)?;
+            words.extend(
+                raw.chunks_exact(8)
+                    .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))),
+            );
+            done += chunk;
+        }
+        Ok(words)
+    }
+
     fn type_of(&self, obj: u64) -> Result<u64> {
+        if obj == 0 {
+            return Err(corrupt(obj, "NULL object"));
+        }
         self.u64_at(obj + self.layout.object_type)
+    }
+
+    fn type_flags(&self, ty: u64) -> Result<u64> {
+        self.u64_at(ty + self.layout.type_flags)
     }
 
     fn expect_type(&self, obj: u64, ty: u64, expected: &'static str) -> Result<()> {
@@ -95,15 +263,62 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         Ok(())
     }
 
+    /// `obj` is an instance of `ty` or of a subclass that the fast subclass bit `flag` marks.
+    fn expect_kind(&self, obj: u64, ty: u64, flag: u64, expected: &'static str) -> Result<()> {
+        let actual = self.type_of(obj)?;
+        if actual == ty || self.type_flags(actual)? & flag != 0 {
+            return Ok(());
+        }
+        Err(ReadError::WrongType {
+            addr: obj,
+            expected,
+        })
+    }
+
+    /// `obj`'s type is `base` or derives from it (through `tp_base`).
+    fn expect_subtype(&self, obj: u64, base: u64, expected: &'static str) -> Result<()> {
+        let mut ty = self.type_of(obj)?;
+        for _ in 0..MAX_BASES {
+            if ty == base {
+                return Ok(());
+            }
+            if ty == 0 {
+                break;
+            }
+            ty = self.u64_at(ty + self.layout.type_base)?;
+        }
+        Err(ReadError::WrongType {
+            addr: obj,
+            expected,
+        })
+    }
+
     fn var_size(&self, obj: u64) -> Result<u64> {
         let size = self.u64_at(obj + self.layout.var_size)?;
         if size > MAX_ITEMS {
-            return Err(ReadError::Corrupt {
-                addr: obj,
-                what: format!("size {size}"),
-            });
+            return Err(corrupt(obj, format!("size {size}")));
         }
         Ok(size)
+    }
+
+    /// A type's `tp_name` (for heap types the bare class name; for builtins e.g.
+    /// `collections.deque`).
+    pub fn type_name(&self, ty: u64) -> Result<String> {
+        let name = self.u64_at(ty + self.layout.type_name)?;
+        // Read up to the NUL without crossing into an unmapped page: stop at the page end.
+        let mut out = Vec::new();
+        let mut at = name;
+        while out.len() < MAX_TYPE_NAME {
+            let page_left = (0x1000 - (at & 0xfff)) as usize;
+            let chunk = self.bytes_at(at, page_left.min(MAX_TYPE_NAME - out.len()))?;
+            if let Some(end) = chunk.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..end]);
+                return String::from_utf8(out).map_err(|_| corrupt(ty, "tp_name not UTF-8"));
+            }
+            at += chunk.len() as u64;
+            out.extend(chunk);
+        }
+        Err(corrupt(ty, "tp_name too long"))
     }
 
     /// A `str` object's text (compact strings: every string CPython creates since 3.3 but
@@ -113,25 +328,16 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         let l = self.layout;
         let len = self.u64_at(obj + l.unicode_length)?;
         if len > MAX_ITEMS {
-            return Err(ReadError::Corrupt {
-                addr: obj,
-                what: format!("str length {len}"),
-            });
+            return Err(corrupt(obj, format!("str length {len}")));
         }
-        let state = self
-            .mem
-            .read_u32(obj + l.unicode_state)
-            .map_err(|source| ReadError::Memory { addr: obj, source })?;
+        let state = self.u32_at(obj + l.unicode_state)?;
         let (kind, compact, ascii) = (
             (state >> 2) & 7,
             (state >> 5) & 1 == 1,
             (state >> 6) & 1 == 1,
         );
         if !compact {
-            return Err(ReadError::Corrupt {
-                addr: obj,
-                what: "non-compact str".into(),
-            });
+            return Err(corrupt(obj, "non-compact str"));
         }
         let data = obj
             + if ascii {
@@ -140,12 +346,9 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 l.unicode_compact_data
             };
         let bytes = self.bytes_at(data, len as usize * kind as usize)?;
-        let corrupt = || ReadError::Corrupt {
-            addr: obj,
-            what: "bad characters".into(),
-        };
+        let bad = || corrupt(obj, "bad characters");
         match kind {
-            1 if ascii => String::from_utf8(bytes).map_err(|_| corrupt()),
+            1 if ascii => String::from_utf8(bytes).map_err(|_| bad()),
             1 => Ok(bytes.iter().map(|&b| char::from(b)).collect()),
             2 => char::decode_utf16(
                 bytes
@@ -153,70 +356,317 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                     .map(|c| u16::from_ne_bytes([c[0], c[1]])),
             )
             .collect::<std::result::Result<String, _>>()
-            .map_err(|_| corrupt()),
+            .map_err(|_| bad()),
             4 => bytes
                 .chunks_exact(4)
                 .map(|c| char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
                 .collect::<Option<String>>()
-                .ok_or_else(corrupt),
-            _ => Err(ReadError::Corrupt {
+                .ok_or_else(bad),
+            _ => Err(corrupt(obj, format!("str kind {kind}"))),
+        }
+    }
+
+    /// An `int` (or a subclass's, e.g. `bool` or an `IntEnum` member) value; ints beyond
+    /// 64 bits are [`ReadError::TooBig`].
+    pub fn int(&self, obj: u64) -> Result<i64> {
+        self.expect_kind(obj, self.types.int, TPFLAGS_LONG_SUBCLASS, "int")?;
+        let l = self.layout;
+        let (negative, ndigits) = match l.long_size {
+            LongSize::ObSize => {
+                let size = self.u64_at(obj + l.var_size)? as i64;
+                (size < 0, size.unsigned_abs())
+            }
+            LongSize::Tag {
+                offset,
+                non_size_bits,
+            } => {
+                let tag = self.u64_at(obj + offset)?;
+                let n = tag >> non_size_bits;
+                match tag & 3 {
+                    0 if n > 0 => (false, n),
+                    1 if n == 0 => (false, 0),
+                    2 if n > 0 => (true, n),
+                    _ => return Err(corrupt(obj, format!("int tag {tag:#x}"))),
+                }
+            }
+        };
+        // Three 30-bit digits hold 90 bits; a normalized int with more is beyond i64.
+        if ndigits > 3 {
+            return Err(if ndigits > MAX_ITEMS {
+                corrupt(obj, format!("{ndigits} digits"))
+            } else {
+                ReadError::TooBig { addr: obj }
+            });
+        }
+        let raw = self.bytes_at(obj + l.long_digits, ndigits as usize * 4)?;
+        let mut magnitude: u128 = 0;
+        for (i, c) in raw.chunks_exact(4).enumerate() {
+            let digit = u32::from_ne_bytes(c.try_into().expect("4 bytes"));
+            if u64::from(digit) >> l.long_shift != 0 {
+                return Err(corrupt(obj, format!("int digit {digit:#x}")));
+            }
+            magnitude |= u128::from(digit) << (l.long_shift * i as u64);
+        }
+        let value = if negative {
+            -i128::try_from(magnitude).map_err(|_| ReadError::TooBig { addr: obj })?
+        } else {
+            i128::try_from(magnitude).map_err(|_| ReadError::TooBig { addr: obj })?
+        };
+        i64::try_from(value).map_err(|_| ReadError::TooBig { addr: obj })
+    }
+
+    /// A `float` (or subclass) value.
+    pub fn float(&self, obj: u64) -> Result<f64> {
+        self.expect_subtype(obj, self.types.float, "float")?;
+        Ok(f64::from_bits(self.u64_at(obj + self.layout.float_value)?))
+    }
+
+    /// `True` or `False` (the two singletons).
+    pub fn bool(&self, obj: u64) -> Result<bool> {
+        match obj {
+            _ if obj == self.types.true_ && obj != 0 => Ok(true),
+            _ if obj == self.types.false_ && obj != 0 => Ok(false),
+            _ => Err(ReadError::WrongType {
                 addr: obj,
-                what: format!("str kind {kind}"),
+                expected: "bool",
             }),
         }
+    }
+
+    /// Whether `obj` is `None`.
+    pub fn is_none(&self, obj: u64) -> bool {
+        obj != 0 && obj == self.types.none
     }
 
     /// The items of a `tuple`.
     pub fn tuple(&self, obj: u64) -> Result<Vec<u64>> {
         self.expect_type(obj, self.types.tuple, "tuple")?;
         let n = self.var_size(obj)?;
-        let raw = self.bytes_at(obj + self.layout.tuple_items, n as usize * 8)?;
-        Ok(raw
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        self.words_at(obj + self.layout.tuple_items, n)
+    }
+
+    /// The items of a `list` (or subclass).
+    pub fn list_items(&self, obj: u64) -> Result<Vec<u64>> {
+        self.expect_kind(obj, self.types.list, TPFLAGS_LIST_SUBCLASS, "list")?;
+        let n = self.var_size(obj)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let items = self.u64_at(obj + self.layout.list_items)?;
+        self.words_at(items, n)
+    }
+
+    /// The items of a `collections.deque` (or subclass, e.g. vLLM's request queues), left
+    /// to right.
+    pub fn deque_items(&self, obj: u64) -> Result<Vec<u64>> {
+        self.expect_deque(obj)?;
+        let d = self.layout.deque;
+        let n = self.var_size(obj)?;
+        let mut block = self.u64_at(obj + d.leftblock)?;
+        let mut index = self.u64_at(obj + d.leftindex)?;
+        let (rightblock, rightindex) = (
+            self.u64_at(obj + d.rightblock)?,
+            self.u64_at(obj + d.rightindex)?,
+        );
+        if index >= d.block_len {
+            return Err(corrupt(obj, format!("deque leftindex {index}")));
+        }
+        let mut items = Vec::with_capacity(n as usize);
+        while (items.len() as u64) < n {
+            if block == 0 {
+                return Err(corrupt(obj, "deque ends early"));
+            }
+            let take = (d.block_len - index).min(n - items.len() as u64);
+            items.extend(self.words_at(block + d.block_data + index * 8, take)?);
+            if (items.len() as u64) < n {
+                block = self.u64_at(block + d.block_rightlink)?;
+                index = 0;
+            } else {
+                index += take;
+            }
+        }
+        // The walk must end where the deque says its right end is, or it changed under us.
+        if n > 0 && (block != rightblock || index - 1 != rightindex) {
+            return Err(corrupt(obj, "deque changed while read"));
+        }
+        Ok(items)
+    }
+
+    fn expect_deque(&self, obj: u64) -> Result<()> {
+        let mut ty = self.type_of(obj)?;
+        for _ in 0..MAX_BASES {
+            if ty == 0 {
+                break;
+            }
+            if self.type_name(ty)? == DEQUE_TYPE_NAME {
+                return Ok(());
+            }
+            ty = self.u64_at(ty + self.layout.type_base)?;
+        }
+        Err(ReadError::WrongType {
+            addr: obj,
+            expected: "deque",
+        })
+    }
+
+    /// The items of a `set` or `frozenset` (or subclass), in table order.
+    pub fn set_items(&self, obj: u64) -> Result<Vec<u64>> {
+        self.expect_subtype(obj, self.types.set, "set")
+            .or_else(|_| self.expect_subtype(obj, self.types.frozenset, "set"))?;
+        let l = self.layout;
+        let used = self.u64_at(obj + l.set_used)?;
+        let mask = self.u64_at(obj + l.set_mask)?;
+        if used > MAX_ITEMS || mask >= MAX_ITEMS * 2 || !(mask + 1).is_power_of_two() {
+            return Err(corrupt(obj, format!("set used {used}, mask {mask:#x}")));
+        }
+        let table = self.u64_at(obj + l.set_table)?;
+        let words_per_entry = l.set_entry_size / 8;
+        let words = self.words_at(table, (mask + 1) * words_per_entry)?;
+        let hash_word = (l.set_entry_hash / 8) as usize;
+        // Deleted entries keep a dummy key with hash -1 (no real hash is -1).
+        let items: Vec<u64> = words
+            .chunks_exact(words_per_entry as usize)
+            .filter(|e| e[0] != 0 && e[hash_word] as i64 != -1)
+            .map(|e| e[0])
+            .collect();
+        if items.len() as u64 != used {
+            return Err(corrupt(obj, "set changed while read"));
+        }
+        Ok(items)
+    }
+
+    fn keys(&self, keys: u64) -> Result<Keys> {
+        let l = self.layout;
+        let nentries = self.u64_at(keys + l.dictkeys_nentries)?;
+        let (slots, index_bytes, kind) = match l.dictkeys_size {
+            DictKeysSize::Log2 {
+                log2_size,
+                log2_index_bytes,
+                kind,
+            } => {
+                let (log2_size, log2_index_bytes, kind) = (
+                    self.u8_at(keys + log2_size)?,
+                    self.u8_at(keys + log2_index_bytes)?,
+                    self.u8_at(keys + kind)?,
+                );
+                if log2_size > 30 || log2_index_bytes > 33 {
+                    return Err(corrupt(keys, format!("dict keys 2^{log2_size}")));
+                }
+                (1u64 << log2_size, 1u64 << log2_index_bytes, kind)
+            }
+            DictKeysSize::Size(offset) => {
+                let size = self.u64_at(keys + offset)?;
+                if !size.is_power_of_two() || size > 1 << 30 {
+                    return Err(corrupt(keys, format!("dict keys size {size}")));
+                }
+                let width = match size {
+                    0..=0xff => 1,
+                    0x100..=0xffff => 2,
+                    _ => 4,
+                };
+                (size, size * width, 0)
+            }
+        };
+        let entry_size = *l
+            .dict_entry_size_by_kind
+            .get(kind as usize)
+            .ok_or_else(|| corrupt(keys, format!("dict keys kind {kind}")))?;
+        if nentries > slots.min(MAX_ITEMS) {
+            return Err(corrupt(
+                keys,
+                format!("dict keys of {slots} slots, {nentries} entries"),
+            ));
+        }
+        Ok(Keys {
+            nentries,
+            entry_size,
+            entries: keys + l.dictkeys_indices + index_bytes,
+        })
+    }
+
+    /// `(key, value)` words of every entry, in entry order (value: a combined table's, else
+    /// unused).
+    fn entries(&self, keys: &Keys) -> Result<Vec<(u64, u64)>> {
+        let per = (keys.entry_size / 8) as usize;
+        let words = self.words_at(keys.entries, keys.nentries * per as u64)?;
+        Ok(words
+            .chunks_exact(per)
+            .map(|e| (e[per - 2], e[per - 1]))
             .collect())
     }
 
-    /// The `(key, value)` pointers of a dict with a combined table (module, class and
-    /// `sys.modules` dicts are; split tables only occur for instance attributes).
-    pub fn dict_items(&self, obj: u64) -> Result<Vec<(u64, u64)>> {
-        self.expect_type(obj, self.types.dict, "dict")?;
+    /// Indices of a split table's live values, in insertion order.
+    fn values_order(&self, values: u64, nentries: u64) -> Result<Vec<u64>> {
         let l = self.layout;
-        if self.u64_at(obj + l.dict_values)? != 0 {
-            return Err(ReadError::Corrupt {
-                addr: obj,
-                what: "split-table dict".into(),
-            });
+        let order: Vec<u64> = match l.values_order {
+            ValuesOrder::KeyOrder => return Ok((0..nentries).collect()),
+            ValuesOrder::Prefix => {
+                let prefix = u64::from(self.u8_at(values - 1)?);
+                if prefix < 2 {
+                    return Err(corrupt(values, format!("values prefix {prefix}")));
+                }
+                let raw = self.bytes_at(values - prefix, prefix as usize)?;
+                let size = u64::from(raw[prefix as usize - 2]);
+                if size + 2 > prefix {
+                    return Err(corrupt(values, format!("values order {size}/{prefix}")));
+                }
+                (0..size)
+                    .map(|i| u64::from(raw[(prefix - 3 - i) as usize]))
+                    .collect()
+            }
+            ValuesOrder::AfterValues { capacity, size } => {
+                let capacity = u64::from(self.u8_at(values + capacity)?);
+                let size = u64::from(self.u8_at(values + size)?);
+                if size > capacity {
+                    return Err(corrupt(values, format!("values {size}/{capacity}")));
+                }
+                self.bytes_at(values + l.values_items + capacity * 8, size as usize)?
+                    .into_iter()
+                    .map(u64::from)
+                    .collect()
+            }
+        };
+        if order.iter().any(|&i| i >= nentries) {
+            return Err(corrupt(values, "values order beyond the keys"));
         }
-        let keys = self.u64_at(obj + l.dict_keys)?;
-        let header = self.bytes_at(keys, l.dictkeys_indices as usize)?;
-        let byte = |off: u64| header[off as usize];
-        let (log2_size, log2_index_bytes, kind) = (
-            byte(l.dictkeys_log2_size),
-            byte(l.dictkeys_log2_index_bytes),
-            byte(l.dictkeys_kind),
-        );
-        let nentries = self.u64_at(keys + l.dictkeys_nentries)?;
-        if log2_size > 30 || log2_index_bytes > 33 || nentries > (1u64 << log2_size).min(MAX_ITEMS)
-        {
-            return Err(ReadError::Corrupt {
-                addr: obj,
-                what: format!("dict keys 2^{log2_size}, {nentries} entries"),
-            });
-        }
-        // DICT_KEYS_GENERAL entries carry a hash: {hash, key, value}; unicode ones {key, value}.
-        let entry_words = if kind == 0 { 3 } else { 2 };
-        let entries = keys + l.dictkeys_indices + (1u64 << log2_index_bytes);
-        let raw = self.bytes_at(entries, (nentries * entry_words * 8) as usize)?;
-        let words: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        Ok(words
-            .chunks_exact(entry_words as usize)
-            .map(|e| (e[e.len() - 2], e[e.len() - 1]))
-            .filter(|&(key, value)| key != 0 && value != 0)
+        Ok(order)
+    }
+
+    /// `(key, value)` pointers of a split table: shared `keys`, values array `values`.
+    fn split_items(&self, keys: u64, values: u64) -> Result<Vec<(u64, u64)>> {
+        let keys = self.keys(keys)?;
+        let entries = self.entries(&keys)?;
+        let items = self.words_at(values + self.layout.values_items, keys.nentries)?;
+        Ok(self
+            .values_order(values, keys.nentries)?
+            .into_iter()
+            .map(|i| (entries[i as usize].0, items[i as usize]))
+            .filter(|&(k, v)| k != 0 && v != 0)
             .collect())
+    }
+
+    /// The `(key, value)` pointers of a dict (or subclass), combined or split table, in
+    /// insertion order.
+    pub fn dict_items(&self, obj: u64) -> Result<Vec<(u64, u64)>> {
+        self.expect_kind(obj, self.types.dict, TPFLAGS_DICT_SUBCLASS, "dict")?;
+        let l = self.layout;
+        let keys = self.u64_at(obj + l.dict_keys)?;
+        let values = self.u64_at(obj + l.dict_values)?;
+        let used = self.u64_at(obj + l.dict_used)?;
+        let items = if values != 0 {
+            self.split_items(keys, values)?
+        } else {
+            let keys = self.keys(keys)?;
+            // Deleted entries have no value (3.10 keeps a dummy key there).
+            self.entries(&keys)?
+                .into_iter()
+                .filter(|&(k, v)| k != 0 && v != 0)
+                .collect()
+        };
+        if items.len() as u64 != used {
+            return Err(corrupt(obj, "dict changed while read"));
+        }
+        Ok(items)
     }
 
     /// The value stored under a string key.
@@ -230,6 +680,256 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         Ok(None)
     }
 
+    /// Where an instance keeps its attributes (not counting slots).
+    fn storage(&self, obj: u64) -> Result<Storage> {
+        let l = self.layout;
+        let ty = self.type_of(obj)?;
+        let flags = self.type_flags(ty)?;
+        let cached_keys = || self.u64_at(ty + l.heaptype_cached_keys);
+        let dict_at = |at: i64| -> Result<Storage> {
+            let dict = self.u64_at(obj.wrapping_add_signed(at))?;
+            Ok(if dict == 0 {
+                Storage::None
+            } else {
+                Storage::Dict { at, dict }
+            })
+        };
+        if l.tpflags_managed_dict != 0 && flags & l.tpflags_managed_dict != 0 {
+            return match l.instance_dict {
+                ManagedDict::None => Ok(Storage::None),
+                ManagedDict::Separate { dict, values } => {
+                    let array = self.u64_at(obj.wrapping_add_signed(values))?;
+                    if array != 0 {
+                        return Ok(Storage::Values {
+                            at: ValuesAt::Pointer { at: values, tag: 0 },
+                            array,
+                            keys: cached_keys()?,
+                        });
+                    }
+                    dict_at(dict)
+                }
+                ManagedDict::Tagged { dict_or_values } => {
+                    let word = self.u64_at(obj.wrapping_add_signed(dict_or_values))?;
+                    if word & 1 == 1 {
+                        return Ok(Storage::Values {
+                            at: ValuesAt::Pointer {
+                                at: dict_or_values,
+                                tag: 1,
+                            },
+                            array: word - 1,
+                            keys: cached_keys()?,
+                        });
+                    }
+                    dict_at(dict_or_values)
+                }
+                ManagedDict::Inline { dict, flag, valid } => {
+                    if flags & flag != 0 {
+                        let basicsize = self.u64_at(ty + l.type_basicsize)?;
+                        let array = obj + basicsize;
+                        if self.u8_at(array + valid)? != 0 {
+                            return Ok(Storage::Values {
+                                at: ValuesAt::Inline {
+                                    offset: basicsize + l.values_items,
+                                },
+                                array,
+                                keys: cached_keys()?,
+                            });
+                        }
+                    }
+                    dict_at(dict)
+                }
+            };
+        }
+        let dictoffset = self.u64_at(ty + l.type_dictoffset)? as i64;
+        match dictoffset {
+            0 => Ok(Storage::None),
+            offset if offset > 0 => dict_at(offset),
+            _ => Err(corrupt(obj, "instance dict of a variable-size object")),
+        }
+    }
+
+    /// The `__slots__` member named `name` of `obj`'s class, as its offset in the object:
+    /// the first class in the MRO that defines `name` must define it as a member.
+    fn slot_offset(&self, obj: u64, name: &str) -> Result<Option<u64>> {
+        let l = self.layout;
+        let ty = self.type_of(obj)?;
+        let mro = self.u64_at(ty + l.type_mro)?;
+        for class in self.tuple(mro)?.into_iter().take(MAX_BASES) {
+            let dict = self.u64_at(class + l.type_dict)?;
+            // Static builtin types keep their dict elsewhere from 3.12; they have no slots.
+            if dict == 0 {
+                continue;
+            }
+            let Some(found) = self.dict_get(dict, name)? else {
+                continue;
+            };
+            if self.type_of(found)? != self.types.member_descr {
+                return Ok(None);
+            }
+            return self.member_offset(found);
+        }
+        Ok(None)
+    }
+
+    /// The object offset a member descriptor reads, if it is an object member (as
+    /// `__slots__` entries are).
+    fn member_offset(&self, descr: u64) -> Result<Option<u64>> {
+        let l = self.layout;
+        let member = self.u64_at(descr + l.memberdescr_member)?;
+        if u64::from(self.u32_at(member + l.memberdef_type)?) != l.member_object_ex {
+            return Ok(None);
+        }
+        Ok(Some(self.u64_at(member + l.memberdef_offset)?))
+    }
+
+    /// An instance's `__slots__` values that are set, `(name, value)`, base classes last.
+    pub fn slots(&self, obj: u64) -> Result<Vec<(String, u64)>> {
+        let l = self.layout;
+        let ty = self.type_of(obj)?;
+        let mut out = Vec::new();
+        for class in self
+            .tuple(self.u64_at(ty + l.type_mro)?)?
+            .into_iter()
+            .take(MAX_BASES)
+        {
+            let dict = self.u64_at(class + l.type_dict)?;
+            if dict == 0 {
+                continue;
+            }
+            for (key, descr) in self.dict_items(dict)? {
+                if self.type_of(descr)? != self.types.member_descr {
+                    continue;
+                }
+                if let Some(offset) = self.member_offset(descr)? {
+                    let value = self.u64_at(obj + offset)?;
+                    if value != 0 {
+                        out.push((self.str(key)?, value));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where the value of attribute `name` of instance `obj` lives: a slot, its class's
+    /// split values, or its own dict. `None` if the instance has no such attribute (class
+    /// attributes, properties and methods are not instance storage).
+    pub fn attr_location(&self, obj: u64, name: &str) -> Result<Option<AttrLocation>> {
+        if let Some(offset) = self.slot_offset(obj, name)? {
+            return Ok(Some(AttrLocation::Slot { offset }));
+        }
+        let l = self.layout;
+        let split = |keys: u64, values: ValuesAt, array: u64| -> Result<Option<AttrLocation>> {
+            let keys = self.keys(keys)?;
+            let entries = self.entries(&keys)?;
+            for (index, &(key, _)) in entries.iter().enumerate() {
+                if key != 0 && self.str(key).is_ok_and(|k| k == name) {
+                    let set = self.u64_at(array + l.values_items + index as u64 * 8)? != 0;
+                    return Ok(set.then_some(AttrLocation::Values {
+                        values,
+                        index: index as u64,
+                    }));
+                }
+            }
+            Ok(None)
+        };
+        match self.storage(obj)? {
+            Storage::None => Ok(None),
+            Storage::Values { at, array, keys } => split(keys, at, array),
+            Storage::Dict { at, dict } => {
+                self.expect_kind(dict, self.types.dict, TPFLAGS_DICT_SUBCLASS, "dict")?;
+                let keys = self.u64_at(dict + l.dict_keys)?;
+                let values = self.u64_at(dict + l.dict_values)?;
+                if values != 0 {
+                    return split(keys, ValuesAt::DictValues { dict_at: at }, values);
+                }
+                let keys = self.keys(keys)?;
+                for (index, (key, value)) in self.entries(&keys)?.into_iter().enumerate() {
+                    if key != 0 && value != 0 && self.str(key).is_ok_and(|k| k == name) {
+                        return Ok(Some(AttrLocation::DictEntry {
+                            dict_at: at,
+                            entry_index: index as u64,
+                            key,
+                        }));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads the value pointer at a location found by [`Self::attr_location`]; `None` if
+    /// it no longer holds (the slot or value is empty, the entry's key changed).
+    pub fn read_location(&self, obj: u64, location: &AttrLocation) -> Result<Option<u64>> {
+        let l = self.layout;
+        let value = match *location {
+            AttrLocation::Slot { offset } => self.u64_at(obj + offset)?,
+            AttrLocation::Values { values, index } => {
+                let array = match values {
+                    ValuesAt::Inline { offset } => {
+                        let array = obj + offset - l.values_items;
+                        if let ManagedDict::Inline { valid, .. } = l.instance_dict {
+                            if self.u8_at(array + valid)? == 0 {
+                                return Ok(None);
+                            }
+                        }
+                        array
+                    }
+                    ValuesAt::Pointer { at, tag } => {
+                        self.u64_at(obj.wrapping_add_signed(at))?.wrapping_sub(tag)
+                    }
+                    ValuesAt::DictValues { dict_at } => {
+                        let dict = self.u64_at(obj.wrapping_add_signed(dict_at))?;
+                        self.u64_at(dict + l.dict_values)?
+                    }
+                };
+                if array == 0 {
+                    return Ok(None);
+                }
+                self.u64_at(array + l.values_items + index * 8)?
+            }
+            AttrLocation::DictEntry {
+                dict_at,
+                entry_index,
+                key,
+            } => {
+                let dict = self.u64_at(obj.wrapping_add_signed(dict_at))?;
+                let keys = self.keys(self.u64_at(dict + l.dict_keys)?)?;
+                if entry_index >= keys.nentries {
+                    return Ok(None);
+                }
+                let entry = keys.entries + entry_index * keys.entry_size;
+                if self.u64_at(entry + keys.entry_size - 16)? != key {
+                    return Ok(None);
+                }
+                self.u64_at(entry + keys.entry_size - 8)?
+            }
+        };
+        Ok((value != 0).then_some(value))
+    }
+
+    /// The value of attribute `name` of instance `obj` (slots, split values, its dict).
+    pub fn attr(&self, obj: u64, name: &str) -> Result<Option<u64>> {
+        match self.attr_location(obj, name)? {
+            Some(location) => self.read_location(obj, &location),
+            None => Ok(None),
+        }
+    }
+
+    /// An instance's attributes in its dict or values (not slots), `(name, value)` in
+    /// insertion order.
+    pub fn instance_attrs(&self, obj: u64) -> Result<Vec<(String, u64)>> {
+        let items = match self.storage(obj)? {
+            Storage::None => Vec::new(),
+            Storage::Values { array, keys, .. } => self.split_items(keys, array)?,
+            Storage::Dict { dict, .. } => self.dict_items(dict)?,
+        };
+        items
+            .into_iter()
+            .map(|(k, v)| Ok((self.str(k)?, v)))
+            .collect()
+    }
+
     /// A module's `__dict__`.
     pub fn module_dict(&self, module: u64) -> Result<u64> {
         self.expect_type(module, self.types.module, "module")?;
@@ -239,7 +939,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// A class's `__dict__` (its own attributes, not inherited ones).
     pub fn class_dict(&self, class: u64) -> Result<u64> {
         let meta = self.type_of(class)?;
-        if self.u64_at(meta + self.layout.type_flags)? & TPFLAGS_TYPE_SUBCLASS == 0 {
+        if self.type_flags(meta)? & TPFLAGS_TYPE_SUBCLASS == 0 {
             return Err(ReadError::WrongType {
                 addr: class,
                 expected: "class",
@@ -254,63 +954,243 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         self.u64_at(func + self.layout.func_code)
     }
 
+    /// A `bytes` object's contents.
+    pub fn bytes(&self, obj: u64) -> Result<Vec<u8>> {
+        self.expect_type(obj, self.types.bytes, "bytes")?;
+        let n = self.var_size(obj)?;
+        self.bytes_at(obj + self.layout.bytes_data, n as usize)
+    }
+
     pub fn code(&self, addr: u64) -> Result<Code> {
         self.expect_type(addr, self.types.code, "code")?;
         let l = self.layout;
-        let units = self.var_size(addr)?;
-        let bytecode_addr = addr + l.code_code_adaptive;
+        let (bytecode_addr, bytecode) = match l.code_bytecode {
+            Bytecode::Adaptive(offset) => {
+                let units = self.var_size(addr)?;
+                (
+                    addr + offset,
+                    self.bytes_at(addr + offset, units as usize * 2)?,
+                )
+            }
+            Bytecode::Bytes(field) => {
+                let bytes = self.u64_at(addr + field)?;
+                (bytes + l.bytes_data, self.bytes(bytes)?)
+            }
+        };
         let names = self
             .tuple(self.u64_at(addr + l.code_names)?)?
             .into_iter()
             .map(|n| self.str(n))
             .collect::<Result<_>>()?;
+        let qualname = self.u64_at(addr + l.code_qualname.unwrap_or(l.code_name))?;
         Ok(Code {
             addr,
-            qualname: self.str(self.u64_at(addr + l.code_qualname)?)?,
+            qualname: self.str(qualname)?,
             names,
-            bytecode: self.bytes_at(bytecode_addr, units as usize * 2)?,
+            bytecode,
             bytecode_addr,
         })
+    }
+
+    /// The names of a code object's frame slots (locals first, then cells and free
+    /// variables from 3.11; only the plain locals on 3.10).
+    pub fn local_names(&self, code: u64) -> Result<Vec<String>> {
+        self.expect_type(code, self.types.code, "code")?;
+        let l = self.layout;
+        let n = u64::from(self.u32_at(code + l.code_nlocalsplus)?);
+        let names = self.tuple(self.u64_at(code + l.code_localsplusnames)?)?;
+        if n > names.len() as u64 {
+            return Err(corrupt(code, format!("{n} locals, {} names", names.len())));
+        }
+        names[..n as usize].iter().map(|&k| self.str(k)).collect()
+    }
+
+    /// The slot of local variable `name` in frames of `code`: its value pointer is at
+    /// `frame + layout.frame_localsplus + 8 * index`.
+    pub fn local_index(&self, code: u64, name: &str) -> Result<Option<u64>> {
+        Ok(self
+            .local_names(code)?
+            .iter()
+            .position(|n| n == name)
+            .map(|i| i as u64))
+    }
+
+    /// A frame's local variables, `(name, value)`, those set (non-NULL) only. Cell
+    /// variables are their cell objects.
+    pub fn frame_locals(&self, frame: u64) -> Result<Vec<(String, u64)>> {
+        let l = self.layout;
+        let code = self.u64_at(frame + l.frame_code)?;
+        let names = self.local_names(code)?;
+        let values = self.words_at(frame + l.frame_localsplus, names.len() as u64)?;
+        Ok(names
+            .into_iter()
+            .zip(values)
+            .filter(|&(_, v)| v != 0)
+            .collect())
+    }
+
+    fn main_interpreter(&self, runtime: u64) -> Result<u64> {
+        let interp = self.u64_at(runtime + self.layout.runtime_interpreters_head)?;
+        if interp == 0 {
+            return Err(corrupt(runtime, "no interpreter"));
+        }
+        Ok(interp)
     }
 
     /// Every thread state of the main interpreter, given `_PyRuntime`'s address.
     pub fn threads(&self, runtime: u64) -> Result<Vec<ThreadState>> {
         let l = self.layout;
-        let interp = self.u64_at(runtime + l.runtime_interpreters_head)?;
+        let interp = self.main_interpreter(runtime)?;
         let mut tstate = self.u64_at(interp + l.interp_threads_head)?;
-        let mut threads = Vec::new();
-        while tstate != 0 && threads.len() < MAX_FRAMES {
-            threads.push(ThreadState {
-                addr: tstate,
-                native_thread_id: self.u64_at(tstate + l.tstate_native_thread_id)?,
-            });
+        let mut states = Vec::new();
+        while tstate != 0 && states.len() < MAX_THREADS {
+            let id = match l.tstate_thread_id {
+                ThreadId::Native(offset) | ThreadId::Pthread(offset) => {
+                    self.u64_at(tstate + offset)?
+                }
+            };
+            states.push((tstate, id));
             tstate = self.u64_at(tstate + l.tstate_next)?;
         }
-        Ok(threads)
+        let tid_offset = match l.tstate_thread_id {
+            ThreadId::Native(_) => None,
+            ThreadId::Pthread(_) => Some(self.pthread_tid_offset(runtime)?),
+        };
+        states
+            .into_iter()
+            .map(|(addr, id)| {
+                let native_thread_id = match tid_offset {
+                    None => id,
+                    Some(offset) => u64::from(self.u32_at(id + offset)?),
+                };
+                Ok(ThreadState {
+                    addr,
+                    native_thread_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Where glibc keeps the kernel tid in its thread descriptor (the `pthread_t` points at
+    /// it): the first 4-byte word of the main thread's descriptor that equals the pid, the
+    /// main thread's tid.
+    fn pthread_tid_offset(&self, runtime: u64) -> Result<u64> {
+        let pid = self
+            .mem
+            .pid()
+            .ok_or_else(|| corrupt(runtime, "thread ids need a live process"))?;
+        let main = self.u64_at(runtime + self.layout.runtime_main_thread)?;
+        let raw = self.bytes_at(main, MAX_PTHREAD_SCAN)?;
+        raw.chunks_exact(4)
+            .position(|c| u32::from_ne_bytes(c.try_into().expect("4 bytes")) == pid)
+            .map(|i| i as u64 * 4)
+            .ok_or_else(|| corrupt(main, "no tid in the main thread's descriptor"))
     }
 
     /// `sys.modules` of the main interpreter.
     pub fn sys_modules(&self, runtime: u64) -> Result<u64> {
-        let interp = self.u64_at(runtime + self.layout.runtime_interpreters_head)?;
+        let interp = self.main_interpreter(runtime)?;
         self.u64_at(interp + self.layout.interp_modules)
+    }
+
+    /// A thread's current frame (0 if it runs no Python code).
+    pub fn current_frame(&self, thread: &ThreadState) -> Result<u64> {
+        let mut frame = thread.addr;
+        for offset in self.layout.tstate_current_frame {
+            if frame == 0 {
+                return Ok(0);
+            }
+            frame = self.u64_at(frame + offset)?;
+        }
+        Ok(frame)
+    }
+
+    /// A thread's Python stack, innermost first.
+    pub fn frames(&self, thread: &ThreadState) -> Result<Vec<Frame>> {
+        let l = self.layout;
+        let mut frame = self.current_frame(thread)?;
+        let mut frames = Vec::new();
+        while frame != 0 && frames.len() < MAX_FRAMES {
+            frames.push(Frame {
+                addr: frame,
+                code: self.u64_at(frame + l.frame_code)?,
+            });
+            frame = self.u64_at(frame + l.frame_previous)?;
+        }
+        Ok(frames)
     }
 
     /// Code object addresses on a thread's Python stack, innermost first.
     pub fn stack(&self, thread: &ThreadState) -> Result<Vec<u64>> {
-        let l = self.layout;
-        let mut frame = thread.addr;
-        for offset in l.tstate_current_frame {
-            if frame == 0 {
-                return Ok(Vec::new());
-            }
-            frame = self.u64_at(frame + offset)?;
+        Ok(self.frames(thread)?.into_iter().map(|f| f.code).collect())
+    }
+
+    /// Decodes an object graph down to `depth` levels of containers and instances.
+    pub fn value(&self, obj: u64, depth: u32) -> Result<Value> {
+        let t = &self.types;
+        if self.is_none(obj) {
+            return Ok(Value::None);
         }
-        let mut codes = Vec::new();
-        while frame != 0 && codes.len() < MAX_FRAMES {
-            codes.push(self.u64_at(frame + l.frame_code)?);
-            frame = self.u64_at(frame + l.frame_previous)?;
+        if let Ok(b) = self.bool(obj) {
+            return Ok(Value::Bool(b));
         }
-        Ok(codes)
+        let ty = self.type_of(obj)?;
+        let many = |items: Vec<u64>| -> Result<Vec<Value>> {
+            items
+                .into_iter()
+                .map(|i| self.value(i, depth - 1))
+                .collect()
+        };
+        let flags = self.type_flags(ty)?;
+        if ty == t.str {
+            return Ok(Value::Str(self.str(obj)?));
+        }
+        if ty == t.int || flags & TPFLAGS_LONG_SUBCLASS != 0 {
+            return match self.int(obj) {
+                Ok(v) => Ok(Value::Int(v)),
+                Err(ReadError::TooBig { .. }) => Ok(Value::BigInt),
+                Err(e) => Err(e),
+            };
+        }
+        if ty == t.float {
+            return Ok(Value::Float(self.float(obj)?));
+        }
+        let type_name = self.type_name(ty)?;
+        if depth == 0 {
+            return Ok(Value::Other { type_name });
+        }
+        if ty == t.tuple {
+            return Ok(Value::Tuple(many(self.tuple(obj)?)?));
+        }
+        if ty == t.list {
+            return Ok(Value::List(many(self.list_items(obj)?)?));
+        }
+        if ty == t.set || ty == t.frozenset {
+            return Ok(Value::Set(many(self.set_items(obj)?)?));
+        }
+        if ty == t.dict {
+            return Ok(Value::Dict(
+                self.dict_items(obj)?
+                    .into_iter()
+                    .map(|(k, v)| Ok((self.value(k, depth - 1)?, self.value(v, depth - 1)?)))
+                    .collect::<Result<_>>()?,
+            ));
+        }
+        if type_name == DEQUE_TYPE_NAME {
+            return Ok(Value::Deque(many(self.deque_items(obj)?)?));
+        }
+        let mut attrs = Vec::new();
+        let stored = self
+            .slots(obj)?
+            .into_iter()
+            .chain(self.instance_attrs(obj)?);
+        for (name, value) in stored {
+            attrs.push((name, self.value(value, depth - 1)?));
+        }
+        if attrs.is_empty() {
+            return Ok(Value::Other { type_name });
+        }
+        Ok(Value::Object { type_name, attrs })
     }
 }
 
