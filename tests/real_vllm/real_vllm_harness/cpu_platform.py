@@ -1,0 +1,23 @@
+"""vLLM's CPU platform, plus one switch: `REAL_VLLM_ASYNC_SCHEDULING=1` keeps async scheduling.
+
+Async scheduling (AsyncScheduler, two batches in flight, so `EngineCore.step_with_batch_queue`)
+is the GPU default from about 0.12 and opt-in before; `CpuPlatform.check_and_update_config`
+turns it off in newer versions (0.33: "async scheduling is not required on CPU"). To exercise
+the GPU path here we turn it back on after the CPU platform has spoken.
+"""
+
+import os
+
+from vllm.platforms.cpu import CpuPlatform
+
+
+def async_scheduling_requested() -> bool:
+    return os.environ.get("REAL_VLLM_ASYNC_SCHEDULING", "0") == "1"
+
+
+class StandInCpuPlatform(CpuPlatform):
+    @classmethod
+    def check_and_update_config(cls, vllm_config) -> None:
+        super().check_and_update_config(vllm_config)
+        if async_scheduling_requested():
+            vllm_config.scheduler_config.async_scheduling = True
