@@ -1,0 +1,379 @@
+//! The report's charts, as SVG strings (plotters' SVG backend: text stays text, no fonts
+//! needed to render them).
+//!
+//! Long runs have hundreds of thousands of steps; time series are averaged into at most
+//! [`TIME_BINS`] bins and scatter plots thinned to [`MAX_POINTS`], so the files stay small.
+
+use anyhow::{anyhow, Result};
+use plotters::{
+    coord::Shift,
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
+
+use super::{
+    load::Run,
+    spans::{lifecycles, State},
+};
+
+const SIZE: (u32, u32) = (960, 420);
+pub const TIME_BINS: usize = 600;
+pub const MAX_POINTS: usize = 5_000;
+/// Requests drawn in the Gantt chart (the first ones to arrive).
+pub const GANTT_REQUESTS: usize = 120;
+
+const SCHEDULE: RGBColor = RGBColor(0x4c, 0x78, 0xa8);
+const EXECUTE: RGBColor = RGBColor(0xf5, 0x85, 0x18);
+const UPDATE: RGBColor = RGBColor(0x54, 0xa2, 0x4b);
+const PREEMPTED: RGBColor = RGBColor(0xe4, 0x57, 0x56);
+const FONT: &str = "sans-serif";
+
+/// A named chart.
+pub struct Plot {
+    /// File stem, e.g. `phases_over_time`.
+    pub name: &'static str,
+    pub title: &'static str,
+    pub svg: String,
+}
+
+pub fn all(run: &Run) -> Result<Vec<Plot>> {
+    Ok(vec![
+        Plot {
+            name: "phases_over_time",
+            title: "Phase time per step over time",
+            svg: phases_over_time(run)?,
+        },
+        Plot {
+            name: "step_vs_tokens",
+            title: "Step time vs scheduled tokens",
+            svg: step_vs_tokens(run)?,
+        },
+        Plot {
+            name: "queues_over_time",
+            title: "Queue lengths over time",
+            svg: queues_over_time(run)?,
+        },
+        Plot {
+            name: "requests_gantt",
+            title: "Request timeline",
+            svg: gantt(run)?,
+        },
+    ])
+}
+
+fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing a chart: {e:?}")
+}
+
+/// Draws into an SVG string.
+fn svg(draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<()>) -> Result<String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        draw(&root)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(out)
+}
+
+/// A chart that says why it has nothing to show.
+fn placeholder(root: &DrawingArea<SVGBackend, Shift>, title: &str, why: &str) -> Result<()> {
+    let style = TextStyle::from((FONT, 16).into_font())
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    let (w, h) = root.dim_in_pixel();
+    root.draw(&Text::new(
+        format!("{title}: {why}"),
+        (w as i32 / 2, h as i32 / 2),
+        style,
+    ))
+    .map_err(plot_error)
+}
+
+/// Seconds since the run's start for a CLOCK_MONOTONIC ns time.
+fn seconds(t_ns: u64, start_ns: u64) -> f64 {
+    t_ns.saturating_sub(start_ns) as f64 / 1e9
+}
+
+/// Means of `values` (one vector per series) over time bins: (bin mid time s, means).
+fn binned(times: &[f64], values: &[Vec<f64>], t_end: f64) -> Vec<(f64, Vec<f64>)> {
+    let bins = TIME_BINS.min(times.len()).max(1);
+    let width = (t_end / bins as f64).max(1e-9);
+    let mut sums = vec![(0usize, vec![0.0; values.len()]); bins];
+    for (i, &t) in times.iter().enumerate() {
+        let b = ((t / width) as usize).min(bins - 1);
+        sums[b].0 += 1;
+        for (k, series) in values.iter().enumerate() {
+            sums[b].1[k] += series[i];
+        }
+    }
+    sums.into_iter()
+        .enumerate()
+        .filter(|(_, (n, _))| *n > 0)
+        .map(|(b, (n, s))| {
+            (
+                (b as f64 + 0.5) * width,
+                s.into_iter().map(|v| v / n as f64).collect(),
+            )
+        })
+        .collect()
+}
+
+fn phases_over_time(run: &Run) -> Result<String> {
+    let title = "Phase time per step over time";
+    svg(|root| {
+        if run.steps.is_empty() {
+            return placeholder(root, title, "no steps");
+        }
+        let (start, end) = run.window();
+        let t_end = seconds(end, start).max(1e-6);
+        let times: Vec<f64> = run
+            .steps
+            .iter()
+            .map(|s| seconds(s.start_ns, start))
+            .collect();
+        // Stacked: schedule, schedule+execute, schedule+execute+update, in ms.
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let stacks: Vec<Vec<f64>> = vec![
+            run.steps.iter().map(|s| ms(s.schedule_ns)).collect(),
+            run.steps
+                .iter()
+                .map(|s| ms(s.schedule_ns + s.execute_ns))
+                .collect(),
+            run.steps
+                .iter()
+                .map(|s| ms(s.schedule_ns + s.execute_ns + s.update_ns))
+                .collect(),
+        ];
+        let bins = binned(&times, &stacks, t_end);
+        let y_max = bins.iter().map(|(_, v)| v[2]).fold(0.0, f64::max) * 1.1 + 1e-6;
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("{title} (mean per bin)"), (FONT, 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..t_end, 0.0..y_max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("time since trace start (s)")
+            .y_desc("ms per step")
+            .draw()
+            .map_err(plot_error)?;
+        // Drawn top layer first, so each lower band paints over the one above it.
+        for (k, (name, color)) in [
+            ("update", UPDATE),
+            ("execute", EXECUTE),
+            ("schedule", SCHEDULE),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let layer = 2 - k;
+            chart
+                .draw_series(
+                    AreaSeries::new(
+                        bins.iter().map(|(t, v)| (*t, v[layer])),
+                        0.0,
+                        color.mix(0.85),
+                    )
+                    .border_style(color),
+                )
+                .map_err(plot_error)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)
+    })
+}
+
+fn step_vs_tokens(run: &Run) -> Result<String> {
+    let title = "Step time vs scheduled tokens";
+    svg(|root| {
+        let points: Vec<(f64, f64)> = run
+            .steps
+            .iter()
+            .filter_map(|s| Some((f64::from(s.scheduled_tokens?), s.step_ns as f64 / 1e6)))
+            .collect();
+        if points.is_empty() {
+            return placeholder(
+                root,
+                title,
+                "scheduled tokens were not captured in this run",
+            );
+        }
+        let stride = points.len().div_ceil(MAX_POINTS);
+        let x_max = points.iter().map(|p| p.0).fold(0.0, f64::max) * 1.05 + 1.0;
+        let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max) * 1.05 + 1e-6;
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("scheduled tokens in the step")
+            .y_desc("step time (ms)")
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .step_by(stride)
+                    .map(|&p| Circle::new(p, 2, SCHEDULE.mix(0.5).filled())),
+            )
+            .map_err(plot_error)?;
+        Ok(())
+    })
+}
+
+fn queues_over_time(run: &Run) -> Result<String> {
+    let title = "Queue lengths over time";
+    svg(|root| {
+        let steps: Vec<_> = run
+            .steps
+            .iter()
+            .filter(|s| s.running.is_some() && s.waiting.is_some())
+            .collect();
+        if steps.is_empty() {
+            return placeholder(root, title, "queue lengths were not captured in this run");
+        }
+        let (start, end) = run.window();
+        let t_end = seconds(end, start).max(1e-6);
+        let times: Vec<f64> = steps.iter().map(|s| seconds(s.start_ns, start)).collect();
+        let series = vec![
+            steps
+                .iter()
+                .map(|s| f64::from(s.running.unwrap_or(0)))
+                .collect(),
+            steps
+                .iter()
+                .map(|s| f64::from(s.waiting.unwrap_or(0)))
+                .collect(),
+        ];
+        let bins = binned(&times, &series, t_end);
+        let y_max = bins
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .fold(0.0, f64::max)
+            * 1.1
+            + 1.0;
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("{title} (mean per bin, after schedule())"),
+                (FONT, 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..t_end, 0.0..y_max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("time since trace start (s)")
+            .y_desc("requests")
+            .draw()
+            .map_err(plot_error)?;
+        for (k, (name, color)) in [("running", SCHEDULE), ("waiting", EXECUTE)]
+            .into_iter()
+            .enumerate()
+        {
+            chart
+                .draw_series(LineSeries::new(
+                    bins.iter().map(|(t, v)| (*t, v[k])),
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_error)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)
+    })
+}
+
+fn gantt(run: &Run) -> Result<String> {
+    let title = "Request timeline";
+    svg(|root| {
+        let (start, end) = run.window();
+        let lives = lifecycles(&run.events, end);
+        if lives.is_empty() {
+            return placeholder(root, title, "request events were not captured in this run");
+        }
+        let lives = &lives[..lives.len().min(GANTT_REQUESTS)];
+        let t_end = lives
+            .iter()
+            .flat_map(|l| l.spans.iter().map(|s| seconds(s.end_ns, start)))
+            .fold(0.0, f64::max)
+            .max(1e-6);
+        let rows = lives.len() as f64;
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("{title} (first {} requests)", lives.len()),
+                (FONT, 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..t_end * 1.02, rows..0.0)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("time since trace start (s)")
+            .y_desc("request (arrival order)")
+            .disable_y_mesh()
+            .draw()
+            .map_err(plot_error)?;
+        let color = |state: State| match state {
+            State::Waiting => EXECUTE,
+            State::Running => SCHEDULE,
+            State::Preempted => PREEMPTED,
+        };
+        for state in [State::Waiting, State::Running, State::Preempted] {
+            chart
+                .draw_series(lives.iter().enumerate().flat_map(|(row, life)| {
+                    life.spans
+                        .iter()
+                        .filter(|s| s.state == state)
+                        .map(move |s| {
+                            Rectangle::new(
+                                [
+                                    (seconds(s.start_ns, start), row as f64 + 0.1),
+                                    (seconds(s.end_ns, start), row as f64 + 0.9),
+                                ],
+                                color(state).filled(),
+                            )
+                        })
+                }))
+                .map_err(plot_error)?
+                .label(state.name())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color(state).filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)
+    })
+}

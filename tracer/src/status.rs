@@ -1,0 +1,220 @@
+//! The live status line on stderr while tracing: steps/s, requests seen, queue lengths now,
+//! drops and output size.
+//!
+//! On a terminal one line is rewritten in place (`\r`) every second; otherwise (a log file,
+//! CI) a plain line is written every [`PLAIN_EVERY`], so logs stay readable. With several
+//! engines traced at once (data parallel), each trace ticks its own [`Status`] and they share
+//! one line, a part per engine process.
+
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal as _, Write as _},
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// How often the line is rewritten on a terminal.
+pub const TTY_EVERY: Duration = Duration::from_secs(1);
+/// How often a line is written when stderr is not a terminal.
+pub const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// What one trace knows at a tick. Fields the capture does not fill yet stay `None`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub steps: u64,
+    /// Distinct requests seen in the engine's queues so far.
+    pub requests_seen: Option<u64>,
+    /// Queue lengths after the latest step's `schedule()`.
+    pub running: Option<u32>,
+    pub waiting: Option<u32>,
+    /// Probe hits lost (ring buffer full).
+    pub drops: u64,
+}
+
+/// One engine's part of the line.
+#[derive(Clone, Debug)]
+struct Part {
+    counters: Counters,
+    steps_per_s: f64,
+    output_bytes: u64,
+}
+
+/// The line shared by every trace in this process.
+struct Line {
+    parts: BTreeMap<u32, Part>,
+    last_print: Option<Instant>,
+    /// A `\r` line is on screen and needs a newline before other output.
+    dirty: bool,
+}
+
+static LINE: Mutex<Line> = Mutex::new(Line {
+    parts: BTreeMap::new(),
+    last_print: None,
+    dirty: false,
+});
+
+/// The status of one trace. Call [`Status::tick`] about once a second and
+/// [`Status::finish`] before printing the summary.
+pub struct Status {
+    pid: u32,
+    out_dir: PathBuf,
+    quiet: bool,
+    tty: bool,
+    last: Option<(Instant, u64)>,
+}
+
+impl Status {
+    /// The status of tracing engine process `pid` into `out_dir`.
+    pub fn new(pid: u32, out_dir: PathBuf, quiet: bool) -> Self {
+        Self {
+            pid,
+            out_dir,
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+            last: None,
+        }
+    }
+
+    pub fn tick(&mut self, counters: Counters) {
+        if self.quiet {
+            return;
+        }
+        let now = Instant::now();
+        let steps_per_s = match self.last {
+            Some((at, steps)) if now > at => {
+                counters.steps.saturating_sub(steps) as f64 / (now - at).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        self.last = Some((now, counters.steps));
+        let part = Part {
+            steps_per_s,
+            output_bytes: dir_size(&self.out_dir),
+            counters,
+        };
+        let mut line = LINE.lock().unwrap_or_else(|p| p.into_inner());
+        line.parts.insert(self.pid, part);
+        let every = if self.tty { TTY_EVERY } else { PLAIN_EVERY };
+        // A little slack, so a tick a few ms early does not skip a whole period.
+        if line
+            .last_print
+            .is_some_and(|at| now + Duration::from_millis(100) < at + every)
+        {
+            return;
+        }
+        line.last_print = Some(now);
+        let text = render(&line.parts);
+        let mut stderr = std::io::stderr().lock();
+        // Write errors are ignored: a closed stderr must not end the trace.
+        if self.tty {
+            let _ = write!(stderr, "\r\x1b[K{text}");
+            line.dirty = true;
+        } else {
+            let _ = writeln!(stderr, "{text}");
+        }
+        let _ = stderr.flush();
+    }
+
+    /// Ends the live line so the summary starts on a clean line; removes this trace's part.
+    pub fn finish(&mut self) {
+        let mut line = LINE.lock().unwrap_or_else(|p| p.into_inner());
+        line.parts.remove(&self.pid);
+        if line.dirty {
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+            line.dirty = false;
+        }
+    }
+}
+
+/// E.g. `tracer: 1234 steps, 812 steps/s, 56 requests, running 12, waiting 3, 0 drops, 1.2 MB`.
+fn render(parts: &BTreeMap<u32, Part>) -> String {
+    let text: Vec<String> = parts
+        .iter()
+        .map(|(pid, p)| {
+            let c = &p.counters;
+            let mut fields = vec![
+                format!("{} steps", c.steps),
+                format!("{:.0} steps/s", p.steps_per_s),
+            ];
+            if let Some(n) = c.requests_seen {
+                fields.push(format!("{n} requests"));
+            }
+            if let (Some(r), Some(w)) = (c.running, c.waiting) {
+                fields.push(format!("running {r}, waiting {w}"));
+            }
+            fields.push(format!("{} drops", c.drops));
+            fields.push(human_bytes(p.output_bytes));
+            let body = fields.join(", ");
+            if parts.len() == 1 {
+                body
+            } else {
+                format!("pid {pid}: {body}")
+            }
+        })
+        .collect();
+    format!("tracer: {}", text.join(" | "))
+}
+
+/// Total size of the files in `dir` (not recursive: one trace writes one directory).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} kB", b as f64 / (1u64 << 10) as f64),
+        b => format!("{b} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_shows_what_is_known() {
+        let mut parts = BTreeMap::new();
+        parts.insert(
+            7,
+            Part {
+                counters: Counters {
+                    steps: 1234,
+                    requests_seen: Some(56),
+                    running: Some(12),
+                    waiting: Some(3),
+                    drops: 0,
+                },
+                steps_per_s: 811.6,
+                output_bytes: 1_300_000,
+            },
+        );
+        assert_eq!(
+            render(&parts),
+            "tracer: 1234 steps, 812 steps/s, 56 requests, running 12, waiting 3, 0 drops, 1.2 MB"
+        );
+        parts.insert(
+            9,
+            Part {
+                counters: Counters {
+                    steps: 5,
+                    ..Default::default()
+                },
+                steps_per_s: 1.0,
+                output_bytes: 10,
+            },
+        );
+        assert!(render(&parts).starts_with("tracer: pid 7: 1234 steps"));
+        assert!(render(&parts).ends_with(" | pid 9: 5 steps, 1 steps/s, 0 drops, 10 B"));
+    }
+}
