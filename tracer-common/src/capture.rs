@@ -60,6 +60,8 @@ pub struct PyOffsets {
     pub type_basicsize: u64,
     pub type_dictoffset: u64,
     pub type_flags: u64,
+    /// 3.13+: `Py_TPFLAGS_INLINE_VALUES` (0 before).
+    pub type_inline_flag: u64,
     pub heaptype_cached_keys: u64,
     pub dict_keys: u64,
     pub dict_values: u64,

@@ -4,14 +4,18 @@
 //! ring buffer, the user side reads the same bytes back.
 #![no_std]
 
+pub mod capture;
+pub mod cuda;
+
 /// Name of the eBPF program that runs at every hit of a watched bytecode instruction.
 pub const WATCH_PROGRAM: &str = "watch_hit";
 /// Name of the ring buffer map that carries [`WatchHit`] records to userspace.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array of [`Counter`] values.
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Ring buffer size: 4 MiB holds ~130 000 hits, several seconds of a 10 000-steps/s engine.
-pub const EVENTS_BYTES: u32 = 1 << 22;
+/// Ring buffer size: 32 MiB holds ~1M bare hits, or ~250 snapshots of full 512-request
+/// queues; the loader drains it every 10 ms.
+pub const EVENTS_BYTES: u32 = 1 << 25;
 
 /// One read of a watched instruction byte by a traced thread.
 ///
@@ -39,10 +43,14 @@ pub enum Counter {
     Hits = 0,
     /// Hits lost because the ring buffer was full.
     RingFull = 1,
+    /// Snapshot hits (hits of a watch the plan marks for a snapshot).
+    Snapshots = 2,
+    /// Snapshots that could not be built (scratch area missing, record over its bound).
+    SnapshotFailed = 3,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 2;
+pub const COUNTER_SLOTS: u32 = 4;
 
 #[cfg(feature = "user")]
 // SAFETY: `WatchHit` is `repr(C)` with only `u64` fields: no padding, any bit pattern valid.

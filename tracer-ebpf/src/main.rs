@@ -1,8 +1,12 @@
 //! The kernel side: small and dumb. At each hit of a watched bytecode instruction it stamps
-//! the time and which watch fired, and pushes that to the ring buffer. What the watch means
-//! and how hits become steps is the loader's business.
+//! the time and which watch fired, and pushes that to the ring buffer; at the hits the plan
+//! names, it also copies the scheduler state the plan describes (`snapshot`). What the
+//! watches and the copied bytes mean is the loader's business.
 #![no_std]
 #![no_main]
+
+mod cuda;
+mod snapshot;
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -33,17 +37,33 @@ pub fn watch_hit(ctx: PerfEventContext) -> u32 {
     bump(Counter::Hits);
     // SAFETY: the kernel passes a valid `bpf_perf_event_data` to perf_event programs.
     let data = unsafe { &*ctx.ctx };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let hit = WatchHit {
+        // SAFETY: a plain helper call without arguments.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        pid_tgid,
+        watch_addr: data.addr,
+        ip: data.regs.rip,
+    };
+    let plan = snapshot::plan((pid_tgid >> 32) as u32);
+    if let Some(plan) = plan.filter(|plan| plan.snapshot_at.contains(&data.addr)) {
+        bump(Counter::Snapshots);
+        let Some(record) = snapshot::take((pid_tgid >> 32) as u32, plan, hit)
+            .and_then(snapshot::record)
+        else {
+            bump(Counter::SnapshotFailed);
+            return 0;
+        };
+        if EVENTS.output::<[u8]>(record, BPF_RB_NO_WAKEUP.into()).is_err() {
+            bump(Counter::RingFull);
+        }
+        return 0;
+    }
     let Some(mut entry) = EVENTS.reserve::<WatchHit>(0) else {
         bump(Counter::RingFull);
         return 0;
     };
-    entry.write(WatchHit {
-        // SAFETY: a plain helper call without arguments.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-        pid_tgid: bpf_get_current_pid_tgid(),
-        watch_addr: data.addr,
-        ip: data.regs.rip,
-    });
+    entry.write(hit);
     // No wakeup: the loader drains the ring on a timer, so a hit costs no extra irq_work.
     entry.submit(BPF_RB_NO_WAKEUP.into());
     0

@@ -99,6 +99,9 @@ fn table(py: &PyOffsets, obj: u64) -> Option<Table> {
                 });
             }
             storage::INLINE_313 if word == 0 => {
+                if read(ty + py.type_flags)? & py.type_inline_flag == 0 {
+                    return None;
+                }
                 let values = obj + read(ty + py.type_basicsize)?;
                 if read_u8(values + py.values_valid)? == 0 {
                     return None;

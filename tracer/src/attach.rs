@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         perf_event::{
             BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig,
@@ -15,13 +15,17 @@ use aya::{
         },
         PerfEvent, ProgramError,
     },
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
-use tracer_common::{Counter, COUNTERS_MAP, EVENTS_MAP, WATCH_PROGRAM};
+use tracer_common::{
+    capture::{Plan, PLANS_MAP, SCRATCH_MAP},
+    Counter, COUNTERS_MAP, EVENTS_MAP, WATCH_PROGRAM,
+};
 
 use crate::plan::ProbePlan;
 
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+/// The eBPF object (every program and map); the CUDA probes load their own instance of it.
+pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -72,10 +76,25 @@ impl Probes {
     }
 }
 
-pub fn attach(plan: &ProbePlan) -> Result<Probes, AttachError> {
+/// Loads the programs, gives the kernel side the snapshot plan of process `pid` (if any),
+/// and puts the watchpoints in.
+pub fn attach(plan: &ProbePlan, snapshot: Option<(u32, &Plan)>) -> Result<Probes, AttachError> {
     let started = Instant::now();
     let load = |e: &dyn std::fmt::Display| AttachError::Load(e.to_string());
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| load(&e))?;
+    // The snapshot work area has one slot per possible CPU.
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| load(&e))? as u32;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(SCRATCH_MAP, cpus)
+        .load(EBPF_OBJECT)
+        .map_err(|e| load(&e))?;
+    if let Some((pid, snapshot)) = snapshot {
+        let mut plans: HashMap<_, u32, Plan> = HashMap::try_from(
+            ebpf.map_mut(PLANS_MAP)
+                .ok_or_else(|| load(&"plans map missing"))?,
+        )
+        .map_err(|e| load(&e))?;
+        plans.insert(pid, snapshot, 0).map_err(|e| load(&e))?;
+    }
     let program: &mut PerfEvent = ebpf
         .program_mut(WATCH_PROGRAM)
         .ok_or_else(|| load(&"watch program missing from the eBPF object"))?

@@ -1,17 +1,70 @@
-//! Stage 5, decode: raw ring-buffer records into typed hits.
+//! Stage 5, decode: raw ring-buffer records into typed hits, with the scheduler snapshot
+//! that some hits carry split into its parts (still raw words: what they mean is decided
+//! with the CPython layout in `correlate::state`).
 
 use std::ops::Range;
 
-use tracer_common::WatchHit;
+use tracer_common::{
+    capture::{Item, ScheduledEntry, SnapshotHeader},
+    WatchHit,
+};
 
 use crate::plan::{Mark, ProbePlan};
 
 /// A genuine read of a watched instruction by the interpreter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hit {
     pub ktime_ns: u64,
     pub tid: u32,
     pub mark: Mark,
+    pub snapshot: Option<RawSnapshot>,
+}
+
+/// The scheduler state the watch program copied at a snapshot hit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawSnapshot {
+    pub header: SnapshotHeader,
+    pub running: Vec<Item>,
+    pub waiting: Vec<Item>,
+    pub scheduled: Vec<ScheduledEntry>,
+}
+
+/// Plain-old-data values from a byte slice (which has no alignment guarantee).
+fn read_pod<T: Copy>(bytes: &[u8]) -> Option<(T, &[u8])> {
+    let size = size_of::<T>();
+    if bytes.len() < size {
+        return None;
+    }
+    // SAFETY: T is one of the repr(C) integer-only tracer_common types (any bit pattern is
+    // valid) and the slice holds at least size_of::<T>() bytes.
+    let value = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) };
+    Some((value, &bytes[size..]))
+}
+
+fn read_many<T: Copy>(mut bytes: &[u8], n: usize) -> Option<(Vec<T>, &[u8])> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (value, rest) = read_pod::<T>(bytes)?;
+        out.push(value);
+        bytes = rest;
+    }
+    Some((out, bytes))
+}
+
+impl RawSnapshot {
+    /// Parses the bytes after the `WatchHit`; `None` if the lengths do not add up.
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let (header, rest) = read_pod::<SnapshotHeader>(bytes)?;
+        let (running, rest) = read_many::<Item>(rest, header.n_running as usize)?;
+        let (waiting, rest) = read_many::<Item>(rest, header.n_waiting as usize)?;
+        let (scheduled, rest) = read_many::<ScheduledEntry>(rest, header.n_scheduled as usize)?;
+        rest.is_empty().then_some(Self {
+            header,
+            running,
+            waiting,
+            scheduled,
+        })
+    }
 }
 
 /// Records that did not become hits, by reason.
@@ -44,12 +97,17 @@ impl Decoder {
     }
 
     pub fn decode(&mut self, record: &[u8]) -> Option<Hit> {
-        let Ok(bytes) = <[u8; size_of::<WatchHit>()]>::try_from(record) else {
+        let parsed = read_pod::<WatchHit>(record).and_then(|(raw, rest)| {
+            if rest.is_empty() {
+                Some((raw, None))
+            } else {
+                RawSnapshot::parse(rest).map(|snapshot| (raw, Some(snapshot)))
+            }
+        });
+        let Some((raw, snapshot)) = parsed else {
             self.counts.malformed += 1;
             return None;
         };
-        // SAFETY: WatchHit is plain old data of exactly this size; read_unaligned needs no alignment.
-        let raw: WatchHit = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         let Some(&(_, mark)) = self.marks.iter().find(|(addr, _)| *addr == raw.watch_addr) else {
             self.counts.unknown_watch += 1;
             return None;
@@ -66,6 +124,7 @@ impl Decoder {
             ktime_ns: raw.ktime_ns,
             tid: raw.pid_tgid as u32,
             mark,
+            snapshot,
         })
     }
 }
@@ -115,7 +174,8 @@ mod tests {
             Some(Hit {
                 ktime_ns: 42,
                 tid: 9,
-                mark: Mark::ScheduleDone
+                mark: Mark::ScheduleDone,
+                snapshot: None,
             })
         );
         assert_eq!(decoder.decode(&record(0x1000, 0x7000)), None);

@@ -8,13 +8,23 @@
 //! (CSV, run.json). [`trace`] runs them; [`cpython`] and [`vllm`] hold per-version knowledge.
 
 pub mod attach;
+pub mod capture;
+pub mod compare;
 pub mod correlate;
 pub mod cpython;
+pub mod cuda;
 pub mod decode;
 pub mod discover;
+pub mod doctor;
+pub mod engines;
+pub mod launch;
 pub mod memory;
+pub mod perfetto;
 pub mod plan;
+pub mod probes;
+pub mod report;
 pub mod resolve;
 pub mod sinks;
+pub mod status;
 pub mod trace;
 pub mod vllm;

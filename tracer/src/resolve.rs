@@ -9,7 +9,7 @@ use crate::{
         PyReader, ReadError,
     },
     discover::Target,
-    memory::LiveProcess,
+    memory::{LiveProcess, ProcessMemory as _},
     vllm::{EngineNames, ENGINES},
 };
 
@@ -36,13 +36,17 @@ pub enum ResolveError {
     Read { pid: u32, source: ReadError },
 }
 
-/// The engine's step function and the thread that calls it.
+/// The engine's step function, the thread that calls it, and the engine object.
 #[derive(Debug)]
 pub struct Resolved {
     pub names: &'static EngineNames,
     pub step: Code,
     /// Native thread id of the engine loop.
     pub tid: u32,
+    /// That thread's `PyThreadState`.
+    pub tstate: u64,
+    /// The engine object (`self` of the busy loop), 0 if its frame was not found.
+    pub engine: u64,
 }
 
 pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveError> {
@@ -96,17 +100,14 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
     let busy_loop = code_of(names.busy_loop)?;
 
     let threads = reader.threads(py.runtime).map_err(read)?;
-    let tid = match tid {
-        Some(tid) => {
-            threads
-                .iter()
-                .find(|t| t.native_thread_id == u64::from(tid))
-                .ok_or(ResolveError::NotAThread {
-                    pid,
-                    tid: tid.into(),
-                })?;
-            tid
-        }
+    let thread = match tid {
+        Some(tid) => *threads
+            .iter()
+            .find(|t| t.native_thread_id == u64::from(tid))
+            .ok_or(ResolveError::NotAThread {
+                pid,
+                tid: tid.into(),
+            })?,
         None => {
             // The stacks change under us while we walk them, so one walk can tear; the busy
             // loop's frame sits at the bottom of the engine thread for its whole life, so a
@@ -124,13 +125,40 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
                 }
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            engine_thread
-                .map(|t| t.native_thread_id as u32)
-                .ok_or_else(|| ResolveError::NoEngineThread {
-                    pid,
-                    busy_loop: busy_loop.qualname.clone(),
-                })?
+            *engine_thread.ok_or_else(|| ResolveError::NoEngineThread {
+                pid,
+                busy_loop: busy_loop.qualname.clone(),
+            })?
         }
     };
-    Ok(Resolved { names, step, tid })
+    let engine = engine_object(&reader, &thread, busy_loop.addr).unwrap_or(0);
+    Ok(Resolved {
+        names,
+        step,
+        tid: thread.native_thread_id as u32,
+        tstate: thread.addr,
+        engine,
+    })
+}
+
+/// `self` of the busy loop's frame on the engine thread: the engine object, whose
+/// scheduler the snapshots read. Retried like the thread search, for the same reason.
+fn engine_object(
+    reader: &PyReader<LiveProcess>,
+    thread: &ThreadState,
+    busy_loop: u64,
+) -> Option<u64> {
+    let slot = reader.local_index(busy_loop, "self").ok()??;
+    (0..STACK_WALK_TRIES).find_map(|_| {
+        let frame = reader
+            .frames(thread)
+            .ok()?
+            .into_iter()
+            .find(|f| f.code == busy_loop)?;
+        let engine = reader
+            .mem
+            .read_u64(frame.addr + reader.layout.frame_localsplus + 8 * slot)
+            .ok()?;
+        (engine != 0).then_some(engine)
+    })
 }

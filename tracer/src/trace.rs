@@ -17,10 +17,14 @@ use tracer_common::Counter;
 
 use crate::{
     attach,
-    correlate::Correlator,
+    capture::{Capture, CaptureError, LiveRequests},
+    correlate::{requests::Requests, Correlator},
+    cpython::PyReader,
+    memory::LiveProcess,
+    cuda::{self, CudaTracer},
     decode::Decoder,
     discover, plan, resolve,
-    sinks::{self, RunInfo, StepRow, StepsCsv, Totals},
+    sinks::{self, Outputs, RunInfo, StepRow, Totals},
 };
 
 /// How often the ring buffer is drained (the eBPF side does not wake us per hit).
@@ -34,6 +38,7 @@ pub struct Options {
     pub out_dir: PathBuf,
     pub duration: Option<Duration>,
     pub quiet: bool,
+    pub cuda: cuda::Level,
 }
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
@@ -75,14 +80,30 @@ pub fn run(options: Options) -> Result<Totals> {
     let target = discover::discover(options.pid)?;
     let resolved = resolve::resolve(&target, options.tid)?;
     let plan = plan::plan(&resolved, target.python.layout)?;
+    let memory = LiveProcess { pid: target.pid };
+    let reader = PyReader::new(&memory, target.python.layout, target.python.types);
+    // Without a snapshot plan the trace still has every step's phases; say why once.
+    let capture = reader
+        .sys_modules(target.python.runtime)
+        .map_err(CaptureError::from)
+        .and_then(|modules| Capture::plan(&reader, modules, &resolved, &plan));
+    let capture = match capture {
+        Ok(capture) => Some(capture),
+        Err(e) => {
+            say(&format!(
+                "tracer: warning: batch and request columns are off: {e}"
+            ));
+            None
+        }
+    };
     std::fs::create_dir_all(&options.out_dir)
         .with_context(|| format!("creating {}", options.out_dir.display()))?;
-    let steps_path = options.out_dir.join("steps.csv");
-    let mut steps_csv = StepsCsv::create(&steps_path)
-        .with_context(|| format!("creating {}", steps_path.display()))?;
+    let mut outputs = Outputs::create(&options.out_dir)?;
 
     let trace_start_ns = monotonic_ns();
-    let mut probes = attach::attach(&plan)?;
+    let mut probes = attach::attach(&plan, capture.as_ref().map(|c| (target.pid, &c.plan)))?;
+    // Before the "attached" line: from then on every step has its CUDA columns.
+    let mut cuda = CudaTracer::start(options.cuda, target.pid, options.quiet)?;
     note(format!(
         "tracer: attached to pid {} tid {} (Python {}, {}) in {:.1} ms; writing {}",
         target.pid,
@@ -92,19 +113,43 @@ pub fn run(options: Options) -> Result<Totals> {
         probes.attach_time.as_secs_f64() * 1e3,
         options.out_dir.display()
     ));
+    let mut status = crate::status::Status::new(target.pid, options.out_dir.clone(), options.quiet);
 
     let mut decoder = Decoder::new(&plan, target.python.eval_loop.clone());
     let mut correlator = Correlator::default();
+    let mut requests = Requests::new(target.pid, trace_start_ns);
+    let mut source = LiveRequests::new(&reader, resolved.names.state);
     let mut totals = Totals::default();
     let mut write_error = None;
-    let mut drain = |probes: &mut attach::Probes, totals: &mut Totals, csv: &mut StepsCsv| {
+    let mut drain = |probes: &mut attach::Probes, totals: &mut Totals, outputs: &mut Outputs| {
+        let mut steps = Vec::new();
         while let Some(record) = probes.events.next() {
-            let Some(step) = decoder.decode(&record).and_then(|hit| correlator.push(hit)) else {
-                continue;
-            };
-            let row = StepRow::new(&step, target.pid, trace_start_ns);
+            if let Some(step) = decoder.decode(&record).and_then(|hit| correlator.push(hit)) {
+                steps.push(step);
+            }
+        }
+        // After the watch ring: every CUDA call made before these steps ended is in.
+        cuda.poll();
+        for step in steps {
+            let mut row =
+                StepRow::new(&step, target.pid, trace_start_ns).with_cuda(&cuda.fold(&step));
+            if let Some(capture) = &capture {
+                let scheduled = step.after_schedule.as_ref().map(|raw| capture.state(raw));
+                let updated = step.after_update.as_ref().map(|raw| capture.state(raw));
+                let out = requests.step(
+                    &mut source,
+                    &step,
+                    scheduled.as_ref(),
+                    updated.as_ref(),
+                    &capture.budgets,
+                    &mut row,
+                );
+                if let Err(e) = outputs.write_step_details(&out) {
+                    write_error.get_or_insert(e);
+                }
+            }
             totals.add(&row);
-            if let Err(e) = csv.write(&row) {
+            if let Err(e) = outputs.steps.write(&row) {
                 write_error.get_or_insert(e);
             }
         }
@@ -124,10 +169,16 @@ pub fn run(options: Options) -> Result<Totals> {
         tokio::pin!(deadline);
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
         let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
+        let mut status_tick = tokio::time::interval(crate::status::TTY_EVERY);
         let reason = loop {
             tokio::select! {
-                _ = drain_tick.tick() => drain(&mut probes, &mut totals, &mut steps_csv),
-                _ = flush_tick.tick() => steps_csv.flush().context("writing steps.csv")?,
+                _ = drain_tick.tick() => drain(&mut probes, &mut totals, &mut outputs),
+                _ = flush_tick.tick() => outputs.flush().context("writing the CSV files")?,
+                _ = status_tick.tick() => status.tick(crate::status::Counters {
+                    steps: totals.steps,
+                    drops: probes.counter(Counter::RingFull),
+                    ..Default::default()
+                }),
                 _ = sigint.recv() => break "interrupted (SIGINT)",
                 _ = sigterm.recv() => break "terminated (SIGTERM)",
                 _ = sighup.recv() => break "hung up (SIGHUP)",
@@ -137,14 +188,21 @@ pub fn run(options: Options) -> Result<Totals> {
         };
         anyhow::Ok(reason)
     })?;
+    status.finish();
     // Everything the kernel side wrote before we stopped still gets decoded.
-    drain(&mut probes, &mut totals, &mut steps_csv);
+    drain(&mut probes, &mut totals, &mut outputs);
     let trace_end_ns = monotonic_ns();
     correlator.finish();
-    if let Some(e) = write_error {
-        return Err(e).context("writing steps.csv");
+    for row in requests.finish(trace_end_ns) {
+        if let Err(e) = outputs.requests.write(&row) {
+            write_error.get_or_insert(e);
+        }
     }
-    steps_csv.flush().context("writing steps.csv")?;
+    let cuda = cuda.finish();
+    if let Some(e) = write_error {
+        return Err(e).context("writing the CSV files");
+    }
+    outputs.flush().context("writing the CSV files")?;
 
     let info = RunInfo {
         tracer_version: env!("CARGO_PKG_VERSION"),
@@ -175,7 +233,13 @@ pub fn run(options: Options) -> Result<Totals> {
             ring_buffer_drops: probes.counter(Counter::RingFull),
             decode: decoder.counts,
             correlate: correlator.counts,
+            requests: requests.counts,
+            request_reads: source.errors,
+            snapshots: probes.counter(Counter::Snapshots),
+            snapshots_failed: probes.counter(Counter::SnapshotFailed),
         },
+        scheduler: capture.as_ref().map(|c| c.budgets),
+        cuda,
     };
     drop(probes);
     let run_json = options.out_dir.join("run.json");
@@ -186,6 +250,9 @@ pub fn run(options: Options) -> Result<Totals> {
             "tracer: warning: {} probe hits were lost (ring buffer full); see run.json",
             info.counters.ring_buffer_drops
         ));
+    }
+    if options.cuda != cuda::Level::Off {
+        note(format!("tracer: {}", info.cuda.summary()));
     }
     note(format!("tracer: {end_reason}; {}", totals.summary()));
     Ok(totals)

@@ -20,7 +20,100 @@ pub struct EngineNames {
     pub execute: &'static str,
     /// Method called in `step` whose return ends the update phase (and the step).
     pub update: &'static str,
+    /// Where the scheduler's state is, for snapshots.
+    pub state: &'static StateNames,
 }
+
+/// Attribute and class names of the scheduler state a snapshot copies.
+#[derive(Debug)]
+pub struct StateNames {
+    /// Attribute of the engine object holding the scheduler.
+    pub scheduler: &'static str,
+    /// Attribute chains from the scheduler to the running list, the waiting queue, and the
+    /// KV cache's free-block count.
+    pub running: &'static [&'static str],
+    pub waiting: &'static [&'static str],
+    /// The waiting queue is a `deque` (FCFS) rather than a list (a priority heap).
+    pub waiting_is_deque: bool,
+    pub kv_free: &'static [&'static str],
+    /// `(module, class)` of requests and of their status enum.
+    pub request_class: (&'static str, &'static str),
+    pub status_enum: (&'static str, &'static str),
+    /// Request attributes copied at every snapshot, in the order of [`RequestField`].
+    pub request_fields: [&'static str; 6],
+    /// Immutable request attributes read once per request.
+    pub prompt_tokens: &'static str,
+    pub arrival_time: &'static str,
+    pub max_tokens: &'static str,
+    /// The step's local holding what `schedule()` returned, its class, and the attribute
+    /// mapping request ids to their scheduled token counts.
+    pub output_local: &'static str,
+    pub output_class: (&'static str, &'static str),
+    pub output_scheduled: &'static str,
+    /// Scheduler attributes with the budgets that explain waiting.
+    pub max_num_seqs: &'static str,
+    pub max_num_batched_tokens: &'static str,
+    pub block_size: &'static str,
+}
+
+/// The request attributes of [`StateNames::request_fields`], by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestField {
+    /// The request id `str` (identity only: its address tells reuse of a freed request).
+    Id = 0,
+    /// A `RequestStatus` member (identity: members are singletons).
+    Status = 1,
+    ComputedTokens = 2,
+    /// Prompt tokens found in the prefix cache at first scheduling (−1 before).
+    CachedTokens = 3,
+    /// The output token list (its length is the output count).
+    OutputTokens = 4,
+    Preemptions = 5,
+}
+
+impl RequestField {
+    /// Fields the program follows to copy the value (ints, list lengths) rather than
+    /// copying the pointer.
+    pub const FOLLOWED: [RequestField; 4] = [
+        RequestField::ComputedTokens,
+        RequestField::CachedTokens,
+        RequestField::OutputTokens,
+        RequestField::Preemptions,
+    ];
+}
+
+/// vLLM V1's scheduler (0.10 – 0.33 names).
+pub const V1_STATE: StateNames = StateNames {
+    scheduler: "scheduler",
+    running: &["running"],
+    waiting: &["waiting"],
+    waiting_is_deque: true,
+    kv_free: &[
+        "kv_cache_manager",
+        "block_pool",
+        "free_block_queue",
+        "num_free_blocks",
+    ],
+    request_class: ("vllm.v1.request", "Request"),
+    status_enum: ("vllm.v1.request", "RequestStatus"),
+    request_fields: [
+        "request_id",
+        "status",
+        "num_computed_tokens",
+        "num_cached_tokens",
+        "_output_token_ids",
+        "num_preemptions",
+    ],
+    prompt_tokens: "num_prompt_tokens",
+    arrival_time: "arrival_time",
+    max_tokens: "max_tokens",
+    output_local: "scheduler_output",
+    output_class: ("vllm.v1.core.sched.output", "SchedulerOutput"),
+    output_scheduled: "num_scheduled_tokens",
+    max_num_seqs: "max_num_running_reqs",
+    max_num_batched_tokens: "max_num_scheduled_tokens",
+    block_size: "block_size",
+};
 
 /// vLLM V1 `EngineCore.step`: schedule → execute_model → update_from_output (0.8 – 0.10,
 /// and the bundled fixture engine).
@@ -32,6 +125,7 @@ pub const V1_STEP: EngineNames = EngineNames {
     schedule: "schedule",
     execute: "execute_model",
     update: "update_from_output",
+    state: &V1_STATE,
 };
 
 pub const ENGINES: &[EngineNames] = &[V1_STEP];

@@ -1,4 +1,6 @@
-//! Stage 6, correlate: hits of the four marks into engine steps.
+//! Stage 6, correlate: hits of the four marks into engine steps (here), and the scheduler
+//! snapshots those steps carry into request lifecycles ([`requests`]) and waiting reasons
+//! ([`reasons`]).
 //!
 //! A step is `StepEntry → ScheduleDone → ExecuteDone → UpdateDone`, in that order, on the
 //! engine thread. Anything else is counted, never turned into a row: an entry with no
@@ -6,10 +8,16 @@
 //! or an exception inside the step), a repeated mark (a one-time rewrite the address filter
 //! could not tell apart).
 
-use crate::{decode::Hit, plan::Mark};
+pub mod reasons;
+pub mod requests;
+
+use crate::{
+    decode::{Hit, RawSnapshot},
+    plan::Mark,
+};
 
 /// One complete engine step, CLOCK_MONOTONIC ns at each mark.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Step {
     /// 0-based index among the steps this trace completed.
     pub index: u64,
@@ -18,6 +26,10 @@ pub struct Step {
     pub schedule_done_ns: u64,
     pub execute_done_ns: u64,
     pub update_done_ns: u64,
+    /// The scheduler as `schedule()` left it, and as `update_from_output()` left it (when
+    /// snapshots are planned and could be taken).
+    pub after_schedule: Option<RawSnapshot>,
+    pub after_update: Option<RawSnapshot>,
 }
 
 impl Step {
@@ -52,6 +64,8 @@ pub struct CorrelateCounts {
 pub struct Correlator {
     /// Times of the marks seen so far in the open step, in mark order.
     open: Vec<u64>,
+    /// Snapshots of the open step, by position in [`ORDER`].
+    snapshots: [Option<RawSnapshot>; 4],
     tid: u32,
     completed: u64,
     pub counts: CorrelateCounts,
@@ -77,12 +91,14 @@ impl Correlator {
                 _ => self.counts.incomplete_steps += 1,
             }
             self.open.clear();
+            self.snapshots = Default::default();
             self.open.push(hit.ktime_ns);
             self.tid = hit.tid;
             return None;
         }
         if position == self.open.len() && hit.tid == self.tid {
             self.open.push(hit.ktime_ns);
+            self.snapshots[position] = hit.snapshot;
         } else if position + 1 == self.open.len() {
             self.counts.repeated_marks += 1;
             return None;
@@ -100,6 +116,8 @@ impl Correlator {
             schedule_done_ns: self.open[1],
             execute_done_ns: self.open[2],
             update_done_ns: self.open[3],
+            after_schedule: self.snapshots[1].take(),
+            after_update: self.snapshots[3].take(),
         };
         self.completed += 1;
         self.open.clear();
@@ -124,6 +142,7 @@ mod tests {
             ktime_ns,
             tid: 5,
             mark,
+            snapshot: None,
         }
     }
 
@@ -148,7 +167,7 @@ mod tests {
             ],
         );
         assert_eq!(steps.len(), 1);
-        let s = steps[0];
+        let s = &steps[0];
         assert_eq!(
             (
                 s.index,

@@ -1,11 +1,57 @@
 //! Stage 7, sinks: the files a trace writes. Rows stream out as steps complete; nothing is
 //! held in memory beyond the running totals of the summary.
 
+pub mod csv_sink;
+pub mod rows;
 pub mod run_json;
 mod steps_csv;
 
+use std::path::Path;
+
+use anyhow::Context as _;
 pub use run_json::RunInfo;
+use rows::{EventRow, QueueRow, RequestRow};
+
+use self::csv_sink::CsvSink;
+use crate::correlate::requests::StepOutput;
 pub use steps_csv::{StepRow, StepsCsv};
+
+/// The CSV files of a trace, created (with headers) before the first step.
+pub struct Outputs {
+    pub steps: StepsCsv,
+    pub requests: CsvSink<RequestRow>,
+    pub events: CsvSink<EventRow>,
+    pub queues: CsvSink<QueueRow>,
+}
+
+impl Outputs {
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        fn create<R: csv_sink::Row>(dir: &Path, name: &str) -> anyhow::Result<CsvSink<R>> {
+            let path = dir.join(name);
+            CsvSink::create(&path).with_context(|| format!("creating {}", path.display()))
+        }
+        Ok(Self {
+            steps: create(dir, "steps.csv")?,
+            requests: create(dir, "requests.csv")?,
+            events: create(dir, "events.csv")?,
+            queues: create(dir, "queues.csv")?,
+        })
+    }
+
+    /// The events, queue rows and finished requests of one step.
+    pub fn write_step_details(&mut self, out: &StepOutput) -> csv::Result<()> {
+        out.events.iter().try_for_each(|row| self.events.write(row))?;
+        out.queues.iter().try_for_each(|row| self.queues.write(row))?;
+        out.finished.iter().try_for_each(|row| self.requests.write(row))
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.steps.flush()?;
+        self.requests.flush()?;
+        self.events.flush()?;
+        self.queues.flush()
+    }
+}
 
 /// Running totals for the end-of-trace summary line.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]

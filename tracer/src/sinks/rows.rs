@@ -45,6 +45,16 @@ pub struct StepRow {
     /// KV cache blocks in use right after `schedule()` (total − free), and the total.
     pub kv_blocks_used: Option<u32>,
     pub kv_blocks_total: Option<u32>,
+    /// CUDA driver calls of the step (empty where `--cuda` did not probe them).
+    pub cuda_launches: Option<u64>,
+    pub cuda_graph_launches: Option<u64>,
+    pub cuda_syncs: Option<u64>,
+    pub cuda_sync_ns: Option<u64>,
+    pub cuda_d2h_copies: Option<u64>,
+    pub cuda_d2h_ns: Option<u64>,
+    /// Execute split into host time launching work and time blocked waiting for the GPU.
+    pub exec_launch_host_ns: Option<u64>,
+    pub exec_gpu_wait_ns: Option<u64>,
 }
 
 /// `requests.csv`: one row per request seen, written when it finishes (or at trace end).

@@ -5,7 +5,11 @@ use std::{io::Write as _, path::Path};
 use serde::Serialize;
 
 use super::Totals;
-use crate::{correlate::CorrelateCounts, decode::DecodeCounts};
+use crate::{
+    capture::Budgets,
+    correlate::{requests::RequestCounts, CorrelateCounts},
+    decode::DecodeCounts,
+};
 
 #[derive(Debug, Serialize)]
 pub struct RunInfo {
@@ -26,6 +30,9 @@ pub struct RunInfo {
     pub end_reason: String,
     pub totals: Totals,
     pub counters: Counters,
+    /// The scheduler's budgets read from the target (absent when snapshots were off).
+    pub scheduler: Option<Budgets>,
+    pub cuda: crate::cuda::CudaReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,6 +50,12 @@ pub struct Counters {
     pub ring_buffer_drops: u64,
     pub decode: DecodeCounts,
     pub correlate: CorrelateCounts,
+    pub requests: RequestCounts,
+    /// Request facts (id, prompt length, arrival) that could not be read from the target.
+    pub request_reads: u64,
+    /// Snapshot hits, and those whose record could not be built.
+    pub snapshots: u64,
+    pub snapshots_failed: u64,
 }
 
 impl RunInfo {

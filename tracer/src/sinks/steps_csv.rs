@@ -1,37 +1,10 @@
-//! `steps.csv`: one row per engine step.
+//! `steps.csv`: one row per engine step (the row type is [`StepRow`]).
 
-use std::{fs::File, path::Path};
-
-use crate::correlate::Step;
-
-/// A row of steps.csv. Times are CLOCK_MONOTONIC ns; `start_rel_ns` counts from trace start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StepRow {
-    pub step: u64,
-    pub pid: u32,
-    pub tid: u32,
-    pub start_ns: u64,
-    pub start_rel_ns: i64,
-    pub schedule_ns: u64,
-    pub execute_ns: u64,
-    pub update_ns: u64,
-    pub step_ns: u64,
-}
+pub use super::rows::StepRow;
+use super::csv_sink::CsvSink;
+use crate::{correlate::Step, cuda::CudaStepStats};
 
 impl StepRow {
-    /// The column names, in field order (a test checks they match the serialized rows).
-    pub const HEADER: [&str; 9] = [
-        "step",
-        "pid",
-        "tid",
-        "start_ns",
-        "start_rel_ns",
-        "schedule_ns",
-        "execute_ns",
-        "update_ns",
-        "step_ns",
-    ];
-
     pub fn new(step: &Step, pid: u32, trace_start_ns: u64) -> Self {
         Self {
             step: step.index,
@@ -43,32 +16,26 @@ impl StepRow {
             execute_ns: step.execute_ns(),
             update_ns: step.update_ns(),
             step_ns: step.step_ns(),
+            ..Self::default()
+        }
+    }
+
+    pub fn with_cuda(self, cuda: &CudaStepStats) -> Self {
+        Self {
+            cuda_launches: cuda.launches,
+            cuda_graph_launches: cuda.graph_launches,
+            cuda_syncs: cuda.syncs,
+            cuda_sync_ns: cuda.sync_ns,
+            cuda_d2h_copies: cuda.d2h_copies,
+            cuda_d2h_ns: cuda.d2h_ns,
+            exec_launch_host_ns: cuda.exec_launch_host_ns,
+            exec_gpu_wait_ns: cuda.exec_gpu_wait_ns,
+            ..self
         }
     }
 }
 
-pub struct StepsCsv {
-    writer: csv::Writer<File>,
-}
-
-impl StepsCsv {
-    pub fn create(path: &Path) -> csv::Result<Self> {
-        let mut writer = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_path(path)?;
-        // Written now, not with the first row, so a trace without steps still has it.
-        writer.write_record(StepRow::HEADER)?;
-        Ok(Self { writer })
-    }
-
-    pub fn write(&mut self, row: &StepRow) -> csv::Result<()> {
-        self.writer.serialize(row)
-    }
-
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        self.writer.flush()
-    }
-}
+pub type StepsCsv = CsvSink<StepRow>;
 
 #[cfg(test)]
 mod tests {
@@ -86,19 +53,45 @@ mod tests {
             schedule_done_ns: 1_040,
             execute_done_ns: 2_040,
             update_done_ns: 2_060,
+            ..Step::default()
         };
         let row = StepRow::new(&step, 10, 400);
+        let with_cuda = row.clone().with_cuda(&CudaStepStats {
+            graph_launches: Some(1),
+            syncs: Some(1),
+            sync_ns: Some(700),
+            d2h_copies: Some(1),
+            d2h_ns: Some(50),
+            exec_launch_host_ns: Some(250),
+            exec_gpu_wait_ns: Some(750),
+            ..Default::default()
+        });
         let mut csv = StepsCsv::create(&path).unwrap();
         csv.write(&row).unwrap();
+        csv.write(&with_cuda).unwrap();
+        let batch = ",,,,,,,,,,,,,,,";
         csv.flush().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "step,pid,tid,start_ns,start_rel_ns,schedule_ns,execute_ns,update_ns,step_ns\n3,10,11,1000,600,40,1000,20,1060\n");
+        assert_eq!(
+            text,
+            format!(
+                "step,pid,tid,start_ns,start_rel_ns,schedule_ns,execute_ns,update_ns,step_ns,\
+                 batch_size,scheduled_tokens,prefill_tokens,decode_tokens,prefill_requests,\
+                 decode_requests,new_requests,resumed_requests,context_tokens_sum,\
+                 context_tokens_max,running,waiting,preempted,finished,kv_blocks_used,\
+                 kv_blocks_total,\
+                 cuda_launches,cuda_graph_launches,cuda_syncs,cuda_sync_ns,cuda_d2h_copies,\
+                 cuda_d2h_ns,exec_launch_host_ns,exec_gpu_wait_ns\n\
+                 3,10,11,1000,600,40,1000,20,1060,{batch},,,,,,,,\n\
+                 3,10,11,1000,600,40,1000,20,1060,{batch},,1,1,700,1,50,250,750\n"
+            )
+        );
         let back: Vec<StepRow> = csv::Reader::from_path(&path)
             .unwrap()
             .deserialize()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(back, [row]);
+        assert_eq!(back, [row.clone(), with_cuda]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,0 +1,448 @@
+//! Request lifecycles from successive scheduler snapshots.
+//!
+//! A request is identified by its object address and its request-id `str` address (both
+//! change when a freed request's memory is reused). At each step: requests seen for the
+//! first time arrived; tokens in the step's `num_scheduled_tokens` mean it ran (a prefill
+//! chunk while its computed tokens are below its prompt); a `PREEMPTED` status in the
+//! waiting queue after `schedule()` means it was preempted; a request gone from the queues
+//! after `update_from_output()` finished, one gone between steps was aborted. Times are the
+//! marks at which the change became visible: arrival at the step's start, scheduling and
+//! preemption when `schedule()` returned, tokens and finishing when the update returned.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{reasons, Step};
+use crate::{
+    capture::{Budgets, RequestState, SchedulerState},
+    sinks::rows::{EventKind, EventRow, Queue, QueueRow, RequestRow, StepRow},
+};
+
+/// What is read once per request, from the live request object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestInfo {
+    pub id: String,
+    pub prompt_tokens: Option<u32>,
+    pub arrival_time_s: Option<f64>,
+    pub max_tokens: Option<u32>,
+}
+
+/// Reads a request's immutable facts by address (the live process, or a table in tests).
+pub trait RequestSource {
+    fn info(&mut self, object: u64, id: u64) -> RequestInfo;
+}
+
+type Key = (u64, u64);
+
+fn key(r: &RequestState) -> Key {
+    (r.object, r.id)
+}
+
+struct Track {
+    info: RequestInfo,
+    row: RequestRow,
+    waiting_since: Option<u64>,
+    preempted: bool,
+    /// Computed tokens and output tokens when last seen.
+    computed: i32,
+    output: u32,
+}
+
+/// What one step adds to the outputs.
+#[derive(Default)]
+pub struct StepOutput {
+    pub events: Vec<EventRow>,
+    pub queues: Vec<QueueRow>,
+    pub finished: Vec<RequestRow>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    pub requests_seen: u64,
+    pub finished: u64,
+    pub aborted: u64,
+    /// Steps without a usable snapshot after `schedule()` (their batch columns are empty).
+    pub steps_without_snapshot: u64,
+    /// Requests in a queue beyond what a snapshot copies (`MAX_QUEUE_ITEMS`).
+    pub queue_items_not_copied: u64,
+    /// Scheduled requests whose token count was not in `num_scheduled_tokens` and came
+    /// from the change of their computed tokens instead.
+    pub scheduled_from_computed: u64,
+}
+
+pub struct Requests {
+    pid: u32,
+    trace_start_ns: u64,
+    tracks: HashMap<Key, Track>,
+    /// Requests in the queues at the last snapshot.
+    present: HashSet<Key>,
+    pub counts: RequestCounts,
+}
+
+impl Requests {
+    pub fn new(pid: u32, trace_start_ns: u64) -> Self {
+        Self {
+            pid,
+            trace_start_ns,
+            tracks: HashMap::new(),
+            present: HashSet::new(),
+            counts: RequestCounts::default(),
+        }
+    }
+
+    fn event(&self, out: &mut StepOutput, step: u64, t_ns: u64, key: Key, event: EventKind) {
+        self.event_with(out, step, t_ns, key, event, None, String::new());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event_with(
+        &self,
+        out: &mut StepOutput,
+        step: u64,
+        t_ns: u64,
+        key: Key,
+        event: EventKind,
+        tokens: Option<u32>,
+        detail: String,
+    ) {
+        out.events.push(EventRow {
+            step,
+            pid: self.pid,
+            t_ns,
+            t_rel_ns: t_ns as i64 - self.trace_start_ns as i64,
+            request_id: self.tracks[&key].info.id.clone(),
+            event,
+            tokens,
+            detail,
+        });
+    }
+
+    /// Starts tracking a request first seen in the step starting at `t_ns`.
+    fn arrive(
+        &mut self,
+        source: &mut dyn RequestSource,
+        r: &RequestState,
+        step: u64,
+        t_ns: u64,
+        out: &mut StepOutput,
+    ) {
+        let k = key(r);
+        if self.tracks.contains_key(&k) {
+            return;
+        }
+        let info = source.info(r.object, r.id);
+        self.counts.requests_seen += 1;
+        let row = RequestRow {
+            request_id: info.id.clone(),
+            pid: self.pid,
+            arrival_time_s: info.arrival_time_s,
+            queued_ns: t_ns,
+            finish_status: "UNFINISHED".into(),
+            prompt_tokens: info.prompt_tokens,
+            preemptions: 0,
+            ..RequestRow::default()
+        };
+        self.tracks.insert(
+            k,
+            Track {
+                info,
+                row,
+                waiting_since: Some(t_ns),
+                preempted: false,
+                computed: r.computed_tokens.unwrap_or(0),
+                output: r.output_tokens.unwrap_or(0).max(0) as u32,
+            },
+        );
+        self.event(out, step, t_ns, k, EventKind::Arrived);
+    }
+
+    fn close_wait(track: &mut Track, t_ns: u64) {
+        if let Some(since) = track.waiting_since.take() {
+            let wait = t_ns.saturating_sub(since);
+            track.row.waiting_ns += wait;
+            track.row.longest_wait_ns = track.row.longest_wait_ns.max(wait);
+        }
+    }
+
+    /// Ends a request that left the queues: its row, with the end filled in.
+    fn end(&mut self, k: Key, step: u64, t_ns: u64, finished: bool, out: &mut StepOutput) {
+        let Some(track) = self.tracks.get(&k) else {
+            return;
+        };
+        let output = track.output;
+        let status = if !finished {
+            "FINISHED_ABORTED"
+        } else if track.info.max_tokens.is_some_and(|max| output >= max) {
+            "FINISHED_LENGTH_CAPPED"
+        } else {
+            "FINISHED_STOPPED"
+        };
+        let kind = if finished {
+            self.counts.finished += 1;
+            EventKind::Finished
+        } else {
+            self.counts.aborted += 1;
+            EventKind::Aborted
+        };
+        self.event_with(out, step, t_ns, k, kind, Some(output), status.into());
+        let mut track = self.tracks.remove(&k).expect("checked above");
+        Self::close_wait(&mut track, t_ns);
+        let row = &mut track.row;
+        row.finished_ns = Some(t_ns);
+        row.finish_status = status.into();
+        row.output_tokens = output;
+        row.e2e_ns = Some(t_ns - row.queued_ns);
+        out.finished.push(track.row);
+    }
+
+    /// Folds one step's snapshots in; fills the step row's batch columns.
+    pub fn step(
+        &mut self,
+        source: &mut dyn RequestSource,
+        step: &Step,
+        scheduled: Option<&SchedulerState>,
+        updated: Option<&SchedulerState>,
+        budgets: &Budgets,
+        row: &mut StepRow,
+    ) -> StepOutput {
+        let mut out = StepOutput::default();
+        let index = step.index;
+        let (Some(s), Some(running), Some(waiting)) = (
+            scheduled,
+            scheduled.and_then(|s| s.running.as_ref()),
+            scheduled.and_then(|s| s.waiting.as_ref()),
+        ) else {
+            self.counts.steps_without_snapshot += 1;
+            return out;
+        };
+        self.counts.queue_items_not_copied += u64::from(
+            (s.running_len - running.len() as u32) + (s.waiting_len - waiting.len() as u32),
+        );
+        let now: HashSet<Key> = running.iter().chain(waiting).map(key).collect();
+        // Gone between the last update and this schedule: aborted (finishing happens in
+        // update_from_output, which the previous snapshot already saw).
+        for k in self.present.difference(&now).copied().collect::<Vec<_>>() {
+            self.end(k, index, step.start_ns, false, &mut out);
+        }
+        for r in running.iter().chain(waiting) {
+            self.arrive(source, r, index, step.start_ns, &mut out);
+        }
+
+        let mut batch = Batch::default();
+        let mut produced: HashSet<Key> = HashSet::new();
+        for (position, r) in running.iter().enumerate() {
+            let k = key(r);
+            let computed = r.computed_tokens.unwrap_or(0);
+            let from_output = s.scheduled.as_ref().and_then(|m| m.get(&r.id).copied());
+            let tokens = from_output.unwrap_or_else(|| {
+                let before = self.tracks[&k].computed;
+                let n = (computed - before).max(0) as u32;
+                if n > 0 {
+                    self.counts.scheduled_from_computed += 1;
+                }
+                n
+            });
+            let before = computed - tokens as i32;
+            let prompt = self.tracks[&k].info.prompt_tokens;
+            if tokens > 0 {
+                let prefill = prompt.is_some_and(|p| before < p as i32);
+                batch.add(tokens, prefill, before.max(0) as u32);
+                let track = self.tracks.get_mut(&k).expect("arrived above");
+                Self::close_wait(track, step.schedule_done_ns);
+                track.row.iterations += 1;
+                track.row.execution_ns += step.step_ns();
+                let first = track.row.first_scheduled_ns.is_none();
+                let resumed = track.preempted;
+                track.preempted = false;
+                if first {
+                    track.row.first_scheduled_ns = Some(step.schedule_done_ns);
+                    track.row.cached_tokens =
+                        r.cached_tokens.and_then(|c| u32::try_from(c).ok());
+                    batch.new_requests += 1;
+                }
+                if prompt.is_some_and(|p| computed >= p as i32) {
+                    produced.insert(k);
+                }
+                let t = step.schedule_done_ns;
+                if first {
+                    self.event_with(&mut out, index, t, k, EventKind::Scheduled, Some(tokens), String::new());
+                } else if resumed {
+                    batch.resumed_requests += 1;
+                    self.event_with(&mut out, index, t, k, EventKind::Resumed, Some(tokens), String::new());
+                }
+                if prefill {
+                    self.event_with(&mut out, index, t, k, EventKind::PrefillChunk, Some(tokens), String::new());
+                }
+            }
+            self.tracks.get_mut(&k).expect("arrived above").computed = computed;
+            out.queues.push(QueueRow {
+                step: index,
+                pid: self.pid,
+                t_ns: step.schedule_done_ns,
+                request_id: self.tracks[&k].info.id.clone(),
+                queue: Queue::Running,
+                position: position as u32,
+                computed_tokens: u32::try_from(before).ok(),
+                scheduled_tokens: tokens,
+                reason: None,
+            });
+        }
+
+        let mut preempted_now = HashSet::new();
+        for r in waiting {
+            let k = key(r);
+            let track = self.tracks.get_mut(&k).expect("arrived above");
+            if r.status.as_deref() == Some(reasons::PREEMPTED) && !track.preempted {
+                track.preempted = true;
+                track.row.preemptions += 1;
+                track.waiting_since = Some(step.schedule_done_ns);
+                track.computed = r.computed_tokens.unwrap_or(0);
+                preempted_now.insert(k);
+                self.event(&mut out, index, step.schedule_done_ns, k, EventKind::Preempted);
+            }
+        }
+        let context = reasons::Context {
+            budgets,
+            running: s.running_len,
+            scheduled_tokens: batch.scheduled_tokens,
+            kv_free: s.kv_free,
+            any_preempted: !preempted_now.is_empty(),
+        };
+        let mut blocked = false;
+        for (position, r) in waiting.iter().enumerate() {
+            let k = key(r);
+            let track = &self.tracks[&k];
+            let reason = reasons::classify(
+                &context,
+                r,
+                track.info.prompt_tokens,
+                preempted_now.contains(&k),
+                &mut blocked,
+            );
+            out.queues.push(QueueRow {
+                step: index,
+                pid: self.pid,
+                t_ns: step.schedule_done_ns,
+                request_id: track.info.id.clone(),
+                queue: Queue::Waiting,
+                position: position as u32,
+                computed_tokens: r.computed_tokens.and_then(|c| u32::try_from(c).ok()),
+                scheduled_tokens: 0,
+                reason: Some(reason),
+            });
+        }
+        self.present = now;
+
+        let mut finished = 0;
+        if let Some(running_after) = updated.and_then(|u| u.running.as_ref()) {
+            let waiting_after = updated.and_then(|u| u.waiting.as_ref());
+            let after: HashSet<Key> = running_after
+                .iter()
+                .chain(waiting_after.into_iter().flatten())
+                .map(key)
+                .collect();
+            for r in running_after {
+                let k = key(r);
+                let Some(track) = self.tracks.get_mut(&k) else {
+                    continue;
+                };
+                let output = r.output_tokens.unwrap_or(0).max(0) as u32;
+                track.output = output;
+                if output > 0 && track.row.first_token_ns.is_none() {
+                    track.row.first_token_ns = Some(step.update_done_ns);
+                    track.row.ttft_ns = Some(step.update_done_ns - track.row.queued_ns);
+                    self.event_with(&mut out, index, step.update_done_ns, k, EventKind::FirstToken, Some(output), String::new());
+                }
+            }
+            for k in running.iter().map(key).filter(|k| !after.contains(k)) {
+                // Its last token came from this step; the request is gone before we see it.
+                if produced.contains(&k) {
+                    let track = self.tracks.get_mut(&k).expect("arrived above");
+                    track.output += 1;
+                    if track.row.first_token_ns.is_none() {
+                        track.row.first_token_ns = Some(step.update_done_ns);
+                        track.row.ttft_ns = Some(step.update_done_ns - track.row.queued_ns);
+                        let output = track.output;
+                        self.event_with(&mut out, index, step.update_done_ns, k, EventKind::FirstToken, Some(output), String::new());
+                    }
+                }
+                self.end(k, index, step.update_done_ns, true, &mut out);
+                finished += 1;
+            }
+            self.present = after;
+        }
+        for r in out.finished.iter_mut() {
+            if let (Some(first), Some(end)) = (r.first_token_ns, r.finished_ns) {
+                if r.output_tokens > 1 {
+                    r.tpot_ns = Some((end - first) / u64::from(r.output_tokens - 1));
+                }
+            }
+        }
+
+        row.batch_size = Some(batch.size);
+        row.scheduled_tokens = Some(batch.scheduled_tokens);
+        row.prefill_tokens = Some(batch.prefill_tokens);
+        row.decode_tokens = Some(batch.decode_tokens);
+        row.prefill_requests = Some(batch.prefill_requests);
+        row.decode_requests = Some(batch.decode_requests);
+        row.new_requests = Some(batch.new_requests);
+        row.resumed_requests = Some(batch.resumed_requests);
+        row.context_tokens_sum = Some(batch.context_sum);
+        row.context_tokens_max = Some(batch.context_max);
+        row.running = Some(s.running_len);
+        row.waiting = Some(s.waiting_len);
+        row.preempted = Some(preempted_now.len() as u32);
+        row.finished = updated.and_then(|u| u.running.as_ref()).map(|_| finished);
+        row.kv_blocks_total = budgets.kv_blocks_total;
+        row.kv_blocks_used = budgets
+            .kv_blocks_total
+            .zip(s.kv_free)
+            .map(|(total, free)| total.saturating_sub(free));
+        out
+    }
+
+    /// Ends the trace: rows for the requests still in the engine.
+    pub fn finish(&mut self, end_ns: u64) -> Vec<RequestRow> {
+        let mut rows: Vec<RequestRow> = self
+            .tracks
+            .drain()
+            .map(|(_, mut track)| {
+                Self::close_wait(&mut track, end_ns);
+                track.row.output_tokens = track.output;
+                track.row
+            })
+            .collect();
+        rows.sort_by_key(|r| r.queued_ns);
+        rows
+    }
+}
+
+/// A step's batch, summed over its scheduled requests.
+#[derive(Default)]
+struct Batch {
+    size: u32,
+    scheduled_tokens: u32,
+    prefill_tokens: u32,
+    decode_tokens: u32,
+    prefill_requests: u32,
+    decode_requests: u32,
+    new_requests: u32,
+    resumed_requests: u32,
+    context_sum: u64,
+    context_max: u32,
+}
+
+impl Batch {
+    fn add(&mut self, tokens: u32, prefill: bool, context: u32) {
+        self.size += 1;
+        self.scheduled_tokens += tokens;
+        if prefill {
+            self.prefill_tokens += tokens;
+            self.prefill_requests += 1;
+        } else {
+            self.decode_tokens += tokens;
+            self.decode_requests += 1;
+        }
+        self.context_sum += u64::from(context);
+        self.context_max = self.context_max.max(context);
+    }
+}
