@@ -1,0 +1,394 @@
+//! CUDA driver-API probes, folded into engine steps: how many kernels and graphs each
+//! step launched, how long the host sat blocked in syncs and device-to-host copies, and
+//! so how the execute phase splits into launch-side host time and waiting for the GPU.
+//!
+//! Uprobes on libcuda's exported functions ([`api::DRIVER_API`]) in every process of the
+//! engine (the traced pid and its descendants) that maps libcuda, found in their memory
+//! maps and re-checked every [`SCAN_EVERY`] for processes that load it later. Calls are
+//! attributed to steps by time ([`fold`]).
+
+mod api;
+mod fold;
+mod libcuda;
+mod probes;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+pub use api::{Class, DRIVER_API};
+pub use fold::{CallTotals, HORIZON_NS};
+use serde::Serialize;
+use tracer_common::cuda::{CudaCall, CudaCounter};
+
+use self::{
+    fold::{Call, Folder, Window},
+    libcuda::Offsets,
+    probes::CudaProbes,
+};
+use crate::{correlate::Step, trace::monotonic_ns};
+
+/// How often the engine's processes are re-checked for a newly loaded libcuda.
+pub const SCAN_EVERY: Duration = Duration::from_millis(200);
+
+/// Which driver-API calls are probed (`--cuda`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// No CUDA probes.
+    Off,
+    /// Syncs and device-to-host copies (entry and return) and graph launches: a few probe
+    /// hits per step. Every CUDA column but `cuda_launches`.
+    Sync,
+    /// Also every kernel launch: one more probe hit per kernel launched. Every column.
+    #[default]
+    Launches,
+}
+
+impl Level {
+    fn probes(self, class: Class) -> bool {
+        match self {
+            Level::Off => false,
+            Level::Sync => class != Class::Launch,
+            Level::Launches => true,
+        }
+    }
+}
+
+/// A step's CUDA columns in steps.csv; `None` where the level does not probe it, or the
+/// step began before any CUDA probe was in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaStepStats {
+    pub launches: Option<u64>,
+    pub graph_launches: Option<u64>,
+    pub syncs: Option<u64>,
+    /// Host time inside sync calls, summed over calls (and processes).
+    pub sync_ns: Option<u64>,
+    pub d2h_copies: Option<u64>,
+    /// Host time inside device-to-host copy calls, summed.
+    pub d2h_ns: Option<u64>,
+    /// Execute-phase time not blocked on the GPU: Python, scheduling the launches, etc.
+    pub exec_launch_host_ns: Option<u64>,
+    /// Execute-phase time during which a traced thread was blocked in a sync or a copy.
+    pub exec_gpu_wait_ns: Option<u64>,
+}
+
+/// One traced process, for run.json.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    /// The libcuda file, as the process maps it.
+    pub libcuda: String,
+    /// CLOCK_MONOTONIC ns when its probes were in; its calls before then are not seen.
+    pub attached_ns: u64,
+    pub functions: Vec<&'static str>,
+    /// Functions of the table the library does not export (or exports at the address of
+    /// another one: probed once, under the first name).
+    pub not_probed: Vec<&'static str>,
+    pub error: Option<String>,
+}
+
+/// The CUDA section of run.json.
+#[derive(Clone, Debug, Serialize)]
+pub struct CudaReport {
+    pub level: Level,
+    pub processes: Vec<ProcessReport>,
+    /// Runs of the CUDA eBPF programs.
+    pub probe_runs: u64,
+    pub ring_buffer_drops: u64,
+    /// Returns of timed calls that began before their probe went in.
+    pub returns_without_entry: u64,
+    pub starts_map_full: u64,
+    pub malformed_records: u64,
+    /// Calls from a process we did not probe (never expected: probes filter by process).
+    pub foreign_calls: u64,
+    pub in_steps: CallTotals,
+    /// Calls between steps, before the first or after the last complete step.
+    pub outside_steps: CallTotals,
+    /// Of those, calls that reached us after their step had been written.
+    pub late_calls: u64,
+    /// Of those, calls left unplaced for `HORIZON_NS` (no step completed around them).
+    pub expired_calls: u64,
+}
+
+impl CudaReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "CUDA ({:?}): {} processes probed; in steps {} kernel launches, {} graph launches, \
+             {} syncs; outside steps {} calls",
+            self.level,
+            self.processes.iter().filter(|p| p.error.is_none()).count(),
+            self.in_steps.launches,
+            self.in_steps.graph_launches,
+            self.in_steps.syncs,
+            self.outside_steps.launches
+                + self.outside_steps.graph_launches
+                + self.outside_steps.syncs
+                + self.outside_steps.d2h_copies,
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("loading the CUDA probes failed: {0}\n  hint: --cuda off traces without them")]
+pub struct CudaError(String);
+
+/// The CUDA side of a trace; inert with `--cuda off`.
+pub struct CudaTracer {
+    level: Level,
+    active: Option<Active>,
+}
+
+struct Active {
+    probes: CudaProbes,
+    folder: Folder,
+    root_pid: u32,
+    quiet: bool,
+    /// Every process looked at and found mapping libcuda, probed or not.
+    processes: BTreeMap<u32, ProcessReport>,
+    /// Symbol offsets by libcuda file (device, inode).
+    offsets: HashMap<(String, u64), Result<Offsets, String>>,
+    /// When the first probe went in: earlier steps get no CUDA columns.
+    first_attach_ns: Option<u64>,
+    next_scan: Instant,
+    /// Lines for stderr, printed by the next poll (so they follow the "attached" line).
+    notes: Vec<String>,
+    malformed: u64,
+    foreign: u64,
+}
+
+impl CudaTracer {
+    /// Loads the programs and probes the processes of the engine rooted at `root_pid` that
+    /// map libcuda now; later ones are probed as [`CudaTracer::poll`] finds them.
+    pub fn start(level: Level, root_pid: u32, quiet: bool) -> Result<Self, CudaError> {
+        if level == Level::Off {
+            return Ok(Self {
+                level,
+                active: None,
+            });
+        }
+        let mut active = Active {
+            probes: CudaProbes::load().map_err(CudaError)?,
+            folder: Folder::default(),
+            root_pid,
+            quiet,
+            processes: BTreeMap::new(),
+            offsets: HashMap::new(),
+            first_attach_ns: None,
+            next_scan: Instant::now(),
+            notes: Vec::new(),
+            malformed: 0,
+            foreign: 0,
+        };
+        active.scan(level);
+        if active.processes.is_empty() {
+            active.notes.push(format!(
+                "tracer: no process of pid {root_pid}'s tree maps libcuda yet; CUDA probes go in when one does"
+            ));
+        }
+        Ok(Self {
+            level,
+            active: Some(active),
+        })
+    }
+
+    /// Drains the CUDA ring, and every [`SCAN_EVERY`] probes newly loaded libcudas. Call it
+    /// after draining the watch ring, so that every call made before the steps just
+    /// completed had ended is in.
+    pub fn poll(&mut self) {
+        let level = self.level;
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        active.drain();
+        if Instant::now() >= active.next_scan {
+            active.scan(level);
+            active.next_scan = Instant::now() + SCAN_EVERY;
+        }
+        active.folder.expire(monotonic_ns());
+        for note in active.notes.drain(..) {
+            if !active.quiet {
+                crate::trace::say(&note);
+            }
+        }
+    }
+
+    /// The CUDA columns of a completed step. Steps must come in time order.
+    pub fn fold(&mut self, step: &Step) -> CudaStepStats {
+        let Some(active) = &mut self.active else {
+            return CudaStepStats::default();
+        };
+        let calls = active.folder.fold(Window::from(step));
+        if active
+            .first_attach_ns
+            .is_none_or(|attached| step.start_ns < attached)
+        {
+            return CudaStepStats::default();
+        }
+        let t = calls.totals;
+        CudaStepStats {
+            launches: (self.level == Level::Launches).then_some(t.launches),
+            graph_launches: Some(t.graph_launches),
+            syncs: Some(t.syncs),
+            sync_ns: Some(t.sync_ns),
+            d2h_copies: Some(t.d2h_copies),
+            d2h_ns: Some(t.d2h_ns),
+            exec_launch_host_ns: Some(step.execute_ns() - calls.execute_blocked_ns),
+            exec_gpu_wait_ns: Some(calls.execute_blocked_ns),
+        }
+    }
+
+    /// Ends the trace (after the last steps were folded) and detaches the probes.
+    pub fn finish(self) -> CudaReport {
+        let Some(mut active) = self.active else {
+            return CudaReport {
+                level: self.level,
+                processes: Vec::new(),
+                probe_runs: 0,
+                ring_buffer_drops: 0,
+                returns_without_entry: 0,
+                starts_map_full: 0,
+                malformed_records: 0,
+                foreign_calls: 0,
+                in_steps: CallTotals::default(),
+                outside_steps: CallTotals::default(),
+                late_calls: 0,
+                expired_calls: 0,
+            };
+        };
+        active.drain();
+        active.folder.finish();
+        let probes = &active.probes;
+        CudaReport {
+            level: self.level,
+            probe_runs: probes.counter(CudaCounter::Probes),
+            ring_buffer_drops: probes.counter(CudaCounter::RingFull),
+            returns_without_entry: probes.counter(CudaCounter::ReturnWithoutEntry),
+            starts_map_full: probes.counter(CudaCounter::StartsFull),
+            processes: active.processes.into_values().collect(),
+            malformed_records: active.malformed,
+            foreign_calls: active.foreign,
+            in_steps: active.folder.in_steps,
+            outside_steps: active.folder.outside,
+            late_calls: active.folder.late,
+            expired_calls: active.folder.expired,
+        }
+    }
+}
+
+impl Active {
+    fn drain(&mut self) {
+        let mut calls = Vec::new();
+        while let Some(record) = self.probes.ring.next() {
+            let Ok(bytes) = <[u8; size_of::<CudaCall>()]>::try_from(&*record) else {
+                self.malformed += 1;
+                continue;
+            };
+            // SAFETY: CudaCall is plain old data of exactly this size; read_unaligned needs
+            // no alignment.
+            let raw: CudaCall = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            let Some(function) = api::by_cookie(raw.cookie) else {
+                self.malformed += 1;
+                continue;
+            };
+            if !self.processes.contains_key(&((raw.pid_tgid >> 32) as u32)) {
+                self.foreign += 1;
+                continue;
+            }
+            calls.push(Call {
+                start_ns: raw.start_ns,
+                end_ns: raw.end_ns,
+                class: function.class,
+            });
+        }
+        self.folder.push(calls);
+    }
+
+    /// Probes every process of the tree that maps libcuda and is not probed yet.
+    fn scan(&mut self, level: Level) {
+        for pid in libcuda::process_tree(self.root_pid) {
+            if self.processes.contains_key(&pid) {
+                continue;
+            }
+            let mapping = match libcuda::find(pid) {
+                Ok(Some(mapping)) => mapping,
+                // Not loaded (yet), or the process is gone.
+                Ok(None) => continue,
+                Err(e) => {
+                    self.processes.insert(
+                        pid,
+                        ProcessReport {
+                            pid,
+                            libcuda: String::new(),
+                            attached_ns: 0,
+                            functions: Vec::new(),
+                            not_probed: Vec::new(),
+                            error: Some(format!("reading /proc/{pid}/maps: {e}")),
+                        },
+                    );
+                    continue;
+                }
+            };
+            let report = self.attach(level, pid, mapping);
+            self.notes.push(match &report.error {
+                None => format!(
+                    "tracer: CUDA probes on pid {pid} ({}): {} functions",
+                    report.libcuda,
+                    report.functions.len()
+                ),
+                Some(e) => format!("tracer: warning: CUDA probes on pid {pid} failed: {e}"),
+            });
+            self.processes.insert(pid, report);
+        }
+    }
+
+    fn attach(&mut self, level: Level, pid: u32, mapping: libcuda::Mapping) -> ProcessReport {
+        let mut report = ProcessReport {
+            pid,
+            libcuda: mapping.path.clone(),
+            attached_ns: 0,
+            functions: Vec::new(),
+            not_probed: Vec::new(),
+            error: None,
+        };
+        let offsets = self
+            .offsets
+            .entry(mapping.file.clone())
+            .or_insert_with(|| libcuda::offsets(&mapping.host_path));
+        let offsets = match offsets {
+            Ok(offsets) => offsets.clone(),
+            Err(e) => {
+                report.error = Some(e.clone());
+                return report;
+            }
+        };
+        let mut probed = Vec::new();
+        for (cookie, (function, offset)) in DRIVER_API.iter().zip(&offsets).enumerate() {
+            if !level.probes(function.class) {
+                continue;
+            }
+            let Some(offset) = offset.filter(|o| !probed.contains(o)) else {
+                report.not_probed.push(function.name);
+                continue;
+            };
+            if let Err(e) = self.probes.attach(
+                pid,
+                &mapping.host_path,
+                offset,
+                cookie,
+                function.class.timed(),
+            ) {
+                report.error = Some(format!("{}: {e}", function.name));
+                break;
+            }
+            probed.push(offset);
+            report.functions.push(function.name);
+        }
+        report.attached_ns = monotonic_ns();
+        if report.error.is_none() {
+            self.first_attach_ns.get_or_insert(report.attached_ns);
+        }
+        report
+    }
+}
