@@ -203,6 +203,7 @@ fn runtime_in(
             frozenset: at("PyFrozenSet_Type"),
             bytes: at("PyBytes_Type"),
             member_descr: at("PyMemberDescr_Type"),
+            type_: at("PyType_Type"),
             none: at("_Py_NoneStruct"),
             true_: at("_Py_TrueStruct"),
             false_: at("_Py_FalseStruct"),

@@ -128,8 +128,11 @@ int main(void) {
          (char *)_PyObject_ManagedDictPointer(obj) - (char *)obj,
          (unsigned long)Py_TPFLAGS_INLINE_VALUES, offsetof(PyDictValues, valid));
 #elif PY_VERSION_HEX >= 0x030C0000
-  printf("        instance_dict: ManagedDict::Tagged { dict_or_values: %td },\n",
-         (char *)_PyObject_DictOrValuesPointer(obj) - (char *)obj);
+  PyDictOrValues tagged;
+  tagged.values = buffer + 7;
+  printf("        instance_dict: ManagedDict::Tagged { dict_or_values: %td, values_bias: %td },\n",
+         (char *)_PyObject_DictOrValuesPointer(obj) - (char *)obj,
+         (char *)_PyDictOrValues_GetValues(tagged) - tagged.values);
 #elif PY_VERSION_HEX >= 0x030B0000
   printf("        instance_dict: ManagedDict::Separate { dict: %td, values: %td },\n",
          (char *)_PyObject_ManagedDictPointer(obj) - (char *)obj,

@@ -41,12 +41,16 @@ pub fn instructions(code: &[u8], ops: &Opcodes) -> Vec<Instr> {
     out
 }
 
-/// Byte offset of the `RESUME` that starts every call of the function.
+/// Byte offset of the instruction that starts every call of the function: its `RESUME`
+/// (3.11+), or its first instruction where there is none (3.10).
 pub fn entry_point(instrs: &[Instr], ops: &Opcodes) -> Option<usize> {
+    let Some(resume) = ops.resume else {
+        return instrs.first().map(|i| i.offset);
+    };
     // RESUME's oparg says where it sits: 0 at function start, non-zero after yield/await.
     instrs
         .iter()
-        .find(|i| Some(i.op) == ops.resume && i.arg & 3 == 0)
+        .find(|i| i.op == resume && i.arg & 3 == 0)
         .map(|i| i.offset)
 }
 

@@ -125,8 +125,12 @@ pub enum ManagedDict {
     None,
     /// 3.11: a dict pointer, and a `PyDictValues` pointer used while there is no dict.
     Separate { dict: i64, values: i64 },
-    /// 3.12: one word, a dict pointer, or a `PyDictValues` pointer + 1 (low bit set).
-    Tagged { dict_or_values: i64 },
+    /// 3.12: one word, a dict pointer, or (low bit set) a `PyDictValues` pointer less
+    /// `values_bias`.
+    Tagged {
+        dict_or_values: i64,
+        values_bias: u64,
+    },
     /// 3.13+: a dict pointer; classes with `flag` (`Py_TPFLAGS_INLINE_VALUES`) also hold the
     /// values inline at `tp_basicsize`, in use while the header's byte `valid` is non-zero.
     Inline { dict: i64, flag: u64, valid: u64 },

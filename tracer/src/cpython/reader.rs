@@ -30,6 +30,8 @@ const MAX_PTHREAD_SCAN: usize = 4096;
 const TPFLAGS_LONG_SUBCLASS: u64 = 1 << 24;
 const TPFLAGS_LIST_SUBCLASS: u64 = 1 << 25;
 const TPFLAGS_DICT_SUBCLASS: u64 = 1 << 29;
+/// `Py_TPFLAGS_HEAPTYPE`: a class made by a class statement (only those have `__slots__`).
+const TPFLAGS_HEAPTYPE: u64 = 1 << 9;
 /// `Py_TPFLAGS_TYPE_SUBCLASS`: the object is a class (its type derives from `type`).
 const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
 /// `tp_name` of `collections.deque`, whose type object is not exported.
@@ -74,6 +76,8 @@ pub struct TypeAddrs {
     pub frozenset: u64,
     pub bytes: u64,
     pub member_descr: u64,
+    /// `type`, the metatype.
+    pub type_: u64,
     /// `None`, `True`, `False`: the objects themselves.
     pub none: u64,
     pub true_: u64,
@@ -133,9 +137,9 @@ pub enum AttrLocation {
 pub enum ValuesAt {
     /// Inline in the object: `values[0]` is at `obj + offset` (3.13+).
     Inline { offset: u64 },
-    /// The `PyDictValues` pointer at `obj + at`, minus `tag` (3.11: tag 0; 3.12: tag 1),
-    /// then [`Layout::values_items`].
-    Pointer { at: i64, tag: u64 },
+    /// The word at `obj + at` plus `bias` (3.11: 0; 3.12, whose word is tagged: 1) is the
+    /// `PyDictValues`; `values[]` is [`Layout::values_items`] into it.
+    Pointer { at: i64, bias: u64 },
     /// `ma_values` of the dict whose pointer is at `obj + dict_at`.
     DictValues { dict_at: i64 },
 }
@@ -249,6 +253,26 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         self.u64_at(obj + self.layout.object_type)
     }
 
+    /// `obj`'s type, checked to be a class: an instance of `type` or of a metaclass
+    /// deriving from it. A pointer into the middle of an object fails here.
+    fn class_of(&self, obj: u64) -> Result<u64> {
+        let ty = self.type_of(obj)?;
+        let mut meta = self.type_of(ty)?;
+        for _ in 0..MAX_BASES {
+            if meta == self.types.type_ {
+                return Ok(ty);
+            }
+            if meta == 0 {
+                break;
+            }
+            meta = self.u64_at(meta + self.layout.type_base)?;
+        }
+        Err(ReadError::WrongType {
+            addr: obj,
+            expected: "object (its type is not a class)",
+        })
+    }
+
     fn type_flags(&self, ty: u64) -> Result<u64> {
         self.u64_at(ty + self.layout.type_flags)
     }
@@ -266,7 +290,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// `obj` is an instance of `ty` or of a subclass that the fast subclass bit `flag` marks.
     fn expect_kind(&self, obj: u64, ty: u64, flag: u64, expected: &'static str) -> Result<()> {
         let actual = self.type_of(obj)?;
-        if actual == ty || self.type_flags(actual)? & flag != 0 {
+        if actual == ty || self.type_flags(self.class_of(obj)?)? & flag != 0 {
             return Ok(());
         }
         Err(ReadError::WrongType {
@@ -277,7 +301,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
 
     /// `obj`'s type is `base` or derives from it (through `tp_base`).
     fn expect_subtype(&self, obj: u64, base: u64, expected: &'static str) -> Result<()> {
-        let mut ty = self.type_of(obj)?;
+        let mut ty = self.class_of(obj)?;
         for _ in 0..MAX_BASES {
             if ty == base {
                 return Ok(());
@@ -493,7 +517,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     }
 
     fn expect_deque(&self, obj: u64) -> Result<()> {
-        let mut ty = self.type_of(obj)?;
+        let mut ty = self.class_of(obj)?;
         for _ in 0..MAX_BASES {
             if ty == 0 {
                 break;
@@ -683,7 +707,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// Where an instance keeps its attributes (not counting slots).
     fn storage(&self, obj: u64) -> Result<Storage> {
         let l = self.layout;
-        let ty = self.type_of(obj)?;
+        let ty = self.class_of(obj)?;
         let flags = self.type_flags(ty)?;
         let cached_keys = || self.u64_at(ty + l.heaptype_cached_keys);
         let dict_at = |at: i64| -> Result<Storage> {
@@ -701,22 +725,28 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                     let array = self.u64_at(obj.wrapping_add_signed(values))?;
                     if array != 0 {
                         return Ok(Storage::Values {
-                            at: ValuesAt::Pointer { at: values, tag: 0 },
+                            at: ValuesAt::Pointer {
+                                at: values,
+                                bias: 0,
+                            },
                             array,
                             keys: cached_keys()?,
                         });
                     }
                     dict_at(dict)
                 }
-                ManagedDict::Tagged { dict_or_values } => {
+                ManagedDict::Tagged {
+                    dict_or_values,
+                    values_bias,
+                } => {
                     let word = self.u64_at(obj.wrapping_add_signed(dict_or_values))?;
                     if word & 1 == 1 {
                         return Ok(Storage::Values {
                             at: ValuesAt::Pointer {
                                 at: dict_or_values,
-                                tag: 1,
+                                bias: values_bias,
                             },
-                            array: word - 1,
+                            array: word.wrapping_add(values_bias),
                             keys: cached_keys()?,
                         });
                     }
@@ -752,14 +782,8 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// the first class in the MRO that defines `name` must define it as a member.
     fn slot_offset(&self, obj: u64, name: &str) -> Result<Option<u64>> {
         let l = self.layout;
-        let ty = self.type_of(obj)?;
-        let mro = self.u64_at(ty + l.type_mro)?;
-        for class in self.tuple(mro)?.into_iter().take(MAX_BASES) {
+        for class in self.slotted_classes(self.type_of(obj)?)? {
             let dict = self.u64_at(class + l.type_dict)?;
-            // Static builtin types keep their dict elsewhere from 3.12; they have no slots.
-            if dict == 0 {
-                continue;
-            }
             let Some(found) = self.dict_get(dict, name)? else {
                 continue;
             };
@@ -769,6 +793,22 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             return self.member_offset(found);
         }
         Ok(None)
+    }
+
+    /// The classes of `ty`'s MRO that can define `__slots__`: heap types (static builtin
+    /// types keep their dict elsewhere from 3.12, and none has object slots).
+    fn slotted_classes(&self, ty: u64) -> Result<Vec<u64>> {
+        let l = self.layout;
+        let mut out = Vec::new();
+        let mro = self.u64_at(ty + l.type_mro)?;
+        for class in self.tuple(mro)?.into_iter().take(MAX_BASES) {
+            if self.type_flags(class)? & TPFLAGS_HEAPTYPE != 0
+                && self.u64_at(class + l.type_dict)? != 0
+            {
+                out.push(class);
+            }
+        }
+        Ok(out)
     }
 
     /// The object offset a member descriptor reads, if it is an object member (as
@@ -785,17 +825,9 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// An instance's `__slots__` values that are set, `(name, value)`, base classes last.
     pub fn slots(&self, obj: u64) -> Result<Vec<(String, u64)>> {
         let l = self.layout;
-        let ty = self.type_of(obj)?;
         let mut out = Vec::new();
-        for class in self
-            .tuple(self.u64_at(ty + l.type_mro)?)?
-            .into_iter()
-            .take(MAX_BASES)
-        {
+        for class in self.slotted_classes(self.type_of(obj)?)? {
             let dict = self.u64_at(class + l.type_dict)?;
-            if dict == 0 {
-                continue;
-            }
             for (key, descr) in self.dict_items(dict)? {
                 if self.type_of(descr)? != self.types.member_descr {
                     continue;
@@ -875,8 +907,13 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                         }
                         array
                     }
-                    ValuesAt::Pointer { at, tag } => {
-                        self.u64_at(obj.wrapping_add_signed(at))?.wrapping_sub(tag)
+                    ValuesAt::Pointer { at, bias } => {
+                        let word = self.u64_at(obj.wrapping_add_signed(at))?;
+                        // A tagged word without its tag is a dict pointer now.
+                        if word == 0 || bias != 0 && word & 1 == 0 {
+                            return Ok(None);
+                        }
+                        word.wrapping_add(bias)
                     }
                     ValuesAt::DictValues { dict_at } => {
                         let dict = self.u64_at(obj.wrapping_add_signed(dict_at))?;
@@ -1134,7 +1171,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         if let Ok(b) = self.bool(obj) {
             return Ok(Value::Bool(b));
         }
-        let ty = self.type_of(obj)?;
+        let ty = self.class_of(obj)?;
         let many = |items: Vec<u64>| -> Result<Vec<Value>> {
             items
                 .into_iter()
@@ -1176,7 +1213,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                     .collect::<Result<_>>()?,
             ));
         }
-        if type_name == DEQUE_TYPE_NAME {
+        if self.expect_deque(obj).is_ok() {
             return Ok(Value::Deque(many(self.deque_items(obj)?)?));
         }
         let mut attrs = Vec::new();

@@ -334,6 +334,7 @@ pub static LAYOUTS: &[Layout] = &[
         heaptype_cached_keys: 880,
         instance_dict: ManagedDict::Tagged {
             dict_or_values: -24,
+            values_bias: 1,
         },
         tpflags_managed_dict: 16,
         dict_keys: 32,
