@@ -5,10 +5,14 @@
 //! - `cargo xtask test`    setup, then every test (unit and real-probe integration)
 //! - `cargo xtask bench`   step-time overhead, traced ÷ untraced, on the fixture engine
 //! - `cargo xtask codegen` regenerate the CPython layout tables
+//! - `cargo xtask python 3.14` build a CPython the machine lacks into `.pythons/`
+//! - `cargo xtask real-vllm` released vLLM in cached venvs, and the harness that runs it
 
 mod bench;
 mod codegen;
 mod fixture;
+mod python_build;
+mod real_vllm;
 mod setup;
 
 use std::{
@@ -38,7 +42,9 @@ fn main() -> Result<()> {
             bench::run()
         }
         Some("codegen") => codegen::run(),
-        _ => bail!("usage: cargo xtask <setup|demo|test|bench|codegen>"),
+        Some("python") => python_build::run(&args[1..]),
+        Some("real-vllm") => real_vllm::main(&args[1..]),
+        _ => bail!("usage: cargo xtask <setup|demo|test|bench|codegen|real-vllm>"),
     }
 }
 

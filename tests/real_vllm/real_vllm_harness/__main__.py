@@ -211,7 +211,8 @@ def read_csv(path):
 
 def summarize(out, a, run_s, info):
     steps = read_csv(os.path.join(out, "gt_steps.csv"))
-    freed = read_csv(os.path.join(out, "gt_requests.csv"))
+    # The workload's requests only (--facts adds one of its own).
+    freed = [r for r in read_csv(os.path.join(out, "gt_requests.csv")) if r["request_id"].startswith("req-")]
     stats = read_csv(os.path.join(out, "stats.csv"))
     executed = [s for s in steps if s["scheduled_tokens"] not in ("", "0")]
     return {

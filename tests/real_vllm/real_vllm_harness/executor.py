@@ -81,6 +81,7 @@ class _Worker:
         return None
 
     # Calls whose GPU work (allocating caches, warm-up, profiling) has no stand-in equivalent.
+    initialize_cache = _noop
     initialize_from_config = _noop
     compile_or_warm_up_model = _noop
     set_kv_cache_layout = _noop

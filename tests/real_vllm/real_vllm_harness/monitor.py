@@ -15,6 +15,7 @@ buffered, one per step-function call, so a killed engine leaves complete rows be
 
 import csv
 import json
+import multiprocessing
 import os
 import sys
 import threading
@@ -92,6 +93,9 @@ class Monitor:
                     "pid": os.getpid(),
                     "tid": threading.get_native_id(),
                     "comm": _read(f"/proc/{os.getpid()}/comm").strip(),
+                    # setproctitle's title (it rewrites argv) and multiprocessing's name.
+                    "title": _read(f"/proc/{os.getpid()}/cmdline").split("\0")[0],
+                    "process_name": multiprocessing.current_process().name,
                     "scheduler": f"{sched_cls.__module__}.{sched_cls.__qualname__}",
                 },
                 f,
