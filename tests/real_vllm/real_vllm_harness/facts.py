@@ -138,7 +138,9 @@ def live_facts(engine) -> dict:
     step_facts = {}
     for name, fn in steps.items():
         calls = method_calls(fn)
-        watch = {"RESUME": 0}
+        # Not always offset 0: MAKE_CELL/COPY_FREE_VARS come first in a function with cells.
+        resume = next(i.offset for i in dis.get_instructions(fn) if i.opname == "RESUME")
+        watch = {"RESUME": resume}
         after = [c for c in calls if c["name"] == "schedule"]
         if after:
             watch["after CALL schedule"] = after[0]["next_offset"]
