@@ -1,0 +1,262 @@
+//! CUDA probes on the fixture engine driving a fake libcuda (tests/fixtures/fakecuda), so
+//! they are tested on every CI run: per-step counts must equal what the fixture called,
+//! and each traced sync or copy time must lie between the fake function's own body time
+//! and the time around the fixture's call (a probe fires after the call starts and before
+//! it returns, so nothing else is possible).
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use support::*;
+
+/// Builds the fake libcuda once per test run, named as the tracer looks for it.
+fn fake_libcuda() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fakecuda");
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = dir.join("libcuda.so.1");
+        let out = Command::new("gcc")
+            .args([
+                "-O2",
+                "-fPIC",
+                "-shared",
+                "-fno-ipa-icf",
+                "-Wall",
+                "-Werror",
+            ])
+            .args(["-Wno-unused-parameter", "-o"])
+            .arg(&lib)
+            .arg(root().join("tests/fixtures/fakecuda/fakecuda.c"))
+            .output()
+            .expect("running gcc");
+        assert!(
+            out.status.success(),
+            "building the fake libcuda failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lib
+    })
+}
+
+/// The CUDA columns of steps.csv (other columns are ignored).
+#[derive(Debug, serde::Deserialize)]
+struct CudaStep {
+    start_ns: u64,
+    execute_ns: u64,
+    cuda_launches: Option<u64>,
+    cuda_graph_launches: Option<u64>,
+    cuda_syncs: Option<u64>,
+    cuda_sync_ns: Option<u64>,
+    cuda_d2h_copies: Option<u64>,
+    cuda_d2h_ns: Option<u64>,
+    exec_launch_host_ns: Option<u64>,
+    exec_gpu_wait_ns: Option<u64>,
+}
+
+/// A row of the fixture's CUDA truth (fake_cuda.py).
+#[derive(Debug, serde::Deserialize)]
+struct CudaTruth {
+    launches: u64,
+    graph_launches: u64,
+    syncs: u64,
+    sync_body_ns: u64,
+    sync_call_ns: u64,
+    d2h_copies: u64,
+    d2h_body_ns: u64,
+    d2h_call_ns: u64,
+    outside_launches: u64,
+}
+
+/// Slack for comparing `bpf_ktime_get_ns` with the fixture's `clock_gettime` reads: the
+/// same CLOCK_MONOTONIC, read through two code paths.
+const CLOCK_SLACK_NS: u64 = 1_000;
+
+/// A finished run: the fixture's truth and what the tracer wrote.
+struct Run {
+    truth: Vec<CudaTruth>,
+    steps: Vec<CudaStep>,
+    run: serde_json::Value,
+}
+
+/// Runs `steps` steps of the fixture with `--fake-cuda` and `fixture_args`, traced with
+/// `tracer_args`, from the first measured step to the fixture's exit.
+fn traced_run(steps: usize, fixture_args: &[&str], tracer_args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("cuda_truth.csv");
+    let out = dir.path().join("out");
+    let steps_arg = steps.to_string();
+    let mut args = vec![
+        "--wait-go",
+        "--steps",
+        &steps_arg,
+        "--execute-ms",
+        "0.3",
+        "--fake-cuda",
+        fake_libcuda().to_str().unwrap(),
+        "--fake-cuda-truth",
+        truth_path.to_str().unwrap(),
+    ];
+    args.extend(fixture_args);
+    let mut fixture = Fixture::spawn(&pyenv("3.11.7"), &args);
+    let pid = fixture.pid.to_string();
+    let mut tracer_argv = vec!["attach", "--pid", &pid, "-o", out.to_str().unwrap()];
+    tracer_argv.extend(tracer_args);
+    let mut tracer = Tracer::spawn(&tracer_argv);
+    tracer
+        .stderr
+        .wait_for("tracer: attached", Duration::from_secs(30));
+    fixture.go();
+    assert!(fixture.wait().success());
+    let (status, stderr) = tracer.finish(Duration::from_secs(30));
+    assert!(status.success(), "tracer failed: {stderr:?}");
+    let run = Run {
+        truth: read_csv(&truth_path),
+        steps: read_csv(&out.join("steps.csv")),
+        run: read_run_json(&out),
+    };
+    assert_eq!(run.truth.len(), steps);
+    assert_eq!(run.steps.len(), steps, "steps lost or invented");
+    assert_eq!(run.run["cuda"]["ring_buffer_drops"], 0);
+    assert_eq!(run.run["cuda"]["foreign_calls"], 0);
+    run
+}
+
+/// Per step: counts exactly as called; sync and copy times between body and call times.
+fn check_steps(run: &Run, label: &str) {
+    let mut over_body = Vec::new();
+    for (i, (t, s)) in run.truth.iter().zip(&run.steps).enumerate() {
+        assert_eq!(
+            (
+                s.cuda_launches,
+                s.cuda_graph_launches,
+                s.cuda_syncs,
+                s.cuda_d2h_copies
+            ),
+            (
+                Some(t.launches),
+                Some(t.graph_launches),
+                Some(t.syncs),
+                Some(t.d2h_copies)
+            ),
+            "{label}: step {i} counts"
+        );
+        for (what, traced, body, call) in [
+            ("sync", s.cuda_sync_ns, t.sync_body_ns, t.sync_call_ns),
+            ("d2h", s.cuda_d2h_ns, t.d2h_body_ns, t.d2h_call_ns),
+        ] {
+            let traced = traced.unwrap();
+            assert!(
+                body <= traced + CLOCK_SLACK_NS && traced <= call + CLOCK_SLACK_NS,
+                "{label}: step {i} {what}: traced {traced} ns not within [{body}, {call}]"
+            );
+            over_body.push(traced as i64 - body as i64);
+        }
+    }
+    eprintln!(
+        "{label}: traced − body time per step (sync and d2h): p50 {} ns, p99 {} ns, max {} ns",
+        percentile(&mut over_body, 50.0),
+        percentile(&mut over_body, 99.0),
+        percentile(&mut over_body, 100.0)
+    );
+}
+
+#[test]
+fn fake_cuda_calls_fold_into_each_step() {
+    let _serial = exclusive();
+    const STEPS: usize = 500;
+    let run = traced_run(STEPS, &["--fake-cuda-outside", "2"], &[]);
+    check_steps(&run, "in-process");
+    // One process, so the execute split is exact: blocked time is the sync and the copy.
+    for (i, (t, s)) in run.truth.iter().zip(&run.steps).enumerate() {
+        let (host, wait) = (s.exec_launch_host_ns.unwrap(), s.exec_gpu_wait_ns.unwrap());
+        assert_eq!(host + wait, s.execute_ns, "step {i}");
+        assert!(
+            t.sync_body_ns + t.d2h_body_ns <= wait + 2 * CLOCK_SLACK_NS
+                && wait <= t.sync_call_ns + t.d2h_call_ns + 2 * CLOCK_SLACK_NS,
+            "step {i}: gpu wait {wait} ns"
+        );
+    }
+    let cuda = &run.run["cuda"];
+    // Every driver-API name of the table was called (the fixture rotates through them).
+    let functions = cuda["processes"][0]["functions"].as_array().unwrap();
+    assert_eq!(functions.len(), tracer::cuda::DRIVER_API.len(), "{cuda}");
+    // Launches in the busy loop between steps are counted outside steps, not dropped.
+    let outside: u64 = run.truth.iter().map(|t| t.outside_launches).sum();
+    assert_eq!(outside, 2 * STEPS as u64);
+    assert_eq!(cuda["outside_steps"]["launches"], outside);
+    assert_eq!(cuda["outside_steps"]["syncs"], 0);
+    let in_steps: u64 = run.truth.iter().map(|t| t.launches).sum();
+    assert_eq!(cuda["in_steps"]["launches"], in_steps);
+    assert_eq!(cuda["late_calls"], 0);
+}
+
+/// Like vLLM with tensor parallelism: the calls come from child processes of the engine.
+#[test]
+fn worker_processes_calls_are_folded_into_the_engine_steps() {
+    let _serial = exclusive();
+    let run = traced_run(300, &["--fake-cuda-workers", "2"], &[]);
+    check_steps(&run, "2 workers");
+    let processes = run.run["cuda"]["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 3, "engine and 2 workers: {processes:?}");
+    assert!(
+        processes.iter().all(|p| p["error"].is_null()),
+        "{processes:?}"
+    );
+}
+
+/// libcuda loaded after the tracer attached (as frameworks do on first GPU use) is found
+/// in the maps and probed; steps before that have empty CUDA columns, not zeros.
+#[test]
+fn late_loaded_libcuda_is_probed_once_seen() {
+    let _serial = exclusive();
+    // Load at the 50th measured step.
+    let run = traced_run(600, &["--warmup", "200", "--fake-cuda-load-at", "250"], &[]);
+    let attached = run.run["cuda"]["processes"][0]["attached_ns"]
+        .as_u64()
+        .unwrap();
+    let mut before = 0;
+    for (i, (t, s)) in run.truth.iter().zip(&run.steps).enumerate() {
+        if s.start_ns < attached {
+            before += 1;
+            assert_eq!(s.cuda_launches, None, "step {i} began before the probes");
+        } else {
+            assert_eq!(s.cuda_launches, Some(t.launches), "step {i}");
+            assert_eq!(s.cuda_syncs, Some(t.syncs), "step {i}");
+        }
+    }
+    assert!(
+        before >= 50,
+        "only {before} steps before the probes went in"
+    );
+    assert!(
+        run.steps.len() - before > 400,
+        "probes went in only {before} steps into the run"
+    );
+}
+
+#[test]
+fn level_sync_leaves_launches_empty_and_off_leaves_every_column_empty() {
+    let _serial = exclusive();
+    let run = traced_run(200, &[], &["--cuda", "sync"]);
+    for (t, s) in run.truth.iter().zip(&run.steps) {
+        assert_eq!(s.cuda_launches, None);
+        assert_eq!(s.cuda_graph_launches, Some(t.graph_launches));
+        assert_eq!(s.cuda_syncs, Some(t.syncs));
+    }
+    let functions = run.run["cuda"]["processes"][0]["functions"].to_string();
+    assert!(!functions.contains("cuLaunchKernel"), "{functions}");
+
+    let run = traced_run(100, &[], &["--cuda", "off"]);
+    assert!(run
+        .steps
+        .iter()
+        .all(|s| s.cuda_graph_launches.is_none() && s.exec_gpu_wait_ns.is_none()));
+    assert_eq!(run.run["cuda"]["processes"], serde_json::json!([]));
+}
