@@ -220,8 +220,12 @@ def summarize(out, a, run_s, info):
         "mode": info["mode"],
         "engine_pid": info["pid"],
         "engine_comm": info["comm"],
+        "engine_title": info["title"],
+        "engine_process_name": info["process_name"],
+        "engine_threads": info["threads"],
         "run_s": round(run_s, 2),
         "step_calls": len(steps),
+        "steps_raised": sum(s["raised"] == "1" for s in steps),
         "step_fns": sorted({s["step_fn"] for s in steps}),
         "steps_scheduled": len(executed),
         "scheduled_tokens": sum(int(s["scheduled_tokens"]) for s in executed),
@@ -242,6 +246,8 @@ def summarize(out, a, run_s, info):
 
 def check(s, a) -> list[str]:
     problems = []
+    if s["steps_raised"]:
+        problems.append(f"{s['steps_raised']} step calls raised")
     if s["steps_scheduled"] == 0:
         problems.append("no step scheduled anything")
     for key in ("freed_in_engine", "freed_finished", "finished_in_frontend"):

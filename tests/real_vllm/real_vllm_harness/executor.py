@@ -151,8 +151,10 @@ class StandInExecutor(Executor):
             out = self.pool.submit(self._forward, scheduler_output)
         else:
             out = _done(self._forward(scheduler_output))
-        if SPLIT_SAMPLING:
-            # Like the GPU runner: execute_model yields None, sample_tokens the output.
+        if SPLIT_SAMPLING and scheduler_output.total_num_scheduled_tokens > 0:
+            # Like the GPU runner: execute_model yields None, sample_tokens the output (with
+            # nothing scheduled the runner returns its empty output at once, and vLLM expects
+            # that: step_with_batch_queue then skips sample_tokens).
             self.pending = out
             out = _done(None)
         return out if want_future else out.result()
@@ -180,6 +182,8 @@ class StandInExecutor(Executor):
         else:
             for rid, n in zip(cached.req_ids, cached.num_computed_tokens):
                 computed[rid] = n
+        if not so.total_num_scheduled_tokens:
+            return EMPTY_MODEL_RUNNER_OUTPUT  # no forward pass for an empty batch
         req_ids = list(so.num_scheduled_tokens)
         sampled = []
         for rid in req_ids:
@@ -190,8 +194,6 @@ class StandInExecutor(Executor):
             else:
                 sampled.append([])
         time.sleep(self.forward_s + self.per_token_s * so.total_num_scheduled_tokens)
-        if not req_ids:
-            return EMPTY_MODEL_RUNNER_OUTPUT
         return dataclasses.replace(
             EMPTY_MODEL_RUNNER_OUTPUT,
             req_ids=req_ids,

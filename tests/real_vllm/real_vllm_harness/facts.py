@@ -80,6 +80,12 @@ def monitoring_effect(code, offsets: dict[str, int]) -> dict:
     return out
 
 
+def dict_is_split(d: dict) -> bool:
+    """Whether a dict shares its keys with its class (CPython 3.12/3.13 PyDictObject: ma_values
+    at offset 40 is non-NULL). Instances stop sharing past 30 attributes (SHARED_KEYS_MAX_SIZE)."""
+    return ctypes.c_void_p.from_address(id(d) + 40).value is not None
+
+
 def field_info(obj, cls, name):
     if isinstance(cls.__dict__.get(name), property):
         return "property -> " + type(getattr(obj, name)).__name__
@@ -123,6 +129,7 @@ def live_facts(engine) -> dict:
         "has___slots__": "__slots__" in Request.__dict__,
         "instance_attributes": len(vars(req)),
         "instance_attribute_names": list(vars(req)),
+        "instance_dict_split": dict_is_split(vars(req)),
         "fields": {n: field_info(req, Request, n) for n in REQUEST_FIELDS},
         "num_computed_tokens_after_schedule": computed_after_schedule,
         "num_computed_tokens_after_update": req.num_computed_tokens,
@@ -181,6 +188,13 @@ def live_facts(engine) -> dict:
             "free_block_queue.num_free_blocks": getattr(pool.free_block_queue, "num_free_blocks", None),
             "get_num_free_blocks()": pool.get_num_free_blocks(),
             "has__preempt_request": hasattr(sched, "_preempt_request"),
+            "instance_attributes": len(vars(sched)),
+            "instance_dict_split": dict_is_split(vars(sched)),
+            "other_waiting_queues": {
+                n: qualname(getattr(sched, n))
+                for n in ("kv_holding_waiting", "deferred_waiting", "skipped_waiting")
+                if hasattr(sched, n)
+            },
             "policy": repr(getattr(sched, "policy", None)),
         },
         "request": request_facts,

@@ -2,7 +2,8 @@
 
 Uses `sys.monitoring` (CPython 3.12+), PY_START/PY_RETURN as *local* events on exactly the code
 objects of the step function(s), the scheduler's `schedule` and `update_from_output`, the
-executor's `execute_model`/`sample_tokens` and `Scheduler._free_request`. The code objects are
+executor's `execute_model`/`sample_tokens` and `Scheduler._free_request` (plus PY_UNWIND, which
+can only be global, to close the row of a step that raises). The code objects are
 not replaced (no wrapper, no patched attribute); CPython rewrites the RESUME and RETURN opcodes
 of those code objects in place into their INSTRUMENTED_* forms (same addresses), which is what
 the tracer's byte watchpoints see while this monitor is on (FACTS.md, "sys.monitoring").
@@ -29,7 +30,7 @@ STEP_COLUMNS = [
     "update_start_ns", "update_end_ns",
     "step_end_ns",
     "scheduled_reqs", "scheduled_tokens", "new_reqs", "running", "waiting",
-    "preempted", "kv_free_blocks",
+    "preempted", "kv_free_blocks", "raised",
 ]  # fmt: skip
 
 REQUEST_COLUMNS = [
@@ -103,8 +104,12 @@ class Monitor:
         E = mon.events
         mon.register_callback(self.tool, E.PY_START, self._start)
         mon.register_callback(self.tool, E.PY_RETURN, self._return)
+        mon.register_callback(self.tool, E.PY_UNWIND, self._unwind)
         for code in self.roles:
             mon.set_local_events(self.tool, code, E.PY_START | E.PY_RETURN)
+        # An exception leaving a step function ends its row too (raised=1). PY_UNWIND cannot
+        # be a local event, so this callback sees every unwinding frame (rare in the engine).
+        mon.set_events(self.tool, E.PY_UNWIND)
 
     def _start(self, code, offset):
         t = time.monotonic_ns()
@@ -131,6 +136,12 @@ class Monitor:
         self.row[f"{role}_end_ns"] = t
         if role == "schedule":
             self._scheduled(sys._getframe(1).f_locals["self"], retval)
+
+    def _unwind(self, code, offset, exc):
+        if self.roles.get(code) == "step" and self.row is not None:
+            self.row.update(step_end_ns=time.monotonic_ns(), raised=1)
+            self.steps.writerow(self.row.values())
+            self.row = None
 
     def _scheduled(self, scheduler, so):
         from vllm.v1.request import RequestStatus
