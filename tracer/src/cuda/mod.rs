@@ -82,6 +82,8 @@ pub struct ProcessReport {
     pub libcuda: String,
     /// CLOCK_MONOTONIC ns when its probes were in; its calls before then are not seen.
     pub attached_ns: u64,
+    /// How long finding the functions and attaching the probes took.
+    pub attach_ms: f64,
     pub functions: Vec<&'static str>,
     /// Functions of the table the library does not export (or exports at the address of
     /// another one: probed once, under the first name).
@@ -322,6 +324,7 @@ impl Active {
                             pid,
                             libcuda: String::new(),
                             attached_ns: 0,
+                            attach_ms: 0.0,
                             functions: Vec::new(),
                             not_probed: Vec::new(),
                             error: Some(format!("reading /proc/{pid}/maps: {e}")),
@@ -333,9 +336,10 @@ impl Active {
             let report = self.attach(level, pid, mapping);
             self.notes.push(match &report.error {
                 None => format!(
-                    "tracer: CUDA probes on pid {pid} ({}): {} functions",
+                    "tracer: CUDA probes on pid {pid} ({}): {} functions in {:.1} ms",
                     report.libcuda,
-                    report.functions.len()
+                    report.functions.len(),
+                    report.attach_ms
                 ),
                 Some(e) => format!("tracer: warning: CUDA probes on pid {pid} failed: {e}"),
             });
@@ -344,10 +348,12 @@ impl Active {
     }
 
     fn attach(&mut self, level: Level, pid: u32, mapping: libcuda::Mapping) -> ProcessReport {
+        let started = Instant::now();
         let mut report = ProcessReport {
             pid,
             libcuda: mapping.path.clone(),
             attached_ns: 0,
+            attach_ms: 0.0,
             functions: Vec::new(),
             not_probed: Vec::new(),
             error: None,
@@ -386,6 +392,7 @@ impl Active {
             report.functions.push(function.name);
         }
         report.attached_ns = monotonic_ns();
+        report.attach_ms = started.elapsed().as_secs_f64() * 1e3;
         if report.error.is_none() {
             self.first_attach_ns.get_or_insert(report.attached_ns);
         }

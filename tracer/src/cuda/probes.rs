@@ -10,7 +10,7 @@ use std::{num::NonZeroU32, path::Path};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
         ProgramError, UProbe,
     },
     Ebpf, EbpfLoader,
@@ -26,8 +26,9 @@ use tracer_common::{
 use crate::attach::EBPF_OBJECT;
 
 pub struct CudaProbes {
-    /// Holds the programs and their uprobe links; dropping it detaches them all.
     ebpf: Ebpf,
+    /// Owned, so that dropping detaches them in parallel (see `Drop`).
+    links: Vec<UProbeLink>,
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -35,6 +36,8 @@ pub struct CudaProbes {
 impl CudaProbes {
     pub fn load() -> Result<Self, String> {
         let mut ebpf = EbpfLoader::new()
+            // The programs need no CO-RE relocations: skip parsing the kernel's BTF again.
+            .btf(None)
             // aya rounds ring sizes up to whole pages.
             .map_max_entries(EVENTS_MAP, 1)
             .map_max_entries(CUDA_EVENTS_MAP, CUDA_EVENTS_BYTES)
@@ -60,6 +63,7 @@ impl CudaProbes {
             .map_err(|e: aya::maps::MapError| e.to_string())?;
         Ok(Self {
             ebpf,
+            links: Vec::new(),
             ring,
             counters,
         })
@@ -93,10 +97,14 @@ impl CudaProbes {
                 location: UProbeAttachLocation::AbsoluteOffset(offset),
                 cookie: Some(cookie as u64),
             };
-            program.attach(point, library, scope).map_err(|e| match e {
-                ProgramError::SyscallError(e) => format!("{}: {}", e.call, e.io_error),
-                other => other.to_string(),
-            })?;
+            let link = program
+                .attach(point, library, scope)
+                .and_then(|id| program.take_link(id))
+                .map_err(|e| match e {
+                    ProgramError::SyscallError(e) => format!("{}: {}", e.call, e.io_error),
+                    other => other.to_string(),
+                })?;
+            self.links.push(link);
         }
         Ok(())
     }
@@ -107,5 +115,17 @@ impl CudaProbes {
             .get(&(counter as u32), 0)
             .map(|values| values.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+impl Drop for CudaProbes {
+    /// Detaching a uprobe waits for an RCU grace period (~100 ms each on our VM); one
+    /// thread per link lets those waits overlap instead of adding up.
+    fn drop(&mut self) {
+        std::thread::scope(|scope| {
+            for link in self.links.drain(..) {
+                scope.spawn(move || drop(link));
+            }
+        });
     }
 }
