@@ -54,10 +54,7 @@ class _Worker:
         if "use_mla" in fields:
             kwargs["use_mla"] = False
         spec = FullAttentionSpec(**kwargs)
-        return {
-            f"model.layers.{i}.self_attn.attn": spec
-            for i in range(hf.num_hidden_layers)
-        }
+        return {f"model.layers.{i}.self_attn.attn": spec for i in range(hf.num_hidden_layers)}
 
     def determine_available_memory(self):
         return KV_MEMORY_BYTES
@@ -121,9 +118,7 @@ class StandInExecutor(Executor):
     def supports_async_scheduling(cls) -> bool:
         return True
 
-    def collective_rpc(
-        self, method, timeout=None, args=(), kwargs=None, non_block=False, **_
-    ):
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None, non_block=False, **_):
         if isinstance(method, str):
             fn = getattr(self.worker, method, None)
             if fn is None:

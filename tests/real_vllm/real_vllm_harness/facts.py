@@ -115,8 +115,11 @@ def live_facts(engine) -> dict:
     pool = sched.kv_cache_manager.block_pool
 
     # One request, scheduled by hand, to see a live Request and where tokens are counted.
-    engine.add_request("facts", {"prompt_token_ids": list(range(10, 74))}, SamplingParams(
-        max_tokens=4, ignore_eos=True, detokenize=False))
+    engine.add_request(
+        "facts",
+        {"prompt_token_ids": list(range(10, 74))},
+        SamplingParams(max_tokens=4, ignore_eos=True, detokenize=False),
+    )
     so = sched.schedule()
     (req,) = [r for r in sched.requests.values()]
     computed_after_schedule = req.num_computed_tokens
@@ -168,7 +171,9 @@ def live_facts(engine) -> dict:
         "has_step_fn_attribute": hasattr(core, "step_fn"),
         "batch_queue_size": getattr(core, "batch_queue_size", None),
         "busy_loop": [
-            n for n in ("run_busy_loop",) if hasattr(sys.modules["vllm.v1.engine.core"].EngineCoreProc, n)
+            n
+            for n in ("run_busy_loop",)
+            if hasattr(sys.modules["vllm.v1.engine.core"].EngineCoreProc, n)
         ],
         "steps": step_facts,
         "scheduler": {
@@ -185,7 +190,9 @@ def live_facts(engine) -> dict:
             "block_pool": qualname(pool),
             "block_pool.num_gpu_blocks": getattr(pool, "num_gpu_blocks", None),
             "free_block_queue": qualname(pool.free_block_queue),
-            "free_block_queue.num_free_blocks": getattr(pool.free_block_queue, "num_free_blocks", None),
+            "free_block_queue.num_free_blocks": getattr(
+                pool.free_block_queue, "num_free_blocks", None
+            ),
             "get_num_free_blocks()": pool.get_num_free_blocks(),
             "has__preempt_request": hasattr(sched, "_preempt_request"),
             "instance_attributes": len(vars(sched)),
@@ -201,7 +208,5 @@ def live_facts(engine) -> dict:
         "request_status": {m.name: int(m.value) for m in RequestStatus},
         "scheduler_output_fields": [f.name for f in dataclasses.fields(SchedulerOutput)],
         "cached_request_data": qualname(so.scheduled_cached_reqs),
-        "config_from_engine_core": {
-            p: resolve(core.vllm_config, p) for p in CONFIG_PATHS
-        },
+        "config_from_engine_core": {p: resolve(core.vllm_config, p) for p in CONFIG_PATHS},
     }

@@ -3,10 +3,11 @@
 Uses `sys.monitoring` (CPython 3.12+), PY_START/PY_RETURN as *local* events on exactly the code
 objects of the step function(s), the scheduler's `schedule` and `update_from_output`, the
 executor's `execute_model`/`sample_tokens` and `Scheduler._free_request` (plus PY_UNWIND, which
-can only be global, to close the row of a step that raises). The code objects are
-not replaced (no wrapper, no patched attribute); CPython rewrites the RESUME and RETURN opcodes
-of those code objects in place into their INSTRUMENTED_* forms (same addresses), which is what
-the tracer's byte watchpoints see while this monitor is on (FACTS.md, "sys.monitoring").
+can only be global, to close the row of a step that raises; `raised` names the exception).
+The code objects are not replaced (no wrapper, no patched attribute); CPython rewrites the
+RESUME and RETURN opcodes of those code objects in place into their INSTRUMENTED_* forms (same
+addresses), which is what the tracer's byte watchpoints see while this monitor is on (FACTS.md,
+"sys.monitoring").
 
 Installed by the stand-in executor's `_init_executor` when `REAL_VLLM_GT_DIR` is set: that runs
 in the EngineCore process (child or in-process) on the thread that will run the busy loop.
@@ -60,9 +61,7 @@ class Monitor:
 
         os.makedirs(out_dir, exist_ok=True)
         mon = sys.monitoring
-        self.tool = next(
-            t for t in (mon.PROFILER_ID, 3, 4, 5) if mon.get_tool(t) is None
-        )
+        self.tool = next(t for t in (mon.PROFILER_ID, 3, 4, 5) if mon.get_tool(t) is None)
         mon.use_tool_id(self.tool, "real_vllm_ground_truth")
         sched_cls = _scheduler_class(executor.vllm_config)
         ex_cls = type(executor)
@@ -107,8 +106,8 @@ class Monitor:
         mon.register_callback(self.tool, E.PY_UNWIND, self._unwind)
         for code in self.roles:
             mon.set_local_events(self.tool, code, E.PY_START | E.PY_RETURN)
-        # An exception leaving a step function ends its row too (raised=1). PY_UNWIND cannot
-        # be a local event, so this callback sees every unwinding frame (rare in the engine).
+        # An exception leaving a step function ends its row too. PY_UNWIND cannot be a local
+        # event, so this callback sees every unwinding frame (rare in the engine).
         mon.set_events(self.tool, E.PY_UNWIND)
 
     def _start(self, code, offset):
@@ -139,7 +138,7 @@ class Monitor:
 
     def _unwind(self, code, offset, exc):
         if self.roles.get(code) == "step" and self.row is not None:
-            self.row.update(step_end_ns=time.monotonic_ns(), raised=1)
+            self.row.update(step_end_ns=time.monotonic_ns(), raised=type(exc).__name__)
             self.steps.writerow(self.row.values())
             self.row = None
 
