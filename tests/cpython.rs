@@ -14,8 +14,11 @@ use std::{
 use serde_json::{json, Value as Json};
 use support::*;
 use tracer::{
-    cpython::{bytecode, reader::ThreadState, AttrLocation, PyReader, ReadError, Value},
-    discover::{self, Target},
+    cpython::{
+        bytecode, layout::LayoutCheck, reader::ThreadState, AttrLocation, PyReader, ReadError,
+        Value,
+    },
+    discover::{self, RuntimeSource, Target},
     memory::{LiveProcess, ProcessMemory},
 };
 
@@ -132,6 +135,32 @@ fn objects(python: &str, version: &str) {
     let r = reader(&target, &mem);
     let report = &graph.report;
     let label = format!("{python} ({})", target.python.version);
+
+    // The runtime, by each method the file allows; the row against _Py_DebugOffsets.
+    let py = &target.python;
+    assert_eq!(py.runtime_found_by, RuntimeSource::Symbol);
+    let file = std::fs::read(&py.binary).unwrap();
+    let elf = object::File::parse(&*file).unwrap();
+    let by = |method| discover::runtime_by(&elf, method).map(|(addr, _)| addr);
+    let symbol = by(RuntimeSource::Symbol).unwrap();
+    assert_eq!(
+        by(RuntimeSource::Section),
+        Some(symbol),
+        "{label}: .PyRuntime"
+    );
+    let has_debug_offsets = version >= "3.13";
+    assert_eq!(
+        by(RuntimeSource::Cookie),
+        has_debug_offsets.then_some(symbol),
+        "{label}: cookie"
+    );
+    match &py.layout_check {
+        LayoutCheck::Agrees { fields } if has_debug_offsets => {
+            eprintln!("{label}: {fields} offsets of _Py_DebugOffsets agree with the table")
+        }
+        LayoutCheck::Unavailable if !has_debug_offsets => {}
+        other => panic!("{label}: {other:?}"),
+    }
 
     // Threads: both, by native id, each running the code it says.
     let threads = settle(|| r.threads(target.python.runtime));

@@ -11,10 +11,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{elf::PF_W, Object, ObjectSection, ObjectSegment, ObjectSymbol, SegmentFlags};
 
 use crate::{
-    cpython::{layout, Layout, TypeAddrs},
+    cpython::{
+        layout::{self, LayoutCheck, DEBUG_COOKIE},
+        Layout, TypeAddrs,
+    },
     memory::{LiveProcess, ProcessMemory},
 };
 
@@ -53,8 +56,11 @@ pub struct PythonRuntime {
     /// `major.minor.micro`.
     pub version: String,
     pub layout: &'static Layout,
+    /// How the layout row compared with the offsets the interpreter states (3.13+).
+    pub layout_check: LayoutCheck,
     /// Address of `_PyRuntime` in the target.
     pub runtime: u64,
+    pub runtime_found_by: RuntimeSource,
     pub types: TypeAddrs,
     /// The interpreter loop's code in the target, where hits of genuine instruction reads
     /// come from (None if the symbol is absent).
@@ -151,7 +157,7 @@ fn runtime_in(
             .find(|s| s.name() == Ok(name))
             .map(|s| (s.address(), s.size()))
     };
-    let Some((runtime, _)) = symbol("_PyRuntime") else {
+    let Some((runtime, runtime_found_by)) = find_runtime(&elf) else {
         return Ok(None);
     };
     let load_base = mappings
@@ -164,14 +170,20 @@ fn runtime_in(
     let at = |name: &str| symbol(name).map(|(addr, _)| bias + addr).unwrap_or(0);
 
     let mem = LiveProcess { pid };
+    let runtime = bias + runtime;
+    let read = |addr: u64, what: &str| {
+        mem.read_u64(addr)
+            .map_err(|e| other(format!("reading {what} at {addr:#x}: {e}")))
+    };
+    // From 3.13 `_PyRuntime` starts with `_Py_DebugOffsets`: a cookie, then PY_VERSION_HEX.
+    let debug_offsets = read(runtime, "_PyRuntime")?.to_ne_bytes() == *DEBUG_COOKIE;
+    // PY_VERSION_HEX is 0xMMmmppLS.
+    let hex_version =
+        |hex: u64| format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
     let version = match symbol("Py_Version") {
-        // Py_Version (3.11+) is PY_VERSION_HEX: 0xMMmmppLS.
-        Some((addr, _)) => {
-            let hex = mem
-                .read_u32(bias + addr)
-                .map_err(|e| other(format!("reading Py_Version: {e}")))?;
-            format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff)
-        }
+        // Py_Version: 3.11+.
+        Some((addr, _)) => hex_version(read(bias + addr, "Py_Version")? & 0xffff_ffff),
+        None if debug_offsets => hex_version(read(runtime + 8, "_Py_DebugOffsets.version")?),
         None => version_from_name(path)
             .ok_or_else(|| other(format!("cannot tell the Python version of {path}")))?,
     };
@@ -183,11 +195,31 @@ fn runtime_in(
             version: version.clone(),
             supported: layout::supported_versions(),
         })?;
+    if let Some(debug) = layout.debug_offsets.filter(|_| debug_offsets) {
+        if read(
+            runtime + debug.free_threaded,
+            "_Py_DebugOffsets.free_threaded",
+        )? != 0
+        {
+            return Err(DiscoverError::UnsupportedVersion {
+                pid,
+                version: format!("{version} (free-threaded build)"),
+                supported: layout::supported_versions(),
+            });
+        }
+    }
+    let (layout, layout_check) = if debug_offsets {
+        layout.checked(|offset| read(runtime + offset, "_Py_DebugOffsets"))?
+    } else {
+        (layout, LayoutCheck::Unavailable)
+    };
     Ok(Some(PythonRuntime {
         binary: PathBuf::from(path),
         version,
         layout,
-        runtime: bias + runtime,
+        layout_check,
+        runtime,
+        runtime_found_by,
         types: TypeAddrs {
             str: at("PyUnicode_Type"),
             dict: at("PyDict_Type"),
@@ -212,6 +244,57 @@ fn runtime_in(
             .filter(|&(_, size)| size > 0)
             .map(|(addr, size)| bias + addr..bias + addr + size),
     }))
+}
+
+/// How `_PyRuntime` was found in an ELF file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeSource {
+    /// Its symbol (dynamic symbols survive stripping: extension modules link against them).
+    Symbol,
+    /// The `.PyRuntime` section CPython puts it in (section headers survive stripping).
+    Section,
+    /// The `_Py_DebugOffsets` cookie it starts with (3.13+), in the file's writable data.
+    Cookie,
+}
+
+/// `_PyRuntime`'s link-time address in an ELF file and how it was found: by symbol, else
+/// by section, else by cookie.
+pub fn find_runtime(elf: &object::File) -> Option<(u64, RuntimeSource)> {
+    runtime_by(elf, RuntimeSource::Symbol)
+        .or_else(|| runtime_by(elf, RuntimeSource::Section))
+        .or_else(|| runtime_by(elf, RuntimeSource::Cookie))
+}
+
+/// `_PyRuntime`'s link-time address by one method.
+pub fn runtime_by(elf: &object::File, method: RuntimeSource) -> Option<(u64, RuntimeSource)> {
+    let addr = match method {
+        RuntimeSource::Symbol => elf
+            .dynamic_symbols()
+            .chain(elf.symbols())
+            .find(|s| s.name() == Ok("_PyRuntime"))
+            .map(|s| s.address()),
+        RuntimeSource::Section => elf.section_by_name(".PyRuntime").map(|s| s.address()),
+        RuntimeSource::Cookie => {
+            // Exactly one 8-aligned cookie in writable segments (the code that checks it
+            // holds the bytes too, in a read-only one).
+            let mut found = elf
+                .segments()
+                .filter(
+                    |s| matches!(s.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_W != 0),
+                )
+                .filter_map(|s| Some((s.address(), s.data().ok()?)))
+                .flat_map(|(base, data)| {
+                    data.windows(DEBUG_COOKIE.len())
+                        .enumerate()
+                        .filter(|(i, w)| *w == DEBUG_COOKIE && (base + *i as u64) % 8 == 0)
+                        .map(move |(i, _)| base + i as u64)
+                        .collect::<Vec<_>>()
+                });
+            let first = found.next();
+            first.filter(|_| found.next().is_none())
+        }
+    }?;
+    Some((addr, method))
 }
 
 /// `3.10` from `.../libpython3.10.so.1.0` or `.../python3.10`, for builds without `Py_Version`.

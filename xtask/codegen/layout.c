@@ -212,6 +212,48 @@ int main(void) {
   F("member_object_ex", T_OBJECT_EX);
   F("var_size", offsetof(PyVarObject, ob_size));
   F("object_type", offsetof(PyObject, ob_type));
+#if PY_VERSION_HEX >= 0x030D0000
+  /* Where in `_Py_DebugOffsets` (at the start of `_PyRuntime`) the interpreter states the
+   * same offsets as the fields named, for the cross-check at discovery. */
+#define D(name, member) printf("            (\"%s\", %zu),\n", name, offsetof(_Py_DebugOffsets, member))
+  printf("        debug_offsets: Some(DebugOffsets {\n");
+  printf("            version: %zu,\n", offsetof(_Py_DebugOffsets, version));
+  printf("            free_threaded: %zu,\n", offsetof(_Py_DebugOffsets, free_threaded));
+  printf("            fields: &[\n");
+  D("runtime_interpreters_head", runtime_state.interpreters_head);
+  D("interp_threads_head", interpreter_state.threads_head);
+  D("interp_modules", interpreter_state.imports_modules);
+  D("tstate_next", thread_state.next);
+  D("tstate_thread_id", thread_state.native_thread_id);
+  D("tstate_current_frame", thread_state.current_frame);
+  D("frame_code", interpreter_frame.executable);
+  D("frame_previous", interpreter_frame.previous);
+  D("frame_localsplus", interpreter_frame.localsplus);
+  D("code_name", code_object.name);
+  D("code_qualname", code_object.qualname);
+  D("code_linetable", code_object.linetable);
+  D("code_firstlineno", code_object.firstlineno);
+  D("code_localsplusnames", code_object.localsplusnames);
+  D("code_bytecode", code_object.co_code_adaptive);
+  D("object_type", pyobject.ob_type);
+  D("type_name", type_object.tp_name);
+  D("type_flags", type_object.tp_flags);
+  D("tuple_items", tuple_object.ob_item);
+  D("var_size", tuple_object.ob_size);
+  D("list_items", list_object.ob_item);
+  D("dict_keys", dict_object.ma_keys);
+  D("dict_values", dict_object.ma_values);
+  D("float_value", float_object.ob_fval);
+  D("long_size", long_object.lv_tag);
+  D("long_digits", long_object.ob_digit);
+  D("bytes_data", bytes_object.ob_sval);
+  D("unicode_state", unicode_object.state);
+  D("unicode_length", unicode_object.length);
+  D("unicode_ascii_data", unicode_object.asciiobject_size);
+  printf("            ],\n        }),\n");
+#else
+  printf("        debug_offsets: None,\n");
+#endif
   printf("        opcodes: &OPCODES_%d_%d,\n    },\n", PY_MAJOR_VERSION, PY_MINOR_VERSION);
   return 0;
 }

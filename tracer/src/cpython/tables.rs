@@ -2,7 +2,8 @@
 //! modules of the interpreters listed in xtask/src/codegen.rs; do not edit by hand.
 
 use super::layout::{
-    Bytecode, Deque, DictKeysSize, Layout, LongSize, ManagedDict, Opcodes, ThreadId, ValuesOrder,
+    Bytecode, DebugOffsets, Deque, DictKeysSize, Layout, LongSize, ManagedDict, Opcodes, ThreadId,
+    ValuesOrder,
 };
 
 static OPCODES_3_10: Opcodes = Opcodes {
@@ -220,6 +221,7 @@ pub static LAYOUTS: &[Layout] = &[
         member_object_ex: 16,
         var_size: 16,
         object_type: 8,
+        debug_offsets: None,
         opcodes: &OPCODES_3_10,
     },
     Layout {
@@ -301,6 +303,7 @@ pub static LAYOUTS: &[Layout] = &[
         member_object_ex: 16,
         var_size: 16,
         object_type: 8,
+        debug_offsets: None,
         opcodes: &OPCODES_3_11,
     },
     Layout {
@@ -385,6 +388,7 @@ pub static LAYOUTS: &[Layout] = &[
         member_object_ex: 16,
         var_size: 16,
         object_type: 8,
+        debug_offsets: None,
         opcodes: &OPCODES_3_12,
     },
     Layout {
@@ -473,6 +477,42 @@ pub static LAYOUTS: &[Layout] = &[
         member_object_ex: 16,
         var_size: 16,
         object_type: 8,
+        debug_offsets: Some(DebugOffsets {
+            version: 8,
+            free_threaded: 16,
+            fields: &[
+                ("runtime_interpreters_head", 40),
+                ("interp_threads_head", 72),
+                ("interp_modules", 88),
+                ("tstate_next", 168),
+                ("tstate_thread_id", 200),
+                ("tstate_current_frame", 184),
+                ("frame_code", 240),
+                ("frame_previous", 232),
+                ("frame_localsplus", 256),
+                ("code_name", 288),
+                ("code_qualname", 296),
+                ("code_linetable", 304),
+                ("code_firstlineno", 312),
+                ("code_localsplusnames", 328),
+                ("code_bytecode", 344),
+                ("object_type", 360),
+                ("type_name", 376),
+                ("type_flags", 392),
+                ("tuple_items", 408),
+                ("var_size", 416),
+                ("list_items", 432),
+                ("dict_keys", 456),
+                ("dict_values", 464),
+                ("float_value", 480),
+                ("long_size", 496),
+                ("long_digits", 504),
+                ("bytes_data", 528),
+                ("unicode_state", 544),
+                ("unicode_length", 552),
+                ("unicode_ascii_data", 560),
+            ],
+        }),
         opcodes: &OPCODES_3_13,
     },
 ];
