@@ -2,7 +2,9 @@
 //! harness in tests/real_vllm that runs their real V1 engine around a stand-in executor.
 //!
 //! - `cargo xtask real-vllm setup [--version V | --all]`  create `.venvs/vllm-<V>` (idempotent)
-//! - `cargo xtask real-vllm run [--version V] [-- harness args]`  setup, then run the harness
+//! - `cargo xtask real-vllm run [--version V] [-- harness args]`  setup, then run the harness;
+//!   with no harness args, the self-check: 200 requests whose KV blocks run out (preemption
+//!   required), ground truth and vLLM's stats checked against each other
 //!
 //! `pip install vllm==V` does not work here: 0.33.0 pins a `certifi` newer than any on PyPI and
 //! pulls GPU-only packages. So each venv gets vLLM with `--no-deps`, then vLLM's own requirements
@@ -158,6 +160,10 @@ fn run(version: &str, harness: &[String]) -> Result<()> {
     if !harness.iter().any(|a| a == "--model-dir") {
         cmd.arg("--model-dir")
             .arg(venvs_dir().join("model/tiny-llama"));
+    }
+    if harness.is_empty() {
+        // The harness defaults (200 requests, 128 KV blocks) are sized to preempt.
+        cmd.arg("--expect-preemption");
     }
     let started = Instant::now();
     exec(&mut cmd)?;
