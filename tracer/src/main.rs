@@ -1,9 +1,14 @@
 //! The `tracer` command line.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
+use anyhow::bail;
 use clap::{Parser, Subcommand};
-use tracer::trace;
+use tracer::{compare, cuda, doctor, engines, launch, perfetto, probes, report, trace};
 
 /// Trace an unmodified, running vLLM engine with eBPF: for every engine step, how long
 /// schedule, execute and update took.
@@ -19,13 +24,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to a running vLLM engine process and write steps.csv and run.json.
+    /// Attach to a running vLLM deployment and write steps.csv, run.json and trace.json.
     ///
     /// Runs until Ctrl-C, SIGTERM, --duration, or the target's exit; files are complete in
     /// every case.
     Attach {
-        /// Process id of the vLLM engine (the EngineCore process, or the server itself when
-        /// it runs the engine in-process).
+        /// Any process of the deployment: the API server (`vllm serve`), an EngineCore or a
+        /// worker; the tracer finds the engine process(es) from it. Data-parallel engines are
+        /// each traced, into DIR/dp<rank>/.
         #[arg(long, short)]
         pid: u32,
         /// Engine thread id, if the tracer cannot find the thread running the busy loop.
@@ -40,6 +46,88 @@ enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// CUDA driver-API probes in the engine's processes: `launches` fills every CUDA
+        /// column of steps.csv; `sync` all but kernel launches, at a few probe hits per step
+        /// instead of one per kernel.
+        #[arg(long, value_enum, default_value_t = cuda::Level::default())]
+        cuda: cuda::Level,
+        /// A label for run.json, e.g. `--label dataset=sharegpt` (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = launch::parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Start a command (e.g. `vllm serve …`, or a script that starts the server and a
+    /// benchmark client), wait until vLLM's engine loop runs, and trace it like `attach`.
+    ///
+    /// The trace ends when the engines exit, on Ctrl-C or after --duration; then whatever
+    /// is left of the command is stopped (SIGTERM to its process group).
+    Run {
+        /// Output directory (created if missing).
+        #[arg(long, short, default_value = "out")]
+        output: PathBuf,
+        /// Stop after this many seconds of tracing.
+        #[arg(long, short, value_parser = parse_seconds)]
+        duration: Option<Duration>,
+        /// Give up if no engine loop runs after this many seconds (vLLM loads the model first).
+        #[arg(long, value_parser = parse_seconds, default_value = "1200")]
+        wait: Duration,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+        /// CUDA probes, as for `attach`.
+        #[arg(long, value_enum, default_value_t = cuda::Level::default())]
+        cuda: cuda::Level,
+        /// A label for run.json, e.g. `--label dataset=sharegpt` (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = launch::parse_label)]
+        labels: Vec<(String, String)>,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Check that this machine (and with --pid, that target) can be traced; say how to fix
+    /// what cannot. Exits non-zero when a check fails.
+    Doctor {
+        /// Also check a target: any process of a vLLM deployment.
+        #[arg(long, short)]
+        pid: Option<u32>,
+        /// Print every check with its fix as Markdown (the README's troubleshooting section).
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// List the probes `attach --pid N` would put in, with addresses and versions, without
+    /// attaching anything.
+    Probes {
+        #[arg(long, short)]
+        pid: u32,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Summary tables and charts of a trace: writes DIR/report/index.html (and .md, .json,
+    /// .svg) and prints the tables.
+    Report {
+        /// A trace's output directory.
+        dir: PathBuf,
+        /// Where to write the report (default DIR/report).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Do not print the tables.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Two traces side by side (e.g. two vLLM versions): B ÷ A ratios and Mann-Whitney p.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a trace's CSVs as a Chrome JSON trace (DIR/trace.json) for ui.perfetto.dev.
+    ExportTrace {
+        dir: PathBuf,
+        /// Output file (default DIR/trace.json).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -59,13 +147,58 @@ fn main() -> ExitCode {
             output,
             duration,
             quiet,
-        } => trace::run(trace::Options {
-            pid,
-            tid,
-            out_dir: output,
+            cuda,
+            labels,
+        } => engines::find(pid, tid)
+            .map_err(Into::into)
+            .and_then(|engines| {
+                launch::trace_and_finish(&engines, &output, &labels, quiet, &|engine, out_dir| {
+                    trace::Options {
+                        pid: engine.process.pid,
+                        tid: Some(engine.resolved.tid),
+                        out_dir,
+                        duration,
+                        quiet,
+                        cuda,
+                    }
+                })
+            }),
+        Command::Run {
+            output,
             duration,
+            wait,
             quiet,
-        }),
+            cuda,
+            labels,
+            command,
+        } => launch::run(
+            &command,
+            wait,
+            &output,
+            &labels,
+            quiet,
+            &|engine, out_dir| trace::Options {
+                pid: engine.process.pid,
+                tid: Some(engine.resolved.tid),
+                out_dir,
+                duration,
+                quiet,
+                cuda,
+            },
+        ),
+        Command::Doctor { pid, markdown } => run_doctor(pid, markdown),
+        Command::Probes { pid, json } => run_probes(pid, json),
+        Command::Report { dir, output, quiet } => run_report(&dir, output.as_deref(), quiet),
+        Command::Compare { a, b, json } => run_compare(&a, &b, json),
+        Command::ExportTrace { dir, output } => {
+            perfetto::export(&dir, output.as_deref()).map(|exported| {
+                println!(
+                    "wrote {} ({} events)",
+                    exported.path.display(),
+                    exported.events
+                )
+            })
+        }
     };
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -74,4 +207,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_doctor(pid: Option<u32>, markdown: bool) -> anyhow::Result<()> {
+    if markdown {
+        print!("{}", doctor::markdown());
+        return Ok(());
+    }
+    let (text, failed) = doctor::run(pid);
+    print!("{text}");
+    if failed {
+        bail!("some checks failed");
+    }
+    Ok(())
+}
+
+fn run_probes(pid: u32, json: bool) -> anyhow::Result<()> {
+    let engines = probes::list(pid)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&engines)?);
+    } else {
+        print!("{}", probes::text(&engines));
+    }
+    Ok(())
+}
+
+fn run_report(dir: &Path, output: Option<&Path>, quiet: bool) -> anyhow::Result<()> {
+    let written = report::write(dir, output)?;
+    if !quiet {
+        print!("{}", written.text);
+    }
+    println!("wrote {}", written.dir.join("index.html").display());
+    Ok(())
+}
+
+fn run_compare(a: &Path, b: &Path, json: bool) -> anyhow::Result<()> {
+    let comparison = compare::compare(a, b)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+    } else {
+        print!("{}", compare::text(&comparison));
+    }
+    Ok(())
 }

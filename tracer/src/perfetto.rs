@@ -237,6 +237,13 @@ fn write_requests(w: &mut Writer, run: &Run, end_ns: u64) -> Result<()> {
             Some(tid),
             json!({"name": life.request_id}),
         )?;
+        // Arrival order, not name order (req-10 would sort before req-2).
+        w.metadata(
+            "thread_sort_index",
+            pid,
+            Some(tid),
+            json!({"sort_index": tid}),
+        )?;
         for span in &life.spans {
             let mut args = json!({"request_id": life.request_id});
             if span.open {

@@ -17,7 +17,7 @@ use super::{
 };
 
 const SIZE: (u32, u32) = (960, 420);
-pub const TIME_BINS: usize = 600;
+pub const TIME_BINS: usize = 300;
 pub const MAX_POINTS: usize = 5_000;
 /// Requests drawn in the Gantt chart (the first ones to arrive).
 pub const GANTT_REQUESTS: usize = 120;
@@ -151,12 +151,14 @@ fn phases_over_time(run: &Run) -> Result<String> {
         let mut chart = ChartBuilder::on(root)
             .caption(format!("{title} (mean per bin)"), (FONT, 18))
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
             .build_cartesian_2d(0.0..t_end, 0.0..y_max)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
             .x_desc("time since trace start (s)")
             .y_desc("ms per step")
             .draw()
@@ -188,6 +190,7 @@ fn phases_over_time(run: &Run) -> Result<String> {
         }
         chart
             .configure_series_labels()
+            .label_font((FONT, 14))
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
@@ -216,12 +219,14 @@ fn step_vs_tokens(run: &Run) -> Result<String> {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 18))
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
             .x_desc("scheduled tokens in the step")
             .y_desc("step time (ms)")
             .draw()
@@ -275,12 +280,14 @@ fn queues_over_time(run: &Run) -> Result<String> {
                 (FONT, 18),
             )
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
             .build_cartesian_2d(0.0..t_end, 0.0..y_max)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
             .x_desc("time since trace start (s)")
             .y_desc("requests")
             .draw()
@@ -302,6 +309,7 @@ fn queues_over_time(run: &Run) -> Result<String> {
         }
         chart
             .configure_series_labels()
+            .label_font((FONT, 14))
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
@@ -330,14 +338,17 @@ fn gantt(run: &Run) -> Result<String> {
                 (FONT, 18),
             )
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
             .build_cartesian_2d(0.0..t_end * 1.02, rows..0.0)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
             .x_desc("time since trace start (s)")
             .y_desc("request (arrival order)")
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .disable_y_mesh()
             .draw()
             .map_err(plot_error)?;
@@ -370,7 +381,8 @@ fn gantt(run: &Run) -> Result<String> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FONT, 14))
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()

@@ -13,8 +13,9 @@ use super::{
 use crate::sinks::rows::WaitReason;
 
 /// Batch-size buckets for step-time percentiles: powers of two, as batch sizes are usually
-/// configured and step cost grows roughly with them.
+/// configured and step cost grows roughly with them; 0 for steps that scheduled nothing.
 pub const BATCH_BUCKETS: &[(u32, u32)] = &[
+    (0, 0),
     (1, 1),
     (2, 2),
     (3, 4),
