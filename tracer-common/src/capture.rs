@@ -23,6 +23,8 @@ pub const REQUEST_FIELDS: usize = 6;
 pub const CHAIN_LINKS: usize = 4;
 /// Most entries of an instance's attribute table (dict keys) the program scans.
 pub const MAX_DICT_ENTRIES: usize = 512;
+/// Words of the entries buffer: room for `MAX_DICT_ENTRIES` 3-word entries, rounded up.
+pub const ENTRY_WORDS: usize = (MAX_DICT_ENTRIES * 3).next_power_of_two();
 
 /// How this CPython stores instance attributes: picks the lookup path of the program.
 pub mod storage {
@@ -176,8 +178,9 @@ pub const MAX_RECORD: usize = size_of::<crate::WatchHit>()
 #[repr(C)]
 pub struct Scratch {
     pub record: [u8; MAX_RECORD],
-    /// Dict key entries, read in one go per object.
-    pub entries: [u64; MAX_DICT_ENTRIES * 3],
+    /// Dict key entries, read in one go per object (a power of two of words, so an index
+    /// can be masked into range where the verifier cannot follow a bounds check).
+    pub entries: [u64; ENTRY_WORDS],
 }
 
 #[cfg(feature = "user")]

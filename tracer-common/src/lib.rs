@@ -9,6 +9,8 @@ pub mod cuda;
 
 /// Name of the eBPF program that runs at every hit of a watched bytecode instruction.
 pub const WATCH_PROGRAM: &str = "watch_hit";
+/// The same, also taking scheduler snapshots (see [`capture`]).
+pub const WATCH_SNAPSHOT_PROGRAM: &str = "watch_snapshot";
 /// Name of the ring buffer map that carries [`WatchHit`] records to userspace.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array of [`Counter`] values.

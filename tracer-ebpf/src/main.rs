@@ -31,34 +31,21 @@ fn bump(counter: Counter) {
     }
 }
 
-/// Runs at every access to a watched instruction byte (a hardware data breakpoint).
-#[perf_event]
-pub fn watch_hit(ctx: PerfEventContext) -> u32 {
-    bump(Counter::Hits);
+#[inline(always)]
+fn stamp(ctx: &PerfEventContext) -> WatchHit {
     // SAFETY: the kernel passes a valid `bpf_perf_event_data` to perf_event programs.
     let data = unsafe { &*ctx.ctx };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let hit = WatchHit {
+    WatchHit {
         // SAFETY: a plain helper call without arguments.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
-        pid_tgid,
+        pid_tgid: bpf_get_current_pid_tgid(),
         watch_addr: data.addr,
         ip: data.regs.rip,
-    };
-    let plan = snapshot::plan((pid_tgid >> 32) as u32);
-    if let Some(plan) = plan.filter(|plan| plan.snapshot_at.contains(&data.addr)) {
-        bump(Counter::Snapshots);
-        let Some(record) = snapshot::take((pid_tgid >> 32) as u32, plan, hit)
-            .and_then(snapshot::record)
-        else {
-            bump(Counter::SnapshotFailed);
-            return 0;
-        };
-        if EVENTS.output::<[u8]>(record, BPF_RB_NO_WAKEUP.into()).is_err() {
-            bump(Counter::RingFull);
-        }
-        return 0;
     }
+}
+
+#[inline(always)]
+fn emit(hit: WatchHit) -> u32 {
     let Some(mut entry) = EVENTS.reserve::<WatchHit>(0) else {
         bump(Counter::RingFull);
         return 0;
@@ -66,6 +53,38 @@ pub fn watch_hit(ctx: PerfEventContext) -> u32 {
     entry.write(hit);
     // No wakeup: the loader drains the ring on a timer, so a hit costs no extra irq_work.
     entry.submit(BPF_RB_NO_WAKEUP.into());
+    0
+}
+
+/// Runs at every access to a watched instruction byte (a hardware data breakpoint).
+#[perf_event]
+pub fn watch_hit(ctx: PerfEventContext) -> u32 {
+    bump(Counter::Hits);
+    emit(stamp(&ctx))
+}
+
+/// `watch_hit`, plus a snapshot of the scheduler at the watches the process's plan names.
+/// A separate program so that phase-only traces load the small one.
+#[perf_event]
+pub fn watch_snapshot(ctx: PerfEventContext) -> u32 {
+    bump(Counter::Hits);
+    let hit = stamp(&ctx);
+    let tgid = (hit.pid_tgid >> 32) as u32;
+    let Some(plan) = snapshot::plan(tgid).filter(|p| p.snapshot_at.contains(&hit.watch_addr))
+    else {
+        return emit(hit);
+    };
+    bump(Counter::Snapshots);
+    let Some(record) = snapshot::take(tgid, plan, hit).and_then(snapshot::record) else {
+        bump(Counter::SnapshotFailed);
+        return 0;
+    };
+    if EVENTS
+        .output::<[u8]>(record, BPF_RB_NO_WAKEUP.into())
+        .is_err()
+    {
+        bump(Counter::RingFull);
+    }
     0
 }
 

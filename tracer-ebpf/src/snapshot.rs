@@ -19,7 +19,7 @@ use aya_ebpf::{
 use tracer_common::{
     capture::{
         container, snap, storage, Chain, Item, Plan, PyOffsets, ScheduledEntry, Scratch,
-        SnapshotHeader, CHAIN_LINKS, MAX_DICT_ENTRIES, MAX_QUEUE_ITEMS, MAX_RECORD, MAX_SCHEDULED,
+        SnapshotHeader, CHAIN_LINKS, ENTRY_WORDS, MAX_DICT_ENTRIES, MAX_QUEUE_ITEMS, MAX_RECORD, MAX_SCHEDULED,
         REQUEST_FIELDS,
     },
     WatchHit,
@@ -50,6 +50,17 @@ fn read(addr: u64) -> Option<u64> {
 fn read_u8(addr: u64) -> Option<u8> {
     // SAFETY: as in `read`.
     unsafe { bpf_probe_read_user(addr as *const u8) }.ok()
+}
+
+/// Word `word` of the scratch entries, without a bounds check the verifier would see as a
+/// call to a panic handler.
+///
+/// # Safety
+/// `word` < `MAX_DICT_ENTRIES * 3` and `area` is a scratch slot.
+#[inline(always)]
+unsafe fn entry_word(area: *mut Scratch, word: u64) -> u64 {
+    // SAFETY: per the contract.
+    unsafe { *(*area).entries.as_ptr().add(word as usize & (ENTRY_WORDS - 1)) }
 }
 
 #[inline(always)]
@@ -195,7 +206,7 @@ extern "C" fn search_entry(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     // SAFETY: bounded just above.
-    let key = unsafe { (*area).entries[word as usize] };
+    let key = unsafe { entry_word(area, word) };
     if key == 0 {
         return 0;
     }
@@ -208,20 +219,22 @@ extern "C" fn search_entry(index: u64, ctx: *mut c_void) -> i64 {
     if search.remaining == 0 { 1 } else { 0 }
 }
 
-/// Looks up `names` (0 = unused) on `obj`; writes each value pointer into `out` (0 = not
-/// found) and returns how many were found.
+/// Where the values of the names a [`search`] found are.
+struct Found {
+    /// Entry index + 1 of each name, 0 if not found.
+    index: [u64; REQUEST_FIELDS],
+    /// The split values array, or 0 when the values are in the entries.
+    values: u64,
+    words: u64,
+    key_word: u64,
+}
+
+/// Scans `obj`'s key table for `names` (0 = unused).
 #[inline(always)]
-fn lookup(
-    py: &PyOffsets,
-    obj: u64,
-    names: &[u64; REQUEST_FIELDS],
-    out: &mut [u64; REQUEST_FIELDS],
-) -> u32 {
-    let Some(area) = scratch() else { return 0 };
-    let Some(table) = table(py, obj) else { return 0 };
-    let Some(entries) = load_entries(py, table.keys, area) else {
-        return 0;
-    };
+fn search(py: &PyOffsets, obj: u64, names: &[u64; REQUEST_FIELDS]) -> Option<Found> {
+    let area = scratch()?;
+    let table = table(py, obj)?;
+    let entries = load_entries(py, table.keys, area)?;
     let mut search = Search {
         words: entries.words,
         key_word: entries.key_word,
@@ -238,47 +251,86 @@ fn lookup(
             0,
         )
     };
-    let mut found = 0;
-    for i in 0..REQUEST_FIELDS {
-        out[i] = 0;
-        let Some(index) = search.found[i].checked_sub(1) else {
-            continue;
-        };
-        let value = if table.values != 0 {
-            read(table.values + 8 * index)
-        } else {
-            let word = index * entries.words + entries.key_word + 1;
-            if word >= (MAX_DICT_ENTRIES * 3) as u64 {
-                continue;
-            }
-            // SAFETY: bounded just above; `area` is this CPU's slot.
-            Some(unsafe { (*area).entries[word as usize] })
-        };
-        if let Some(value) = value.filter(|&v| v != 0) {
-            out[i] = value;
-            found += 1;
-        }
-    }
-    found
+    Some(Found {
+        index: search.found,
+        values: table.values,
+        words: entries.words,
+        key_word: entries.key_word,
+    })
 }
 
-/// Follows a chain of attributes from `obj`; the object at its end.
+/// The value pointer of found name `i` (0 if not found).
 #[inline(always)]
-fn follow(py: &PyOffsets, obj: u64, chain: &Chain) -> Option<u64> {
-    let mut current = obj;
-    for link in 0..CHAIN_LINKS {
-        if link as u64 >= chain.links {
-            break;
-        }
-        let mut names = [0; REQUEST_FIELDS];
-        names[0] = chain.keys[link];
-        let mut out = [0; REQUEST_FIELDS];
-        if lookup(py, current, &names, &mut out) == 0 {
-            return None;
-        }
-        current = out[0];
+fn value(found: &Found, i: usize) -> u64 {
+    let Some(index) = found.index.get(i).and_then(|n| n.checked_sub(1)) else {
+        return 0;
+    };
+    if found.values != 0 {
+        return read(found.values + 8 * index).unwrap_or(0);
     }
-    Some(current)
+    let word = index * found.words + found.key_word + 1;
+    if word >= (MAX_DICT_ENTRIES * 3) as u64 {
+        return 0;
+    }
+    let Some(area) = scratch() else { return 0 };
+    // SAFETY: bounded just above; `area` is this CPU's slot.
+    unsafe { entry_word(area, word) }
+}
+
+/// One attribute of `obj` (0 if absent).
+#[inline(always)]
+fn attr(py: &PyOffsets, obj: u64, name: u64) -> u64 {
+    let mut names = [0; REQUEST_FIELDS];
+    names[0] = name;
+    search(py, obj, &names).map_or(0, |found| value(&found, 0))
+}
+
+/// A chain being followed, one link per `bpf_loop` iteration.
+#[repr(C)]
+struct Follow {
+    tgid: u64,
+    current: u64,
+    keys: [u64; CHAIN_LINKS],
+}
+
+extern "C" fn follow_link(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Follow` on the caller's stack.
+    let follow = unsafe { &mut *(ctx as *mut Follow) };
+    let Some(plan) = plan(follow.tgid as u32) else {
+        follow.current = 0;
+        return 1;
+    };
+    follow.current = attr(
+        &plan.py,
+        follow.current,
+        follow.keys[index as usize & (CHAIN_LINKS - 1)],
+    );
+    if follow.current == 0 { 1 } else { 0 }
+}
+
+/// Follows `links` attribute names from `obj`; the object at the end.
+#[inline(always)]
+fn follow(tgid: u32, obj: u64, keys: [u64; CHAIN_LINKS], links: u64) -> Option<u64> {
+    let mut follow = Follow {
+        tgid: tgid as u64,
+        current: obj,
+        keys,
+    };
+    let links = if links > CHAIN_LINKS as u64 {
+        CHAIN_LINKS as u64
+    } else {
+        links
+    };
+    // SAFETY: the callback and its context follow bpf_loop's contract.
+    unsafe {
+        bpf_loop(
+            links as u32,
+            follow_link as *mut c_void,
+            (&mut follow as *mut Follow).cast(),
+            0,
+        )
+    };
+    (follow.current != 0).then_some(follow.current)
 }
 
 /// Where the items of a list or deque come from, item by item.
@@ -293,6 +345,40 @@ struct Walk {
     /// Index in the record of the first item of this walk.
     first: u64,
     copied: u64,
+}
+
+/// One request's fields being copied, one field per `bpf_loop` iteration.
+#[repr(C)]
+struct Fields {
+    tgid: u64,
+    found: Found,
+    item: Item,
+}
+
+extern "C" fn copy_field(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Fields` on the caller's stack.
+    let fields = unsafe { &mut *(ctx as *mut Fields) };
+    let Some(plan) = plan(fields.tgid as u32) else {
+        return 1;
+    };
+    let i = index as usize;
+    if plan.request_fields.get(i).is_none_or(|&name| name == 0) {
+        return 0;
+    }
+    let value = value(&fields.found, i);
+    let copied = if value == 0 {
+        None
+    } else if plan.request_deref & (1 << i) != 0 {
+        // SAFETY: a checked read of user memory.
+        unsafe { bpf_probe_read_user((value + plan.py.var_size) as *const [u64; 2]) }.ok()
+    } else {
+        Some([value, 0])
+    };
+    match (copied, fields.item.fields.get_mut(i)) {
+        (Some(words), Some(slot)) => *slot = words,
+        _ => fields.item.missing |= 1 << i,
+    }
+    0
 }
 
 extern "C" fn copy_item(index: u64, ctx: *mut c_void) -> i64 {
@@ -316,30 +402,32 @@ extern "C" fn copy_item(index: u64, ctx: *mut c_void) -> i64 {
         read(walk.base + 8 * index)
     };
     let Some(object) = object else { return 1 };
-    let mut values = [0; REQUEST_FIELDS];
-    lookup(&plan.py, object, &plan.request_fields, &mut values);
-    let mut item = Item {
-        object,
-        missing: 0,
-        fields: [[0; 2]; REQUEST_FIELDS],
+    let mut fields = Fields {
+        tgid: walk.tgid,
+        found: Found {
+            index: [0; REQUEST_FIELDS],
+            values: 0,
+            words: 0,
+            key_word: 0,
+        },
+        item: Item {
+            object,
+            missing: (1 << REQUEST_FIELDS) - 1,
+            fields: [[0; 2]; REQUEST_FIELDS],
+        },
     };
-    for i in 0..REQUEST_FIELDS {
-        if plan.request_fields[i] == 0 {
-            continue;
-        }
-        let value = values[i];
-        let copied = if value == 0 {
-            None
-        } else if plan.request_deref & (1 << i) != 0 {
-            // SAFETY: a checked read of user memory.
-            unsafe { bpf_probe_read_user((value + plan.py.var_size) as *const [u64; 2]) }.ok()
-        } else {
-            Some([value, 0])
+    if let Some(found) = search(&plan.py, object, &plan.request_fields) {
+        fields.found = found;
+        fields.item.missing = 0;
+        // SAFETY: the callback and its context follow bpf_loop's contract.
+        unsafe {
+            bpf_loop(
+                REQUEST_FIELDS as u32,
+                copy_field as *mut c_void,
+                (&mut fields as *mut Fields).cast(),
+                0,
+            )
         };
-        match copied {
-            Some(words) => item.fields[i] = words,
-            None => item.missing |= 1 << i,
-        }
     }
     let slot = walk.first + index;
     if slot >= (2 * MAX_QUEUE_ITEMS) as u64 {
@@ -352,7 +440,7 @@ extern "C" fn copy_item(index: u64, ctx: *mut c_void) -> i64 {
     }
     // SAFETY: `offset` keeps the write inside `record`; unaligned because the record is bytes.
     unsafe {
-        ((*area).record.as_mut_ptr().add(offset) as *mut Item).write_unaligned(item);
+        ((*area).record.as_mut_ptr().add(offset) as *mut Item).write_unaligned(fields.item);
     }
     walk.copied += 1;
     0
@@ -362,7 +450,7 @@ extern "C" fn copy_item(index: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn copy_queue(tgid: u32, plan: &Plan, chain: &Chain, first: u64) -> Option<(u32, u32)> {
     let py = &plan.py;
-    let queue = follow(py, plan.scheduler, chain)?;
+    let queue = follow(tgid, plan.scheduler, chain.keys, chain.links)?;
     let len = read(queue + py.var_size)?;
     let mut walk = Walk {
         tgid: tgid as u64,
@@ -417,8 +505,8 @@ extern "C" fn copy_scheduled(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bounded just above.
     let (key, value) = unsafe {
         (
-            (*area).entries[word as usize],
-            (*area).entries[word as usize + 1],
+            entry_word(area, word),
+            entry_word(area, word + 1),
         )
     };
     if key == 0 || value == 0 {
@@ -443,7 +531,7 @@ extern "C" fn copy_scheduled(index: u64, ctx: *mut c_void) -> i64 {
 }
 
 #[inline(always)]
-fn copy_scheduled_tokens(plan: &Plan, start: u64) -> Option<u32> {
+fn copy_scheduled_tokens(tgid: u32, plan: &Plan, start: u64) -> Option<u32> {
     let py = &plan.py;
     if plan.output_local == u64::MAX || plan.output_scheduled == 0 {
         return None;
@@ -455,13 +543,9 @@ fn copy_scheduled_tokens(plan: &Plan, start: u64) -> Option<u32> {
         }
     }
     let output = read(frame + py.frame_localsplus + 8 * plan.output_local)?;
-    let mut names = [0; REQUEST_FIELDS];
-    names[0] = plan.output_scheduled;
-    let mut out = [0; REQUEST_FIELDS];
-    if lookup(py, output, &names, &mut out) == 0 {
-        return None;
-    }
-    let dict = out[0];
+    let mut keys = [0; CHAIN_LINKS];
+    keys[0] = plan.output_scheduled;
+    let dict = follow(tgid, output, keys, 1)?;
     let keys = read(dict + py.dict_keys)?;
     let area = scratch()?;
     let entries = load_entries(py, keys, area)?;
@@ -502,7 +586,8 @@ pub fn take(tgid: u32, plan: &Plan, hit: WatchHit) -> Option<usize> {
         header.flags |= snap::READ_ERROR;
     }
     if plan.kv_free.links != 0 {
-        let counter = follow(&plan.py, plan.scheduler, &plan.kv_free).and_then(|value| {
+        let counter = follow(tgid, plan.scheduler, plan.kv_free.keys, plan.kv_free.links)
+            .and_then(|value| {
             // SAFETY: a checked read of user memory.
             unsafe { bpf_probe_read_user((value + plan.py.var_size) as *const [u64; 2]) }.ok()
         });
@@ -519,7 +604,7 @@ pub fn take(tgid: u32, plan: &Plan, hit: WatchHit) -> Option<usize> {
     if start > ITEMS_END {
         return None;
     }
-    if let Some(copied) = copy_scheduled_tokens(plan, start as u64) {
+    if let Some(copied) = copy_scheduled_tokens(tgid, plan, start as u64) {
         header.flags |= snap::SCHEDULED;
         header.n_scheduled = copied;
     }
@@ -541,5 +626,6 @@ pub fn record(len: usize) -> Option<&'static [u8]> {
     }
     // SAFETY: this CPU's slot, bounded by MAX_RECORD; read before anything else runs here.
     let record = unsafe { &(*area).record };
-    Some(&record[..len])
+    // SAFETY: `len` ≤ MAX_RECORD, the length of `record`.
+    Some(unsafe { core::slice::from_raw_parts(record.as_ptr(), len) })
 }

@@ -19,7 +19,7 @@ use aya::{
 };
 use tracer_common::{
     capture::{Plan, PLANS_MAP, SCRATCH_MAP},
-    Counter, COUNTERS_MAP, EVENTS_MAP, WATCH_PROGRAM,
+    Counter, COUNTERS_MAP, EVENTS_MAP, WATCH_PROGRAM, WATCH_SNAPSHOT_PROGRAM,
 };
 
 use crate::plan::ProbePlan;
@@ -95,8 +95,13 @@ pub fn attach(plan: &ProbePlan, snapshot: Option<(u32, &Plan)>) -> Result<Probes
         .map_err(|e| load(&e))?;
         plans.insert(pid, snapshot, 0).map_err(|e| load(&e))?;
     }
+    let name = if snapshot.is_some() {
+        WATCH_SNAPSHOT_PROGRAM
+    } else {
+        WATCH_PROGRAM
+    };
     let program: &mut PerfEvent = ebpf
-        .program_mut(WATCH_PROGRAM)
+        .program_mut(name)
         .ok_or_else(|| load(&"watch program missing from the eBPF object"))?
         .try_into()
         .map_err(|e: ProgramError| load(&e))?;
