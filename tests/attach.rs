@@ -92,6 +92,12 @@ fn check_phases(truth: &[&TruthRow], traced: &[StepRow], label: &str) {
 }
 
 #[test]
+fn steps_match_ground_truth_pyenv_3_10() {
+    // 3.10: no RESUME; the watches sit on the `co_code` bytes object's instructions.
+    traced_steps_match_ground_truth(&pyenv("3.10.13"));
+}
+
+#[test]
 fn steps_match_ground_truth_pyenv_3_11() {
     traced_steps_match_ground_truth(&pyenv("3.11.7"));
 }
