@@ -11,6 +11,7 @@ stats.csv (vLLM's own per-request stats, read from the front end's request state
 """
 
 import argparse
+import bisect
 import csv
 import json
 import os
@@ -227,6 +228,19 @@ def summarize(out, a, run_s, info):
     ]
     stats = read_csv(os.path.join(out, "stats.csv"))
     executed = [s for s in steps if s["scheduled_tokens"] not in ("", "0")]
+    # vLLM stamps scheduled_ts (time.monotonic()) at the start of schedule(): the same clock
+    # as the monitor's, so each must fall inside a schedule() call the monitor saw.
+    calls = sorted(
+        (int(s["schedule_start_ns"]), int(s["schedule_end_ns"]))
+        for s in steps
+        if s["schedule_start_ns"] and s["schedule_end_ns"]
+    )
+    starts = [c[0] for c in calls]
+
+    def in_schedule_call(ts: float) -> bool:
+        i = bisect.bisect_right(starts, round(ts * 1e9)) - 1
+        return i >= 0 and calls[i][0] <= round(ts * 1e9) <= calls[i][1]
+
     return {
         "version": info["version"],
         "mode": info["mode"],
@@ -254,6 +268,9 @@ def summarize(out, a, run_s, info):
         "output_tokens": sum(int(r["num_output_tokens"] or 0) for r in stats),
         "output_tokens_gt": sum(int(r["num_output_tokens"]) for r in freed),
         "expected_output_tokens": sum(int(r["max_tokens"]) for r in stats),
+        "scheduled_ts_outside_schedule": sum(
+            not in_schedule_call(float(r["scheduled_ts"])) for r in stats
+        ),
     }
 
 
@@ -270,6 +287,11 @@ def check(s, a) -> list[str]:
         problems.append(
             f"output tokens: frontend {s['output_tokens']}, engine {s['output_tokens_gt']},"
             f" expected {s['expected_output_tokens']}"
+        )
+    if s["scheduled_ts_outside_schedule"]:
+        problems.append(
+            f"{s['scheduled_ts_outside_schedule']} requests' vLLM scheduled_ts lie outside"
+            " every schedule() call the monitor saw"
         )
     if a.expect_preemption and s["preempted_gt"] == 0:
         problems.append("no preemption happened")
