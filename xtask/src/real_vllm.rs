@@ -82,6 +82,7 @@ pub fn main(args: &[String]) -> Result<()> {
     match ours.first().map(String::as_str) {
         Some("setup") if all => VERSIONS.iter().try_for_each(|v| setup(v).map(drop)),
         Some("setup") => setup(&version).map(drop),
+        Some("run") if all => bail!("run takes one --version, not --all"),
         Some("run") => run(&version, harness),
         _ => bail!("{USAGE}"),
     }
