@@ -334,6 +334,17 @@ fn objects(python: &str, version: &str) {
     };
     assert_eq!(code.qualname, qualname);
     assert_eq!(r.local_names(init_code).unwrap(), ["self", "a", "b"]);
+    let sample = r.code(graph.addr("/lines_sample/code")).unwrap();
+    let decoded: Vec<Json> = sample
+        .lines
+        .iter()
+        .map(|l| json!([l.start, l.end, l.line]))
+        .collect();
+    assert_eq!(
+        Json::Array(decoded),
+        report["lines_sample"]["lines"],
+        "{label}: co_lines()"
+    );
     let ops = target.python.layout.opcodes;
     let instrs = bytecode::instructions(&code.bytecode, ops);
     let entry = bytecode::entry_point(&instrs, ops).unwrap();

@@ -114,6 +114,11 @@ int main(void) {
   F("code_names", offsetof(PyCodeObject, co_names));
   F("code_firstlineno", offsetof(PyCodeObject, co_firstlineno));
   F("code_linetable", offsetof(PyCodeObject, co_linetable));
+#if PY_VERSION_HEX >= 0x030B0000
+  printf("        code_linetable_format: LineTableFormat::Locations,\n");
+#else
+  printf("        code_linetable_format: LineTableFormat::Pairs,\n");
+#endif
   F("bytes_data", offsetof(PyBytesObject, ob_sval));
   F("type_name", offsetof(PyTypeObject, tp_name));
   F("type_basicsize", offsetof(PyTypeObject, tp_basicsize));

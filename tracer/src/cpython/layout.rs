@@ -4,7 +4,7 @@
 //! interpreter's own headers and `opcode` module; supporting a new minor version is adding a
 //! row there (and a test interpreter), nothing else.
 
-use super::tables::LAYOUTS;
+use super::{lines::LineTableFormat, tables::LAYOUTS};
 
 /// Struct offsets (bytes) of one CPython minor version on x86-64.
 /// Field names are `<struct>_<field>` as in CPython's sources.
@@ -38,7 +38,9 @@ pub struct Layout {
     pub code_names: u64,
     /// A C `int`.
     pub code_firstlineno: u64,
+    /// A `bytes` object.
     pub code_linetable: u64,
+    pub code_linetable_format: LineTableFormat,
     pub bytes_data: u64,
     pub type_name: u64,
     pub type_basicsize: u64,

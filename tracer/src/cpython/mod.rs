@@ -3,6 +3,7 @@
 
 pub mod bytecode;
 pub mod layout;
+pub mod lines;
 pub mod reader;
 mod tables;
 

@@ -8,6 +8,7 @@ use std::io;
 
 use super::{
     layout::{Bytecode, DictKeysSize, LongSize, ManagedDict, ThreadId, ValuesOrder},
+    lines::{self, LineRange},
     Layout,
 };
 use crate::memory::{ProcessMemory, MAX_READ};
@@ -94,6 +95,8 @@ pub struct Code {
     /// The instructions as they are now (possibly specialized), and where they live.
     pub bytecode: Vec<u8>,
     pub bytecode_addr: u64,
+    /// Source lines of the instructions, as `co_lines()` gives them.
+    pub lines: Vec<LineRange>,
 }
 
 /// A thread known to the interpreter.
@@ -1020,12 +1023,15 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             .map(|n| self.str(n))
             .collect::<Result<_>>()?;
         let qualname = self.u64_at(addr + l.code_qualname.unwrap_or(l.code_name))?;
+        let firstlineno = self.u32_at(addr + l.code_firstlineno)? as i32;
+        let linetable = self.bytes(self.u64_at(addr + l.code_linetable)?)?;
         Ok(Code {
             addr,
             qualname: self.str(qualname)?,
             names,
             bytecode,
             bytecode_addr,
+            lines: lines::lines(l.code_linetable_format, firstlineno, &linetable),
         })
     }
 
