@@ -1304,4 +1304,189 @@ mod tests {
         ));
         assert!(matches!(reader.str(0x5000), Err(ReadError::Memory { .. })));
     }
+
+    /// Memory being built for a test: zeroed regions with words written into them.
+    #[derive(Default)]
+    struct Mem(Vec<(u64, Vec<u8>)>);
+
+    impl Mem {
+        fn region(&mut self, addr: u64, len: usize) -> &mut Self {
+            self.0.push((addr, vec![0; len]));
+            self
+        }
+
+        fn put(&mut self, addr: u64, bytes: &[u8]) -> &mut Self {
+            let (start, region) = self
+                .0
+                .iter_mut()
+                .find(|(s, r)| *s <= addr && addr + bytes.len() as u64 <= s + r.len() as u64)
+                .expect("inside a region");
+            let at = (addr - *start) as usize;
+            region[at..at + bytes.len()].copy_from_slice(bytes);
+            self
+        }
+
+        fn word(&mut self, addr: u64, value: u64) -> &mut Self {
+            self.put(addr, &value.to_ne_bytes())
+        }
+
+        fn snapshot(&self) -> Snapshot {
+            Snapshot {
+                regions: self.0.clone(),
+            }
+        }
+    }
+
+    const TYPE_TYPE: u64 = 0xa000;
+    const INT_TYPE: u64 = 0xa400;
+    const DEQUE_TYPE: u64 = 0xa800;
+    const SET_TYPE: u64 = 0xac00;
+
+    /// `type`, and classes `int`, `set` and `collections.deque` (by name, as in a real
+    /// process where the deque type is not exported).
+    fn types(l: &Layout, mem: &mut Mem) -> TypeAddrs {
+        mem.region(TYPE_TYPE, 0x1000).region(0xb000, 0x1000);
+        mem.put(0xb000, b"collections.deque\0");
+        for ty in [TYPE_TYPE, INT_TYPE, DEQUE_TYPE, SET_TYPE] {
+            mem.word(ty + l.object_type, TYPE_TYPE);
+        }
+        mem.word(TYPE_TYPE + l.type_flags, TPFLAGS_TYPE_SUBCLASS)
+            .word(INT_TYPE + l.type_flags, TPFLAGS_LONG_SUBCLASS)
+            .word(DEQUE_TYPE + l.type_name, 0xb000);
+        TypeAddrs {
+            int: INT_TYPE,
+            set: SET_TYPE,
+            type_: TYPE_TYPE,
+            ..Default::default()
+        }
+    }
+
+    /// An int at `addr` with the given sign (-1, 0, 1) and 30-bit digits, low first.
+    fn int_object(l: &Layout, mem: &mut Mem, addr: u64, sign: i64, digits: &[u32]) {
+        mem.region(addr, 64).word(addr + l.object_type, INT_TYPE);
+        match l.long_size {
+            LongSize::ObSize => mem.word(addr + l.var_size, (sign * digits.len() as i64) as u64),
+            LongSize::Tag {
+                offset,
+                non_size_bits,
+            } => mem.word(
+                addr + offset,
+                (digits.len() as u64) << non_size_bits | (1 - sign) as u64,
+            ),
+        };
+        for (i, d) in digits.iter().enumerate() {
+            mem.put(addr + l.long_digits + 4 * i as u64, &d.to_ne_bytes());
+        }
+    }
+
+    #[test]
+    fn ints_of_both_size_encodings() {
+        const MASK: u32 = (1 << 30) - 1;
+        for version in [(3, 11), (3, 12)] {
+            let l = layout::for_version(version).unwrap();
+            let mut mem = Mem::default();
+            let types = types(l, &mut mem);
+            int_object(l, &mut mem, 0x1000, 0, &[]);
+            int_object(l, &mut mem, 0x1100, -1, &[5]);
+            int_object(l, &mut mem, 0x1200, 1, &[12345, 0, 4]); // 2**62 + 12345
+            int_object(l, &mut mem, 0x1300, -1, &[0, 0, 8]); // -2**63
+            int_object(l, &mut mem, 0x1400, 1, &[0, 0, 8]); // 2**63
+            int_object(l, &mut mem, 0x1500, 1, &[1, 0, 0, 1]); // 2**90 + 1
+            int_object(l, &mut mem, 0x1600, 1, &[MASK + 1]); // a digit out of range
+            let snapshot = mem.snapshot();
+            let r = PyReader::new(&snapshot, l, types);
+            assert_eq!(r.int(0x1000).unwrap(), 0);
+            assert_eq!(r.int(0x1100).unwrap(), -5);
+            assert_eq!(r.int(0x1200).unwrap(), (1 << 62) + 12345);
+            assert_eq!(r.int(0x1300).unwrap(), i64::MIN);
+            for too_big in [0x1400, 0x1500] {
+                assert!(matches!(r.int(too_big), Err(ReadError::TooBig { .. })));
+            }
+            assert!(matches!(r.int(0x1600), Err(ReadError::Corrupt { .. })));
+        }
+        // 3.12's tag: sign 3 does not exist.
+        let l = layout::for_version((3, 12)).unwrap();
+        let mut mem = Mem::default();
+        let types = types(l, &mut mem);
+        int_object(l, &mut mem, 0x1000, 1, &[7]);
+        let LongSize::Tag { offset, .. } = l.long_size else {
+            unreachable!()
+        };
+        mem.word(0x1000 + offset, 1 << 3 | 3);
+        let snapshot = mem.snapshot();
+        let r = PyReader::new(&snapshot, l, types);
+        assert!(matches!(r.int(0x1000), Err(ReadError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn deque_across_blocks_and_torn_deques() {
+        let l = layout::for_version((3, 12)).unwrap();
+        let d = l.deque;
+        let block_size = (d.block_rightlink + 8) as usize;
+        let build = |rightindex: u64| {
+            let mut mem = Mem::default();
+            let types = types(l, &mut mem);
+            let (deque, left, right) = (0x1000, 0x2000, 0x3000);
+            mem.region(deque, 64)
+                .region(left, block_size)
+                .region(right, block_size);
+            mem.word(deque + l.object_type, DEQUE_TYPE)
+                .word(deque + l.var_size, 5)
+                .word(deque + d.leftblock, left)
+                .word(deque + d.rightblock, right)
+                .word(deque + d.leftindex, d.block_len - 2)
+                .word(deque + d.rightindex, rightindex)
+                .word(left + d.block_rightlink, right);
+            for (i, item) in [0xe1, 0xe2].into_iter().enumerate() {
+                mem.word(left + d.block_data + 8 * (d.block_len - 2 + i as u64), item);
+            }
+            for (i, item) in [0xe3, 0xe4, 0xe5].into_iter().enumerate() {
+                mem.word(right + d.block_data + 8 * i as u64, item);
+            }
+            (mem.snapshot(), types)
+        };
+        let (snapshot, types) = build(2);
+        let r = PyReader::new(&snapshot, l, types);
+        assert_eq!(
+            r.deque_items(0x1000).unwrap(),
+            [0xe1, 0xe2, 0xe3, 0xe4, 0xe5]
+        );
+        // The right end moved while we read: refused, not a wrong list.
+        let (snapshot, types) = build(3);
+        let r = PyReader::new(&snapshot, l, types);
+        assert!(matches!(
+            r.deque_items(0x1000),
+            Err(ReadError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn sets_skip_deleted_entries_and_refuse_a_wrong_count() {
+        let l = layout::for_version((3, 13)).unwrap();
+        let build = |used: u64| {
+            let mut mem = Mem::default();
+            let types = types(l, &mut mem);
+            let (set, table) = (0x1000, 0x2000);
+            mem.region(set, 256)
+                .region(table, 8 * l.set_entry_size as usize);
+            mem.word(set + l.object_type, SET_TYPE)
+                .word(set + l.set_used, used)
+                .word(set + l.set_mask, 7)
+                .word(set + l.set_table, table);
+            for (slot, key, hash) in [(1, 0xf1, 11u64), (4, 0xdead, u64::MAX), (6, 0xf2, 12)] {
+                let entry = table + slot * l.set_entry_size;
+                mem.word(entry, key).word(entry + l.set_entry_hash, hash);
+            }
+            (mem.snapshot(), types)
+        };
+        let (snapshot, types) = build(2);
+        let r = PyReader::new(&snapshot, l, types);
+        assert_eq!(r.set_items(0x1000).unwrap(), [0xf1, 0xf2]);
+        let (snapshot, types) = build(3);
+        let r = PyReader::new(&snapshot, l, types);
+        assert!(matches!(
+            r.set_items(0x1000),
+            Err(ReadError::Corrupt { .. })
+        ));
+    }
 }
