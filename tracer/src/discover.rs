@@ -286,7 +286,7 @@ pub fn runtime_by(elf: &object::File, method: RuntimeSource) -> Option<(u64, Run
                 .flat_map(|(base, data)| {
                     data.windows(DEBUG_COOKIE.len())
                         .enumerate()
-                        .filter(|(i, w)| *w == DEBUG_COOKIE && (base + *i as u64) % 8 == 0)
+                        .filter(|(i, w)| *w == DEBUG_COOKIE && (base + *i as u64).is_multiple_of(8))
                         .map(move |(i, _)| base + i as u64)
                         .collect::<Vec<_>>()
                 });
