@@ -8,7 +8,9 @@ use anyhow::{Context as _, Result};
 
 use crate::{cmd_output, workspace_root};
 
-/// Interpreters whose headers and `opcode` module define a row. Each needs `include/pythonX.Y/internal`.
+/// Interpreters whose headers and `opcode` module define a row: a pyenv version, or a minor
+/// version built by `cargo xtask python <minor>` into `.pythons/<minor>`. Each needs
+/// `include/pythonX.Y/internal`.
 const INTERPRETERS: &[&str] = &["3.10.13", "3.11.7", "3.12.1", "3.13.0"];
 
 pub fn run() -> Result<()> {
@@ -24,11 +26,13 @@ pub fn run() -> Result<()> {
     );
     let mut rows = String::new();
     for version in INTERPRETERS {
-        let minor = version
-            .rsplit_once('.')
-            .map(|(mm, _)| mm)
-            .unwrap_or(version);
-        let prefix = Path::new(&home).join(".pyenv/versions").join(version);
+        let minor = version.split('.').take(2).collect::<Vec<_>>().join(".");
+        let pyenv = Path::new(&home).join(".pyenv/versions").join(version);
+        let prefix = if pyenv.exists() {
+            pyenv
+        } else {
+            root.join(".pythons").join(&minor)
+        };
         let include = prefix.join(format!("include/python{minor}"));
         let exe = build.join(format!("layout-{minor}"));
         cmd_output(
