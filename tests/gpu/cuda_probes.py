@@ -15,8 +15,8 @@ Then checks the steps traced at `launches`:
     python3 tests/gpu/cuda_probes.py --tracer target/release/tracer --engine torch --out DIR
     python3 tests/gpu/cuda_probes.py --tracer target/release/tracer --engine fake --out DIR
 
-Writes DIR/summary.json (every number printed) and, per mode, one traced steps.csv and
-run.json as samples.
+Writes DIR/summary.json (every number printed) and with --samples, per mode, one traced
+steps.csv and run.json.
 """
 
 import argparse
@@ -25,6 +25,7 @@ import collections
 import csv
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -94,7 +95,8 @@ def build_fake_libcuda(dir: str) -> str:
 
 
 def engine_command(args, mode: str, work: str) -> list:
-    common = ["--execute-ms", args.execute_ms, "--rate-every", "0.5", "--warmup", "200"]
+    common = ["--execute-ms", args.execute_ms, "--rate-every", "0.5", "--warmup", "200",
+              *shlex.split(args.engine_args)]
     if args.engine == "torch":
         return [args.python, os.path.join(HERE, "torch_engine.py"), "--mode", mode,
                 "--engine-dir", args.engine_dir, "--layers", str(args.layers),
@@ -128,6 +130,21 @@ def trace_windows(args, engine: Lines, pid: int, level: str, out: str) -> list:
 
 def mean_us(windows: list) -> float:
     return sum(ns for _, ns in windows) / sum(n for n, _ in windows) / 1e3
+
+
+def side(windows: list) -> dict:
+    """Mean step time over the windows, and the spread of the windows' own means."""
+    per_window = [ns / n / 1e3 for n, ns in windows]
+    return {"step_us": round(mean_us(windows), 2), "steps": sum(n for n, _ in windows),
+            "window_sd_us": round(statistics.stdev(per_window), 2) if len(windows) > 1 else 0}
+
+
+def host_split(steps: list) -> dict:
+    """Mean execute split of traced steps (those with CUDA columns)."""
+    steps = [s for s in steps if s["exec_gpu_wait_ns"] != ""]
+    mean = lambda key: round(statistics.mean(int(s[key]) for s in steps) / 1e3, 2)  # noqa: E731
+    return {"steps": len(steps), "exec_launch_host_us": mean("exec_launch_host_ns"),
+            "exec_gpu_wait_us": mean("exec_gpu_wait_ns"), "execute_us": mean("execute_ns")}
 
 
 def read_steps(path: str) -> list:
@@ -199,29 +216,31 @@ def run_mode(args, mode: str, work: str) -> dict:
     pid = int(fields(engine.next("ready", timeout=300))["pid"])
     engine.skip_backlog()
     engine.next("rate")  # settle
-    sides = {side: [] for side in ("untraced",) + LEVELS}
-    outs = []
+    sides = {name: [] for name in ("untraced",) + LEVELS}
+    outs = {level: [] for level in LEVELS}
     for r in range(args.rounds):
         sides["untraced"] += [window(engine) for _ in range(args.windows)]
         for level in LEVELS:
             out = os.path.join(work, f"{mode}-{level}-{r}")
             sides[level] += trace_windows(args, engine, pid, level, out)
-            if level == "launches":
-                outs.append(out)
+            outs[level].append(out)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     untraced = mean_us(sides["untraced"])
-    overhead = {"untraced_step_us": round(untraced, 2),
-                "untraced_steps": sum(n for n, _ in sides["untraced"])}
+    overhead = {"untraced": side(sides["untraced"])}
     for level in LEVELS:
-        overhead[level] = {"step_us": round(mean_us(sides[level]), 2),
-                           "ratio": round(mean_us(sides[level]) / untraced, 4),
-                           "steps": sum(n for n, _ in sides[level])}
+        overhead[level] = dict(side(sides[level]),
+                               ratio=round(mean_us(sides[level]) / untraced, 4))
+    # What the launch probes add to the host's launch work: same split, sync vs launches.
+    for level in ("sync", "launches"):
+        overhead[level]["split"] = host_split(
+            [s for out in outs[level] for s in read_steps(os.path.join(out, "steps.csv"))])
     gpu_rows = []
     gpu_path = os.path.join(work, f"{mode}-gpu.csv")
     if os.path.exists(gpu_path):
         with open(gpu_path) as f:
             gpu_rows = [tuple(int(x) for x in row) for row in list(csv.reader(f))[1:]]
+    outs = outs["launches"]
     steps = [s for out in outs for s in read_steps(os.path.join(out, "steps.csv"))]
     accuracy = check_accuracy(args, mode, profile, steps, gpu_rows)
     runs = [json.load(open(os.path.join(out, "run.json")))["cuda"] for out in outs]
@@ -229,7 +248,7 @@ def run_mode(args, mode: str, work: str) -> dict:
     accuracy["ring_buffer_drops"] = sum(r["ring_buffer_drops"] for r in runs)
     accuracy["libcuda"] = sorted({p["libcuda"] for r in runs for p in r["processes"]})
     accuracy["functions_probed"] = runs[0]["processes"][0]["functions"] if runs[0]["processes"] else []
-    if args.out:
+    if args.samples:
         shutil.copy(os.path.join(outs[0], "steps.csv"), os.path.join(args.out, f"{mode}-steps.csv"))
         shutil.copy(os.path.join(outs[0], "run.json"), os.path.join(args.out, f"{mode}-run.json"))
     return {"overhead": overhead, "accuracy": accuracy,
@@ -243,13 +262,19 @@ def main() -> int:
     p.add_argument("--engine", choices=("torch", "fake"), required=True)
     p.add_argument("--engine-dir", default=os.path.join(ROOT, "tests/fixtures/engine"))
     p.add_argument("--python", default=sys.executable)
-    p.add_argument("--out", help="directory for summary.json and sample outputs")
+    p.add_argument("--out", help="directory for summary.json")
+    p.add_argument("--samples", action="store_true",
+                   help="also copy one traced steps.csv and run.json per mode to --out")
+    p.add_argument("--tag", default="", help="suffix of summary<tag>.json")
     p.add_argument("--modes", default=None,
                    help="comma list (torch: eager,graph; fake: fake)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--windows", type=int, default=4, help="half-second windows per side")
     p.add_argument("--execute-ms", default="0",
                    help="fixture executor's own cost before the model (default 0)")
+    p.add_argument("--engine-args", default="",
+                   help="more run_engine.py arguments, e.g. '--max-num-seqs 8' for a steadier "
+                        "per-step Python cost")
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--hidden", type=int, default=8192)
     p.add_argument("--tokens", type=int, default=512)
@@ -265,11 +290,31 @@ def main() -> int:
         summary = {"engine": args.engine, "rounds": args.rounds, "windows": args.windows,
                    "modes": {mode: run_mode(args, mode, work) for mode in modes}}
     text = json.dumps(summary, indent=1)
-    print(text)
     if args.out:
-        with open(os.path.join(args.out, "summary.json"), "w") as f:
+        with open(os.path.join(args.out, f"summary{args.tag}.json"), "w") as f:
             f.write(text + "\n")
+    else:
+        print(text)
+    for mode, m in summary["modes"].items():
+        print(brief(mode, m))
     return 0
+
+
+def brief(mode: str, m: dict) -> str:
+    o, a = m["overhead"], m["accuracy"]
+    ratios = " ".join(f"{level} {o[level]['ratio']:.4f} (window sd {o[level]['window_sd_us']} us)"
+                      for level in LEVELS)
+    profiler = a.get("profiler", {})
+    return (f"{mode}: untraced step {o['untraced']['step_us']} us (window sd "
+            f"{o['untraced']['window_sd_us']} us); traced/untraced: {ratios}\n"
+            f"  execute split, sync level: {o['sync']['split']}\n"
+            f"  execute split, launches level: {o['launches']['split']}\n"
+            f"  launches/step {a['launches_per_step']} graph launches/step "
+            f"{a['graph_launches_per_step']} syncs/step {a['syncs_per_step']} d2h/step "
+            f"{a['d2h_per_step']}; profiler launch calls {profiler.get('launch_calls')} graph "
+            f"launch calls {profiler.get('graph_launch_calls')} kernels {profiler.get('kernels')}\n"
+            f"  (sync+d2h)/gpu time {a['sync_plus_d2h_over_gpu_time']}; gpu us "
+            f"{a.get('gpu_time_us')}")
 
 
 if __name__ == "__main__":
