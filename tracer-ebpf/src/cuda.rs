@@ -67,7 +67,7 @@ pub fn cuda_enter(ctx: ProbeContext) -> u32 {
         pid_tgid: bpf_get_current_pid_tgid(),
         cookie,
     };
-    if CUDA_STARTS.insert(&key, &now, 0).is_err() {
+    if CUDA_STARTS.insert(key, now, 0).is_err() {
         bump(CudaCounter::StartsFull);
     }
     0
@@ -84,11 +84,11 @@ pub fn cuda_exit(ctx: RetProbeContext) -> u32 {
         cookie,
     };
     // SAFETY: the value is copied out before the entry is removed below.
-    let Some(start_ns) = (unsafe { CUDA_STARTS.get(&key) }).copied() else {
+    let Some(start_ns) = (unsafe { CUDA_STARTS.get(key) }).copied() else {
         bump(CudaCounter::ReturnWithoutEntry);
         return 0;
     };
-    let _ = CUDA_STARTS.remove(&key);
+    let _ = CUDA_STARTS.remove(key);
     push(CudaCall {
         start_ns,
         end_ns: now,
