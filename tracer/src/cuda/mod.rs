@@ -241,9 +241,11 @@ impl CudaTracer {
         }
     }
 
-    /// Ends the trace (after the last steps were folded) and detaches the probes.
-    pub fn finish(self) -> CudaReport {
-        let Some(mut active) = self.active else {
+    /// Ends the trace (after the last steps were folded). The probes stay attached until
+    /// the tracer is dropped, so that detaching (seconds: see [`probes::CudaProbes`]) comes
+    /// after the caller has written its files.
+    pub fn finish(&mut self) -> CudaReport {
+        let Some(active) = &mut self.active else {
             return CudaReport {
                 level: self.level,
                 processes: Vec::new(),
@@ -268,7 +270,7 @@ impl CudaTracer {
             ring_buffer_drops: probes.counter(CudaCounter::RingFull),
             returns_without_entry: probes.counter(CudaCounter::ReturnWithoutEntry),
             starts_map_full: probes.counter(CudaCounter::StartsFull),
-            processes: active.processes.into_values().collect(),
+            processes: active.processes.values().cloned().collect(),
             malformed_records: active.malformed,
             foreign_calls: active.foreign,
             in_steps: active.folder.in_steps,
