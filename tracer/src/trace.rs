@@ -207,6 +207,7 @@ pub fn run(options: Options) -> Result<Totals> {
             write_error.get_or_insert(e);
         }
     }
+    // The CUDA probes stay attached until `run` returns: detaching takes seconds.
     let cuda = cuda.finish();
     if let Some(e) = write_error {
         return Err(e).context("writing the CSV files");
