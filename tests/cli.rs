@@ -1017,12 +1017,14 @@ struct Deployment {
 
 impl Deployment {
     fn start(engines: usize, fixture_args: &[&str]) -> Self {
+        // The interpreter's path is passed explicitly: under `exec -a` a pyenv Python cannot
+        // find itself from argv[0], so `sys.executable` is empty in the children.
         let python = pyenv("3.11.7");
         let script = root().join("tests/fixtures/engine/run_engine.py");
         let engine_code = format!(
             "import runpy, subprocess, sys\n\
              rank = int(sys.argv[1])\n\
-             w = subprocess.Popen(['bash', '-c', 'exec -a VLLM::Worker_DP%d_TP0 \"$0\" -c \"import time; time.sleep(600)\"' % rank, sys.executable])\n\
+             w = subprocess.Popen(['bash', '-c', 'exec -a VLLM::Worker_DP%d_TP0 \"$0\" -c \"import time; time.sleep(600)\"' % rank, {python:?}])\n\
              print('worker', rank, w.pid, flush=True)\n\
              sys.argv = [{script:?}] + sys.argv[2:]\n\
              runpy.run_path({script:?}, run_name='__main__')\n",
@@ -1031,7 +1033,7 @@ impl Deployment {
         let api_code = format!(
             "import os, subprocess, sys\n\
              engine_code, args = sys.argv[1], sys.argv[2:]\n\
-             ps = [subprocess.Popen(['bash', '-c', 'exec -a VLLM::EngineCore_DP%d \"$0\" -c \"$1\" %d \"${{@:2}}\"' % (r, r), sys.executable, engine_code] + args) for r in range({engines})]\n\
+             ps = [subprocess.Popen(['bash', '-c', 'exec -a VLLM::EngineCore_DP%d \"$0\" -c \"$1\" %d \"${{@:2}}\"' % (r, r), {python:?}, engine_code] + args) for r in range({engines})]\n\
              print('api', os.getpid(), flush=True)\n\
              [p.wait() for p in ps]\n"
         );
@@ -1319,4 +1321,32 @@ fn status_line_on_a_terminal_and_quiet_with_q() {
 fn write_synthetic_run() {
     let dir = std::env::var("SYNTHETIC_RUN").expect("set SYNTHETIC_RUN=<dir>");
     synthetic_run(Path::new(&dir), 3_000, COSTS, 7, "0.11.0");
+}
+
+#[test]
+fn readme_column_reference_names_every_column() {
+    use tracer::sinks::csv_sink::header;
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split_once("## Output columns")
+        .and_then(|(_, rest)| rest.split_once("\n## "))
+        .map(|(s, _)| s)
+        .expect("README has an Output columns section");
+    for (file, columns) in [
+        ("steps.csv", header::<StepRow>()),
+        ("requests.csv", header::<RequestRow>()),
+        ("events.csv", header::<EventRow>()),
+        ("queues.csv", header::<QueueRow>()),
+    ] {
+        let table = section
+            .split_once(&format!("`{file}`"))
+            .map(|(_, rest)| rest.split("\n\n`").next().unwrap())
+            .unwrap_or_else(|| panic!("no table for {file}"));
+        for column in columns {
+            assert!(
+                table.contains(&format!("`{column}`")),
+                "{file}: column {column} is not in README's reference"
+            );
+        }
+    }
 }

@@ -105,7 +105,7 @@ pub const CHECKS: &[Check] = &[
     },
     Check {
         name: "python",
-        why: "With --pid: the engine's CPython version; the tracer carries layout tables for 3.11, 3.12 and 3.13.",
+        why: "With --pid: the engine's CPython version: the tracer reads the interpreter's memory with a layout table per CPython minor version (an unsupported one is named with the supported list).",
         fix: "Run vLLM on a supported CPython, or add the version's layout table (`cargo xtask codegen`).",
         run: check_python,
     },
