@@ -170,13 +170,15 @@ impl Tracer {
     /// `tracer attach --pid <pid> -o <out>`, returned once its probes are in: from then on
     /// every step is traced.
     pub fn attach(pid: u32, out: &Path) -> Self {
-        let mut tracer = Self::spawn(&[
-            "attach",
-            "--pid",
-            &pid.to_string(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        Self::attach_with(pid, out, &[])
+    }
+
+    /// [`Self::attach`] with more options.
+    pub fn attach_with(pid: u32, out: &Path, options: &[&str]) -> Self {
+        let pid = pid.to_string();
+        let mut args = vec!["attach", "--pid", &pid, "-o", out.to_str().unwrap()];
+        args.extend_from_slice(options);
+        let mut tracer = Self::spawn(&args);
         tracer
             .stderr
             .wait_for("tracer: attached", Duration::from_secs(30));

@@ -3,15 +3,14 @@
 //!
 //! The scheduler mutates its queues in the next step, so the state at a hit must be copied
 //! while the engine thread sits in the trap. The kernel side knows no Python version and no
-//! vLLM version: userspace writes a [`Plan`] (struct offsets of this CPython, the scheduler's
-//! address, the interned attribute names to look up) and the program only follows it.
+//! vLLM version: userspace writes a [`Plan`] (struct offsets of this CPython, the addresses of
+//! the long-lived objects, and for each attribute its [`Field`]: which entry of the object's
+//! key table holds it) and the program only follows it, with O(1) reads per value.
 
 /// Name of the hash map from process id (tgid) to its [`Plan`].
 pub const PLANS_MAP: &str = "PLANS";
-/// Name of the per-CPU work area ([`Scratch`]), an array indexed by CPU number.
+/// Name of the kernel side's per-CPU work area, an array indexed by CPU number.
 pub const SCRATCH_MAP: &str = "SCRATCH";
-/// Most CPUs the work area has a slot for.
-pub const MAX_CPUS: u32 = 512;
 
 /// Most requests copied per queue per snapshot; longer queues are counted, not copied.
 pub const MAX_QUEUE_ITEMS: usize = 512;
@@ -19,13 +18,6 @@ pub const MAX_QUEUE_ITEMS: usize = 512;
 pub const MAX_SCHEDULED: usize = 512;
 /// Attribute values copied per request.
 pub const REQUEST_FIELDS: usize = 6;
-/// Most attribute-chain links from the scheduler to a queue or counter.
-pub const CHAIN_LINKS: usize = 4;
-/// Most entries of an instance's attribute table (dict keys) the program scans.
-pub const MAX_DICT_ENTRIES: usize = 512;
-/// Words of the entries buffer: room for `MAX_DICT_ENTRIES` 3-word entries, rounded up.
-pub const ENTRY_WORDS: usize = (MAX_DICT_ENTRIES * 3).next_power_of_two();
-
 /// How this CPython stores instance attributes: picks the lookup path of the program.
 pub mod storage {
     /// A dict pointer at `tp_dictoffset` (3.10, and classes without managed dicts).
@@ -38,7 +30,7 @@ pub mod storage {
     pub const INLINE_313: u64 = 3;
 }
 
-/// What a chain ends in.
+/// What a [`Source`] holds.
 pub mod container {
     /// A `list`: copy its item pointers.
     pub const LIST: u64 = 0;
@@ -84,14 +76,30 @@ pub struct PyOffsets {
     pub frame_localsplus: u64,
 }
 
-/// A path of attribute lookups from the scheduler, ending in a [`container`].
+/// An attribute of an object: the entry of its key table (the class's shared keys, or the
+/// instance's own dict keys) that holds `key`, the attribute's interned name.
+///
+/// Instances of a class insert their attributes in the same order, so the index found on
+/// one live instance (or in the class's cached keys) holds for all; the program checks the
+/// entry's key before it trusts the value, and reports the field missing otherwise.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Chain {
-    /// Interned attribute names (`str` object addresses), `links` of them.
-    pub keys: [u64; CHAIN_LINKS],
-    pub links: u64,
-    /// One of [`container`]; a chain with `links == 0` is not captured.
+pub struct Field {
+    /// The interned `str` address (0: not planned).
+    pub key: u64,
+    pub index: u64,
+}
+
+/// A container the program reads from a long-lived object's attribute.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The object holding the attribute (0: not planned).
+    pub owner: u64,
+    pub field: Field,
+    /// The value's expected type object: anything else is a read error.
+    pub ty: u64,
+    /// One of [`container`].
     pub container: u64,
 }
 
@@ -102,13 +110,13 @@ pub struct Plan {
     pub py: PyOffsets,
     /// Watched addresses whose hits take a snapshot (0 = unused).
     pub snapshot_at: [u64; 2],
-    /// The `Scheduler` object (long-lived; its attributes are looked up at each hit).
-    pub scheduler: u64,
-    pub running: Chain,
-    pub waiting: Chain,
-    pub kv_free: Chain,
-    /// Interned names of the request attributes to copy (0 = unused).
-    pub request_fields: [u64; REQUEST_FIELDS],
+    pub running: Source,
+    pub waiting: Source,
+    /// The KV block pool's free count (an `int`).
+    pub kv_free: Source,
+    /// The request class: queue items of another type get no fields.
+    pub request_type: u64,
+    pub request_fields: [Field; REQUEST_FIELDS],
     /// Bit i set: field i is a pointer to follow (copy 16 bytes after its header); clear:
     /// copy the pointer itself (identity: enum members, strings).
     pub request_deref: u64,
@@ -116,8 +124,9 @@ pub struct Plan {
     pub tstate: u64,
     /// Index in the step frame's `localsplus` of `scheduler_output` (`u64::MAX`: none).
     pub output_local: u64,
-    /// Interned name of `SchedulerOutput.num_scheduled_tokens`.
-    pub output_scheduled: u64,
+    /// `SchedulerOutput.num_scheduled_tokens`, and the `dict` type it must have.
+    pub output_scheduled: Field,
+    pub dict_type: u64,
 }
 
 /// Flags of a [`SnapshotHeader`] (bits).
@@ -146,6 +155,9 @@ pub struct SnapshotHeader {
     pub n_scheduled: u32,
     /// 16 bytes after the header of the free-block count (an `int`).
     pub kv_free: [u64; 2],
+    /// How long the copy held the engine thread (from the hit's stamp to the record's end):
+    /// the tracer's own time, which the phases leave out.
+    pub copy_ns: u64,
 }
 
 /// One request of a queue.
@@ -174,22 +186,14 @@ pub const MAX_RECORD: usize = size_of::<crate::WatchHit>()
     + 2 * MAX_QUEUE_ITEMS * size_of::<Item>()
     + MAX_SCHEDULED * size_of::<ScheduledEntry>();
 
-/// The per-CPU work area: the record being built, and buffers for tables read in bulk.
-#[repr(C)]
-pub struct Scratch {
-    pub record: [u8; MAX_RECORD],
-    /// Dict key entries, read in one go per object (a power of two of words, so an index
-    /// can be masked into range where the verifier cannot follow a bounds check).
-    pub entries: [u64; ENTRY_WORDS],
-}
-
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: all of these are `repr(C)` with only integer fields laid out without padding
     // (u64s, u32s in pairs); any bit pattern is valid.
     unsafe impl aya::Pod for PyOffsets {}
-    unsafe impl aya::Pod for Chain {}
+    unsafe impl aya::Pod for Field {}
+    unsafe impl aya::Pod for Source {}
     unsafe impl aya::Pod for Plan {}
     unsafe impl aya::Pod for SnapshotHeader {}
     unsafe impl aya::Pod for Item {}

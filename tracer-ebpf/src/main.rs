@@ -75,7 +75,7 @@ pub fn watch_snapshot(ctx: PerfEventContext) -> u32 {
         return emit(hit);
     };
     bump(Counter::Snapshots);
-    let Some(record) = snapshot::take(tgid, plan, hit).and_then(snapshot::record) else {
+    let Some(record) = snapshot::take(plan, hit).and_then(snapshot::record) else {
         bump(Counter::SnapshotFailed);
         return 0;
     };

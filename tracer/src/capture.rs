@@ -1,14 +1,17 @@
 //! Snapshots of the scheduler: the plan the watch program follows at the hits after
 //! `schedule()` and `update_from_output()`, and the typed state its copies decode into.
 //!
-//! The plan names objects by address and attributes by the address of their interned name
-//! (the `str` object every instance dict of the class uses as its key), so the kernel side
-//! needs no Python: it scans key tables for a pointer. Everything per version comes from the
-//! CPython layout row and the vLLM name row.
+//! The plan names objects by address and attributes by their key-table entry: the entry's
+//! index (the same in every instance of a class, which all insert their attributes in one
+//! order) and the address of the interned name it must hold, so the kernel side needs no
+//! Python and no search. Everything per version comes from the CPython layout row and the
+//! vLLM name row.
 
 use std::collections::HashMap;
 
-use tracer_common::capture::{self as wire, container, storage, Chain, Item, Plan, PyOffsets};
+use tracer_common::capture::{
+    self as wire, container, storage, Field, Item, Plan, PyOffsets, Source,
+};
 
 use crate::{
     cpython::{
@@ -50,8 +53,7 @@ pub struct Budgets {
     pub max_num_seqs: Option<u32>,
     pub max_num_batched_tokens: Option<u32>,
     pub block_size: Option<u32>,
-    /// Free KV blocks when the trace started, plus those in use by then: the pool's size
-    /// is not an attribute in every version, so it is the free count of an idle engine.
+    /// KV blocks requests can get: the pool's size less vLLM's null block.
     pub kv_blocks_total: Option<u32>,
 }
 
@@ -103,58 +105,11 @@ fn offsets(layout: &Layout) -> PyOffsets {
     }
 }
 
-/// Most classes of an MRO searched for an attribute name.
-const MAX_MRO: usize = 32;
-
 fn word<M: ProcessMemory>(reader: &PyReader<M>, addr: u64) -> Result<u64, ReadError> {
     reader
         .mem
         .read_u64(addr)
         .map_err(|source| ReadError::Memory { addr, source })
-}
-
-/// The address of the interned `str` `name` among a code object's identifiers (attribute,
-/// parameter and local names).
-fn interned_in_code<M: ProcessMemory>(
-    reader: &PyReader<M>,
-    code: u64,
-    name: &str,
-) -> Result<Option<u64>, ReadError> {
-    let layout = reader.layout;
-    for tuple in [layout.code_names, layout.code_localsplusnames] {
-        for key in reader.tuple(word(reader, code + tuple)?)? {
-            if reader.str(key).is_ok_and(|k| k == name) {
-                return Ok(Some(key));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The address of the interned `str` `name` among the identifiers of the methods of
-/// `class` and its bases: the key its instances' attribute tables use (identifiers are
-/// interned, so `self.name = …` stores that very object).
-fn interned_in_class<M: ProcessMemory>(
-    reader: &PyReader<M>,
-    class: u64,
-    name: &str,
-) -> Result<Option<u64>, ReadError> {
-    let mro = reader.tuple(word(reader, class + reader.layout.type_mro)?)?;
-    for class in mro.into_iter().take(MAX_MRO) {
-        let dict = word(reader, class + reader.layout.type_dict)?;
-        if dict == 0 {
-            continue;
-        }
-        for (_, value) in reader.dict_items(dict)? {
-            let Ok(code) = reader.function_code(value) else {
-                continue;
-            };
-            if let Some(addr) = interned_in_code(reader, code, name)? {
-                return Ok(Some(addr));
-            }
-        }
-    }
-    Ok(None)
 }
 
 fn class<M: ProcessMemory>(
@@ -168,29 +123,66 @@ fn class<M: ProcessMemory>(
     reader.dict_get(reader.module_dict(module)?, class)
 }
 
-/// Follows `names` from `obj`, returning each link's interned key; the object at the end.
-fn chain<M: ProcessMemory>(
+fn missing(what: &str, names: &[&str]) -> CaptureError {
+    CaptureError::Missing {
+        what: what.into(),
+        names: names.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
+/// The object at the end of attribute path `names` from `obj`, as a [`Source`] (the last
+/// link's owner, field and value type: the links before it are long-lived objects), and
+/// the value now.
+fn source<M: ProcessMemory>(
     reader: &PyReader<M>,
     obj: u64,
     names: &[&str],
-    end: u64,
-) -> Result<(Chain, u64), CaptureError> {
-    let mut chain = Chain {
-        container: end,
-        ..Chain::default()
-    };
-    let mut current = obj;
-    for (link, name) in names.iter().enumerate() {
-        let missing = || CaptureError::Missing {
-            what: format!("scheduler attribute {name}"),
-            names: names.iter().map(|n| n.to_string()).collect(),
-        };
-        let class = word(reader, current + reader.layout.object_type)?;
-        chain.keys[link] = interned_in_class(reader, class, name)?.ok_or_else(missing)?;
-        current = reader.attr(current, name)?.ok_or_else(missing)?;
+    container: u64,
+) -> Result<(Source, u64), CaptureError> {
+    let what = format!("scheduler attribute {}", names.join("."));
+    let (last, path) = names.split_last().ok_or_else(|| missing(&what, names))?;
+    let mut owner = obj;
+    for name in path {
+        owner = reader.attr(owner, name)?.ok_or_else(|| missing(&what, names))?;
     }
-    chain.links = names.len() as u64;
-    Ok((chain, current))
+    let (key, index) = reader
+        .attr_entry(owner, last)?
+        .ok_or_else(|| missing(&what, names))?;
+    let value = reader.attr(owner, last)?.ok_or_else(|| missing(&what, names))?;
+    let source = Source {
+        owner,
+        field: Field { key, index },
+        ty: word(reader, value + reader.layout.object_type)?,
+        container,
+    };
+    Ok((source, value))
+}
+
+/// The object at the end of attribute path `names` from `obj`, if every link is there.
+fn path<M: ProcessMemory>(reader: &PyReader<M>, obj: u64, names: &[&str]) -> Option<u64> {
+    names
+        .iter()
+        .try_fold(obj, |current, name| reader.attr(current, name).ok().flatten())
+}
+
+/// The planned fields of a request: from a live request when there is one (its own table),
+/// else from the class's shared keys; a field found in neither stays unplanned (key 0).
+fn request_fields<M: ProcessMemory>(
+    reader: &PyReader<M>,
+    names: &StateNames,
+    class: u64,
+    sample: Option<u64>,
+) -> [Field; wire::REQUEST_FIELDS] {
+    let mut fields = [Field::default(); wire::REQUEST_FIELDS];
+    for (field, name) in fields.iter_mut().zip(names.request_fields) {
+        let entry = sample
+            .and_then(|object| reader.attr_entry(object, name).ok().flatten())
+            .or_else(|| reader.class_attr_entry(class, name).ok().flatten());
+        if let Some((key, index)) = entry {
+            *field = Field { key, index };
+        }
+    }
+    fields
 }
 
 impl Capture {
@@ -211,26 +203,33 @@ impl Capture {
                 what: "the engine's scheduler".into(),
                 names: vec![names.scheduler.into()],
             })?;
-        let (running, _) = chain(reader, scheduler, names.running, container::LIST)?;
+        let (running, running_list) = source(reader, scheduler, names.running, container::LIST)?;
         let waiting_kind = if names.waiting_is_deque {
             container::DEQUE
         } else {
             container::LIST
         };
-        let (waiting, _) = chain(reader, scheduler, names.waiting, waiting_kind)?;
-        let (kv_free, free_now) = chain(reader, scheduler, names.kv_free, container::VALUE)?;
+        let (waiting, waiting_queue) = source(reader, scheduler, names.waiting, waiting_kind)?;
+        let (kv_free, _) = source(reader, scheduler, names.kv_free, container::VALUE)?;
 
         let request_class = class(reader, modules, names.request_class)?.ok_or_else(|| {
-            CaptureError::Missing {
-                what: "the request class".into(),
-                names: vec![format!("{}.{}", names.request_class.0, names.request_class.1)],
-            }
+            missing(
+                "the request class",
+                &[&format!("{}.{}", names.request_class.0, names.request_class.1)],
+            )
         })?;
-        let mut request_fields = [0; wire::REQUEST_FIELDS];
-        for (slot, name) in request_fields.iter_mut().zip(names.request_fields) {
-            // A field this version lacks stays 0: not copied, reported missing.
-            *slot = interned_in_class(reader, request_class, name)?.unwrap_or(0);
-        }
+        // Any live request shows where its fields are.
+        let sample = reader
+            .list_items(running_list)
+            .ok()
+            .and_then(|items| items.first().copied())
+            .or_else(|| {
+                reader
+                    .deque_items(waiting_queue)
+                    .ok()
+                    .and_then(|items| items.first().copied())
+            });
+        let request_fields = request_fields(reader, names, request_class, sample);
         let request_deref = RequestField::FOLLOWED
             .iter()
             .fold(0, |mask, field| mask | 1 << *field as u64);
@@ -238,10 +237,12 @@ impl Capture {
         let output_local = reader
             .local_index(resolved.step.addr, names.output_local)?
             .unwrap_or(u64::MAX);
-        let output_scheduled = match class(reader, modules, names.output_class)? {
-            Some(class) => interned_in_class(reader, class, names.output_scheduled)?.unwrap_or(0),
-            None => 0,
-        };
+        let output_class = class(reader, modules, names.output_class)?;
+        let output_scheduled = output_class
+            .map(|class| reader.class_attr_entry(class, names.output_scheduled))
+            .transpose()?
+            .flatten()
+            .map_or(Field::default(), |(key, index)| Field { key, index });
 
         let statuses = match class(reader, modules, names.status_enum)? {
             Some(status) => {
@@ -260,7 +261,7 @@ impl Capture {
             None => HashMap::new(),
         };
         let budget = |name: &str| -> Option<u32> {
-            let value = reader.attr(scheduler, name).ok()??;
+            let value = path(reader, scheduler, &[name])?;
             u32::try_from(reader.int(value).ok()?).ok()
         };
         let snapshot_at = |mark| {
@@ -273,15 +274,16 @@ impl Capture {
         let plan = Plan {
             py: offsets(reader.layout),
             snapshot_at: [snapshot_at(Mark::ScheduleDone), snapshot_at(Mark::UpdateDone)],
-            scheduler,
             running,
             waiting,
             kv_free,
+            request_type: request_class,
             request_fields,
             request_deref,
             tstate: resolved.tstate,
             output_local,
             output_scheduled,
+            dict_type: reader.types.dict,
         };
         Ok(Self {
             plan,
@@ -291,10 +293,9 @@ impl Capture {
                 max_num_seqs: budget(names.max_num_seqs),
                 max_num_batched_tokens: budget(names.max_num_batched_tokens),
                 block_size: budget(names.block_size),
-                kv_blocks_total: reader
-                    .int(free_now)
-                    .ok()
-                    .and_then(|n| u32::try_from(n).ok()),
+                kv_blocks_total: path(reader, scheduler, names.kv_total)
+                    .and_then(|pool| u32::try_from(reader.int(pool).ok()?).ok())
+                    .map(|blocks| blocks.saturating_sub(1)),
             },
         })
     }
@@ -325,7 +326,7 @@ impl Capture {
 
     fn request(&self, item: &Item) -> RequestState {
         let field = |f: RequestField| {
-            (item.missing & (1 << f as u64) == 0 && self.plan.request_fields[f as usize] != 0)
+            (item.missing & (1 << f as u64) == 0 && self.plan.request_fields[f as usize].key != 0)
                 .then_some(item.fields[f as usize])
         };
         let count = |f: RequestField| {

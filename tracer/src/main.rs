@@ -53,7 +53,11 @@ enum Command {
         cuda: cuda::Level,
         /// A label for run.json, e.g. `--label dataset=sharegpt` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = launch::parse_label)]
-        labels: Vec<(String, String)>,
+        labels: Vec<(String, String)>,        /// Phases only: no scheduler snapshots, so no batch columns, requests.csv, events.csv
+        /// or queues.csv. Each snapshot copies the queues while the engine thread waits
+        /// (a few µs per queued request), so this is the lightest trace.
+        #[arg(long)]
+        phases_only: bool,
     },
     /// Start a command (e.g. `vllm serve …`, or a script that starts the server and a
     /// benchmark client), wait until vLLM's engine loop runs, and trace it like `attach`.
@@ -76,6 +80,9 @@ enum Command {
         /// CUDA probes, as for `attach`.
         #[arg(long, value_enum, default_value_t = cuda::Level::default())]
         cuda: cuda::Level,
+        /// Phases only, as for `attach`.
+        #[arg(long)]
+        phases_only: bool,
         /// A label for run.json, e.g. `--label dataset=sharegpt` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = launch::parse_label)]
         labels: Vec<(String, String)>,
@@ -149,6 +156,7 @@ fn main() -> ExitCode {
             quiet,
             cuda,
             labels,
+            phases_only,
         } => engines::find(pid, tid)
             .map_err(Into::into)
             .and_then(|engines| {
@@ -160,6 +168,7 @@ fn main() -> ExitCode {
                         duration,
                         quiet,
                         cuda,
+                        snapshots: !phases_only,
                     }
                 })
             }),
@@ -170,6 +179,7 @@ fn main() -> ExitCode {
             quiet,
             cuda,
             labels,
+            phases_only,
             command,
         } => launch::run(
             &command,
@@ -184,6 +194,7 @@ fn main() -> ExitCode {
                 duration,
                 quiet,
                 cuda,
+                snapshots: !phases_only,
             },
         ),
         Command::Doctor { pid, markdown } => run_doctor(pid, markdown),

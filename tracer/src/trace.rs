@@ -27,10 +27,6 @@ use crate::{
     sinks::{self, Outputs, RunInfo, StepRow, Totals},
 };
 
-/// Set to turn on scheduler snapshots (batch columns, requests/events/queues CSVs).
-/// Experimental: the kernel verifier does not yet accept the snapshot program in
-/// reasonable time (see the issue 5 note), so the default trace is phases only.
-const SNAPSHOTS_ENV: &str = "TRACER_EXPERIMENTAL_SNAPSHOTS";
 /// How often the ring buffer is drained (the eBPF side does not wake us per hit).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// How often steps.csv is flushed to disk while tracing.
@@ -43,6 +39,8 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub quiet: bool,
     pub cuda: cuda::Level,
+    /// Copy the scheduler's state at each step (batch columns, requests, events, queues).
+    pub snapshots: bool,
 }
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
@@ -87,7 +85,7 @@ pub fn run(options: Options) -> Result<Totals> {
     let memory = LiveProcess { pid: target.pid };
     let reader = PyReader::new(&memory, target.python.layout, target.python.types);
     // Without a snapshot plan the trace still has every step's phases; say why once.
-    let capture = if std::env::var_os(SNAPSHOTS_ENV).is_some() {
+    let capture = if options.snapshots {
         reader
             .sys_modules(target.python.runtime)
             .map_err(CaptureError::from)

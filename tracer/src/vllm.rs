@@ -36,6 +36,8 @@ pub struct StateNames {
     /// The waiting queue is a `deque` (FCFS) rather than a list (a priority heap).
     pub waiting_is_deque: bool,
     pub kv_free: &'static [&'static str],
+    /// The block pool's size, counting the null block vLLM never hands out.
+    pub kv_total: &'static [&'static str],
     /// `(module, class)` of requests and of their status enum.
     pub request_class: (&'static str, &'static str),
     pub status_enum: (&'static str, &'static str),
@@ -94,6 +96,7 @@ pub const V1_STATE: StateNames = StateNames {
         "free_block_queue",
         "num_free_blocks",
     ],
+    kv_total: &["kv_cache_manager", "block_pool", "num_gpu_blocks"],
     request_class: ("vllm.v1.request", "Request"),
     status_enum: ("vllm.v1.request", "RequestStatus"),
     request_fields: [

@@ -32,18 +32,29 @@ pub struct Step {
     pub after_update: Option<RawSnapshot>,
 }
 
+/// Phases leave out the time the tracer's snapshots held the engine thread: the copy after
+/// `schedule()` returns runs before `execute_model()` starts, so it comes off execute (and
+/// the step); the copy after `update_from_output()` falls after the step's end mark.
 impl Step {
+    fn copy_ns(snapshot: &Option<RawSnapshot>) -> u64 {
+        snapshot.as_ref().map_or(0, |s| s.header.copy_ns)
+    }
     pub fn schedule_ns(&self) -> u64 {
         self.schedule_done_ns - self.start_ns
     }
     pub fn execute_ns(&self) -> u64 {
-        self.execute_done_ns - self.schedule_done_ns
+        (self.execute_done_ns - self.schedule_done_ns)
+            .saturating_sub(Self::copy_ns(&self.after_schedule))
     }
     pub fn update_ns(&self) -> u64 {
         self.update_done_ns - self.execute_done_ns
     }
     pub fn step_ns(&self) -> u64 {
-        self.update_done_ns - self.start_ns
+        self.schedule_ns() + self.execute_ns() + self.update_ns()
+    }
+    /// Time the tracer's two snapshots of this step held the engine thread.
+    pub fn tracer_ns(&self) -> u64 {
+        Self::copy_ns(&self.after_schedule) + Self::copy_ns(&self.after_update)
     }
 }
 

@@ -307,22 +307,21 @@ impl Requests {
             kv_free: s.kv_free,
             any_preempted: !preempted_now.is_empty(),
         };
-        let mut blocked = false;
-        for (position, r) in waiting.iter().enumerate() {
-            let k = key(r);
-            let track = &self.tracks[&k];
-            let reason = reasons::classify(
-                &context,
-                r,
-                track.info.prompt_tokens,
-                preempted_now.contains(&k),
-                &mut blocked,
-            );
+        let queue: Vec<reasons::Waiting> = waiting
+            .iter()
+            .map(|r| reasons::Waiting {
+                state: r,
+                prompt_tokens: self.tracks[&key(r)].info.prompt_tokens,
+                preempted_now: preempted_now.contains(&key(r)),
+            })
+            .collect();
+        let reasons = reasons::classify(&context, &queue);
+        for (position, (r, reason)) in waiting.iter().zip(reasons).enumerate() {
             out.queues.push(QueueRow {
                 step: index,
                 pid: self.pid,
                 t_ns: step.schedule_done_ns,
-                request_id: track.info.id.clone(),
+                request_id: self.tracks[&key(r)].info.id.clone(),
                 queue: Queue::Waiting,
                 position: position as u32,
                 computed_tokens: r.computed_tokens.and_then(|c| u32::try_from(c).ok()),

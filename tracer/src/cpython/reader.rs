@@ -948,6 +948,43 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         Ok((value != 0).then_some(value))
     }
 
+    /// The entry of attribute `name` in the key table `obj` keeps its attributes in (its
+    /// class's shared keys, or its own dict's keys): `(interned name, entry index)`. Instances
+    /// that insert their attributes in the same order share the index, which is what lets the
+    /// kernel side read any instance's attribute in O(1), checking the entry's key.
+    pub fn attr_entry(&self, obj: u64, name: &str) -> Result<Option<(u64, u64)>> {
+        let keys = match self.storage(obj)? {
+            Storage::None => return Ok(None),
+            Storage::Values { keys, .. } => keys,
+            Storage::Dict { dict, .. } => {
+                self.expect_kind(dict, self.types.dict, TPFLAGS_DICT_SUBCLASS, "dict")?;
+                self.u64_at(dict + self.layout.dict_keys)?
+            }
+        };
+        self.key_entry(keys, name)
+    }
+
+    /// [`Self::attr_entry`] for instances of `class` without one at hand: the entry in the
+    /// class's cached (shared) keys, which the first instance's attributes filled in
+    /// insertion order (and which a combined instance dict starts with, in the same order).
+    pub fn class_attr_entry(&self, class: u64, name: &str) -> Result<Option<(u64, u64)>> {
+        let keys = self.u64_at(class + self.layout.heaptype_cached_keys)?;
+        if keys == 0 {
+            return Ok(None);
+        }
+        self.key_entry(keys, name)
+    }
+
+    fn key_entry(&self, keys: u64, name: &str) -> Result<Option<(u64, u64)>> {
+        let keys = self.keys(keys)?;
+        Ok(self
+            .entries(&keys)?
+            .into_iter()
+            .enumerate()
+            .find(|&(_, (key, _))| key != 0 && self.str(key).is_ok_and(|k| k == name))
+            .map(|(index, (key, _))| (key, index as u64)))
+    }
+
     /// The value of attribute `name` of instance `obj` (slots, split values, its dict).
     pub fn attr(&self, obj: u64, name: &str) -> Result<Option<u64>> {
         match self.attr_location(obj, name)? {

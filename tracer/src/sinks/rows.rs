@@ -19,6 +19,9 @@ pub struct StepRow {
     pub execute_ns: u64,
     pub update_ns: u64,
     pub step_ns: u64,
+    /// Time the tracer's snapshots held the engine thread in this step, left out of the
+    /// phases (empty for phase-only traces).
+    pub tracer_ns: Option<u64>,
     /// Requests with tokens scheduled in this step.
     pub batch_size: Option<u32>,
     pub scheduled_tokens: Option<u32>,
