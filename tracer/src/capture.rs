@@ -1,5 +1,5 @@
 //! Snapshots of the scheduler: the plan the watch program follows at the hits after
-//! `schedule()` and `update_from_output()`, and the typed state its copies decode into.
+//! `execute_model()` and `update_from_output()`, and the typed state its copies decode into.
 //!
 //! The plan names objects by address and attributes by their key-table entry: the entry's
 //! index (the same in every instance of a class, which all insert their attributes in one
@@ -186,7 +186,7 @@ fn request_fields<M: ProcessMemory>(
 }
 
 impl Capture {
-    /// Plans snapshots at the hits after `schedule()` and `update_from_output()`.
+    /// Plans snapshots at the hits after `execute_model()` and `update_from_output()`.
     pub fn plan<M: ProcessMemory>(
         reader: &PyReader<M>,
         modules: u64,
@@ -273,7 +273,10 @@ impl Capture {
         };
         let plan = Plan {
             py: offsets(reader.layout),
-            snapshot_at: [snapshot_at(Mark::ScheduleDone), snapshot_at(Mark::UpdateDone)],
+            // After execute, not schedule: the queues are as `schedule()` left them until the
+            // update, and the step's `scheduler_output` local is stored only after the hit
+            // that ends schedule (the hit is on that very store).
+            snapshot_at: [snapshot_at(Mark::ExecuteDone), snapshot_at(Mark::UpdateDone)],
             running,
             waiting,
             kv_free,

@@ -141,7 +141,7 @@ pub fn run(options: Options) -> Result<Totals> {
             let mut row =
                 StepRow::new(&step, target.pid, trace_start_ns).with_cuda(&cuda.fold(&step));
             if let Some(capture) = &capture {
-                let scheduled = step.after_schedule.as_ref().map(|raw| capture.state(raw));
+                let scheduled = step.after_execute.as_ref().map(|raw| capture.state(raw));
                 let updated = step.after_update.as_ref().map(|raw| capture.state(raw));
                 let out = requests.step(
                     &mut source,

@@ -26,15 +26,16 @@ pub struct Step {
     pub schedule_done_ns: u64,
     pub execute_done_ns: u64,
     pub update_done_ns: u64,
-    /// The scheduler as `schedule()` left it, and as `update_from_output()` left it (when
-    /// snapshots are planned and could be taken).
-    pub after_schedule: Option<RawSnapshot>,
+    /// The scheduler as `schedule()` left it (copied when `execute_model()` returns, which
+    /// changes no queue), and as `update_from_output()` left it (when snapshots are planned
+    /// and could be taken).
+    pub after_execute: Option<RawSnapshot>,
     pub after_update: Option<RawSnapshot>,
 }
 
 /// Phases leave out the time the tracer's snapshots held the engine thread: the copy after
-/// `schedule()` returns runs before `execute_model()` starts, so it comes off execute (and
-/// the step); the copy after `update_from_output()` falls after the step's end mark.
+/// `execute_model()` returns runs before `update_from_output()` starts, so it comes off
+/// update (and the step); the copy after `update_from_output()` falls after the step's end.
 impl Step {
     fn copy_ns(snapshot: &Option<RawSnapshot>) -> u64 {
         snapshot.as_ref().map_or(0, |s| s.header.copy_ns)
@@ -43,18 +44,18 @@ impl Step {
         self.schedule_done_ns - self.start_ns
     }
     pub fn execute_ns(&self) -> u64 {
-        (self.execute_done_ns - self.schedule_done_ns)
-            .saturating_sub(Self::copy_ns(&self.after_schedule))
+        self.execute_done_ns - self.schedule_done_ns
     }
     pub fn update_ns(&self) -> u64 {
-        self.update_done_ns - self.execute_done_ns
+        (self.update_done_ns - self.execute_done_ns)
+            .saturating_sub(Self::copy_ns(&self.after_execute))
     }
     pub fn step_ns(&self) -> u64 {
         self.schedule_ns() + self.execute_ns() + self.update_ns()
     }
     /// Time the tracer's two snapshots of this step held the engine thread.
     pub fn tracer_ns(&self) -> u64 {
-        Self::copy_ns(&self.after_schedule) + Self::copy_ns(&self.after_update)
+        Self::copy_ns(&self.after_execute) + Self::copy_ns(&self.after_update)
     }
 }
 
@@ -127,7 +128,7 @@ impl Correlator {
             schedule_done_ns: self.open[1],
             execute_done_ns: self.open[2],
             update_done_ns: self.open[3],
-            after_schedule: self.snapshots[1].take(),
+            after_execute: self.snapshots[2].take(),
             after_update: self.snapshots[3].take(),
         };
         self.completed += 1;

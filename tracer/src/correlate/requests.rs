@@ -42,6 +42,8 @@ struct Track {
     row: RequestRow,
     waiting_since: Option<u64>,
     preempted: bool,
+    /// Already in the engine when the trace started: when it was first scheduled is unknown.
+    in_flight_at_start: bool,
     /// Computed tokens and output tokens when last seen.
     computed: i32,
     output: u32,
@@ -75,6 +77,8 @@ pub struct Requests {
     tracks: HashMap<Key, Track>,
     /// Requests in the queues at the last snapshot.
     present: HashSet<Key>,
+    /// A snapshot has been folded in.
+    started: bool,
     pub counts: RequestCounts,
 }
 
@@ -85,6 +89,7 @@ impl Requests {
             trace_start_ns,
             tracks: HashMap::new(),
             present: HashSet::new(),
+            started: false,
             counts: RequestCounts::default(),
         }
     }
@@ -147,7 +152,13 @@ impl Requests {
                 info,
                 row,
                 waiting_since: Some(t_ns),
-                preempted: false,
+                // In the first snapshot a preempted request's preemption may be older than
+                // the trace: it is not counted.
+                preempted: !self.started && r.status.as_deref() == Some(reasons::PREEMPTED),
+                // Running or preempted: scheduled before the trace (the `WAITING*` statuses
+                // are those of requests never scheduled).
+                in_flight_at_start: !self.started
+                    && !r.status.as_deref().is_some_and(|s| s.starts_with("WAITING")),
                 computed: r.computed_tokens.unwrap_or(0),
                 output: r.output_tokens.unwrap_or(0).max(0) as u32,
             },
@@ -243,14 +254,21 @@ impl Requests {
             });
             let before = computed - tokens as i32;
             let prompt = self.tracks[&k].info.prompt_tokens;
+            // Its tokens so far (prompt and outputs, as the last update left them).
+            let known = prompt.map(|p| p as i32 + self.tracks[&k].output as i32);
             if tokens > 0 {
-                let prefill = prompt.is_some_and(|p| before < p as i32);
+                // A decode computes exactly the newest token of a request past its prompt;
+                // anything else (a prompt chunk, recomputing after preemption) is prefill.
+                let decode = prompt.zip(known).is_some_and(|(p, known)| {
+                    before >= p as i32 && before == known - 1
+                });
+                let prefill = !decode;
                 batch.add(tokens, prefill, before.max(0) as u32);
                 let track = self.tracks.get_mut(&k).expect("arrived above");
                 Self::close_wait(track, step.schedule_done_ns);
                 track.row.iterations += 1;
                 track.row.execution_ns += step.step_ns();
-                let first = track.row.first_scheduled_ns.is_none();
+                let first = track.row.first_scheduled_ns.is_none() && !track.in_flight_at_start;
                 let resumed = track.preempted;
                 track.preempted = false;
                 if first {
@@ -259,7 +277,7 @@ impl Requests {
                         r.cached_tokens.and_then(|c| u32::try_from(c).ok());
                     batch.new_requests += 1;
                 }
-                if prompt.is_some_and(|p| computed >= p as i32) {
+                if known.is_some_and(|known| computed >= known) {
                     produced.insert(k);
                 }
                 let t = step.schedule_done_ns;
@@ -330,6 +348,7 @@ impl Requests {
             });
         }
         self.present = now;
+        self.started = true;
 
         let mut finished = 0;
         if let Some(running_after) = updated.and_then(|u| u.running.as_ref()) {

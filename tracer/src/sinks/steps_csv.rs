@@ -16,7 +16,7 @@ impl StepRow {
             execute_ns: step.execute_ns(),
             update_ns: step.update_ns(),
             step_ns: step.step_ns(),
-            tracer_ns: (step.after_schedule.is_some() || step.after_update.is_some())
+            tracer_ns: (step.after_execute.is_some() || step.after_update.is_some())
                 .then(|| step.tracer_ns()),
             ..Self::default()
         }
