@@ -346,7 +346,7 @@ impl Capture {
             cached_tokens: count(RequestField::CachedTokens),
             // A list's first word after the header is its length.
             output_tokens: field(RequestField::OutputTokens).map(|words| words[0] as i32),
-            preemptions: count(RequestField::Preemptions),
+            prompt_tokens: count(RequestField::PromptTokens),
         }
     }
 
@@ -386,7 +386,7 @@ pub struct RequestState {
     pub computed_tokens: Option<i32>,
     pub cached_tokens: Option<i32>,
     pub output_tokens: Option<i32>,
-    pub preemptions: Option<i32>,
+    pub prompt_tokens: Option<i32>,
 }
 
 /// The scheduler's state at a hit. `None` parts could not be read.
@@ -439,19 +439,29 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
 impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
     fn info(&mut self, object: u64, id: u64) -> RequestInfo {
         let reader = self.reader;
-        let count = |v| reader.int(v).ok().and_then(|n| u32::try_from(n).ok());
-        let id = match reader.str(id) {
-            Ok(id) => id,
-            Err(_) => {
-                self.errors += 1;
-                format!("request@{object:#x}")
-            }
-        };
-        RequestInfo {
-            id,
-            prompt_tokens: self.attr(object, self.names.prompt_tokens, count),
-            arrival_time_s: self.attr(object, self.names.arrival_time, |v| reader.float(v).ok()),
-            max_tokens: self.attr(object, self.names.max_tokens, count),
+        let id_name = self.names.request_fields[RequestField::Id as usize];
+        let arrival_time_s = self.attr(object, self.names.arrival_time, |v| reader.float(v).ok());
+        let max_tokens = self.attr(object, self.names.max_tokens, |v| {
+            reader.int(v).ok().and_then(|n| u32::try_from(n).ok())
+        });
+        // Read a drain after the snapshot: a request that ended since may have left its
+        // memory to another one. Still holding the copied id string after the reads means
+        // the facts are its own.
+        let same_request = reader.attr(object, id_name).ok().flatten() == Some(id);
+        let id = reader.str(id).ok().filter(|_| same_request);
+        if !same_request {
+            self.errors += 1;
+        }
+        match id {
+            Some(id) => RequestInfo {
+                id,
+                arrival_time_s,
+                max_tokens,
+            },
+            None => RequestInfo {
+                id: format!("request@{object:#x}"),
+                ..RequestInfo::default()
+            },
         }
     }
 }

@@ -43,8 +43,8 @@ pub struct StateNames {
     pub status_enum: (&'static str, &'static str),
     /// Request attributes copied at every snapshot, in the order of [`RequestField`].
     pub request_fields: [&'static str; 6],
-    /// Immutable request attributes read once per request.
-    pub prompt_tokens: &'static str,
+    /// Immutable request attributes read once per request (after the snapshot that first
+    /// listed it, so only where the request still lives then).
     pub arrival_time: &'static str,
     pub max_tokens: &'static str,
     /// The step's local holding what `schedule()` returned, its class, and the attribute
@@ -70,7 +70,9 @@ pub enum RequestField {
     CachedTokens = 3,
     /// The output token list (its length is the output count).
     OutputTokens = 4,
-    Preemptions = 5,
+    /// Prompt length: copied, not read later, because a request that finishes before
+    /// userspace reads it would leave its prefill/decode split unknown.
+    PromptTokens = 5,
 }
 
 impl RequestField {
@@ -80,7 +82,7 @@ impl RequestField {
         RequestField::ComputedTokens,
         RequestField::CachedTokens,
         RequestField::OutputTokens,
-        RequestField::Preemptions,
+        RequestField::PromptTokens,
     ];
 }
 
@@ -105,9 +107,8 @@ pub const V1_STATE: StateNames = StateNames {
         "num_computed_tokens",
         "num_cached_tokens",
         "_output_token_ids",
-        "num_preemptions",
+        "num_prompt_tokens",
     ],
-    prompt_tokens: "num_prompt_tokens",
     arrival_time: "arrival_time",
     max_tokens: "max_tokens",
     output_local: "scheduler_output",

@@ -21,7 +21,6 @@ use crate::{
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RequestInfo {
     pub id: String,
-    pub prompt_tokens: Option<u32>,
     pub arrival_time_s: Option<f64>,
     pub max_tokens: Option<u32>,
 }
@@ -142,7 +141,7 @@ impl Requests {
             arrival_time_s: info.arrival_time_s,
             queued_ns: t_ns,
             finish_status: "UNFINISHED".into(),
-            prompt_tokens: info.prompt_tokens,
+            prompt_tokens: r.prompt_tokens.and_then(|p| u32::try_from(p).ok()),
             preemptions: 0,
             ..RequestRow::default()
         };
@@ -253,7 +252,7 @@ impl Requests {
                 n
             });
             let before = computed - tokens as i32;
-            let prompt = self.tracks[&k].info.prompt_tokens;
+            let prompt = self.tracks[&k].row.prompt_tokens;
             // Its tokens so far (prompt and outputs, as the last update left them).
             let known = prompt.map(|p| p as i32 + self.tracks[&k].output as i32);
             if tokens > 0 {
@@ -329,7 +328,7 @@ impl Requests {
             .iter()
             .map(|r| reasons::Waiting {
                 state: r,
-                prompt_tokens: self.tracks[&key(r)].info.prompt_tokens,
+                prompt_tokens: self.tracks[&key(r)].row.prompt_tokens,
                 preempted_now: preempted_now.contains(&key(r)),
             })
             .collect();
