@@ -117,6 +117,29 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
         .map(|(t, s)| (t["step"].as_str(), (num(s, "start_ns"), num(t, "after_update_ns"))))
         .collect();
 
+    // Snapshots copy the first MAX_QUEUE_ITEMS of a queue: a request that never got that
+    // near the head is not seen at all (counted in run.json), and this load has some.
+    // One that arrived there is first seen when it moves up: its arrival step differs.
+    let copied = |position: u64| position < tracer_common::capture::MAX_QUEUE_ITEMS as u64;
+    let (mut nearest, mut first) = (HashMap::new(), HashMap::new());
+    for w in rows(&truth.join("waiting.csv")) {
+        let position = num(&w, "position");
+        first.entry(w["request_id"].clone()).or_insert(position);
+        let n = nearest.entry(w["request_id"].clone()).or_insert(u64::MAX);
+        *n = (*n).min(position);
+    }
+    let never_copied: std::collections::HashSet<&str> = nearest
+        .iter()
+        .filter(|(_, &p)| !copied(p))
+        .map(|(r, _)| r.as_str())
+        .collect();
+    let arrived_out_of_view: std::collections::HashSet<&str> = first
+        .iter()
+        .filter(|(_, &p)| !copied(p))
+        .map(|(r, _)| r.as_str())
+        .collect();
+    assert!(run["counters"]["requests"]["queue_items_not_copied"].as_u64().unwrap() > 0);
+
     // Waiting reasons, per (request, step).
     let traced_reasons: HashMap<(String, String), String> = rows(&out.join("queues.csv"))
         .into_iter()
@@ -150,13 +173,19 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     let truth_events = rows(&truth.join("events.csv"));
     let arrived_in_window: std::collections::HashSet<&str> = truth_events
         .iter()
-        .filter(|e| e["event"] == "arrived")
+        .filter(|e| e["event"] == "arrived" && !never_copied.contains(e["request_id"].as_str()))
         .map(|e| e["request_id"].as_str())
         .collect();
     assert!(arrived_in_window.len() > 300, "{}", arrived_in_window.len());
     let mut expected: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut spans: HashMap<(String, String, String), (u64, u64, u64)> = HashMap::new();
+    let compared = |request: &str, event: &str| {
+        !never_copied.contains(request) && !(event == "arrived" && arrived_out_of_view.contains(request))
+    };
     for e in &truth_events {
+        if !compared(&e["request_id"], &e["event"]) {
+            continue;
+        }
         let step = step_of[&e["step"]].clone();
         expected
             .entry((e["request_id"].clone(), e["event"].clone()))
@@ -171,8 +200,11 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     let mut traced: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut time_errors = Vec::new();
     for e in rows(&out.join("events.csv")) {
-        // Requests already in the engine at the start have no truth events before it.
-        if !arrived_in_window.contains(e["request_id"].as_str()) {
+        // Requests already in the engine at the start "arrive" at its first step for the
+        // tracer; the fixture logged their arrival before.
+        if e["event"] == "arrived" && !arrived_in_window.contains(e["request_id"].as_str())
+            || !compared(&e["request_id"], &e["event"])
+        {
             continue;
         }
         let key = (e["request_id"].clone(), e["event"].clone());
@@ -217,10 +249,15 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
             ("prompt_tokens", "prompt_tokens"),
             ("output_tokens", "output_tokens"),
             ("preemptions", "preemptions"),
-            ("finish_status", "finish_status"),
             ("arrival_time", "arrival_time_s"),
         ] {
             assert_eq!(s[column], t[truth_column], "{}: {column}", t["request_id"]);
+        }
+        // The status is told from token counts: a stop token that is exactly the last
+        // allowed one reads as length-capped (README).
+        let stopped_at_max = t["finish_status"] == "FINISHED_STOPPED" && t["output_tokens"] == t["max_tokens"];
+        if !stopped_at_max {
+            assert_eq!(s["finish_status"], t["finish_status"], "{}", t["request_id"]);
         }
         if t["num_cached_tokens"] != "-1" {
             assert_eq!(s["cached_tokens"], t["num_cached_tokens"], "{}", t["request_id"]);
@@ -251,7 +288,6 @@ fn batches_and_reasons_match_ground_truth_pyenv_3_13() {
 }
 
 #[test]
-#[ignore = "events and requests.csv differ from the fixture's for some requests (open, issue 5)"]
 fn lifecycles_match_ground_truth_pyenv_3_11() {
     lifecycles_match_ground_truth(&pyenv("3.11.7"), true);
 }

@@ -74,8 +74,6 @@ pub struct Requests {
     pid: u32,
     trace_start_ns: u64,
     tracks: HashMap<Key, Track>,
-    /// Requests in the queues at the last snapshot.
-    present: HashSet<Key>,
     /// A snapshot has been folded in.
     started: bool,
     pub counts: RequestCounts,
@@ -87,7 +85,6 @@ impl Requests {
             pid,
             trace_start_ns,
             tracks: HashMap::new(),
-            present: HashSet::new(),
             started: false,
             counts: RequestCounts::default(),
         }
@@ -142,6 +139,8 @@ impl Requests {
             queued_ns: t_ns,
             finish_status: "UNFINISHED".into(),
             prompt_tokens: r.prompt_tokens.and_then(|p| u32::try_from(p).ok()),
+            // Set at first scheduling (−1 before), so known for requests in flight too.
+            cached_tokens: r.cached_tokens.and_then(|c| u32::try_from(c).ok()),
             preemptions: 0,
             ..RequestRow::default()
         };
@@ -229,9 +228,14 @@ impl Requests {
         );
         let now: HashSet<Key> = running.iter().chain(waiting).map(key).collect();
         // Gone between the last update and this schedule: aborted (finishing happens in
-        // update_from_output, which the previous snapshot already saw).
-        for k in self.present.difference(&now).copied().collect::<Vec<_>>() {
-            self.end(k, index, step.start_ns, false, &mut out);
+        // update_from_output, which the previous snapshot already saw). Only told from a
+        // whole copy: past MAX_QUEUE_ITEMS a request is out of view, not gone.
+        let whole = s.running_len as usize == running.len() && s.waiting_len as usize == waiting.len();
+        if whole {
+            let gone: Vec<Key> = self.tracks.keys().filter(|k| !now.contains(k)).copied().collect();
+            for k in gone {
+                self.end(k, index, step.start_ns, false, &mut out);
+            }
         }
         for r in running.iter().chain(waiting) {
             self.arrive(source, r, index, step.start_ns, &mut out);
@@ -346,7 +350,6 @@ impl Requests {
                 reason: Some(reason),
             });
         }
-        self.present = now;
         self.started = true;
 
         let mut finished = 0;
@@ -363,8 +366,10 @@ impl Requests {
                     continue;
                 };
                 let output = r.output_tokens.unwrap_or(0).max(0) as u32;
+                // Outputs survive preemption: the first token is the first output ever.
+                let first_token = track.output == 0 && output > 0;
                 track.output = output;
-                if output > 0 && track.row.first_token_ns.is_none() {
+                if first_token {
                     track.row.first_token_ns = Some(step.update_done_ns);
                     track.row.ttft_ns = Some(step.update_done_ns - track.row.queued_ns);
                     self.event_with(&mut out, index, step.update_done_ns, k, EventKind::FirstToken, Some(output), String::new());
@@ -375,7 +380,7 @@ impl Requests {
                 if produced.contains(&k) {
                     let track = self.tracks.get_mut(&k).expect("arrived above");
                     track.output += 1;
-                    if track.row.first_token_ns.is_none() {
+                    if track.output == 1 {
                         track.row.first_token_ns = Some(step.update_done_ns);
                         track.row.ttft_ns = Some(step.update_done_ns - track.row.queued_ns);
                         let output = track.output;
@@ -385,7 +390,6 @@ impl Requests {
                 self.end(k, index, step.update_done_ns, true, &mut out);
                 finished += 1;
             }
-            self.present = after;
         }
         for r in out.finished.iter_mut() {
             if let (Some(first), Some(end)) = (r.first_token_ns, r.finished_ns) {
