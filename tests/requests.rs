@@ -94,11 +94,6 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
             "preempted",
             "finished",
         ] {
-            // The first step's requests were scheduled before the trace: whether a token is
-            // their newest can hinge on facts read after it (open, see the issue 5 note).
-            if t["step"] == "0" && column.contains("fill") || t["step"] == "0" && column.starts_with("decode") {
-                continue;
-            }
             assert_eq!(s[column], t[column], "step {}: {column}", t["step"]);
         }
         // The fixture counts free blocks of the whole pool; the tracer, blocks in use of
@@ -277,7 +272,6 @@ fn batches_and_reasons_match_ground_truth_pyenv_3_11() {
 }
 
 #[test]
-#[ignore = "3.12: the first traced step's scheduled tokens are not read (open, issue 5)"]
 fn batches_and_reasons_match_ground_truth_pyenv_3_12() {
     lifecycles_match_ground_truth(&pyenv("3.12.1"), false);
 }

@@ -14,6 +14,8 @@ pub const SCRATCH_MAP: &str = "SCRATCH";
 
 /// Most requests copied per queue per snapshot; longer queues are counted, not copied.
 pub const MAX_QUEUE_ITEMS: usize = 512;
+/// Unused slot of [`PyOffsets::tstate_frame`].
+pub const NO_LINK: u64 = u64::MAX;
 /// Most `num_scheduled_tokens` entries copied per snapshot.
 pub const MAX_SCHEDULED: usize = 512;
 /// Attribute values copied per request.
@@ -71,7 +73,8 @@ pub struct PyOffsets {
     pub values_valid: u64,
     pub deque_leftblock: u64,
     pub deque_leftindex: u64,
-    /// Links from the thread state to the current frame (`0` ends the path).
+    /// Links from the thread state to the current frame; [`NO_LINK`] ends the path (0 is
+    /// a real offset: 3.12's `cframe->current_frame`).
     pub tstate_frame: [u64; 2],
     pub frame_localsplus: u64,
 }

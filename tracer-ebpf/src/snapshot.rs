@@ -19,7 +19,7 @@ use aya_ebpf::{
 use tracer_common::{
     capture::{
         container, snap, storage, Field, Item, Plan, PyOffsets, ScheduledEntry, SnapshotHeader,
-        Source, MAX_QUEUE_ITEMS, MAX_RECORD, MAX_SCHEDULED, REQUEST_FIELDS,
+        Source, MAX_QUEUE_ITEMS, MAX_RECORD, MAX_SCHEDULED, NO_LINK, REQUEST_FIELDS,
     },
     WatchHit,
 };
@@ -370,7 +370,7 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
     }
     let mut frame = plan.tstate;
     for link in py.tstate_frame {
-        if link != 0 {
+        if link != NO_LINK {
             frame = read(frame + link)?;
         }
     }

@@ -72,7 +72,7 @@ fn offsets(layout: &Layout) -> PyOffsets {
         } => (0, log2_index_bytes, kind),
         DictKeysSize::Size(size) => (1, size, 0),
     };
-    let mut tstate_frame = [0; 2];
+    let mut tstate_frame = [wire::NO_LINK; 2];
     for (slot, &link) in tstate_frame
         .iter_mut()
         .zip(layout.tstate_current_frame.iter())
