@@ -70,6 +70,14 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     let run = read_run_json(&out);
     assert_eq!(run["counters"]["ring_buffer_drops"], 0);
     assert_eq!(run["counters"]["snapshots_failed"], 0);
+    // The engine's settings, read from the target, are the ones LOAD gave it.
+    assert_eq!(run["vllm_version"], "0.0.0+fixture");
+    let config = &run["config"];
+    assert_eq!(config["num_gpu_blocks"], 96);
+    assert_eq!(config["max_num_seqs"], 16);
+    assert_eq!(config["max_num_batched_tokens"], 256);
+    assert_eq!(config["model"], "fixture");
+    assert_eq!(config["enable_prefix_caching"], false);
 
     // Steps: the traced step whose span holds the fixture's own start, by index.
     let traced_steps = rows(&out.join("steps.csv"));

@@ -16,7 +16,7 @@ use tracer_common::capture::{
 use crate::{
     cpython::{
         layout::{DictKeysSize, LongSize, ManagedDict},
-        Layout, PyReader, ReadError,
+        Layout, PyReader, ReadError, Value,
     },
     correlate::requests::{RequestInfo, RequestSource},
     decode::RawSnapshot,
@@ -163,6 +163,31 @@ fn path<M: ProcessMemory>(reader: &PyReader<M>, obj: u64, names: &[&str]) -> Opt
     names
         .iter()
         .try_fold(obj, |current, name| reader.attr(current, name).ok().flatten())
+}
+
+/// The engine's settings of [`StateNames::config`], for run.json: scalars as JSON, `null`
+/// where the attribute is absent or not a scalar (a release without it).
+pub fn engine_config<M: ProcessMemory>(
+    reader: &PyReader<M>,
+    engine: u64,
+    names: &StateNames,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value as Json;
+    names
+        .config
+        .iter()
+        .map(|&(name, attrs)| {
+            let value = path(reader, engine, attrs).and_then(|obj| reader.value(obj, 0).ok());
+            let json = match value {
+                Some(Value::Bool(b)) => Json::from(b),
+                Some(Value::Int(i)) => Json::from(i),
+                Some(Value::Float(f)) => Json::from(f),
+                Some(Value::Str(s)) => Json::from(s),
+                _ => Json::Null,
+            };
+            (name.to_string(), json)
+        })
+        .collect()
 }
 
 /// The planned fields of a request: from a live request when there is one (its own table),

@@ -53,7 +53,8 @@ enum Command {
         cuda: cuda::Level,
         /// A label for run.json, e.g. `--label dataset=sharegpt` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = launch::parse_label)]
-        labels: Vec<(String, String)>,        /// Phases only: no scheduler snapshots, so no batch columns, requests.csv, events.csv
+        labels: Vec<(String, String)>,
+        /// Phases only: no scheduler snapshots, so no batch columns, requests.csv, events.csv
         /// or queues.csv. Each snapshot copies the queues while the engine thread waits
         /// (a few µs per queued request), so this is the lightest trace.
         #[arg(long)]

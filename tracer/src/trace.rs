@@ -17,7 +17,7 @@ use tracer_common::Counter;
 
 use crate::{
     attach,
-    capture::{Capture, CaptureError, LiveRequests},
+    capture::{self, Capture, CaptureError, LiveRequests},
     correlate::{requests::Requests, Correlator},
     cpython::PyReader,
     memory::LiveProcess,
@@ -86,6 +86,8 @@ pub fn run(options: Options) -> Result<Totals> {
     let plan = plan::plan(&resolved, target.python.layout)?;
     let memory = LiveProcess { pid: target.pid };
     let reader = PyReader::new(&memory, target.python.layout, target.python.types);
+    let config = capture::engine_config(&reader, resolved.engine, resolved.names.state);
+    let vllm_version = crate::engines::vllm_version(&target);
     // Without a snapshot plan the trace still has every step's phases; say why once.
     let capture = if options.snapshots {
         reader
@@ -221,6 +223,8 @@ pub fn run(options: Options) -> Result<Totals> {
         exe: target.exe.clone(),
         cmdline: target.cmdline.clone(),
         python_version: target.python.version.clone(),
+        vllm_version,
+        config,
         python_binary: target.python.binary.display().to_string(),
         engine_shape: resolved.names.releases,
         step_function: format!("{}.{}", resolved.names.core_module, resolved.step.qualname),

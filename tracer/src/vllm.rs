@@ -52,6 +52,8 @@ pub struct StateNames {
     pub output_local: &'static str,
     pub output_class: (&'static str, &'static str),
     pub output_scheduled: &'static str,
+    /// run.json `config`: name → attribute path from the engine object.
+    pub config: &'static [(&'static str, &'static [&'static str])],
     /// Scheduler attributes with the budgets that explain waiting.
     pub max_num_seqs: &'static str,
     pub max_num_batched_tokens: &'static str,
@@ -114,6 +116,16 @@ pub const V1_STATE: StateNames = StateNames {
     output_local: "scheduler_output",
     output_class: ("vllm.v1.core.sched.output", "SchedulerOutput"),
     output_scheduled: "num_scheduled_tokens",
+    config: &[
+        ("model", &["vllm_config", "model_config", "model"]),
+        ("max_model_len", &["vllm_config", "model_config", "max_model_len"]),
+        ("block_size", &["vllm_config", "cache_config", "block_size"]),
+        ("num_gpu_blocks", &["vllm_config", "cache_config", "num_gpu_blocks"]),
+        ("gpu_memory_utilization", &["vllm_config", "cache_config", "gpu_memory_utilization"]),
+        ("enable_prefix_caching", &["vllm_config", "cache_config", "enable_prefix_caching"]),
+        ("max_num_seqs", &["vllm_config", "scheduler_config", "max_num_seqs"]),
+        ("max_num_batched_tokens", &["vllm_config", "scheduler_config", "max_num_batched_tokens"]),
+    ],
     max_num_seqs: "max_num_running_reqs",
     max_num_batched_tokens: "max_num_scheduled_tokens",
     block_size: "block_size",

@@ -19,6 +19,9 @@ pub struct RunInfo {
     pub exe: String,
     pub cmdline: String,
     pub python_version: String,
+    pub vllm_version: Option<String>,
+    /// The engine's settings read from the target (`null`: not readable in this release).
+    pub config: serde_json::Map<String, serde_json::Value>,
     pub python_binary: String,
     pub engine_shape: &'static str,
     pub step_function: String,
