@@ -62,7 +62,17 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     let mut args = LOAD.to_vec();
     args.extend(["--truth-dir", truth.to_str().unwrap()]);
     let mut fixture = Fixture::spawn(python, &args);
-    let tracer = Tracer::attach(fixture.pid, &out);
+    let tracer = Tracer::attach_with(
+        fixture.pid,
+        &out,
+        &[
+            "--seed-csv",
+            "--label",
+            "dataset=sharegpt",
+            "--label",
+            "arrival_rate=0.6",
+        ],
+    );
     fixture.go();
     assert!(fixture.wait().success());
     let (status, stderr) = tracer.finish(Duration::from_secs(60));
@@ -82,11 +92,17 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     // Steps: the traced step whose span holds the fixture's own start, by index.
     let traced_steps = rows(&out.join("steps.csv"));
     let truth_steps = rows(&truth.join("steps.csv"));
-    assert_eq!(traced_steps.len(), truth_steps.len(), "steps lost or invented");
+    assert_eq!(
+        traced_steps.len(),
+        truth_steps.len(),
+        "steps lost or invented"
+    );
     let mut step_of = HashMap::new();
     for (t, s) in truth_steps.iter().zip(&traced_steps) {
         let (start, traced_start) = (num(t, "start_ns"), num(s, "start_ns"));
-        assert!(traced_start <= start && start < traced_start + num(s, "step_ns") + num(s, "tracer_ns"));
+        assert!(
+            traced_start <= start && start < traced_start + num(s, "step_ns") + num(s, "tracer_ns")
+        );
         step_of.insert(t["step"].clone(), s["step"].clone());
         for column in [
             "batch_size",
@@ -113,11 +129,43 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
             t["step"]
         );
     }
+    // seed.csv: the in-process logger's columns, the same steps.
+    let seed = rows(&out.join("seed.csv"));
+    assert_eq!(seed.len(), traced_steps.len());
+    for ((row, s), t) in seed.iter().zip(&traced_steps).zip(&truth_steps) {
+        assert_eq!(row["num_total_scheduled_tokens"], t["scheduled_tokens"]);
+        assert_eq!(row["scheduled_new_reqs"], t["new_requests"]);
+        // `{'cmpl-fixture-3': 1, ...}`: one entry per scheduled request, summing to the total.
+        let dict = row["num_scheduled_tokens"].trim_matches(|c| c == '{' || c == '}');
+        let tokens: Vec<u64> = dict
+            .split(", ")
+            .filter(|e| !e.is_empty())
+            .map(|e| e.rsplit_once(": ").unwrap().1.parse().unwrap())
+            .collect();
+        assert_eq!(tokens.len().to_string(), t["batch_size"], "{dict}");
+        assert_eq!(tokens.iter().sum::<u64>(), num(t, "scheduled_tokens"));
+        let execute_s: f64 = row["execute_time"].parse().unwrap();
+        assert!((execute_s * 1e9 - num(s, "execute_ns") as f64).abs() < 1.0);
+        assert_eq!(row["num_gpu_blocks"], "96");
+        assert_eq!(row["max_num_sequences"], "16");
+        assert_eq!(row["enable_prefix_caching"], "False");
+        assert_eq!(
+            (row["dataset"].as_str(), row["arrival_rate"].as_str()),
+            ("sharegpt", "0.6")
+        );
+        assert_eq!(row["temperature"], "");
+    }
+
     // A step spans from its traced entry to the fixture's own end timestamp.
     let truth_span: HashMap<&str, (u64, u64)> = truth_steps
         .iter()
         .zip(&traced_steps)
-        .map(|(t, s)| (t["step"].as_str(), (num(s, "start_ns"), num(t, "after_update_ns"))))
+        .map(|(t, s)| {
+            (
+                t["step"].as_str(),
+                (num(s, "start_ns"), num(t, "after_update_ns")),
+            )
+        })
         .collect();
 
     // Snapshots copy the first MAX_QUEUE_ITEMS of a queue: a request that never got that
@@ -141,13 +189,23 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
         .filter(|(_, &p)| !copied(p))
         .map(|(r, _)| r.as_str())
         .collect();
-    assert!(run["counters"]["requests"]["queue_items_not_copied"].as_u64().unwrap() > 0);
+    assert!(
+        run["counters"]["requests"]["queue_items_not_copied"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 
     // Waiting reasons, per (request, step).
     let traced_reasons: HashMap<(String, String), String> = rows(&out.join("queues.csv"))
         .into_iter()
         .filter(|q| q["queue"] == "waiting")
-        .map(|q| ((q["step"].clone(), q["request_id"].clone()), q["reason"].clone()))
+        .map(|q| {
+            (
+                (q["step"].clone(), q["request_id"].clone()),
+                q["reason"].clone(),
+            )
+        })
         .collect();
     let mut confusion: BTreeMap<(String, String), u64> = BTreeMap::new();
     for w in rows(&truth.join("waiting.csv")) {
@@ -163,7 +221,9 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
         .filter(|((a, b), _)| a == b)
         .map(|(_, n)| n)
         .sum();
-    eprintln!("{python}: waiting reasons agree on {agree} of {total}; truth → traced: {confusion:?}");
+    eprintln!(
+        "{python}: waiting reasons agree on {agree} of {total}; truth → traced: {confusion:?}"
+    );
     assert!(total > 1000, "{total}");
     assert!(
         agree as f64 >= REASONS_AGREE * total as f64,
@@ -183,7 +243,8 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     let mut expected: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut spans: HashMap<(String, String, String), (u64, u64, u64)> = HashMap::new();
     let compared = |request: &str, event: &str| {
-        !never_copied.contains(request) && !(event == "arrived" && arrived_out_of_view.contains(request))
+        !never_copied.contains(request)
+            && !(event == "arrived" && arrived_out_of_view.contains(request))
     };
     for e in &truth_events {
         if !compared(&e["request_id"], &e["event"]) {
@@ -211,7 +272,9 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
             continue;
         }
         let key = (e["request_id"].clone(), e["event"].clone());
-        if let Some(&(start, end, t)) = spans.get(&(key.0.clone(), key.1.clone(), e["step"].clone())) {
+        if let Some(&(start, end, t)) =
+            spans.get(&(key.0.clone(), key.1.clone(), e["step"].clone()))
+        {
             let traced_t = num(&e, "t_ns");
             // Visible at a mark of the step the fixture logged it in: inside its span.
             assert!(
@@ -229,8 +292,15 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
         .take(5)
         .collect();
     assert!(mismatched.is_empty(), "events differ: {mismatched:?}");
-    let extra: Vec<_> = traced.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
-    assert!(extra.is_empty(), "events the fixture did not log: {extra:?}");
+    let extra: Vec<_> = traced
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "events the fixture did not log: {extra:?}"
+    );
     let p99 = percentile(&mut time_errors, 99.0);
     eprintln!(
         "{python}: {} events in the same step as the fixture's; |traced − fixture| p50 {} ns, p99 {p99} ns",
@@ -258,15 +328,23 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
         }
         // The status is told from token counts: a stop token that is exactly the last
         // allowed one reads as length-capped (README).
-        let stopped_at_max = t["finish_status"] == "FINISHED_STOPPED" && t["output_tokens"] == t["max_tokens"];
+        let stopped_at_max =
+            t["finish_status"] == "FINISHED_STOPPED" && t["output_tokens"] == t["max_tokens"];
         if !stopped_at_max {
-            assert_eq!(s["finish_status"], t["finish_status"], "{}", t["request_id"]);
+            assert_eq!(
+                s["finish_status"], t["finish_status"],
+                "{}",
+                t["request_id"]
+            );
         }
         if t["num_cached_tokens"] != "-1" {
-            assert_eq!(s["cached_tokens"], t["num_cached_tokens"], "{}", t["request_id"]);
+            assert_eq!(
+                s["cached_tokens"], t["num_cached_tokens"],
+                "{}",
+                t["request_id"]
+            );
         }
     }
-
 }
 
 #[test]

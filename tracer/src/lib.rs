@@ -17,6 +17,7 @@ pub mod decode;
 pub mod discover;
 pub mod doctor;
 pub mod engines;
+pub mod export;
 pub mod launch;
 pub mod memory;
 pub mod perfetto;

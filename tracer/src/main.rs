@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
-use tracer::{compare, cuda, doctor, engines, launch, perfetto, probes, report, trace};
+use tracer::{compare, cuda, doctor, engines, export, launch, perfetto, probes, report, trace};
 
 /// Trace an unmodified, running vLLM engine with eBPF: for every engine step, how long
 /// schedule, execute and update took.
@@ -54,6 +54,9 @@ enum Command {
         /// A label for run.json, e.g. `--label dataset=sharegpt` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = launch::parse_label)]
         labels: Vec<(String, String)>,
+        /// Also write seed.csv: the in-process logger's columns (see `tracer export`).
+        #[arg(long)]
+        seed_csv: bool,
         /// Phases only: no scheduler snapshots, so no batch columns, requests.csv, events.csv
         /// or queues.csv. Each snapshot copies the queues while the engine thread waits
         /// (a few µs per queued request), so this is the lightest trace.
@@ -84,6 +87,9 @@ enum Command {
         /// Phases only, as for `attach`.
         #[arg(long)]
         phases_only: bool,
+        /// Also write seed.csv, as for `attach`.
+        #[arg(long)]
+        seed_csv: bool,
         /// A label for run.json, e.g. `--label dataset=sharegpt` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = launch::parse_label)]
         labels: Vec<(String, String)>,
@@ -130,6 +136,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite a trace's CSVs in another tool's shape: `seed` = the per-step columns of the
+    /// in-process logger patched into vLLM's core.py (DIR/seed.csv).
+    Export {
+        /// A trace's output directory.
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        format: export::Format,
+        /// Output file (default: next to the CSVs of each engine).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Write a trace's CSVs as a Chrome JSON trace (DIR/trace.json) for ui.perfetto.dev.
     ExportTrace {
         dir: PathBuf,
@@ -157,6 +174,7 @@ fn main() -> ExitCode {
             quiet,
             cuda,
             labels,
+            seed_csv,
             phases_only,
         } => engines::find(pid, tid)
             .map_err(Into::into)
@@ -172,7 +190,8 @@ fn main() -> ExitCode {
                         snapshots: !phases_only,
                     }
                 })
-            }),
+            })
+            .and_then(|()| write_seed(seed_csv, &output)),
         Command::Run {
             output,
             duration,
@@ -181,6 +200,7 @@ fn main() -> ExitCode {
             cuda,
             labels,
             phases_only,
+            seed_csv,
             command,
         } => launch::run(
             &command,
@@ -197,7 +217,17 @@ fn main() -> ExitCode {
                 cuda,
                 snapshots: !phases_only,
             },
-        ),
+        )
+        .and_then(|()| write_seed(seed_csv, &output)),
+        Command::Export {
+            dir,
+            format,
+            output,
+        } => export::export(&dir, format, output.as_deref()).map(|written| {
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+        }),
         Command::Doctor { pid, markdown } => run_doctor(pid, markdown),
         Command::Probes { pid, json } => run_probes(pid, json),
         Command::Report { dir, output, quiet } => run_report(&dir, output.as_deref(), quiet),
@@ -240,6 +270,14 @@ fn run_probes(pid: u32, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&engines)?);
     } else {
         print!("{}", probes::text(&engines));
+    }
+    Ok(())
+}
+
+/// `--seed-csv`: the logger's columns next to each engine's CSVs, once labels are in.
+fn write_seed(wanted: bool, output: &Path) -> anyhow::Result<()> {
+    if wanted {
+        export::export(output, export::Format::Seed, None)?;
     }
     Ok(())
 }
