@@ -100,8 +100,8 @@ struct Table {
 #[inline(always)]
 fn table(py: &PyOffsets, obj: u64) -> Option<Table> {
     let ty = read(obj + py.object_type)?;
-    let managed = py.storage != storage::DICT_OFFSET
-        && read(ty + py.type_flags)? & TPFLAGS_MANAGED_DICT != 0;
+    let managed =
+        py.storage != storage::DICT_OFFSET && read(ty + py.type_flags)? & TPFLAGS_MANAGED_DICT != 0;
     let (keys, values) = if !managed {
         let offset = read(ty + py.type_dictoffset)? as i64;
         if offset <= 0 {
@@ -159,7 +159,11 @@ fn keys_table(py: &PyOffsets, keys: u64, values: u64) -> Option<Table> {
         entries: keys + py.keys_indices + index_bytes,
         entry_size,
         nentries,
-        values: if values == 0 { 0 } else { values + py.values_items },
+        values: if values == 0 {
+            0
+        } else {
+            values + py.values_items
+        },
     })
 }
 

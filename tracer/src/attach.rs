@@ -25,7 +25,8 @@ use tracer_common::{
 use crate::plan::ProbePlan;
 
 /// The eBPF object (every program and map); the CUDA probes load their own instance of it.
-pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {

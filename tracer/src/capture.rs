@@ -14,11 +14,11 @@ use tracer_common::capture::{
 };
 
 use crate::{
+    correlate::requests::{RequestInfo, RequestSource},
     cpython::{
         layout::{DictKeysSize, LongSize, ManagedDict},
         Layout, PyReader, ReadError, Value,
     },
-    correlate::requests::{RequestInfo, RequestSource},
     decode::RawSnapshot,
     memory::ProcessMemory,
     plan::{Mark, ProbePlan},
@@ -143,12 +143,16 @@ fn source<M: ProcessMemory>(
     let (last, path) = names.split_last().ok_or_else(|| missing(&what, names))?;
     let mut owner = obj;
     for name in path {
-        owner = reader.attr(owner, name)?.ok_or_else(|| missing(&what, names))?;
+        owner = reader
+            .attr(owner, name)?
+            .ok_or_else(|| missing(&what, names))?;
     }
     let (key, index) = reader
         .attr_entry(owner, last)?
         .ok_or_else(|| missing(&what, names))?;
-    let value = reader.attr(owner, last)?.ok_or_else(|| missing(&what, names))?;
+    let value = reader
+        .attr(owner, last)?
+        .ok_or_else(|| missing(&what, names))?;
     let source = Source {
         owner,
         field: Field { key, index },
@@ -160,9 +164,9 @@ fn source<M: ProcessMemory>(
 
 /// The object at the end of attribute path `names` from `obj`, if every link is there.
 fn path<M: ProcessMemory>(reader: &PyReader<M>, obj: u64, names: &[&str]) -> Option<u64> {
-    names
-        .iter()
-        .try_fold(obj, |current, name| reader.attr(current, name).ok().flatten())
+    names.iter().try_fold(obj, |current, name| {
+        reader.attr(current, name).ok().flatten()
+    })
 }
 
 /// The engine's settings of [`StateNames::config`], for run.json: scalars as JSON, `null`
@@ -240,7 +244,10 @@ impl Capture {
         let request_class = class(reader, modules, names.request_class)?.ok_or_else(|| {
             missing(
                 "the request class",
-                &[&format!("{}.{}", names.request_class.0, names.request_class.1)],
+                &[&format!(
+                    "{}.{}",
+                    names.request_class.0, names.request_class.1
+                )],
             )
         })?;
         // Any live request shows where its fields are.
@@ -301,7 +308,10 @@ impl Capture {
             // After execute, not schedule: the queues are as `schedule()` left them until the
             // update, and the step's `scheduler_output` local is stored only after the hit
             // that ends schedule (the hit is on that very store).
-            snapshot_at: [snapshot_at(Mark::ExecuteDone), snapshot_at(Mark::UpdateDone)],
+            snapshot_at: [
+                snapshot_at(Mark::ExecuteDone),
+                snapshot_at(Mark::UpdateDone),
+            ],
             running,
             waiting,
             kv_free,
@@ -336,9 +346,7 @@ impl Capture {
                 let size = words[0] as i64;
                 (size.unsigned_abs(), size < 0)
             }
-            LongSize::Tag { non_size_bits, .. } => {
-                (words[0] >> non_size_bits, words[0] & 3 == 2)
-            }
+            LongSize::Tag { non_size_bits, .. } => (words[0] >> non_size_bits, words[0] & 3 == 2),
         };
         let shift = self.layout.long_shift;
         let low = words[1] & 0xffff_ffff;

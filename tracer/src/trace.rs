@@ -20,10 +20,11 @@ use crate::{
     capture::{self, Capture, CaptureError, LiveRequests},
     correlate::{requests::Requests, Correlator},
     cpython::PyReader,
-    memory::LiveProcess,
     cuda::{self, CudaTracer},
     decode::Decoder,
-    discover, plan, resolve,
+    discover,
+    memory::LiveProcess,
+    plan, resolve,
     sinks::{self, Outputs, RunInfo, StepRow, Totals},
 };
 

@@ -118,13 +118,31 @@ pub const V1_STATE: StateNames = StateNames {
     output_scheduled: "num_scheduled_tokens",
     config: &[
         ("model", &["vllm_config", "model_config", "model"]),
-        ("max_model_len", &["vllm_config", "model_config", "max_model_len"]),
+        (
+            "max_model_len",
+            &["vllm_config", "model_config", "max_model_len"],
+        ),
         ("block_size", &["vllm_config", "cache_config", "block_size"]),
-        ("num_gpu_blocks", &["vllm_config", "cache_config", "num_gpu_blocks"]),
-        ("gpu_memory_utilization", &["vllm_config", "cache_config", "gpu_memory_utilization"]),
-        ("enable_prefix_caching", &["vllm_config", "cache_config", "enable_prefix_caching"]),
-        ("max_num_seqs", &["vllm_config", "scheduler_config", "max_num_seqs"]),
-        ("max_num_batched_tokens", &["vllm_config", "scheduler_config", "max_num_batched_tokens"]),
+        (
+            "num_gpu_blocks",
+            &["vllm_config", "cache_config", "num_gpu_blocks"],
+        ),
+        (
+            "gpu_memory_utilization",
+            &["vllm_config", "cache_config", "gpu_memory_utilization"],
+        ),
+        (
+            "enable_prefix_caching",
+            &["vllm_config", "cache_config", "enable_prefix_caching"],
+        ),
+        (
+            "max_num_seqs",
+            &["vllm_config", "scheduler_config", "max_num_seqs"],
+        ),
+        (
+            "max_num_batched_tokens",
+            &["vllm_config", "scheduler_config", "max_num_batched_tokens"],
+        ),
     ],
     max_num_seqs: "max_num_running_reqs",
     max_num_batched_tokens: "max_num_scheduled_tokens",

@@ -77,9 +77,7 @@ pub fn classify(context: &Context, queue: &[Waiting]) -> Vec<WaitReason> {
             }
             match waiting.state.status.as_deref() {
                 Some(WAITING_FOR_REMOTE_KVS) => return WaitReason::RemoteKv,
-                Some(status) if GRAMMAR_STATUSES.contains(&status) => {
-                    return WaitReason::Grammar
-                }
+                Some(status) if GRAMMAR_STATUSES.contains(&status) => return WaitReason::Grammar,
                 _ => {}
             }
             if let Some(reason) = whole_queue {
@@ -111,7 +109,10 @@ fn head_reason(context: &Context, head: &Waiting, budget_left: Option<u32>) -> W
     };
     if short_of_blocks {
         WaitReason::NoKvBlocks
-    } else if rest.zip(budget_left).is_some_and(|(rest, left)| rest > left) {
+    } else if rest
+        .zip(budget_left)
+        .is_some_and(|(rest, left)| rest > left)
+    {
         WaitReason::TokenBudget
     } else {
         WaitReason::Other
@@ -164,7 +165,12 @@ mod tests {
             classify(context, &waiting)
         };
         use WaitReason::*;
-        let plain = queue(&[(&grammar, false), (&waiting, false), (&fsm, false), (&waiting, false)]);
+        let plain = queue(&[
+            (&grammar, false),
+            (&waiting, false),
+            (&fsm, false),
+            (&waiting, false),
+        ]);
         assert_eq!(
             reasons(&context(4, 10, 60, false), &plain),
             [Grammar, MaxNumSeqs, Grammar, MaxNumSeqs]

@@ -156,7 +156,10 @@ impl Requests {
                 // Running or preempted: scheduled before the trace (the `WAITING*` statuses
                 // are those of requests never scheduled).
                 in_flight_at_start: !self.started
-                    && !r.status.as_deref().is_some_and(|s| s.starts_with("WAITING")),
+                    && !r
+                        .status
+                        .as_deref()
+                        .is_some_and(|s| s.starts_with("WAITING")),
                 computed: r.computed_tokens.unwrap_or(0),
                 output: r.output_tokens.unwrap_or(0).max(0) as u32,
             },
@@ -230,9 +233,15 @@ impl Requests {
         // Gone between the last update and this schedule: aborted (finishing happens in
         // update_from_output, which the previous snapshot already saw). Only told from a
         // whole copy: past MAX_QUEUE_ITEMS a request is out of view, not gone.
-        let whole = s.running_len as usize == running.len() && s.waiting_len as usize == waiting.len();
+        let whole =
+            s.running_len as usize == running.len() && s.waiting_len as usize == waiting.len();
         if whole {
-            let gone: Vec<Key> = self.tracks.keys().filter(|k| !now.contains(k)).copied().collect();
+            let gone: Vec<Key> = self
+                .tracks
+                .keys()
+                .filter(|k| !now.contains(k))
+                .copied()
+                .collect();
             for k in gone {
                 self.end(k, index, step.start_ns, false, &mut out);
             }
@@ -262,9 +271,9 @@ impl Requests {
             if tokens > 0 {
                 // A decode computes exactly the newest token of a request past its prompt;
                 // anything else (a prompt chunk, recomputing after preemption) is prefill.
-                let decode = prompt.zip(known).is_some_and(|(p, known)| {
-                    before >= p as i32 && before == known - 1
-                });
+                let decode = prompt
+                    .zip(known)
+                    .is_some_and(|(p, known)| before >= p as i32 && before == known - 1);
                 let prefill = !decode;
                 batch.add(tokens, prefill, before.max(0) as u32);
                 let track = self.tracks.get_mut(&k).expect("arrived above");
@@ -276,8 +285,7 @@ impl Requests {
                 track.preempted = false;
                 if first {
                     track.row.first_scheduled_ns = Some(step.schedule_done_ns);
-                    track.row.cached_tokens =
-                        r.cached_tokens.and_then(|c| u32::try_from(c).ok());
+                    track.row.cached_tokens = r.cached_tokens.and_then(|c| u32::try_from(c).ok());
                     batch.new_requests += 1;
                 }
                 if known.is_some_and(|known| computed >= known) {
@@ -285,13 +293,37 @@ impl Requests {
                 }
                 let t = step.schedule_done_ns;
                 if first {
-                    self.event_with(&mut out, index, t, k, EventKind::Scheduled, Some(tokens), String::new());
+                    self.event_with(
+                        &mut out,
+                        index,
+                        t,
+                        k,
+                        EventKind::Scheduled,
+                        Some(tokens),
+                        String::new(),
+                    );
                 } else if resumed {
                     batch.resumed_requests += 1;
-                    self.event_with(&mut out, index, t, k, EventKind::Resumed, Some(tokens), String::new());
+                    self.event_with(
+                        &mut out,
+                        index,
+                        t,
+                        k,
+                        EventKind::Resumed,
+                        Some(tokens),
+                        String::new(),
+                    );
                 }
                 if prefill {
-                    self.event_with(&mut out, index, t, k, EventKind::PrefillChunk, Some(tokens), String::new());
+                    self.event_with(
+                        &mut out,
+                        index,
+                        t,
+                        k,
+                        EventKind::PrefillChunk,
+                        Some(tokens),
+                        String::new(),
+                    );
                 }
             }
             self.tracks.get_mut(&k).expect("arrived above").computed = computed;
@@ -318,7 +350,13 @@ impl Requests {
                 track.waiting_since = Some(step.schedule_done_ns);
                 track.computed = r.computed_tokens.unwrap_or(0);
                 preempted_now.insert(k);
-                self.event(&mut out, index, step.schedule_done_ns, k, EventKind::Preempted);
+                self.event(
+                    &mut out,
+                    index,
+                    step.schedule_done_ns,
+                    k,
+                    EventKind::Preempted,
+                );
             }
         }
         let context = reasons::Context {
@@ -372,7 +410,15 @@ impl Requests {
                 if first_token {
                     track.row.first_token_ns = Some(step.update_done_ns);
                     track.row.ttft_ns = Some(step.update_done_ns - track.row.queued_ns);
-                    self.event_with(&mut out, index, step.update_done_ns, k, EventKind::FirstToken, Some(output), String::new());
+                    self.event_with(
+                        &mut out,
+                        index,
+                        step.update_done_ns,
+                        k,
+                        EventKind::FirstToken,
+                        Some(output),
+                        String::new(),
+                    );
                 }
             }
             for k in running.iter().map(key).filter(|k| !after.contains(k)) {
@@ -384,7 +430,15 @@ impl Requests {
                         track.row.first_token_ns = Some(step.update_done_ns);
                         track.row.ttft_ns = Some(step.update_done_ns - track.row.queued_ns);
                         let output = track.output;
-                        self.event_with(&mut out, index, step.update_done_ns, k, EventKind::FirstToken, Some(output), String::new());
+                        self.event_with(
+                            &mut out,
+                            index,
+                            step.update_done_ns,
+                            k,
+                            EventKind::FirstToken,
+                            Some(output),
+                            String::new(),
+                        );
                     }
                 }
                 self.end(k, index, step.update_done_ns, true, &mut out);

@@ -17,7 +17,9 @@ pub fn header<R: Row>() -> Vec<String> {
     writer
         .serialize(R::default())
         .expect("serializing a default row into memory cannot fail");
-    let bytes = writer.into_inner().expect("flushing into memory cannot fail");
+    let bytes = writer
+        .into_inner()
+        .expect("flushing into memory cannot fail");
     let text = String::from_utf8(bytes).expect("csv writes utf-8");
     let line = text.lines().next().unwrap_or_default();
     csv::ReaderBuilder::new()

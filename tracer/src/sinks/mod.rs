@@ -9,12 +9,12 @@ mod steps_csv;
 use std::path::Path;
 
 use anyhow::Context as _;
-pub use run_json::RunInfo;
 use rows::{EventRow, QueueRow, RequestRow};
+pub use run_json::RunInfo;
+pub use steps_csv::{StepRow, StepsCsv};
 
 use self::csv_sink::CsvSink;
 use crate::correlate::requests::StepOutput;
-pub use steps_csv::{StepRow, StepsCsv};
 
 /// The CSV files of a trace, created (with headers) before the first step.
 pub struct Outputs {
@@ -40,9 +40,15 @@ impl Outputs {
 
     /// The events, queue rows and finished requests of one step.
     pub fn write_step_details(&mut self, out: &StepOutput) -> csv::Result<()> {
-        out.events.iter().try_for_each(|row| self.events.write(row))?;
-        out.queues.iter().try_for_each(|row| self.queues.write(row))?;
-        out.finished.iter().try_for_each(|row| self.requests.write(row))
+        out.events
+            .iter()
+            .try_for_each(|row| self.events.write(row))?;
+        out.queues
+            .iter()
+            .try_for_each(|row| self.queues.write(row))?;
+        out.finished
+            .iter()
+            .try_for_each(|row| self.requests.write(row))
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

@@ -1,7 +1,7 @@
 //! `steps.csv`: one row per engine step (the row type is [`StepRow`]).
 
-pub use super::rows::StepRow;
 use super::csv_sink::CsvSink;
+pub use super::rows::StepRow;
 use crate::{correlate::Step, cuda::CudaStepStats};
 
 impl StepRow {
