@@ -111,7 +111,9 @@ pub struct Source {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub py: PyOffsets,
-    /// Watched addresses whose hits take a snapshot (0 = unused).
+    /// Watched addresses whose hits take a snapshot (0 = unused): the first copies
+    /// everything, the second (after the update) only the running list and the KV count,
+    /// which is all the update changes.
     pub snapshot_at: [u64; 2],
     pub running: Source,
     pub waiting: Source,

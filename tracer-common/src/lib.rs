@@ -49,10 +49,12 @@ pub enum Counter {
     Snapshots = 2,
     /// Snapshots that could not be built (scratch area missing, record over its bound).
     SnapshotFailed = 3,
+    /// Snapshots that did not fit in the ring buffer (their hit went in alone).
+    SnapshotRingFull = 4,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 5;
 
 #[cfg(feature = "user")]
 // SAFETY: `WatchHit` is `repr(C)` with only `u64` fields: no padding, any bit pattern valid.

@@ -75,15 +75,18 @@ pub fn watch_snapshot(ctx: PerfEventContext) -> u32 {
         return emit(hit);
     };
     bump(Counter::Snapshots);
-    let Some(record) = snapshot::take(plan, hit).and_then(snapshot::record) else {
+    let whole = hit.watch_addr == plan.snapshot_at[0];
+    let Some(record) = snapshot::take(plan, hit, whole).and_then(snapshot::record) else {
         bump(Counter::SnapshotFailed);
-        return 0;
+        return emit(hit);
     };
     if EVENTS
         .output::<[u8]>(record, BPF_RB_NO_WAKEUP.into())
         .is_err()
     {
-        bump(Counter::RingFull);
+        // The step's phases still need the hit.
+        bump(Counter::SnapshotRingFull);
+        return emit(hit);
     }
     0
 }

@@ -409,7 +409,8 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
 }
 
 /// Builds the record for a snapshot hit in the scratch area; returns its length.
-pub fn take(plan: &Plan, hit: WatchHit) -> Option<usize> {
+/// `whole`: also the waiting queue and the step's scheduled tokens.
+pub fn take(plan: &Plan, hit: WatchHit, whole: bool) -> Option<usize> {
     let area = scratch()?;
     // SAFETY: this CPU's slot; a perf_event program does not nest on one CPU.
     unsafe { (*area).plan = *plan };
@@ -425,13 +426,15 @@ pub fn take(plan: &Plan, hit: WatchHit) -> Option<usize> {
         None => header.flags |= snap::READ_ERROR,
     }
     let waiting_start = HEADER_BYTES + header.n_running as usize * size_of::<Item>();
-    match copy_queue(area, &plan.waiting, waiting_start as u64) {
-        Some((copied, len)) => {
-            header.flags |= snap::WAITING;
-            header.n_waiting = copied;
-            header.waiting_len = len;
+    if whole {
+        match copy_queue(area, &plan.waiting, waiting_start as u64) {
+            Some((copied, len)) => {
+                header.flags |= snap::WAITING;
+                header.n_waiting = copied;
+                header.waiting_len = len;
+            }
+            None => header.flags |= snap::READ_ERROR,
         }
-        None => header.flags |= snap::READ_ERROR,
     }
     if plan.kv_free.owner != 0 {
         match source(&plan.py, &plan.kv_free).and_then(|count| read_value(&plan.py, count)) {
@@ -447,9 +450,11 @@ pub fn take(plan: &Plan, hit: WatchHit) -> Option<usize> {
     if start > ITEMS_END {
         return None;
     }
-    if let Some(copied) = copy_scheduled_tokens(area, start as u64) {
-        header.flags |= snap::SCHEDULED;
-        header.n_scheduled = copied;
+    if whole {
+        if let Some(copied) = copy_scheduled_tokens(area, start as u64) {
+            header.flags |= snap::SCHEDULED;
+            header.n_scheduled = copied;
+        }
     }
     // SAFETY: a plain helper call without arguments.
     header.copy_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(hit.ktime_ns);

@@ -17,7 +17,7 @@ use crate::{
     correlate::requests::{RequestInfo, RequestSource},
     cpython::{
         layout::{DictKeysSize, LongSize, ManagedDict},
-        Layout, PyReader, ReadError, Value,
+        AttrLocation, Layout, PyReader, ReadError, Value,
     },
     decode::RawSnapshot,
     memory::ProcessMemory,
@@ -441,6 +441,9 @@ pub struct SchedulerState {
 pub struct LiveRequests<'r, M: ProcessMemory> {
     reader: &'r PyReader<'r, M>,
     names: &'static StateNames,
+    /// Where the last request kept each attribute: requests set theirs in the same order, so
+    /// the next one is read there in a few reads, not found again by walking its class.
+    locations: HashMap<&'static str, AttrLocation>,
     /// Facts that could not be read (the request was freed first, or has no such field).
     pub errors: u64,
 }
@@ -450,16 +453,33 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         Self {
             reader,
             names,
+            locations: HashMap::new(),
             errors: 0,
         }
     }
 
-    fn attr<T>(&mut self, object: u64, name: &str, decode: impl Fn(u64) -> Option<T>) -> Option<T> {
+    /// The pointer in attribute `name` of `object`. Once a location is known it is the
+    /// only one tried: a request freed before this read would otherwise cost a walk of its
+    /// class per attribute, the tracer would fall behind, and more requests would be gone.
+    fn pointer(&mut self, object: u64, name: &'static str) -> Option<u64> {
+        let location = match self.locations.get(name) {
+            Some(location) => *location,
+            None => {
+                let location = self.reader.attr_location(object, name).ok()??;
+                *self.locations.entry(name).or_insert(location)
+            }
+        };
+        self.reader.read_location(object, &location).ok().flatten()
+    }
+
+    fn attr<T>(
+        &mut self,
+        object: u64,
+        name: &'static str,
+        decode: impl Fn(u64) -> Option<T>,
+    ) -> Option<T> {
         let value = self
-            .reader
-            .attr(object, name)
-            .ok()
-            .flatten()
+            .pointer(object, name)
             .filter(|&v| !self.reader.is_none(v))
             .and_then(decode);
         if value.is_none() {
@@ -480,7 +500,7 @@ impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
         // Read a drain after the snapshot: a request that ended since may have left its
         // memory to another one. Still holding the copied id string after the reads means
         // the facts are its own.
-        let same_request = reader.attr(object, id_name).ok().flatten() == Some(id);
+        let same_request = self.pointer(object, id_name) == Some(id);
         let id = reader.str(id).ok().filter(|_| same_request);
         if !same_request {
             self.errors += 1;

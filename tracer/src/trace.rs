@@ -252,6 +252,7 @@ pub fn run(options: Options) -> Result<Totals> {
             request_reads: source.errors,
             snapshots: probes.counter(Counter::Snapshots),
             snapshots_failed: probes.counter(Counter::SnapshotFailed),
+            snapshots_dropped: probes.counter(Counter::SnapshotRingFull),
         },
         scheduler: capture.as_ref().map(|c| c.budgets),
         cuda,
@@ -264,6 +265,13 @@ pub fn run(options: Options) -> Result<Totals> {
         say(&format!(
             "tracer: warning: {} probe hits were lost (ring buffer full); see run.json",
             info.counters.ring_buffer_drops
+        ));
+    }
+    if info.counters.snapshots_dropped > 0 {
+        say(&format!(
+            "tracer: warning: {} scheduler snapshots did not fit in the ring buffer (their steps \
+             have phases but no batch columns); see run.json",
+            info.counters.snapshots_dropped
         ));
     }
     if options.cuda != cuda::Level::Off {

@@ -59,6 +59,8 @@ pub struct Counters {
     /// Snapshot hits, and those whose record could not be built.
     pub snapshots: u64,
     pub snapshots_failed: u64,
+    /// Snapshots lost because the ring buffer was full (their hits were kept).
+    pub snapshots_dropped: u64,
 }
 
 impl RunInfo {
