@@ -371,3 +371,72 @@ fn batches_and_reasons_match_ground_truth_pyenv_3_13() {
 fn lifecycles_match_ground_truth_pyenv_3_11() {
     lifecycles_match_ground_truth(&pyenv("3.11.7"), true);
 }
+
+/// Requests that end in the step that first lists them keep their ids (the kernel side
+/// copies them then), and the tracer's memory stays flat while tens of thousands pass.
+#[test]
+fn short_requests_keep_their_ids_and_memory_stays_flat() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut fixture = Fixture::spawn(
+        &pyenv("3.12.1"),
+        &[
+            "--wait-go",
+            "--steps",
+            "0",
+            "--num-requests",
+            "30000",
+            "--arrival-per-step",
+            "40",
+            "--execute-ms",
+            "1",
+            "--prompt-len",
+            "4",
+            "32",
+            "--max-tokens",
+            "1",
+            "4",
+            "--max-num-seqs",
+            "256",
+            "--max-num-batched-tokens",
+            "2048",
+            "--num-gpu-blocks",
+            "4096",
+            "--seed",
+            "3",
+        ],
+    );
+    let tracer = Tracer::attach(fixture.pid, &out);
+    fixture.go();
+    let mut rss = Vec::new();
+    while fixture.running() {
+        rss.extend(tracer.rss_kb());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fixture.wait().success());
+    let (status, stderr) = tracer.finish(Duration::from_secs(60));
+    assert!(status.success(), "{stderr:?}");
+
+    let run = read_run_json(&out);
+    assert_eq!(run["counters"]["request_reads"], 0);
+    assert_eq!(run["counters"]["facts_dropped"], 0);
+    let requests = rows(&out.join("requests.csv"));
+    assert!(requests.len() > 25_000, "{}", requests.len());
+    let unnamed: Vec<_> = requests
+        .iter()
+        .filter(|r| !r["request_id"].starts_with("cmpl-fixture-"))
+        .take(3)
+        .collect();
+    assert!(unnamed.is_empty(), "{unnamed:?}");
+    let one_step = requests.iter().filter(|r| r["iterations"] == "1").count();
+    assert!(one_step > 1000, "{one_step}");
+    assert!(requests.iter().all(|r| !r["arrival_time_s"].is_empty()));
+
+    // After the first quarter (allocations warm), no growth with the requests seen.
+    assert!(rss.len() >= 8, "{rss:?}");
+    let settled = &rss[rss.len() / 4..];
+    let growth = settled.iter().max().unwrap() - settled.iter().min().unwrap();
+    eprintln!("tracer RSS kB over the run: {rss:?}");
+    assert!(growth < 8 * 1024, "RSS grew {growth} kB: {rss:?}");
+}

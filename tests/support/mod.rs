@@ -141,6 +141,11 @@ impl Fixture {
     pub fn wait(&mut self) -> ExitStatus {
         self.child.wait().unwrap()
     }
+
+    /// Not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
 }
 
 impl Drop for Fixture {
@@ -188,6 +193,13 @@ impl Tracer {
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Its resident memory now (kB), while it runs.
+    pub fn rss_kb(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// Waits for the tracer to exit (at most `timeout`), returning its status and stderr.

@@ -11,6 +11,14 @@
 pub const PLANS_MAP: &str = "PLANS";
 /// Name of the kernel side's per-CPU work area, an array indexed by CPU number.
 pub const SCRATCH_MAP: &str = "SCRATCH";
+/// Ring buffer of [`RequestFacts`], and its size (~27 000 records).
+pub const FACTS_MAP: &str = "FACTS";
+pub const FACTS_BYTES: u32 = 1 << 22;
+/// (request, id string, its hash) triples already described by a [`RequestFacts`] record:
+/// the hash tells a new request that got both addresses of an ended one. An LRU map, so
+/// requests long gone age out.
+pub const SEEN_MAP: &str = "SEEN";
+pub const SEEN_ENTRIES: u32 = 1 << 15;
 
 /// Most requests copied per queue per snapshot; longer queues are counted, not copied.
 pub const MAX_QUEUE_ITEMS: usize = 512;
@@ -52,6 +60,8 @@ pub struct PyOffsets {
     pub old_dict_keys: u64,
     pub object_type: u64,
     pub var_size: u64,
+    /// A `str`'s cached hash (computed once a request id is a dict key).
+    pub str_hash: u64,
     pub list_items: u64,
     pub type_basicsize: u64,
     pub type_dictoffset: u64,
@@ -125,6 +135,10 @@ pub struct Plan {
     /// Bit i set: field i is a pointer to follow (copy 16 bytes after its header); clear:
     /// copy the pointer itself (identity: enum members, strings).
     pub request_deref: u64,
+    /// Which of `request_fields` is the id `str` (`u64::MAX`: none, so no [`RequestFacts`]).
+    pub id_field: u64,
+    /// Attributes copied into [`RequestFacts`], followed like the deref'ed fields.
+    pub fact_fields: [Field; FACT_FIELDS],
     /// The engine thread's `PyThreadState`, to find the step's frame.
     pub tstate: u64,
     /// Index in the step frame's `localsplus` of `scheduler_output` (`u64::MAX`: none).
@@ -177,6 +191,28 @@ pub struct Item {
     pub fields: [[u64; 2]; REQUEST_FIELDS],
 }
 
+/// Bytes of a request id `str` copied from its start: the header and, on every supported
+/// CPython, at least 80 characters of a compact ASCII string.
+pub const ID_BYTES: usize = 128;
+/// Request attributes read once, when the kernel side first lists a request
+/// (`arrival_time`, `max_tokens`).
+pub const FACT_FIELDS: usize = 2;
+
+/// What a request is called and when it came, copied at the first snapshot that lists it
+/// (a record of its own ring): a request may be gone before userspace could read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestFacts {
+    pub object: u64,
+    /// Address of its id `str` (the snapshot items' id field).
+    pub id: u64,
+    /// Bit i set: `fields[i]` was not copied; bit [`FACT_FIELDS`]: `id_bytes` was not.
+    pub missing: u64,
+    /// The 16 bytes after each pointed-to object's header (a float's value, an int's digits).
+    pub fields: [[u64; 2]; FACT_FIELDS],
+    pub id_bytes: [u8; ID_BYTES],
+}
+
 /// One `num_scheduled_tokens` entry: request id string → token count (an `int`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,4 +239,5 @@ mod pod {
     unsafe impl aya::Pod for SnapshotHeader {}
     unsafe impl aya::Pod for Item {}
     unsafe impl aya::Pod for ScheduledEntry {}
+    unsafe impl aya::Pod for RequestFacts {}
 }

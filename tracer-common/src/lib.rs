@@ -16,7 +16,7 @@ pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array of [`Counter`] values.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Ring buffer size: 32 MiB holds ~1M bare hits, or ~250 snapshots of full 512-request
-/// queues; the loader drains it every 10 ms.
+/// queues; the loader drains it every 2 ms.
 pub const EVENTS_BYTES: u32 = 1 << 25;
 
 /// One read of a watched instruction byte by a traced thread.
@@ -51,10 +51,12 @@ pub enum Counter {
     SnapshotFailed = 3,
     /// Snapshots that did not fit in the ring buffer (their hit went in alone).
     SnapshotRingFull = 4,
+    /// [`capture::RequestFacts`] lost because their ring buffer was full.
+    FactsRingFull = 5,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 5;
+pub const COUNTER_SLOTS: u32 = 6;
 
 #[cfg(feature = "user")]
 // SAFETY: `WatchHit` is `repr(C)` with only `u64` fields: no padding, any bit pattern valid.

@@ -9,19 +9,21 @@
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{
-        bpf_probe_read_user,
+        bpf_probe_read_user, bpf_probe_read_user_buf,
         generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop},
     },
     macros::map,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LruHashMap, RingBuf},
 };
 use tracer_common::{
     capture::{
-        container, snap, storage, Field, Item, Plan, PyOffsets, ScheduledEntry, SnapshotHeader,
-        Source, MAX_QUEUE_ITEMS, MAX_RECORD, MAX_SCHEDULED, NO_LINK, REQUEST_FIELDS,
+        container, snap, storage, Field, Item, Plan, PyOffsets, RequestFacts, ScheduledEntry,
+        SnapshotHeader, Source, FACTS_BYTES, FACT_FIELDS, MAX_QUEUE_ITEMS, MAX_RECORD,
+        MAX_SCHEDULED, NO_LINK, REQUEST_FIELDS, SEEN_ENTRIES,
     },
-    WatchHit,
+    Counter, WatchHit,
 };
 
 /// The per-CPU work area. Loop state lives here rather than on the stack: values read from
@@ -37,6 +39,12 @@ pub struct Scratch {
 
 #[map(name = "PLANS")]
 static PLANS: HashMap<u32, Plan> = HashMap::with_max_entries(64, 0);
+
+#[map(name = "FACTS")]
+static FACTS: RingBuf = RingBuf::with_byte_size(FACTS_BYTES, 0);
+
+#[map(name = "SEEN")]
+static SEEN: LruHashMap<[u64; 3], u8> = LruHashMap::with_max_entries(SEEN_ENTRIES, 0);
 
 /// One slot per CPU (userspace sets the count at load time).
 #[map(name = "SCRATCH")]
@@ -284,6 +292,9 @@ extern "C" fn queue_step(iteration: u64, _: *mut c_void) -> i64 {
     if field + 1 < REQUEST_FIELDS {
         return 0;
     }
+    if walk.found != 0 {
+        describe_new(plan, walk);
+    }
     let offset = walk.start + walk.copied * size_of::<Item>() as u64;
     if offset > (ITEMS_END - size_of::<Item>()) as u64 {
         return 1;
@@ -294,6 +305,50 @@ extern "C" fn queue_step(iteration: u64, _: *mut c_void) -> i64 {
     }
     walk.copied += 1;
     0
+}
+
+/// Emits the [`RequestFacts`] of the walk's request the first time it is listed.
+#[inline(always)]
+fn describe_new(plan: &Plan, walk: &Walk) {
+    let field = core::hint::black_box(plan.id_field) as usize;
+    if field >= REQUEST_FIELDS || walk.item.missing & (1 << field) != 0 {
+        return;
+    }
+    let id = walk.item.fields[field][0];
+    let Some(hash) = read(id + plan.py.str_hash) else {
+        return;
+    };
+    let key = [walk.item.object, id, hash];
+    // SAFETY: a lookup whose value is not kept.
+    if unsafe { SEEN.get(&key) }.is_some() {
+        return;
+    }
+    let Some(mut entry) = FACTS.reserve::<RequestFacts>(0) else {
+        crate::bump(Counter::FactsRingFull);
+        return;
+    };
+    let facts = entry.as_mut_ptr();
+    let mut missing = 0;
+    // SAFETY: `facts` is the reserved record; every field is written before the submit.
+    unsafe {
+        (*facts).object = key[0];
+        (*facts).id = key[1];
+        for i in 0..FACT_FIELDS {
+            let words = lookup(&walk.table, &plan.fact_fields[i])
+                .and_then(|value| read_value(&plan.py, value));
+            (*facts).fields[i] = words.unwrap_or([0; 2]);
+            if words.is_none() {
+                missing |= 1 << i;
+            }
+        }
+        // The helper zeroes what it could not read.
+        if bpf_probe_read_user_buf(key[1] as *const u8, &mut (*facts).id_bytes).is_err() {
+            missing |= 1 << FACT_FIELDS;
+        }
+        (*facts).missing = missing;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP.into());
+    let _ = SEEN.insert(&key, &1, 0);
 }
 
 /// Copies a queue's requests into the record from byte `start` on; returns (copied, length).

@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    capture::{Plan, PLANS_MAP, SCRATCH_MAP},
+    capture::{Plan, FACTS_MAP, PLANS_MAP, SCRATCH_MAP},
     Counter, COUNTERS_MAP, EVENTS_MAP, WATCH_PROGRAM, WATCH_SNAPSHOT_PROGRAM,
 };
 
@@ -62,6 +62,8 @@ pub struct Probes {
     // Holds the program and its perf-event links alive.
     _ebpf: Ebpf,
     pub events: RingBuf<MapData>,
+    /// [`tracer_common::capture::RequestFacts`] records.
+    pub facts: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     /// How long loading and attaching took.
     pub attach_time: std::time::Duration,
@@ -135,6 +137,11 @@ pub fn attach(plan: &ProbePlan, snapshot: Option<(u32, &Plan)>) -> Result<Probes
             .ok_or_else(|| load(&"events map missing"))?,
     )
     .map_err(|e| load(&e))?;
+    let facts = RingBuf::try_from(
+        ebpf.take_map(FACTS_MAP)
+            .ok_or_else(|| load(&"facts map missing"))?,
+    )
+    .map_err(|e| load(&e))?;
     let counters = PerCpuArray::try_from(
         ebpf.take_map(COUNTERS_MAP)
             .ok_or_else(|| load(&"counters map missing"))?,
@@ -143,6 +150,7 @@ pub fn attach(plan: &ProbePlan, snapshot: Option<(u32, &Plan)>) -> Result<Probes
     Ok(Probes {
         _ebpf: ebpf,
         events,
+        facts,
         counters,
         attach_time: started.elapsed(),
     })

@@ -20,7 +20,7 @@ use crate::{
         AttrLocation, Layout, PyReader, ReadError, Value,
     },
     decode::RawSnapshot,
-    memory::ProcessMemory,
+    memory::{ProcessMemory, Snapshot},
     plan::{Mark, ProbePlan},
     resolve::Resolved,
     vllm::{RequestField, StateNames},
@@ -84,6 +84,8 @@ fn offsets(layout: &Layout) -> PyOffsets {
         old_dict_keys,
         object_type: layout.object_type,
         var_size: layout.var_size,
+        // `PyASCIIObject`: the hash follows the length in every supported version.
+        str_hash: layout.unicode_length + 8,
         list_items: layout.list_items,
         type_basicsize: layout.type_basicsize,
         type_dictoffset: layout.type_dictoffset,
@@ -196,14 +198,14 @@ pub fn engine_config<M: ProcessMemory>(
 
 /// The planned fields of a request: from a live request when there is one (its own table),
 /// else from the class's shared keys; a field found in neither stays unplanned (key 0).
-fn request_fields<M: ProcessMemory>(
+fn attr_fields<M: ProcessMemory, const N: usize>(
     reader: &PyReader<M>,
-    names: &StateNames,
+    names: [&str; N],
     class: u64,
     sample: Option<u64>,
-) -> [Field; wire::REQUEST_FIELDS] {
-    let mut fields = [Field::default(); wire::REQUEST_FIELDS];
-    for (field, name) in fields.iter_mut().zip(names.request_fields) {
+) -> [Field; N] {
+    let mut fields = [Field::default(); N];
+    for (field, name) in fields.iter_mut().zip(names) {
         let entry = sample
             .and_then(|object| reader.attr_entry(object, name).ok().flatten())
             .or_else(|| reader.class_attr_entry(class, name).ok().flatten());
@@ -261,7 +263,8 @@ impl Capture {
                     .ok()
                     .and_then(|items| items.first().copied())
             });
-        let request_fields = request_fields(reader, names, request_class, sample);
+        let request_fields = attr_fields(reader, names.request_fields, request_class, sample);
+        let fact_fields = attr_fields(reader, names.facts, request_class, sample);
         let request_deref = RequestField::FOLLOWED
             .iter()
             .fold(0, |mask, field| mask | 1 << *field as u64);
@@ -318,6 +321,8 @@ impl Capture {
             request_type: request_class,
             request_fields,
             request_deref,
+            id_field: RequestField::Id as u64,
+            fact_fields,
             tstate: resolved.tstate,
             output_local,
             output_scheduled,
@@ -437,25 +442,84 @@ pub struct SchedulerState {
     pub read_error: bool,
 }
 
-/// Reads each request's immutable facts from the live target, once per request.
+/// Each request's immutable facts: from the [`wire::RequestFacts`] the kernel side copied
+/// when it first listed the request, else read from the live target.
 pub struct LiveRequests<'r, M: ProcessMemory> {
     reader: &'r PyReader<'r, M>,
+    capture: &'r Capture,
     names: &'static StateNames,
+    /// Kernel-side facts not yet asked for, by (request, id string), with the drain that
+    /// brought them.
+    facts: HashMap<(u64, u64), (wire::RequestFacts, u64)>,
+    drains: u64,
     /// Where the last request kept each attribute: requests set theirs in the same order, so
     /// the next one is read there in a few reads, not found again by walking its class.
     locations: HashMap<&'static str, AttrLocation>,
-    /// Facts that could not be read (the request was freed first, or has no such field).
+    /// Requests whose facts came from neither: freed before the live read.
     pub errors: u64,
 }
 
+/// Drains after which kernel-side facts nobody asked for are dropped (a request listed
+/// again after its entry aged out of the kernel's LRU map, already tracked).
+const FACTS_KEPT_DRAINS: u64 = 1000;
+
 impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
-    pub fn new(reader: &'r PyReader<'r, M>, names: &'static StateNames) -> Self {
+    pub fn new(
+        reader: &'r PyReader<'r, M>,
+        capture: &'r Capture,
+        names: &'static StateNames,
+    ) -> Self {
         Self {
             reader,
+            capture,
             names,
+            facts: HashMap::new(),
+            drains: 0,
             locations: HashMap::new(),
             errors: 0,
         }
+    }
+
+    /// Takes in one record of the facts ring; `false` if it is not one (a build mismatch).
+    pub fn learn(&mut self, record: &[u8]) -> bool {
+        if record.len() != size_of::<wire::RequestFacts>() {
+            return false;
+        }
+        // SAFETY: `RequestFacts` is repr(C) of integers (any bit pattern is valid) and the
+        // record holds exactly its bytes.
+        let facts: wire::RequestFacts = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+        self.facts
+            .insert((facts.object, facts.id), (facts, self.drains));
+        true
+    }
+
+    /// Ends a drain: forgets facts older than [`FACTS_KEPT_DRAINS`].
+    pub fn end_drain(&mut self) {
+        self.drains += 1;
+        let oldest = self.drains.saturating_sub(FACTS_KEPT_DRAINS);
+        self.facts.retain(|_, (_, drain)| *drain >= oldest);
+    }
+
+    /// What the kernel side copied, decoded with this CPython's layout.
+    fn copied(&self, facts: &wire::RequestFacts) -> Option<RequestInfo> {
+        if facts.missing & (1 << wire::FACT_FIELDS) != 0 {
+            return None;
+        }
+        let memory = Snapshot {
+            regions: vec![(facts.id, facts.id_bytes.to_vec())],
+        };
+        let id = PyReader::new(&memory, self.reader.layout, self.reader.types)
+            .str(facts.id)
+            .ok()?;
+        let field = |i: usize| (facts.missing & (1 << i) == 0).then_some(facts.fields[i]);
+        Some(RequestInfo {
+            id,
+            // A float's value is the first word after its header.
+            arrival_time_s: field(0).map(|words| f64::from_bits(words[0])),
+            max_tokens: field(1)
+                .and_then(|words| self.capture.int(words))
+                .and_then(|n| u32::try_from(n).ok()),
+        })
     }
 
     /// The pointer in attribute `name` of `object`. Once a location is known it is the
@@ -478,43 +542,44 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         name: &'static str,
         decode: impl Fn(u64) -> Option<T>,
     ) -> Option<T> {
-        let value = self
-            .pointer(object, name)
+        self.pointer(object, name)
             .filter(|&v| !self.reader.is_none(v))
-            .and_then(decode);
-        if value.is_none() {
-            self.errors += 1;
+            .and_then(decode)
+    }
+
+    /// The facts read from the live target now, if `object` still is the request whose id
+    /// string is at `id` (it may have ended and left its memory to another one).
+    fn live(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
+        let reader = self.reader;
+        let [arrival_time, max_tokens] = self.names.facts;
+        let arrival_time_s = self.attr(object, arrival_time, |v| reader.float(v).ok());
+        let max_tokens = self.attr(object, max_tokens, |v| {
+            reader.int(v).ok().and_then(|n| u32::try_from(n).ok())
+        });
+        let id_name = self.names.request_fields[RequestField::Id as usize];
+        if self.pointer(object, id_name) != Some(id) {
+            return None;
         }
-        value
+        Some(RequestInfo {
+            id: reader.str(id).ok()?,
+            arrival_time_s,
+            max_tokens,
+        })
     }
 }
 
 impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
     fn info(&mut self, object: u64, id: u64) -> RequestInfo {
-        let reader = self.reader;
-        let id_name = self.names.request_fields[RequestField::Id as usize];
-        let arrival_time_s = self.attr(object, self.names.arrival_time, |v| reader.float(v).ok());
-        let max_tokens = self.attr(object, self.names.max_tokens, |v| {
-            reader.int(v).ok().and_then(|n| u32::try_from(n).ok())
-        });
-        // Read a drain after the snapshot: a request that ended since may have left its
-        // memory to another one. Still holding the copied id string after the reads means
-        // the facts are its own.
-        let same_request = self.pointer(object, id_name) == Some(id);
-        let id = reader.str(id).ok().filter(|_| same_request);
-        if !same_request {
+        let copied = self
+            .facts
+            .remove(&(object, id))
+            .and_then(|(facts, _)| self.copied(&facts));
+        copied.or_else(|| self.live(object, id)).unwrap_or_else(|| {
             self.errors += 1;
-        }
-        match id {
-            Some(id) => RequestInfo {
-                id,
-                arrival_time_s,
-                max_tokens,
-            },
-            None => RequestInfo {
+            RequestInfo {
                 id: format!("request@{object:#x}"),
                 ..RequestInfo::default()
-            },
-        }
+            }
+        })
     }
 }

@@ -130,7 +130,9 @@ pub fn run(options: Options) -> Result<Totals> {
     let mut decoder = Decoder::new(&plan, target.python.eval_loop.clone());
     let mut correlator = Correlator::default();
     let mut requests = Requests::new(target.pid, trace_start_ns);
-    let mut source = LiveRequests::new(&reader, resolved.names.state);
+    let mut source = capture
+        .as_ref()
+        .map(|capture| LiveRequests::new(&reader, capture, resolved.names.state));
     let mut totals = Totals::default();
     let mut write_error = None;
     let mut drain = |probes: &mut attach::Probes, totals: &mut Totals, outputs: &mut Outputs| {
@@ -140,16 +142,22 @@ pub fn run(options: Options) -> Result<Totals> {
                 steps.push(step);
             }
         }
+        // After the watch ring: the facts of every request its snapshots list are in.
+        while let Some(record) = probes.facts.next() {
+            if !source.as_mut().is_some_and(|source| source.learn(&record)) {
+                decoder.counts.malformed += 1;
+            }
+        }
         // After the watch ring: every CUDA call made before these steps ended is in.
         cuda.poll();
         for step in steps {
             let mut row =
                 StepRow::new(&step, target.pid, trace_start_ns).with_cuda(&cuda.fold(&step));
-            if let Some(capture) = &capture {
+            if let (Some(capture), Some(source)) = (&capture, &mut source) {
                 let scheduled = step.after_execute.as_ref().map(|raw| capture.state(raw));
                 let updated = step.after_update.as_ref().map(|raw| capture.state(raw));
                 let out = requests.step(
-                    &mut source,
+                    source,
                     &step,
                     scheduled.as_ref(),
                     updated.as_ref(),
@@ -164,6 +172,9 @@ pub fn run(options: Options) -> Result<Totals> {
             if let Err(e) = outputs.steps.write(&row) {
                 write_error.get_or_insert(e);
             }
+        }
+        if let Some(source) = &mut source {
+            source.end_drain();
         }
     };
 
@@ -249,7 +260,8 @@ pub fn run(options: Options) -> Result<Totals> {
             decode: decoder.counts,
             correlate: correlator.counts,
             requests: requests.counts,
-            request_reads: source.errors,
+            request_reads: source.as_ref().map_or(0, |source| source.errors),
+            facts_dropped: probes.counter(Counter::FactsRingFull),
             snapshots: probes.counter(Counter::Snapshots),
             snapshots_failed: probes.counter(Counter::SnapshotFailed),
             snapshots_dropped: probes.counter(Counter::SnapshotRingFull),

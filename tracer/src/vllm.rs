@@ -43,10 +43,9 @@ pub struct StateNames {
     pub status_enum: (&'static str, &'static str),
     /// Request attributes copied at every snapshot, in the order of [`RequestField`].
     pub request_fields: [&'static str; 6],
-    /// Immutable request attributes read once per request (after the snapshot that first
-    /// listed it, so only where the request still lives then).
-    pub arrival_time: &'static str,
-    pub max_tokens: &'static str,
+    /// Immutable request attributes copied once per request, at the first snapshot that
+    /// lists it, in the order of [`tracer_common::capture::RequestFacts::fields`].
+    pub facts: [&'static str; tracer_common::capture::FACT_FIELDS],
     /// The step's local holding what `schedule()` returned, its class, and the attribute
     /// mapping request ids to their scheduled token counts.
     pub output_local: &'static str,
@@ -111,8 +110,7 @@ pub const V1_STATE: StateNames = StateNames {
         "_output_token_ids",
         "num_prompt_tokens",
     ],
-    arrival_time: "arrival_time",
-    max_tokens: "max_tokens",
+    facts: ["arrival_time", "max_tokens"],
     output_local: "scheduler_output",
     output_class: ("vllm.v1.core.sched.output", "SchedulerOutput"),
     output_scheduled: "num_scheduled_tokens",

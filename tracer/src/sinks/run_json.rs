@@ -54,8 +54,11 @@ pub struct Counters {
     pub decode: DecodeCounts,
     pub correlate: CorrelateCounts,
     pub requests: RequestCounts,
-    /// Request facts (id, prompt length, arrival) that could not be read from the target.
+    /// Requests whose id and arrival were neither copied by the kernel side nor readable
+    /// from the target (written as `request@<address>`).
     pub request_reads: u64,
+    /// Kernel-side request facts lost because their ring buffer was full.
+    pub facts_dropped: u64,
     /// Snapshot hits, and those whose record could not be built.
     pub snapshots: u64,
     pub snapshots_failed: u64,
