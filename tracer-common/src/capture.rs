@@ -27,7 +27,7 @@ pub const NO_LINK: u64 = u64::MAX;
 /// Most `num_scheduled_tokens` entries copied per snapshot.
 pub const MAX_SCHEDULED: usize = 512;
 /// Attribute values copied per request.
-pub const REQUEST_FIELDS: usize = 6;
+pub const REQUEST_FIELDS: usize = 5;
 /// How this CPython stores instance attributes: picks the lookup path of the program.
 pub mod storage {
     /// A dict pointer at `tp_dictoffset` (3.10, and classes without managed dicts).
@@ -137,6 +137,9 @@ pub struct Plan {
     pub request_deref: u64,
     /// Which of `request_fields` is the id `str` (`u64::MAX`: none, so no [`RequestFacts`]).
     pub id_field: u64,
+    /// Bit i set: the snapshot after the update copies field i too (it needs only what the
+    /// update changes and what tells requests apart).
+    pub update_fields: u64,
     /// Attributes copied into [`RequestFacts`], followed like the deref'ed fields.
     pub fact_fields: [Field; FACT_FIELDS],
     /// The engine thread's `PyThreadState`, to find the step's frame.
@@ -195,8 +198,8 @@ pub struct Item {
 /// CPython, at least 80 characters of a compact ASCII string.
 pub const ID_BYTES: usize = 128;
 /// Request attributes read once, when the kernel side first lists a request
-/// (`arrival_time`, `max_tokens`).
-pub const FACT_FIELDS: usize = 2;
+/// (`arrival_time`, `max_tokens`, `num_prompt_tokens`).
+pub const FACT_FIELDS: usize = 3;
 
 /// What a request is called and when it came, copied at the first snapshot that lists it
 /// (a record of its own ring): a request may be gone before userspace could read it.

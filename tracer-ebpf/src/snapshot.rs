@@ -229,6 +229,8 @@ struct Walk {
     table: Table,
     /// The request's table was found (its type is the planned one).
     found: u64,
+    /// Bit i set: copy request field i in this snapshot.
+    fields: u64,
     item: Item,
 }
 
@@ -276,7 +278,7 @@ extern "C" fn queue_step(iteration: u64, _: *mut c_void) -> i64 {
     if field >= REQUEST_FIELDS {
         return 1;
     }
-    if walk.found != 0 {
+    if walk.found != 0 && walk.fields & (1 << field) != 0 {
         let copied = lookup(&walk.table, &plan.request_fields[field]).and_then(|value| {
             if plan.request_deref & (1 << field) != 0 {
                 read_value(&plan.py, value)
@@ -472,6 +474,14 @@ pub fn take(plan: &Plan, hit: WatchHit, whole: bool) -> Option<usize> {
     // SAFETY: as above.
     let plan = unsafe { &(*area).plan };
     let mut header = SnapshotHeader::default();
+    // SAFETY: as above.
+    unsafe {
+        (*area).walk.fields = if whole {
+            (1 << REQUEST_FIELDS) - 1
+        } else {
+            plan.update_fields
+        }
+    };
     match copy_queue(area, &plan.running, HEADER_BYTES as u64) {
         Some((copied, len)) => {
             header.flags |= snap::RUNNING;

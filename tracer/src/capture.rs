@@ -322,6 +322,9 @@ impl Capture {
             request_fields,
             request_deref,
             id_field: RequestField::Id as u64,
+            update_fields: RequestField::AFTER_UPDATE
+                .iter()
+                .fold(0, |mask, field| mask | 1 << *field as u64),
             fact_fields,
             tstate: resolved.tstate,
             output_local,
@@ -384,7 +387,6 @@ impl Capture {
             cached_tokens: count(RequestField::CachedTokens),
             // A list's first word after the header is its length.
             output_tokens: field(RequestField::OutputTokens).map(|words| words[0] as i32),
-            prompt_tokens: count(RequestField::PromptTokens),
         }
     }
 
@@ -424,7 +426,6 @@ pub struct RequestState {
     pub computed_tokens: Option<i32>,
     pub cached_tokens: Option<i32>,
     pub output_tokens: Option<i32>,
-    pub prompt_tokens: Option<i32>,
 }
 
 /// The scheduler's state at a hit. `None` parts could not be read.
@@ -512,13 +513,17 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             .str(facts.id)
             .ok()?;
         let field = |i: usize| (facts.missing & (1 << i) == 0).then_some(facts.fields[i]);
+        let count = |i: usize| {
+            field(i)
+                .and_then(|words| self.capture.int(words))
+                .and_then(|n| u32::try_from(n).ok())
+        };
         Some(RequestInfo {
             id,
             // A float's value is the first word after its header.
             arrival_time_s: field(0).map(|words| f64::from_bits(words[0])),
-            max_tokens: field(1)
-                .and_then(|words| self.capture.int(words))
-                .and_then(|n| u32::try_from(n).ok()),
+            max_tokens: count(1),
+            prompt_tokens: count(2),
         })
     }
 
@@ -551,11 +556,11 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
     /// string is at `id` (it may have ended and left its memory to another one).
     fn live(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
         let reader = self.reader;
-        let [arrival_time, max_tokens] = self.names.facts;
+        let [arrival_time, max_tokens, prompt_tokens] = self.names.facts;
+        let count = |v| reader.int(v).ok().and_then(|n| u32::try_from(n).ok());
         let arrival_time_s = self.attr(object, arrival_time, |v| reader.float(v).ok());
-        let max_tokens = self.attr(object, max_tokens, |v| {
-            reader.int(v).ok().and_then(|n| u32::try_from(n).ok())
-        });
+        let max_tokens = self.attr(object, max_tokens, count);
+        let prompt_tokens = self.attr(object, prompt_tokens, count);
         let id_name = self.names.request_fields[RequestField::Id as usize];
         if self.pointer(object, id_name) != Some(id) {
             return None;
@@ -564,6 +569,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             id: reader.str(id).ok()?,
             arrival_time_s,
             max_tokens,
+            prompt_tokens,
         })
     }
 }

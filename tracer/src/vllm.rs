@@ -42,7 +42,7 @@ pub struct StateNames {
     pub request_class: (&'static str, &'static str),
     pub status_enum: (&'static str, &'static str),
     /// Request attributes copied at every snapshot, in the order of [`RequestField`].
-    pub request_fields: [&'static str; 6],
+    pub request_fields: [&'static str; tracer_common::capture::REQUEST_FIELDS],
     /// Immutable request attributes copied once per request, at the first snapshot that
     /// lists it, in the order of [`tracer_common::capture::RequestFacts::fields`].
     pub facts: [&'static str; tracer_common::capture::FACT_FIELDS],
@@ -71,20 +71,18 @@ pub enum RequestField {
     CachedTokens = 3,
     /// The output token list (its length is the output count).
     OutputTokens = 4,
-    /// Prompt length: copied, not read later, because a request that finishes before
-    /// userspace reads it would leave its prefill/decode split unknown.
-    PromptTokens = 5,
 }
 
 impl RequestField {
     /// Fields the program follows to copy the value (ints, list lengths) rather than
     /// copying the pointer.
-    pub const FOLLOWED: [RequestField; 4] = [
+    pub const FOLLOWED: [RequestField; 3] = [
         RequestField::ComputedTokens,
         RequestField::CachedTokens,
         RequestField::OutputTokens,
-        RequestField::PromptTokens,
     ];
+    /// Fields the snapshot after the update copies: the update changes only outputs.
+    pub const AFTER_UPDATE: [RequestField; 2] = [RequestField::Id, RequestField::OutputTokens];
 }
 
 /// vLLM V1's scheduler (0.10 – 0.33 names).
@@ -108,9 +106,8 @@ pub const V1_STATE: StateNames = StateNames {
         "num_computed_tokens",
         "num_cached_tokens",
         "_output_token_ids",
-        "num_prompt_tokens",
     ],
-    facts: ["arrival_time", "max_tokens"],
+    facts: ["arrival_time", "max_tokens", "num_prompt_tokens"],
     output_local: "scheduler_output",
     output_class: ("vllm.v1.core.sched.output", "SchedulerOutput"),
     output_scheduled: "num_scheduled_tokens",

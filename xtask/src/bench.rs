@@ -18,6 +18,8 @@ const EXECUTE_MS: &[&str] = &["0.2", "1", "5"];
 const ROUNDS: usize = 3;
 /// Half-second windows measured per side per round.
 const WINDOWS: usize = 4;
+/// What is traced: phases only, and the default (phases plus two scheduler snapshots a step).
+const MODES: &[(&str, &[&str])] = &[("phases-only", &["--phases-only"]), ("default", &[])];
 
 struct Side {
     steps: u64,
@@ -44,10 +46,11 @@ impl Side {
     }
 }
 
-fn attach(pid: u32) -> Result<Child> {
+fn attach(pid: u32, options: &[&str]) -> Result<Child> {
     let mut tracer = Command::new(tracer_bin())
         .args(["attach", "--pid", &pid.to_string(), "-o"])
         .arg(workspace_root().join("target/bench/trace"))
+        .args(options)
         .stderr(Stdio::piped())
         .spawn()?;
     // The first stderr line is "tracer: attached …" (or an error).
@@ -69,53 +72,33 @@ fn detach(mut tracer: Child) -> Result<()> {
 
 pub fn run() -> Result<()> {
     let mut table = String::from(
-        "execute_ms,untraced_step_us,traced_step_us,ratio,untraced_steps,traced_steps\n",
+        "execute_ms,mode,untraced_step_us,traced_step_us,ratio,untraced_steps,traced_steps\n",
     );
     println!(
-        "{:>10} {:>18} {:>16} {:>8}",
-        "execute", "untraced step", "traced step", "ratio"
+        "{:>10} {:>12} {:>18} {:>16} {:>8}",
+        "execute", "mode", "untraced step", "traced step", "ratio"
     );
     for execute_ms in EXECUTE_MS {
-        let mut fixture = Fixture::spawn(&["--execute-ms", execute_ms, "--rate-every", "0.5"])?;
-        let (mut untraced, mut traced) = (
-            Side {
-                steps: 0,
-                step_ns: 0,
-            },
-            Side {
-                steps: 0,
-                step_ns: 0,
-            },
-        );
-        fixture.next_line("rate")?; // settle
-        for _ in 0..ROUNDS {
-            for _ in 0..WINDOWS {
-                untraced.add(&fixture.next_line("rate")?)?;
-            }
-            let tracer = attach(fixture.pid)?;
-            fixture.next_line("rate")?; // the window the attach landed in
-            for _ in 0..WINDOWS {
-                traced.add(&fixture.next_line("rate")?)?;
-            }
-            detach(tracer)?;
-            fixture.next_line("rate")?;
+        for (mode, options) in MODES {
+            let (untraced, traced) = measure(execute_ms, options)?;
+            let ratio = traced.mean_us() / untraced.mean_us();
+            println!(
+                "{:>8} ms {:>12} {:>15.1} µs {:>13.1} µs {:>8.4}",
+                execute_ms,
+                mode,
+                untraced.mean_us(),
+                traced.mean_us(),
+                ratio
+            );
+            writeln!(
+                table,
+                "{execute_ms},{mode},{:.2},{:.2},{ratio:.5},{},{}",
+                untraced.mean_us(),
+                traced.mean_us(),
+                untraced.steps,
+                traced.steps
+            )?;
         }
-        let ratio = traced.mean_us() / untraced.mean_us();
-        println!(
-            "{:>8} ms {:>15.1} µs {:>13.1} µs {:>8.4}",
-            execute_ms,
-            untraced.mean_us(),
-            traced.mean_us(),
-            ratio
-        );
-        writeln!(
-            table,
-            "{execute_ms},{:.2},{:.2},{ratio:.5},{},{}",
-            untraced.mean_us(),
-            traced.mean_us(),
-            untraced.steps,
-            traced.steps
-        )?;
     }
     let path = workspace_root().join("target/bench/step_overhead.csv");
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
@@ -125,4 +108,33 @@ pub fn run() -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// Untraced and traced step times of one fixture process, alternating windows.
+fn measure(execute_ms: &str, options: &[&str]) -> Result<(Side, Side)> {
+    let mut fixture = Fixture::spawn(&["--execute-ms", execute_ms, "--rate-every", "0.5"])?;
+    let (mut untraced, mut traced) = (
+        Side {
+            steps: 0,
+            step_ns: 0,
+        },
+        Side {
+            steps: 0,
+            step_ns: 0,
+        },
+    );
+    fixture.next_line("rate")?; // settle
+    for _ in 0..ROUNDS {
+        for _ in 0..WINDOWS {
+            untraced.add(&fixture.next_line("rate")?)?;
+        }
+        let tracer = attach(fixture.pid, options)?;
+        fixture.next_line("rate")?; // the window the attach landed in
+        for _ in 0..WINDOWS {
+            traced.add(&fixture.next_line("rate")?)?;
+        }
+        detach(tracer)?;
+        fixture.next_line("rate")?;
+    }
+    Ok((untraced, traced))
 }

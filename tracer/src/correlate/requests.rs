@@ -21,6 +21,7 @@ use crate::{
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RequestInfo {
     pub id: String,
+    pub prompt_tokens: Option<u32>,
     pub arrival_time_s: Option<f64>,
     pub max_tokens: Option<u32>,
 }
@@ -138,7 +139,7 @@ impl Requests {
             arrival_time_s: info.arrival_time_s,
             queued_ns: t_ns,
             finish_status: "UNFINISHED".into(),
-            prompt_tokens: r.prompt_tokens.and_then(|p| u32::try_from(p).ok()),
+            prompt_tokens: info.prompt_tokens,
             // Set at first scheduling (−1 before), so known for requests in flight too.
             cached_tokens: r.cached_tokens.and_then(|c| u32::try_from(c).ok()),
             preemptions: 0,
