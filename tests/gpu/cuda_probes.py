@@ -112,9 +112,9 @@ def window(engine: Lines) -> tuple:
     return int(f["steps"]), int(f["steps"]) * int(f["mean_step_ns"])
 
 
-def trace_windows(args, engine: Lines, pid: int, level: str, out: str) -> list:
+def trace_windows(args, engine: Lines, pid: int, level: str, out: str, options=()) -> list:
     tracer = subprocess.Popen([args.tracer, "attach", "--pid", str(pid), "-o", out,
-                               "--cuda", level], stderr=subprocess.PIPE, text=True)
+                               "--cuda", level, *options], stderr=subprocess.PIPE, text=True)
     err = Lines(tracer.stderr, f"tracer {level}")
     err.next("tracer: attached", timeout=60)
     engine.skip_backlog()
