@@ -122,8 +122,9 @@ pub struct Source {
 pub struct Plan {
     pub py: PyOffsets,
     /// Watched addresses whose hits take a snapshot (0 = unused): the first copies
-    /// everything, the second (after the update) only the running list and the KV count,
-    /// which is all the update changes.
+    /// everything, the second (after the update) only which requests still run (items with
+    /// no fields) and the KV count: what the update's outputs were, the next step's first
+    /// snapshot shows.
     pub snapshot_at: [u64; 2],
     pub running: Source,
     pub waiting: Source,
@@ -137,9 +138,6 @@ pub struct Plan {
     pub request_deref: u64,
     /// Which of `request_fields` is the id `str` (`u64::MAX`: none, so no [`RequestFacts`]).
     pub id_field: u64,
-    /// Bit i set: the snapshot after the update copies field i too (it needs only what the
-    /// update changes and what tells requests apart).
-    pub update_fields: u64,
     /// Attributes copied into [`RequestFacts`], followed like the deref'ed fields.
     pub fact_fields: [Field; FACT_FIELDS],
     /// The engine thread's `PyThreadState`, to find the step's frame.

@@ -256,8 +256,6 @@ struct Walk {
     table: Table,
     /// The request's table was found (its type is the planned one).
     found: u64,
-    /// Bit i set: copy request field i in this snapshot.
-    fields: u64,
     item: Item,
 }
 
@@ -305,7 +303,7 @@ extern "C" fn queue_step(iteration: u64, _: *mut c_void) -> i64 {
     if field >= REQUEST_FIELDS {
         return 1;
     }
-    if walk.found != 0 && walk.fields & (1 << field) != 0 {
+    if walk.found != 0 {
         let copied = lookup(&walk.table, &plan.request_fields[field]).and_then(|value| {
             if plan.request_deref & (1 << field) != 0 {
                 read_value(&plan.py, value)
@@ -324,16 +322,11 @@ extern "C" fn queue_step(iteration: u64, _: *mut c_void) -> i64 {
     if walk.found != 0 {
         describe_new(plan, walk);
     }
-    let offset = walk.start + walk.copied * size_of::<Item>() as u64;
-    if offset > (ITEMS_END - size_of::<Item>()) as u64 {
-        return 1;
+    if write_item(area) {
+        0
+    } else {
+        1
     }
-    // SAFETY: `offset` keeps the write inside `record`; unaligned because the record is bytes.
-    unsafe {
-        ((*area).record.as_mut_ptr().add(offset as usize) as *mut Item).write_unaligned(walk.item);
-    }
-    walk.copied += 1;
-    0
 }
 
 /// Emits the [`RequestFacts`] of the walk's request the first time it is listed.
@@ -380,9 +373,52 @@ fn describe_new(plan: &Plan, walk: &Walk) {
     let _ = SEEN.insert(&key, &1, 0);
 }
 
-/// Copies a queue's requests into the record from byte `start` on; returns (copied, length).
+/// Writes the walk's item at the record's next item slot; `false` when the record is full.
 #[inline(always)]
-fn copy_queue(area: *mut Scratch, queue: &Source, start: u64) -> Option<(u32, u32)> {
+fn write_item(area: *mut Scratch) -> bool {
+    // SAFETY: this CPU's slot.
+    let walk = unsafe { &mut (*area).walk };
+    let offset = walk.start + walk.copied * size_of::<Item>() as u64;
+    if offset > (ITEMS_END - size_of::<Item>()) as u64 {
+        return false;
+    }
+    // SAFETY: `offset` keeps the write inside `record`; unaligned because the record is bytes.
+    unsafe {
+        ((*area).record.as_mut_ptr().add(offset as usize) as *mut Item).write_unaligned(walk.item);
+    }
+    walk.copied += 1;
+    true
+}
+
+/// One request of an objects-only walk: its address, no fields.
+extern "C" fn object_step(index: u64, _: *mut c_void) -> i64 {
+    let Some(area) = scratch() else { return 1 };
+    // SAFETY: this CPU's slot; `copy_queue` set up the walk.
+    let walk = unsafe { &mut (*area).walk };
+    let Some(object) = next_item(walk, index) else {
+        return 1;
+    };
+    walk.item = Item {
+        object,
+        missing: (1 << REQUEST_FIELDS) - 1,
+        fields: [[0; 2]; REQUEST_FIELDS],
+    };
+    if write_item(area) {
+        0
+    } else {
+        1
+    }
+}
+
+/// Copies a queue's requests into the record from byte `start` on (`objects_only`: their
+/// addresses, no fields); returns (copied, length).
+#[inline(always)]
+fn copy_queue(
+    area: *mut Scratch,
+    queue: &Source,
+    start: u64,
+    objects_only: bool,
+) -> Option<(u32, u32)> {
     // SAFETY: this CPU's slot.
     let (py, walk) = unsafe { (&(*area).plan.py, &mut (*area).walk) };
     let queue_object = source(py, queue)?;
@@ -402,15 +438,13 @@ fn copy_queue(area: *mut Scratch, queue: &Source, start: u64) -> Option<(u32, u3
     } else {
         len
     };
-    // SAFETY: the callback follows bpf_loop's contract; its state is in the scratch area.
-    unsafe {
-        bpf_loop(
-            (n * ITEM_STEPS) as u32,
-            queue_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
+    let (iterations, step) = if objects_only {
+        (n, object_step as *mut c_void)
+    } else {
+        (n * ITEM_STEPS, queue_step as *mut c_void)
     };
+    // SAFETY: the callbacks follow bpf_loop's contract; their state is in the scratch area.
+    unsafe { bpf_loop(iterations as u32, step, core::ptr::null_mut(), 0) };
     // SAFETY: as above; the loop has returned.
     Some((unsafe { (*area).walk.copied } as u32, len as u32))
 }
@@ -498,15 +532,7 @@ pub fn take(plan: &Plan, hit: WatchHit, whole: bool) -> Option<usize> {
     // SAFETY: as above.
     let plan = unsafe { &(*area).plan };
     let mut header = SnapshotHeader::default();
-    // SAFETY: as above.
-    unsafe {
-        (*area).walk.fields = if whole {
-            (1 << REQUEST_FIELDS) - 1
-        } else {
-            plan.update_fields
-        }
-    };
-    match copy_queue(area, &plan.running, HEADER_BYTES as u64) {
+    match copy_queue(area, &plan.running, HEADER_BYTES as u64, !whole) {
         Some((copied, len)) => {
             header.flags |= snap::RUNNING;
             header.n_running = copied;
@@ -516,7 +542,7 @@ pub fn take(plan: &Plan, hit: WatchHit, whole: bool) -> Option<usize> {
     }
     let waiting_start = HEADER_BYTES + header.n_running as usize * size_of::<Item>();
     if whole {
-        match copy_queue(area, &plan.waiting, waiting_start as u64) {
+        match copy_queue(area, &plan.waiting, waiting_start as u64, false) {
             Some((copied, len)) => {
                 header.flags |= snap::WAITING;
                 header.n_waiting = copied;

@@ -322,9 +322,6 @@ impl Capture {
             request_fields,
             request_deref,
             id_field: RequestField::Id as u64,
-            update_fields: RequestField::AFTER_UPDATE
-                .iter()
-                .fold(0, |mask, field| mask | 1 << *field as u64),
             fact_fields,
             tstate: resolved.tstate,
             output_local,

@@ -216,10 +216,8 @@ pub fn run(options: Options) -> Result<Totals> {
     drain(&mut probes, &mut totals, &mut outputs);
     let trace_end_ns = monotonic_ns();
     correlator.finish();
-    for row in requests.finish(trace_end_ns) {
-        if let Err(e) = outputs.requests.write(&row) {
-            write_error.get_or_insert(e);
-        }
+    if let Err(e) = outputs.write_step_details(&requests.finish(trace_end_ns)) {
+        write_error.get_or_insert(e);
     }
     // The CUDA probes stay attached until `run` returns: detaching takes seconds.
     let cuda = cuda.finish();

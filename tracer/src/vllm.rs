@@ -81,8 +81,6 @@ impl RequestField {
         RequestField::CachedTokens,
         RequestField::OutputTokens,
     ];
-    /// Fields the snapshot after the update copies: the update changes only outputs.
-    pub const AFTER_UPDATE: [RequestField; 2] = [RequestField::Id, RequestField::OutputTokens];
 }
 
 /// vLLM V1's scheduler (0.10 – 0.33 names).

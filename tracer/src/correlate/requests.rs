@@ -77,6 +77,11 @@ pub struct Requests {
     tracks: HashMap<Key, Track>,
     /// A snapshot has been folded in.
     started: bool,
+    /// The last step folded in and when its update ended.
+    last_update: Option<(u64, u64)>,
+    /// Requests of the last step that produced a token and still run: their count is
+    /// known only from the next step's snapshot.
+    produced_last: HashSet<Key>,
     pub counts: RequestCounts,
 }
 
@@ -87,6 +92,8 @@ impl Requests {
             trace_start_ns,
             tracks: HashMap::new(),
             started: false,
+            last_update: None,
+            produced_last: HashSet::new(),
             counts: RequestCounts::default(),
         }
     }
@@ -250,6 +257,28 @@ impl Requests {
         for r in running.iter().chain(waiting) {
             self.arrive(source, r, index, step.start_ns, &mut out);
         }
+        // Outputs as the last update left them. They survive preemption: the first token
+        // is the first output ever, produced by the previous step's update.
+        for r in running.iter().chain(waiting) {
+            let k = key(r);
+            let output = r.output_tokens.unwrap_or(0).max(0) as u32;
+            let track = self.tracks.get_mut(&k).expect("arrived above");
+            let first_token = track.output == 0 && output > 0;
+            track.output = output;
+            if let (true, Some((update_step, update_ns))) = (first_token, self.last_update) {
+                track.row.first_token_ns = Some(update_ns);
+                track.row.ttft_ns = Some(update_ns - track.row.queued_ns);
+                self.event_with(
+                    &mut out,
+                    update_step,
+                    update_ns,
+                    k,
+                    EventKind::FirstToken,
+                    Some(output),
+                    String::new(),
+                );
+            }
+        }
 
         let mut batch = Batch::default();
         let mut produced: HashSet<Key> = HashSet::new();
@@ -390,39 +419,19 @@ impl Requests {
             });
         }
         self.started = true;
+        self.last_update = Some((index, step.update_done_ns));
 
         let mut finished = 0;
+        // The update's snapshot lists only which requests still run; what they produced,
+        // the next step's first snapshot shows.
         if let Some(running_after) = updated.and_then(|u| u.running.as_ref()) {
-            let waiting_after = updated.and_then(|u| u.waiting.as_ref());
-            let after: HashSet<Key> = running_after
+            let after: HashSet<u64> = running_after.iter().map(|r| r.object).collect();
+            self.produced_last = produced
                 .iter()
-                .chain(waiting_after.into_iter().flatten())
-                .map(key)
+                .filter(|k| after.contains(&k.0))
+                .copied()
                 .collect();
-            for r in running_after {
-                let k = key(r);
-                let Some(track) = self.tracks.get_mut(&k) else {
-                    continue;
-                };
-                let output = r.output_tokens.unwrap_or(0).max(0) as u32;
-                // Outputs survive preemption: the first token is the first output ever.
-                let first_token = track.output == 0 && output > 0;
-                track.output = output;
-                if first_token {
-                    track.row.first_token_ns = Some(step.update_done_ns);
-                    track.row.ttft_ns = Some(step.update_done_ns - track.row.queued_ns);
-                    self.event_with(
-                        &mut out,
-                        index,
-                        step.update_done_ns,
-                        k,
-                        EventKind::FirstToken,
-                        Some(output),
-                        String::new(),
-                    );
-                }
-            }
-            for k in running.iter().map(key).filter(|k| !after.contains(k)) {
+            for k in running.iter().map(key).filter(|k| !after.contains(&k.0)) {
                 // Its last token came from this step; the request is gone before we see it.
                 if produced.contains(&k) {
                     let track = self.tracks.get_mut(&k).expect("arrived above");
@@ -476,9 +485,32 @@ impl Requests {
         out
     }
 
-    /// Ends the trace: rows for the requests still in the engine.
-    pub fn finish(&mut self, end_ns: u64) -> Vec<RequestRow> {
-        let mut rows: Vec<RequestRow> = self
+    /// Ends the trace: rows for the requests still in the engine, and the first tokens of
+    /// the last step (no later snapshot showed its outputs: counted as finishing ones are).
+    pub fn finish(&mut self, end_ns: u64) -> StepOutput {
+        let mut out = StepOutput::default();
+        if let Some((step, update_ns)) = self.last_update {
+            for k in std::mem::take(&mut self.produced_last) {
+                let Some(track) = self.tracks.get_mut(&k) else {
+                    continue;
+                };
+                track.output += 1;
+                if track.output == 1 {
+                    track.row.first_token_ns = Some(update_ns);
+                    track.row.ttft_ns = Some(update_ns - track.row.queued_ns);
+                    self.event_with(
+                        &mut out,
+                        step,
+                        update_ns,
+                        k,
+                        EventKind::FirstToken,
+                        Some(1),
+                        String::new(),
+                    );
+                }
+            }
+        }
+        out.finished = self
             .tracks
             .drain()
             .map(|(_, mut track)| {
@@ -487,8 +519,8 @@ impl Requests {
                 track.row
             })
             .collect();
-        rows.sort_by_key(|r| r.queued_ns);
-        rows
+        out.finished.sort_by_key(|r| r.queued_ns);
+        out
     }
 }
 
