@@ -175,6 +175,23 @@ impl Requests {
         self.event(out, step, t_ns, k, EventKind::Arrived);
     }
 
+    /// Request `k`'s first output came from the update of `step`, ending at `t_ns`.
+    fn first_token(&mut self, k: Key, step: u64, t_ns: u64, out: &mut StepOutput) {
+        let track = self.tracks.get_mut(&k).expect("tracked");
+        track.row.first_token_ns = Some(t_ns);
+        track.row.ttft_ns = Some(t_ns - track.row.queued_ns);
+        let output = track.output;
+        self.event_with(
+            out,
+            step,
+            t_ns,
+            k,
+            EventKind::FirstToken,
+            Some(output),
+            String::new(),
+        );
+    }
+
     fn close_wait(track: &mut Track, t_ns: u64) {
         if let Some(since) = track.waiting_since.take() {
             let wait = t_ns.saturating_sub(since);
@@ -266,17 +283,7 @@ impl Requests {
             let first_token = track.output == 0 && output > 0;
             track.output = output;
             if let (true, Some((update_step, update_ns))) = (first_token, self.last_update) {
-                track.row.first_token_ns = Some(update_ns);
-                track.row.ttft_ns = Some(update_ns - track.row.queued_ns);
-                self.event_with(
-                    &mut out,
-                    update_step,
-                    update_ns,
-                    k,
-                    EventKind::FirstToken,
-                    Some(output),
-                    String::new(),
-                );
+                self.first_token(k, update_step, update_ns, &mut out);
             }
         }
 
@@ -437,18 +444,7 @@ impl Requests {
                     let track = self.tracks.get_mut(&k).expect("arrived above");
                     track.output += 1;
                     if track.output == 1 {
-                        track.row.first_token_ns = Some(step.update_done_ns);
-                        track.row.ttft_ns = Some(step.update_done_ns - track.row.queued_ns);
-                        let output = track.output;
-                        self.event_with(
-                            &mut out,
-                            index,
-                            step.update_done_ns,
-                            k,
-                            EventKind::FirstToken,
-                            Some(output),
-                            String::new(),
-                        );
+                        self.first_token(k, index, step.update_done_ns, &mut out);
                     }
                 }
                 self.end(k, index, step.update_done_ns, true, &mut out);
@@ -496,17 +492,7 @@ impl Requests {
                 };
                 track.output += 1;
                 if track.output == 1 {
-                    track.row.first_token_ns = Some(update_ns);
-                    track.row.ttft_ns = Some(update_ns - track.row.queued_ns);
-                    self.event_with(
-                        &mut out,
-                        step,
-                        update_ns,
-                        k,
-                        EventKind::FirstToken,
-                        Some(1),
-                        String::new(),
-                    );
+                    self.first_token(k, step, update_ns, &mut out);
                 }
             }
         }
