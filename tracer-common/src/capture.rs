@@ -20,6 +20,8 @@ pub const FACTS_BYTES: u32 = 1 << 22;
 pub const SEEN_MAP: &str = "SEEN";
 pub const SEEN_ENTRIES: u32 = 1 << 15;
 
+/// Most key-table entries a request's fields may span to be read in one go.
+pub const MAX_SPAN: usize = 64;
 /// Most requests copied per queue per snapshot; longer queues are counted, not copied.
 pub const MAX_QUEUE_ITEMS: usize = 512;
 /// Unused slot of [`PyOffsets::tstate_frame`].
@@ -133,6 +135,9 @@ pub struct Plan {
     /// The request class: queue items of another type get no fields.
     pub request_type: u64,
     pub request_fields: [Field; REQUEST_FIELDS],
+    /// Entries `[lo, hi)` of a request's key table that hold all of `request_fields`: read in
+    /// one go per request (at most [`MAX_SPAN`] entries; `[0, 0]`: field by field).
+    pub request_span: [u64; 2],
     /// Bit i set: field i is a pointer to follow (copy 16 bytes after its header); clear:
     /// copy the pointer itself (identity: enum members, strings).
     pub request_deref: u64,

@@ -265,6 +265,14 @@ impl Capture {
             });
         let request_fields = attr_fields(reader, names.request_fields, request_class, sample);
         let fact_fields = attr_fields(reader, names.facts, request_class, sample);
+        let planned = request_fields
+            .iter()
+            .filter(|f| f.key != 0)
+            .map(|f| f.index);
+        let request_span = match (planned.clone().min(), planned.max()) {
+            (Some(lo), Some(hi)) if hi - lo < wire::MAX_SPAN as u64 => [lo, hi + 1],
+            _ => [0, 0],
+        };
         let request_deref = RequestField::FOLLOWED
             .iter()
             .fold(0, |mask, field| mask | 1 << *field as u64);
@@ -321,6 +329,7 @@ impl Capture {
             request_type: request_class,
             request_fields,
             request_deref,
+            request_span,
             id_field: RequestField::Id as u64,
             fact_fields,
             tstate: resolved.tstate,
