@@ -241,7 +241,9 @@ impl Capture {
             container::LIST
         };
         let (waiting, waiting_queue) = source(reader, scheduler, names.waiting, waiting_kind)?;
-        let (kv_free, _) = source(reader, scheduler, names.kv_free, container::VALUE)?;
+        // One column: a release that keeps the count elsewhere loses only kv_blocks_used.
+        let kv_free = source(reader, scheduler, names.kv_free, container::VALUE)
+            .map_or(Source::default(), |(kv_free, _)| kv_free);
 
         let request_class = class(reader, modules, names.request_class)?.ok_or_else(|| {
             missing(
