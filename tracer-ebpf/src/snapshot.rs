@@ -3,8 +3,9 @@
 //! Everything version-specific comes from the [`Plan`]: struct offsets, where attributes
 //! live, which objects to start from. An attribute is one O(1) read at the key-table entry
 //! the plan names, checked against the interned name's address, so there is no search and
-//! no nested loop: the queues are one `bpf_loop` over (request, step) pairs, the scheduled
-//! dict another, each callback a few straight-line reads the verifier checks once.
+//! no nested loop: a queue is one `bpf_loop` over its requests (each callback reads the
+//! request's planned entries in one go, then its fields), the scheduled dict another; the
+//! verifier checks each callback's straight-line reads once.
 
 use core::{ffi::c_void, mem::size_of};
 
@@ -66,8 +67,6 @@ const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
 /// Words of a deque block before its items (`leftlink`), and items per block (`BLOCKLEN`).
 const DEQUE_BLOCK_HEAD: u64 = 1;
 const DEQUE_BLOCKLEN: u64 = 64;
-/// Loop iterations per request: one to find it, one per field.
-const ITEM_STEPS: u64 = 1 + REQUEST_FIELDS as u64;
 /// A key table larger than this is not what the plan describes.
 const MAX_ENTRIES: u64 = 1 << 20;
 
@@ -249,8 +248,7 @@ fn source(py: &PyOffsets, source: &Source) -> Option<u64> {
     (read(value + py.object_type)? == source.ty).then_some(value)
 }
 
-/// A queue or dict being copied: a queue's request takes [`ITEM_STEPS`] loop iterations,
-/// the first finds it and its attribute table, the others copy one field each.
+/// A queue or dict being copied, one request or entry per loop iteration.
 #[repr(C)]
 struct Walk {
     kind: u64,
@@ -263,10 +261,6 @@ struct Walk {
     copied: u64,
     /// The current request's attribute table, or the scheduled dict's entries.
     table: Table,
-    /// The request's table was found (its type is the planned one).
-    found: u64,
-    /// Its fields' entries are in the scratch area's span.
-    spanned: u64,
     item: Item,
 }
 
@@ -285,43 +279,32 @@ fn next_item(walk: &mut Walk, index: u64) -> Option<u64> {
     object
 }
 
-extern "C" fn queue_step(iteration: u64, _: *mut c_void) -> i64 {
+extern "C" fn queue_step(index: u64, _: *mut c_void) -> i64 {
     let Some(area) = scratch() else { return 1 };
     // SAFETY: this CPU's slot; `take` copied the plan in and set up the walk.
     let (plan, walk) = unsafe { (&(*area).plan, &mut (*area).walk) };
-    let step = iteration % ITEM_STEPS;
-    if step == 0 {
-        let Some(object) = next_item(walk, iteration / ITEM_STEPS) else {
-            return 1;
-        };
-        walk.item = Item {
-            object,
-            missing: (1 << REQUEST_FIELDS) - 1,
-            fields: [[0; 2]; REQUEST_FIELDS],
-        };
-        walk.found = 0;
-        walk.spanned = 0;
-        if read(object + plan.py.object_type) == Some(plan.request_type) {
-            if let Some(table) = table_of(&plan.py, object, plan.request_type) {
-                walk.table = table;
-                walk.found = 1;
-                walk.spanned = read_span(area, plan, &table) as u64;
-            }
-        }
-        return 0;
-    }
-    // The compiler knows `step - 1 < REQUEST_FIELDS` and would drop this check, but the
-    // verifier cannot follow a remainder: hide the value so the check stays.
-    let field = core::hint::black_box(step - 1) as usize;
-    if field >= REQUEST_FIELDS {
+    let Some(object) = next_item(walk, index) else {
         return 1;
+    };
+    walk.item = Item {
+        object,
+        missing: (1 << REQUEST_FIELDS) - 1,
+        fields: [[0; 2]; REQUEST_FIELDS],
+    };
+    if read(object + plan.py.object_type) != Some(plan.request_type) {
+        return if write_item(area) { 0 } else { 1 };
     }
-    if walk.found != 0 {
+    let Some(table) = table_of(&plan.py, object, plan.request_type) else {
+        return if write_item(area) { 0 } else { 1 };
+    };
+    walk.table = table;
+    let spanned = read_span(area, plan, &table);
+    for field in 0..REQUEST_FIELDS {
         let planned = &plan.request_fields[field];
-        let value = if walk.spanned != 0 {
-            span_lookup(area, plan, &walk.table, planned)
+        let value = if spanned {
+            span_lookup(area, plan, &table, planned)
         } else {
-            lookup(&walk.table, planned)
+            lookup(&table, planned)
         };
         let copied = value.and_then(|value| {
             if plan.request_deref & (1 << field) != 0 {
@@ -335,12 +318,7 @@ extern "C" fn queue_step(iteration: u64, _: *mut c_void) -> i64 {
             walk.item.missing &= !(1 << field);
         }
     }
-    if field + 1 < REQUEST_FIELDS {
-        return 0;
-    }
-    if walk.found != 0 {
-        describe_new(plan, walk);
-    }
+    describe_new(plan, walk);
     if write_item(area) {
         0
     } else {
@@ -522,7 +500,7 @@ fn copy_queue(
     let (iterations, step) = if objects_only {
         (n, object_step as *mut c_void)
     } else {
-        (n * ITEM_STEPS, queue_step as *mut c_void)
+        (n, queue_step as *mut c_void)
     };
     // SAFETY: the callbacks follow bpf_loop's contract; their state is in the scratch area.
     unsafe { bpf_loop(iterations as u32, step, core::ptr::null_mut(), 0) };
