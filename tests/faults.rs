@@ -633,42 +633,49 @@ fn disk_full_during_the_trace() {
 
 // ---- losses are counted, never silent ----
 
-/// A fixture stepping as fast as it can (no execute cost) under the default trace: every
-/// probe hit is either decoded into a step or counted as lost, in run.json and on stderr.
+/// The tracer cannot keep up: it is stopped (SIGSTOP) for 3 s while a fast target (about
+/// 1 700 steps/s traced on the dev VM; 10 000 steps/s is out of a VM's reach) fills the ring
+/// buffers. The losses are counted in run.json and warned about on stderr, and the steps
+/// that did arrive are whole rows.
 #[test]
-fn fast_target_losses_are_counted() {
+fn ring_overflow_losses_are_counted() {
     let _serial = exclusive();
-    let fixture = fixture(&["--execute-ms", "0", "--arrival-per-step", "4"]);
+    let fixture = fixture(&["--execute-ms", "0", "--num-requests", "0"]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let (status, stderr) = run_tracer(&[
-        "attach",
-        "--pid",
-        &fixture.pid.to_string(),
-        "-o",
-        out.to_str().unwrap(),
-        "-d",
-        "2",
-    ]);
-    assert!(status.success(), "{stderr}");
-    let steps = complete_trace(&out, "duration reached") as u64;
-    let run = read_run_json(&out);
-    let counters = &run["counters"];
+    let tracer = Tracer::attach(fixture.pid, &out);
+    std::thread::sleep(Duration::from_millis(200));
+    tracer.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(3));
+    tracer.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(300));
+    tracer.signal(libc::SIGINT);
+    let (status, stderr) = tracer.finish(Duration::from_secs(30));
+    assert!(status.success(), "{stderr:?}");
+    let steps = complete_trace(&out, "interrupted (SIGINT)") as u64;
+    let counters = read_run_json(&out)["counters"].clone();
     let drops = counters["ring_buffer_drops"].as_u64().unwrap();
-    let hits = counters["probe_hits"].as_u64().unwrap();
-    assert!(steps > 1000, "{steps} steps in 2 s");
-    // Four watches per step; hits in the kernel either reached us or were counted as lost.
-    assert!(hits >= 4 * steps, "{hits} hits for {steps} steps");
+    let snapshots_dropped = counters["snapshots_dropped"].as_u64().unwrap();
+    assert!(drops + snapshots_dropped > 0, "nothing lost: {counters}");
     if drops > 0 {
-        assert!(stderr.contains("probe hits were lost"), "{stderr}");
-    }
-    let dropped_snapshots = counters["snapshots_dropped"].as_u64().unwrap();
-    if dropped_snapshots > 0 {
         assert!(
-            stderr.contains("scheduler snapshots did not fit"),
-            "{stderr}"
+            stderr
+                .iter()
+                .any(|l| l.contains(&format!("{drops} probe hits were lost"))),
+            "{stderr:?}"
         );
     }
+    if snapshots_dropped > 0 {
+        assert!(
+            stderr
+                .iter()
+                .any(|l| l.contains("scheduler snapshots did not fit")),
+            "{stderr:?}"
+        );
+    }
+    // Hits the kernel side saw: decoded into steps (4 each) or counted as lost.
+    let hits = counters["probe_hits"].as_u64().unwrap();
+    assert!(hits >= 4 * steps, "{hits} hits for {steps} steps");
 }
 
 // ---- never writes the target ----
@@ -737,15 +744,16 @@ fn without_times(path: &Path) -> String {
 }
 
 /// The tracer's source has no way to write another process's memory: no
-/// process_vm_writev, no ptrace at all, no /proc/<pid>/mem opened for writing.
+/// process_vm_writev, no ptrace call, no /proc/<pid>/mem, no bpf_probe_write_user.
 #[test]
 fn source_has_no_write_path_to_the_target() {
     let forbidden = [
         "process_vm_writev",
-        "ptrace",
-        "PTRACE_POKE",
-        "/mem",
+        "libc::ptrace",
+        "PTRACE_",
+        "/mem\"",
         "pwrite",
+        "bpf_probe_write_user",
     ];
     let mut files = vec![];
     let mut dirs = vec![root().join("tracer/src"), root().join("tracer-ebpf/src")];

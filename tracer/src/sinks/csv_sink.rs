@@ -1,7 +1,12 @@
 //! One streaming CSV file per row type. The header is written when the file is created, so
 //! a trace that saw no rows still leaves a file a notebook can load.
 
-use std::{fs::File, io, marker::PhantomData, path::Path};
+use std::{
+    fs::File,
+    io::{self, Write},
+    marker::PhantomData,
+    path::Path,
+};
 
 use serde::Serialize;
 
@@ -32,28 +37,48 @@ pub fn header<R: Row>() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Rows are kept in memory and written to the file only as whole rows: if the disk fills
+/// mid-write, the partial tail is cut off again, so the file stays loadable.
 pub struct CsvSink<R> {
-    writer: csv::Writer<File>,
+    writer: csv::Writer<Vec<u8>>,
+    file: File,
+    /// Bytes of whole rows in the file.
+    committed: u64,
     rows: u64,
     row: PhantomData<R>,
 }
 
+fn buffer() -> csv::Writer<Vec<u8>> {
+    csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new())
+}
+
+/// Buffered rows are written once they exceed this (and on every `flush`).
+const BUFFER_BYTES: usize = 1 << 20;
+
 impl<R: Row> CsvSink<R> {
     pub fn create(path: &Path) -> csv::Result<Self> {
-        let mut writer = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_path(path)?;
+        let mut writer = buffer();
         writer.write_record(header::<R>())?;
-        Ok(Self {
+        let mut sink = Self {
             writer,
+            file: File::create(path)?,
+            committed: 0,
             rows: 0,
             row: PhantomData,
-        })
+        };
+        sink.flush()?;
+        Ok(sink)
     }
 
     pub fn write(&mut self, row: &R) -> csv::Result<()> {
         self.rows += 1;
-        self.writer.serialize(row)
+        self.writer.serialize(row)?;
+        if self.writer.get_ref().len() > BUFFER_BYTES {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     pub fn rows(&self) -> u64 {
@@ -61,6 +86,15 @@ impl<R: Row> CsvSink<R> {
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
+        let bytes = std::mem::replace(&mut self.writer, buffer())
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        if let Err(e) = self.file.write_all(&bytes) {
+            // Best effort: the error that matters is `e`.
+            let _ = self.file.set_len(self.committed);
+            return Err(e);
+        }
+        self.committed += bytes.len() as u64;
+        Ok(())
     }
 }
