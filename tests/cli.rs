@@ -10,7 +10,6 @@ mod support;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
     path::Path,
     process::{Command, Stdio},
@@ -1011,6 +1010,8 @@ fn probes_lists_the_watchpoints_at_the_code_objects_address() {
 /// setproctitle does. The whole process group is killed on drop.
 struct Deployment {
     api: std::process::Child,
+    /// Its output, drained so that the children never block on a full pipe.
+    _output: Lines,
     /// (engine pid, worker pid) per rank.
     ranks: Vec<(u32, u32)>,
 }
@@ -1050,12 +1051,11 @@ impl Deployment {
             .process_group(0)
             .spawn()
             .unwrap();
-        let stdout = api.stdout.take().unwrap();
+        let mut output = Lines::new(api.stdout.take().unwrap());
         let mut workers = BTreeMap::new();
         let mut engine_pids = BTreeMap::new();
-        let mut lines = BufReader::new(stdout).lines();
         while engine_pids.len() < engines || workers.len() < engines {
-            let line = lines.next().expect("deployment output").unwrap();
+            let line = output.next_within(Duration::from_secs(60));
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.first() == Some(&"worker") {
                 workers.insert(
@@ -1068,11 +1068,14 @@ impl Deployment {
                 engine_pids.insert(rank, pid);
             }
         }
-        std::thread::spawn(move || for _ in lines {});
         let ranks = (0..engines as u32)
             .map(|r| (engine_pids[&r], workers[&r]))
             .collect();
-        Self { api, ranks }
+        Self {
+            api,
+            _output: output,
+            ranks,
+        }
     }
 }
 

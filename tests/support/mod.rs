@@ -70,18 +70,21 @@ impl Lines {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with {needle:?} within {timeout:?}; saw {:?}",
-                    self.seen
-                ),
+            let line = self.next_within(left);
+            if line.contains(needle) {
+                return line;
             }
+        }
+    }
+
+    /// The next line, waiting up to `timeout` (a hung child fails the test, not CI).
+    pub fn next_within(&mut self, timeout: Duration) -> String {
+        match self.rx.recv_timeout(timeout) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                line
+            }
+            Err(_) => panic!("no line within {timeout:?}; saw {:?}", self.seen),
         }
     }
 

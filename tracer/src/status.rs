@@ -116,14 +116,23 @@ impl Status {
         let _ = stderr.flush();
     }
 
-    /// Ends the live line so the summary starts on a clean line; removes this trace's part.
-    pub fn finish(&mut self) {
+    /// Clears the live line, if one is on screen, so that a message starts on a clean line
+    /// (the next tick draws it again).
+    pub fn clear() {
         let mut line = LINE.lock().unwrap_or_else(|p| p.into_inner());
-        line.parts.remove(&self.pid);
         if line.dirty {
             let _ = write!(std::io::stderr(), "\r\x1b[K");
             line.dirty = false;
         }
+    }
+
+    /// Ends the live line so the summary starts on a clean line; removes this trace's part.
+    pub fn finish(&mut self) {
+        LINE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .parts
+            .remove(&self.pid);
+        Self::clear();
     }
 }
 

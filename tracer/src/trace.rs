@@ -61,6 +61,7 @@ pub fn monotonic_ns() -> u64 {
 /// trace its files, so write errors are ignored.
 pub fn say(message: &str) {
     use std::io::Write as _;
+    crate::status::Status::clear();
     let _ = writeln!(std::io::stderr(), "{message}");
 }
 
