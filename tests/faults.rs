@@ -295,17 +295,54 @@ fn all_debug_registers_taken_by_another_watcher() {
 fn one_debug_register_taken() {
     let fixture = fixture(&["--execute-ms", "1"]);
     let _taken = take_debug_register(fixture.pid);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
     fails_with(
         &[
             "attach",
             "--pid",
             &fixture.pid.to_string(),
             "-o",
-            "/tmp/unused-faults-out",
+            out.to_str().unwrap(),
         ],
         FAILED,
         "debug registers of that thread are taken",
     );
+    no_trace_written(&out);
+}
+
+/// Two tracers, one output directory (both on the default `-o out`): the second is refused
+/// before it truncates anything the first is writing.
+#[test]
+fn two_tracers_on_one_output_directory() {
+    let _serial = exclusive();
+    let first_fixture = fixture(&["--execute-ms", "1"]);
+    let second_fixture = fixture(&["--execute-ms", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let first = Tracer::attach(first_fixture.pid, &out);
+    std::thread::sleep(Duration::from_millis(300));
+    fails_with(
+        &[
+            "attach",
+            "--pid",
+            &second_fixture.pid.to_string(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        FAILED,
+        "is in use by another tracer (give this one its own -o DIR)",
+    );
+    first.signal(libc::SIGINT);
+    let (status, stderr) = first.finish(Duration::from_secs(30));
+    assert!(status.success(), "{stderr:?}");
+    let steps: Vec<StepRow> = read_csv(&out.join("steps.csv"));
+    assert!(steps.len() > 100, "{} steps", steps.len());
+    assert!(
+        steps.iter().all(|s| s.pid == first_fixture.pid),
+        "rows of the second tracer's target"
+    );
+    complete_trace(&out, "interrupted (SIGINT)");
 }
 
 /// The second tracer fails on the registers the first holds; the first's trace is whole.

@@ -6,7 +6,7 @@ pub mod rows;
 pub mod run_json;
 mod steps_csv;
 
-use std::path::Path;
+use std::{os::fd::AsRawFd as _, path::Path};
 
 use anyhow::Context as _;
 use rows::{EventRow, QueueRow, RequestRow};
@@ -18,6 +18,9 @@ use crate::correlate::requests::StepOutput;
 
 /// The CSV files of a trace, created (with headers) before the first step.
 pub struct Outputs {
+    /// The output directory, flock'ed: a second tracer pointed at it (two tracers, both on
+    /// the default `-o out`) would truncate the files this one is writing.
+    _lock: std::fs::File,
     pub steps: StepsCsv,
     pub requests: CsvSink<RequestRow>,
     pub events: CsvSink<EventRow>,
@@ -30,7 +33,18 @@ impl Outputs {
             let path = dir.join(name);
             CsvSink::create(&path).with_context(|| format!("creating {}", path.display()))
         }
+        let lock =
+            std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        // SAFETY: flock(2) on a descriptor we own; released when `lock` is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            anyhow::bail!(
+                "{} is in use by another tracer (give this one its own -o DIR): {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            );
+        }
         Ok(Self {
+            _lock: lock,
             steps: create(dir, "steps.csv")?,
             requests: create(dir, "requests.csv")?,
             events: create(dir, "events.csv")?,
