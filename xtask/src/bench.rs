@@ -19,7 +19,9 @@ use crate::{fixture::Fixture, tracer_bin, workspace_root};
 
 /// Execute-phase costs (ms) to measure at: GPU steps are ~5–50 ms; short ones are the worst case.
 const EXECUTE_MS: &[&str] = &["0.2", "1", "5"];
-/// Running requests per step (`--max-num-seqs`, with arrivals that keep it about full).
+/// Running requests per step (`--max-num-seqs`, with arrivals that keep it full and KV
+/// blocks for all of them: with the fixture's default 512 blocks a batch of 64 or 256 ran
+/// ~33 requests and the waiting queue grew by thousands, so snapshots measured the queue).
 const BATCHES: &[u32] = &[1, 16, 64, 256];
 /// Tokens each request generates: arrivals of batch ÷ this per step keep the batch full.
 const REQUEST_TOKENS: u32 = 64;
@@ -323,6 +325,8 @@ fn measure(
         format!("{}", batch as f64 / REQUEST_TOKENS as f64),
     );
     let tokens = REQUEST_TOKENS.to_string();
+    // Prompts of 16–64 tokens plus 64 outputs: at most 8 blocks of 16 a request; twice that.
+    let blocks = (batch * 16 + 64).to_string();
     let mut args = vec![
         "--execute-ms",
         execute_ms,
@@ -337,6 +341,11 @@ fn measure(
         &tokens,
         "--stop-prob",
         "0",
+        "--prompt-len",
+        "16",
+        "64",
+        "--num-gpu-blocks",
+        &blocks,
     ];
     let lib = fake_cuda.display().to_string();
     if mode.cuda {
