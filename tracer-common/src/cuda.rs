@@ -18,7 +18,7 @@ pub const CUDA_STARTS_MAP: &str = "CUDA_STARTS";
 pub const CUDA_COUNTERS_MAP: &str = "CUDA_COUNTERS";
 /// The size the CUDA loader gives [`CUDA_EVENTS_MAP`] (the object itself declares one
 /// page). 4 MiB: ~130 000 calls, over a second of an eager engine launching 100 000
-/// kernels/s; userspace drains it every 10 ms.
+/// kernels/s; userspace drains it every 2 ms.
 pub const CUDA_EVENTS_BYTES: u32 = 1 << 22;
 /// Timed calls in flight at once, over all traced threads.
 pub const CUDA_MAX_IN_FLIGHT: u32 = 4096;

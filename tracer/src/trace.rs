@@ -28,9 +28,9 @@ use crate::{
     sinks::{self, Outputs, RunInfo, StepRow, Totals},
 };
 
-/// How often the ring buffer is drained (the eBPF side does not wake us per hit). Short,
-/// because a new request's arrival time and id are read from the live object when its
-/// first snapshot is drained, and a short request may be gone 10 ms later.
+/// How often the ring buffers are drained (the eBPF side does not wake us per hit). Short,
+/// so that a request whose facts the kernel side could not copy is still alive when they
+/// are read from the target instead, and the rings stay small.
 const DRAIN_EVERY: Duration = Duration::from_millis(2);
 /// How often steps.csv is flushed to disk while tracing.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
