@@ -671,8 +671,8 @@ fn disk_full_during_the_trace() {
 // ---- losses are counted, never silent ----
 
 /// The tracer cannot keep up: it is stopped (SIGSTOP) for 3 s while a fast target (about
-/// 1 700 steps/s traced on the dev VM; 10 000 steps/s is out of a VM's reach) fills the ring
-/// buffers. The losses are counted in run.json and warned about on stderr, and the steps
+/// 1 800–3 800 steps/s traced on the dev VM, where each watchpoint trap costs the target
+/// tens of µs: the 10 000 steps/s is out of reach) fills the ring buffers. The losses are counted in run.json and warned about on stderr, and the steps
 /// that did arrive are whole rows.
 #[test]
 fn ring_overflow_losses_are_counted() {
