@@ -4,7 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+pub mod blis;
+pub mod features;
 pub mod seed;
+mod stream;
+pub mod vidur;
 
 /// Output formats of `tracer export`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -12,12 +16,24 @@ pub enum Format {
     /// One row per step with the columns of the in-process step logger researchers patch
     /// into vLLM's core.py (times in seconds), so existing notebooks read it unchanged.
     Seed,
+    /// One row per step: the batch features a step-time model regresses on (tokens,
+    /// requests, context, KV blocks) next to the measured phase ns and CUDA columns.
+    Features,
+    /// The request stream as an inference-sim (BLIS) TraceV2: blis.csv and its header
+    /// blis.yaml, for `blis replay --trace-header blis.yaml --trace-data blis.csv`.
+    Blis,
+    /// The request stream as Vidur's trace-replay CSV (arrived_at s, prefill and decode
+    /// tokens).
+    Vidur,
 }
 
 impl Format {
     fn file_name(self) -> &'static str {
         match self {
             Format::Seed => "seed.csv",
+            Format::Features => "features.csv",
+            Format::Blis => "blis.csv",
+            Format::Vidur => "vidur.csv",
         }
     }
 }
@@ -41,8 +57,15 @@ pub fn export(dir: &Path, format: Format, out: Option<&Path>) -> Result<Vec<Path
             };
             match format {
                 Format::Seed => seed::write(engine, &path)?,
+                Format::Features => features::write(engine, &path)?,
+                Format::Blis => {
+                    blis::write(engine, &path)?;
+                    return Ok(vec![blis::header_path(&path), path]);
+                }
+                Format::Vidur => vidur::write(engine, &path)?,
             }
-            Ok(path)
+            Ok(vec![path])
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .map(|written| written.concat())
 }

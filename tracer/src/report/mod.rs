@@ -7,6 +7,7 @@
 //! also used by the Perfetto export), [`stats`].
 
 pub mod load;
+pub mod model;
 pub mod plots;
 pub mod spans;
 pub mod stats;
@@ -117,6 +118,7 @@ pub fn tables(summary: &Summary, run: &Run) -> Vec<Table> {
         }
     }
     out.push(preempt);
+    out.push(model::table(&summary.model));
     out
 }
 

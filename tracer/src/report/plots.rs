@@ -13,6 +13,7 @@ use plotters::{
 
 use super::{
     load::Run,
+    model::{fits, StepKind},
     spans::{lifecycles, State},
 };
 
@@ -57,6 +58,11 @@ pub fn all(run: &Run) -> Result<Vec<Plot>> {
             name: "requests_gantt",
             title: "Request timeline",
             svg: gantt(run)?,
+        },
+        Plot {
+            name: "model_fit",
+            title: "Execute time: OLS model vs measured",
+            svg: model_fit(run)?,
         },
     ])
 }
@@ -383,6 +389,75 @@ fn gantt(run: &Run) -> Result<String> {
             .configure_series_labels()
             .label_font((FONT, 14))
             .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)
+    })
+}
+
+/// Each step's execute time against the model's prediction for it (a point on the diagonal
+/// is predicted exactly), per kind of step.
+fn model_fit(run: &Run) -> Result<String> {
+    let title = "Execute time: OLS model vs measured";
+    svg(|root| {
+        let series: Vec<(StepKind, Vec<(f64, f64)>)> = fits(run)
+            .into_iter()
+            .filter(|f| f.phase == "execute")
+            .map(|fit| {
+                let points = run
+                    .steps
+                    .iter()
+                    .filter(|s| StepKind::of(s) == Some(fit.steps))
+                    .filter_map(|s| Some((fit.predict(s)? / 1e6, s.execute_ns as f64 / 1e6)))
+                    .collect();
+                (fit.steps, points)
+            })
+            .collect();
+        if series.is_empty() {
+            return placeholder(root, title, "no model (batch features not captured)");
+        }
+        let all = series.iter().flat_map(|(_, p)| p.iter());
+        let max = all.fold(0.0, |m: f64, p| m.max(p.0).max(p.1)) * 1.05 + 1e-6;
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 18))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..max, 0.0..max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
+            .x_desc("predicted execute time (ms)")
+            .y_desc("measured execute time (ms)")
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (max, max)], BLACK.mix(0.4)))
+            .map_err(plot_error)?;
+        for (kind, points) in &series {
+            let color = match kind {
+                StepKind::Prefill => EXECUTE,
+                StepKind::DecodeOnly => SCHEDULE,
+            };
+            let stride = points.len().div_ceil(MAX_POINTS).max(1);
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .step_by(stride)
+                        .map(|&p| Circle::new(p, 2, color.mix(0.5).filled())),
+                )
+                .map_err(plot_error)?
+                .label(kind.name())
+                .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 14))
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()

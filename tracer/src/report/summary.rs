@@ -46,6 +46,8 @@ pub struct Summary {
     pub requests: Option<u64>,
     pub wait_reasons: Vec<ReasonShare>,
     pub preemptions: Option<Preemptions>,
+    /// Phase times fitted on the batch features (see [`super::model`]).
+    pub model: Vec<super::model::Fit>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -220,6 +222,7 @@ pub fn summarize(run: &Run) -> Summary {
         requests: run.has_requests.then_some(run.requests.len() as u64),
         wait_reasons,
         preemptions: preemptions(run),
+        model: super::model::fits(run),
     }
 }
 
