@@ -14,6 +14,12 @@ for base, specialized in getattr(opcode, "_specializations", {}).items():
     for name in specialized:
         if name in all_opmap and all_opmap[name] < 256:
             deopt[all_opmap[name]] = all_opmap[base]
+# sys.monitoring (3.12+) rewrites instructions in place into INSTRUMENTED_<base> forms, same
+# oparg and caches; LINE and INSTRUCTION keep their base in a side table and stay unmapped.
+for name, number in all_opmap.items():
+    base = name.removeprefix("INSTRUMENTED_")
+    if base != name and base in all_opmap and number < 256:
+        deopt[number] = all_opmap[base]
 raw = getattr(opcode, "_inline_cache_entries", [])
 caches = [0] * 256
 for op, n in (raw.items() if isinstance(raw, dict) else enumerate(raw)):
