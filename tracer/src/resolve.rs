@@ -24,6 +24,12 @@ pub enum ResolveError {
         version: String,
         module: String,
     },
+    #[error("vLLM {vllm} in process {pid} has an engine step no row of the tracer's name table (tracer/src/vllm.rs) fits:\n{tried}")]
+    NoRow {
+        pid: u32,
+        vllm: String,
+        tried: String,
+    },
     #[error("{name} not found in process {pid}: {why}")]
     Missing { pid: u32, name: String, why: String },
     #[error(
@@ -57,14 +63,11 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
     let read = |source| ResolveError::Read { pid, source };
     let modules = reader.sys_modules(py.runtime).map_err(read)?;
 
-    let mut names = None;
-    for engine in ENGINES {
-        if let Some(module) = reader.dict_get(modules, engine.core_module).map_err(read)? {
-            names = Some((engine, module));
-            break;
-        }
-    }
-    let Some((names, module)) = names else {
+    // Rows share their module and step; which fits is what the live step calls.
+    let Some((core_module, module)) = ENGINES.iter().find_map(|e| {
+        let module = reader.dict_get(modules, e.core_module).ok()??;
+        Some((e.core_module, module))
+    }) else {
         return Err(ResolveError::NoVllm {
             pid,
             version: py.version.clone(),
@@ -75,7 +78,7 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
     let code_of = |qualname: &str| -> Result<Code, ResolveError> {
         let missing = |why: String| ResolveError::Missing {
             pid,
-            name: format!("{}.{qualname}", names.core_module),
+            name: format!("{core_module}.{qualname}"),
             why,
         };
         let mut dict = module_dict;
@@ -96,7 +99,34 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
             .map_err(|e| missing(e.to_string()))?;
         reader.code(code).map_err(read)
     };
-    let step = code_of(names.step)?;
+    let mut tried = Vec::new();
+    let mut fit = None;
+    for row in ENGINES.iter().filter(|e| e.core_module == core_module) {
+        let step = code_of(row.step)?;
+        let absent: Vec<_> = row
+            .calls()
+            .into_iter()
+            .filter(|m| !step.names.iter().any(|n| n == m))
+            .collect();
+        if absent.is_empty() {
+            fit = Some((row, step));
+            break;
+        }
+        tried.push(format!(
+            "  {} ({}): {} has no call of {}",
+            row.releases,
+            row.step,
+            row.step,
+            absent.join(", ")
+        ));
+    }
+    let Some((names, step)) = fit else {
+        return Err(ResolveError::NoRow {
+            pid,
+            vllm: crate::engines::vllm_version(target).unwrap_or_else(|| "unknown".into()),
+            tried: tried.join("\n"),
+        });
+    };
     let busy_loop = code_of(names.busy_loop)?;
 
     let threads = reader.threads(py.runtime).map_err(read)?;

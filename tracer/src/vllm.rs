@@ -142,10 +142,45 @@ pub const V1_STATE: StateNames = StateNames {
     block_size: "block_size",
 };
 
-/// vLLM V1 `EngineCore.step`: schedule → execute_model → update_from_output (0.8 – 0.10,
-/// and the bundled fixture engine).
+impl EngineNames {
+    /// The methods whose calls the step must contain for this row to fit it.
+    pub fn calls(&self) -> [&'static str; 3] {
+        [self.schedule, self.execute, self.update]
+    }
+}
+
+/// vLLM 0.33 `EngineCore.step`: `execute_model(non_block=True)` returns a future, then
+/// `future.result()` and, only when that gave None (as the GPU runner's does),
+/// `sample_tokens()`; either way `_process_aborts_queue()` is the next call, right before
+/// `update_from_output()`, so its return ends the execute phase (plus the context-manager
+/// exits and the abort check, which the real-vLLM harness measures).
+pub const V1_STEP_0_33: EngineNames = EngineNames {
+    releases: "vLLM 0.33.0 (measured)",
+    core_module: "vllm.v1.engine.core",
+    step: "EngineCore.step",
+    busy_loop: "EngineCoreProc.run_busy_loop",
+    schedule: "schedule",
+    execute: "_process_aborts_queue",
+    update: "update_from_output",
+    state: &V1_STATE,
+};
+
+/// vLLM 0.10 – 0.11 `EngineCore.step`: the executor's `execute_model` is passed to
+/// `execute_model_with_error_logging`, which calls it; `step` itself never calls it.
+pub const V1_STEP_0_10: EngineNames = EngineNames {
+    releases: "vLLM 0.10.2, 0.11.0 (measured)",
+    core_module: "vllm.v1.engine.core",
+    step: "EngineCore.step",
+    busy_loop: "EngineCoreProc.run_busy_loop",
+    schedule: "schedule",
+    execute: "execute_model_with_error_logging",
+    update: "update_from_output",
+    state: &V1_STATE,
+};
+
+/// `EngineCore.step` calling `execute_model` itself: the bundled fixture engine.
 pub const V1_STEP: EngineNames = EngineNames {
-    releases: "fixture engine; vLLM 0.8.5 and 0.10 have this shape per DESIGN §3 (not yet run against real vLLM)",
+    releases: "the fixture engine (tests/fixtures/engine)",
     core_module: "vllm.v1.engine.core",
     step: "EngineCore.step",
     busy_loop: "EngineCoreProc.run_busy_loop",
@@ -155,4 +190,6 @@ pub const V1_STEP: EngineNames = EngineNames {
     state: &V1_STATE,
 };
 
-pub const ENGINES: &[EngineNames] = &[V1_STEP];
+/// Tried in order; the first row whose step contains all of its [`EngineNames::calls`] is
+/// used (0.33's step also names `execute_model`, so its row comes before the fixture's).
+pub const ENGINES: &[EngineNames] = &[V1_STEP_0_33, V1_STEP_0_10, V1_STEP];
