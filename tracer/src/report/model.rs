@@ -4,11 +4,11 @@
 //! single line through both kinds of step fits neither).
 //!
 //! The solver is a few lines of modified Gram–Schmidt QR rather than a linear-algebra crate:
-//! at most five columns, and QR solves the least squares without forming XᵀX (whose
+//! five columns, and QR solves the least squares without forming XᵀX (whose
 //! condition number is the square of X's: token counts and context sums differ by 10⁶). A
 //! column that is constant or a linear combination of the others in the fitted steps (in
-//! decode-only steps, one token per request makes `batch_size` equal `decode_tokens`) is
-//! left out and reported as not identifiable, instead of yielding arbitrary coefficients.
+//! decode-only steps, `prefill_tokens` and `prefill_requests` are all 0) is left out and
+//! reported as not identifiable, instead of yielding arbitrary coefficients.
 
 use serde::Serialize;
 
@@ -24,8 +24,10 @@ pub struct Feature {
 }
 
 /// The features of `tracer export --format features`, in column order. The regressors are
-/// the model's columns in this order, a later one dropped when it depends on earlier ones
-/// (so decode-only steps keep `decode_tokens` and lose `batch_size`).
+/// the model's columns, in this order: tokens of each kind, a cost per prefill request
+/// (chunk) beyond its tokens, and the context the batch attends over. `batch_size` is not
+/// one: without speculative decoding a decode request is one decode token, so batch size
+/// is `prefill_requests + decode_tokens`.
 pub const FEATURES: &[Feature] = &[
     Feature {
         name: "scheduled_tokens",
@@ -45,12 +47,12 @@ pub const FEATURES: &[Feature] = &[
     Feature {
         name: "batch_size",
         get: |s| s.batch_size.map(f64::from),
-        regressor: true,
+        regressor: false,
     },
     Feature {
         name: "prefill_requests",
         get: |s| s.prefill_requests.map(f64::from),
-        regressor: false,
+        regressor: true,
     },
     Feature {
         name: "decode_requests",
