@@ -53,6 +53,11 @@ def parse_args(argv):
     p.add_argument("--forward-ms", type=float, default=2.0, help="stand-in forward time per step")
     p.add_argument("--per-token-us", type=float, default=10.0, help="plus this per scheduled token")
     p.add_argument("--wait-go", help="send requests only once this file exists")
+    p.add_argument(
+        "--warmup", type=int, default=0,
+        help="run this many small requests (ids warm-N) before `ready`, as a server that has"
+        " served before a tracer attaches",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--expect-preemption", action="store_true", help="fail if nothing was preempted")
     p.add_argument("--facts", help="write live facts (JSON) here; needs --in-process")
@@ -114,6 +119,30 @@ def main(argv) -> int:
     t0 = time.monotonic()
     engine = LLMEngine.from_engine_args(engine_args)
     startup_s = time.monotonic() - t0
+    for i in range(a.warmup):
+        engine.add_request(
+            f"warm-{i}",
+            {"prompt_token_ids": list(range(10, 10 + 2 * a.block_size))},
+            SamplingParams(max_tokens=4, ignore_eos=True, detokenize=False),
+        )
+    while engine.has_unfinished_requests():
+        engine.step()
+    with open(os.path.join(out, "args.json"), "w") as f:
+        json.dump(
+            {
+                "model": model,
+                "max_model_len": a.max_model_len,
+                "max_num_seqs": a.max_num_seqs,
+                "max_num_batched_tokens": a.max_num_batched_tokens,
+                "block_size": a.block_size,
+                "num_gpu_blocks": a.num_blocks,
+                "enable_prefix_caching": not a.no_prefix_caching,
+                "async_scheduling": a.async_scheduling,
+                "in_process": a.in_process,
+                "requests": a.requests,
+            },
+            f,
+        )
     with open(os.path.join(out, "engine.json")) as f:
         info = json.load(f)
     info.update(
