@@ -401,23 +401,28 @@ fn gantt(run: &Run) -> Result<String> {
 fn model_fit(run: &Run) -> Result<String> {
     let title = "Execute time: OLS model vs measured";
     svg(|root| {
-        let series: Vec<(StepKind, Vec<(f64, f64)>)> = fits(run)
+        let series: Vec<(StepKind, u64, Vec<(f64, f64)>)> = fits(run)
             .into_iter()
             .filter(|f| f.phase == "execute")
             .map(|fit| {
+                // Outliers left out of the fit are left out here too (milliseconds off the
+                // diagonal, they would squeeze the rest into a corner).
+                let bound = fit.outlier_above_ns.unwrap_or(f64::INFINITY);
                 let points = run
                     .steps
                     .iter()
                     .filter(|s| StepKind::of(s) == Some(fit.steps))
-                    .filter_map(|s| Some((fit.predict(s)? / 1e6, s.execute_ns as f64 / 1e6)))
+                    .filter_map(|s| Some((fit.predict(s)?, s.execute_ns as f64)))
+                    .filter(|(predicted, measured)| (measured - predicted).abs() <= bound)
+                    .map(|(predicted, measured)| (predicted / 1e6, measured / 1e6))
                     .collect();
-                (fit.steps, points)
+                (fit.steps, fit.outliers, points)
             })
             .collect();
         if series.is_empty() {
             return placeholder(root, title, "no model (batch features not captured)");
         }
-        let all = series.iter().flat_map(|(_, p)| p.iter());
+        let all = series.iter().flat_map(|(.., p)| p.iter());
         let max = all.fold(0.0, |m: f64, p| m.max(p.0).max(p.1)) * 1.05 + 1e-6;
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 18))
@@ -437,7 +442,7 @@ fn model_fit(run: &Run) -> Result<String> {
         chart
             .draw_series(LineSeries::new([(0.0, 0.0), (max, max)], BLACK.mix(0.4)))
             .map_err(plot_error)?;
-        for (kind, points) in &series {
+        for (kind, outliers, points) in &series {
             let color = match kind {
                 StepKind::Prefill => EXECUTE,
                 StepKind::DecodeOnly => SCHEDULE,
@@ -451,7 +456,7 @@ fn model_fit(run: &Run) -> Result<String> {
                         .map(|&p| Circle::new(p, 2, color.mix(0.5).filled())),
                 )
                 .map_err(plot_error)?
-                .label(kind.name())
+                .label(format!("{} ({outliers} outliers not shown)", kind.name()))
                 .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
         }
         chart
