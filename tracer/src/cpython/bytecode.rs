@@ -55,9 +55,10 @@ pub fn entry_point(instrs: &[Instr], ops: &Opcodes) -> Option<usize> {
 }
 
 /// Byte offset of the instruction that runs right after the call of method `method`
-/// (`obj.method(...)`) returns: the first call instruction after the attribute load of that
-/// name. Arguments that themselves contain calls would move the point; the call sites we
-/// probe (`self.scheduler.schedule()` and the like) pass plain locals.
+/// (`obj.method(...)`) returns: the call instruction after the attribute load of that name,
+/// skipping the calls of methods loaded in between (vLLM 0.33's
+/// `self.scheduler.schedule(self._should_throttle_prefills())`). Calls of plain functions or
+/// globals inside the arguments would still move the point.
 pub fn after_call(
     instrs: &[Instr],
     names: &[String],
@@ -74,12 +75,26 @@ pub fn after_call(
         };
         names.get(index as usize).map(String::as_str)
     };
+    // 3.12+ marks a method load by LOAD_ATTR's low oparg bit; before, it is LOAD_METHOD.
+    let is_method_load = |i: &Instr| {
+        Some(i.op) == ops.load_method
+            || (ops.load_attr_name_shift == 1 && Some(i.op) == ops.load_attr && i.arg & 1 == 1)
+    };
     let load = instrs.iter().position(|i| name_of(i) == Some(method))?;
+    let mut nested = 0;
     let call = load
         + 1
-        + instrs[load + 1..]
-            .iter()
-            .position(|i| ops.calls.contains(&i.op))?;
+        + instrs[load + 1..].iter().position(|i| {
+            if is_method_load(i) {
+                nested += 1;
+            } else if ops.calls.contains(&i.op) {
+                if nested == 0 {
+                    return true;
+                }
+                nested -= 1;
+            }
+            false
+        })?;
     instrs.get(call + 1).map(|i| i.offset)
 }
 
@@ -147,6 +162,33 @@ mod tests {
         ["scheduler", "schedule", "ex", "execute_model"]
             .map(String::from)
             .to_vec()
+    }
+
+    /// `out = self.scheduler.schedule(self.ex())` (vLLM 0.33's shape): the watch goes after
+    /// the outer call, not after the call of the method loaded for its argument.
+    #[test]
+    fn skips_method_calls_in_the_arguments() {
+        let ops = ops_3_11();
+        let (attr, method, call) = (
+            ops.load_attr.unwrap(),
+            ops.load_method.unwrap(),
+            ops.calls[0],
+        );
+        let mut code = Vec::new();
+        emit(&mut code, ops, ops.resume.unwrap(), 0);
+        emit(&mut code, ops, LOAD_FAST, 0);
+        emit(&mut code, ops, attr, 0); // .scheduler
+        emit(&mut code, ops, method, 1); // .schedule
+        emit(&mut code, ops, LOAD_FAST, 0);
+        emit(&mut code, ops, method, 2); // .ex
+        emit(&mut code, ops, PRECALL, 0);
+        emit(&mut code, ops, call, 0); // ex()
+        emit(&mut code, ops, PRECALL, 1);
+        emit(&mut code, ops, call, 1); // schedule(...)
+        emit(&mut code, ops, STORE_FAST, 1);
+        let instrs = instructions(&code, ops);
+        let after = after_call(&instrs, &names(), "schedule", ops).unwrap();
+        assert_eq!(Some(&after), instrs.last().map(|i| &i.offset));
     }
 
     #[test]

@@ -1,0 +1,220 @@
+"""Compare a tracer's output with the harness's ground truth and vLLM's own stats, same run.
+
+    python -m real_vllm_harness.check_trace --harness DIR --trace DIR [--phases-only]
+
+Prints one `check {json}` line (counts, error distributions in µs) and exits 1 when a check
+fails. The window is the tracer's: ground-truth steps that started after its trace_start_ns
+and ended before its trace_end_ns (run.json), so warm-up steps before the attach don't count.
+
+Phase definitions, so both sides measure the same span (DESIGN §3, "execute" = from
+`schedule` returning to `update_from_output` starting):
+  schedule = schedule() return − step start;  execute = update_from_output() start −
+  schedule() return;  update = update_from_output() return − its start.
+The monitor stamps inside its callbacks (after the callee's first/last instruction), the tracer
+at the watched byte in the caller, so each boundary differs by the callbacks' dispatch and the
+few instructions between; the bounds below are what that leaves, with slack for a loaded VM.
+"""
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+
+# |tracer − ground truth| per phase, µs: the median and the 99th percentile must stay below.
+PHASE_BOUND_US = {"p50": 100.0, "p99": 1000.0}
+# Request times vs vLLM's own timestamps, µs (p99 of |error|); see requests_check.
+REQUEST_BOUND_US = 1000.0
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def dist(errors_ns):
+    """median, p99 and max of |error| in µs, and the signed median."""
+    if not errors_ns:
+        return None
+    mags = sorted(abs(e) / 1e3 for e in errors_ns)
+    return {
+        "n": len(mags),
+        "signed_median_us": round(statistics.median(errors_ns) / 1e3, 1),
+        "p50_us": round(mags[len(mags) // 2], 1),
+        "p99_us": round(mags[min(len(mags) - 1, int(len(mags) * 0.99))], 1),
+        "max_us": round(mags[-1], 1),
+    }
+
+
+def steps_check(gt_steps, steps, run, problems):
+    lo, hi = run["trace_start_ns"], run["trace_end_ns"]
+    gt = [
+        s
+        for s in gt_steps
+        if s["schedule_end_ns"] and s["update_end_ns"] and not s["raised"]
+        and lo <= int(s["step_start_ns"]) and int(s["step_end_ns"]) <= hi
+    ]  # fmt: skip
+    out = {"gt_steps_in_window": len(gt), "tracer_steps": len(steps)}
+    if len(gt) != len(steps):
+        problems.append(f"steps: tracer {len(steps)}, ground truth {len(gt)} in the window")
+        return out, []
+    pairs = list(zip(gt, steps))
+    far = [
+        int(t["step"]) for g, t in pairs
+        if not int(g["step_start_ns"]) - 1_000_000 <= int(t["start_ns"]) <= int(g["schedule_end_ns"])
+    ]  # fmt: skip
+    if far:
+        problems.append(f"{len(far)} tracer steps start outside their ground-truth step: {far[:5]}")
+    errs = {"schedule": [], "execute": [], "update": []}
+    for g, t in pairs:
+        start, sched = int(g["step_start_ns"]), int(g["schedule_end_ns"])
+        upd0, upd1 = int(g["update_start_ns"]), int(g["update_end_ns"])
+        errs["schedule"].append(int(t["schedule_ns"]) - (sched - start))
+        errs["execute"].append(int(t["execute_ns"]) - (upd0 - sched))
+        errs["update"].append(int(t["update_ns"]) - (upd1 - upd0))
+    out["phase_error"] = {k: dist(v) for k, v in errs.items()}
+    for phase, d in out["phase_error"].items():
+        for key, bound in PHASE_BOUND_US.items():
+            if d[f"{key}_us"] > bound:
+                problems.append(f"{phase} phase error {key} {d[f'{key}_us']} µs > {bound} µs")
+    return out, pairs
+
+
+# steps.csv column → ground-truth column (as `schedule()` left the scheduler).
+BATCH_COLUMNS = {
+    "batch_size": "scheduled_reqs",
+    "scheduled_tokens": "scheduled_tokens",
+    "new_requests": "new_reqs",
+    "running": "running",
+    "waiting": "waiting",
+}
+
+
+def batch_check(pairs, problems):
+    out = {}
+    for col, gcol in BATCH_COLUMNS.items():
+        bad = [(int(t["step"]), t[col], g[gcol]) for g, t in pairs if t[col] != g[gcol]]
+        out[col] = {"equal": len(pairs) - len(bad), "differ": len(bad), "first": bad[:3]}
+        if bad:
+            problems.append(f"steps.csv {col} differs from the ground truth in {len(bad)} steps")
+    bad = [
+        (int(t["step"]), t["kv_blocks_used"], g["kv_free_blocks"]) for g, t in pairs
+        if t["kv_blocks_used"] != str(int(t["kv_blocks_total"]) - int(g["kv_free_blocks"]))
+    ]  # fmt: skip
+    out["kv_blocks_used"] = {"equal": len(pairs) - len(bad), "differ": len(bad), "first": bad[:3]}
+    if bad:
+        problems.append(f"steps.csv kv_blocks_used differs in {len(bad)} steps")
+    return out
+
+
+def requests_check(stats, gt_requests, requests, problems):
+    """requests.csv against vLLM's RequestStateStats (front end) and what `_free_request` saw."""
+    by_id = {r["request_id"]: r for r in requests}
+    freed = {r["request_id"]: r for r in gt_requests}
+    out = {"stats": len(stats), "tracer": len(requests)}
+    missing = [s["engine_request_id"] for s in stats if s["engine_request_id"] not in by_id]
+    out["missing"] = len(missing)
+    if missing:
+        problems.append(f"{len(missing)} requests missing from requests.csv: {missing[:3]}")
+    both = [(s, by_id[s["engine_request_id"]]) for s in stats if s["engine_request_id"] in by_id]
+    for col, scol in (
+        ("prompt_tokens", "num_prompt_tokens"),
+        ("output_tokens", "num_output_tokens"),
+    ):
+        bad = [(s["request_id"], t[col], s[scol]) for s, t in both if t[col] != s[scol]]
+        out[col] = {"equal": len(both) - len(bad), "differ": len(bad), "first": bad[:3]}
+        if bad:
+            problems.append(f"requests.csv {col} differs from vLLM's stats in {len(bad)} requests")
+    # vLLM counts preemptions itself from 0.33; before, the monitor's count at schedule().
+    bad = []
+    for s, t in both:
+        want = s["num_preemptions"] or freed[s["engine_request_id"]]["observed_preemptions"]
+        if t["preemptions"] != want:
+            bad.append((s["request_id"], t["preemptions"], want))
+    out["preemptions"] = {
+        "total": sum(int(t["preemptions"] or 0) for _, t in both),
+        "differ": len(bad),
+        "first": bad[:3],
+    }
+    if bad:
+        problems.append(f"requests.csv preemptions differ in {len(bad)} requests")
+    order = lambda key, rows: [r["request_id"] for r in sorted(rows, key=key)]  # noqa: E731
+    ours = [s["request_id"] for s, t in sorted(both, key=lambda p: int(p[1]["first_token_ns"] or 0))]
+    theirs = order(lambda s: float(s["first_token_ts"]), [s for s, _ in both])
+    out["first_token_order_equal"] = ours == theirs
+    if ours != theirs:
+        problems.append("requests.csv first-token order differs from vLLM's first_token_ts order")
+    times = {}
+    for col, scol in (
+        ("queued_ns", "queued_ts"),
+        ("first_scheduled_ns", "scheduled_ts"),
+        ("first_token_ns", "first_token_ts"),
+    ):
+        errs = [int(t[col]) - round(float(s[scol]) * 1e9) for s, t in both if t[col] and s[scol]]
+        empty = sum(not t[col] for _, t in both)
+        times[col] = {"vs": scol, "empty": empty, **(dist(errs) or {})}
+        if empty:
+            problems.append(f"requests.csv {col} empty for {empty} requests")
+        if errs and times[col]["p99_us"] > REQUEST_BOUND_US:
+            problems.append(f"requests.csv {col} vs vLLM {scol}: p99 {times[col]['p99_us']} µs")
+    errs = [
+        int(t["finished_ns"]) - int(freed[s["engine_request_id"]]["freed_ns"])
+        for s, t in both if t["finished_ns"]
+    ]  # fmt: skip
+    times["finished_ns"] = {"vs": "_free_request", **(dist(errs) or {})}
+    out["times"] = times
+    bad = [
+        (s["request_id"], t["finish_status"], freed[s["engine_request_id"]]["status"])
+        for s, t in both if t["finish_status"] != freed[s["engine_request_id"]]["status"]
+    ]  # fmt: skip
+    out["finish_status"] = {"differ": len(bad), "first": bad[:3]}
+    if bad:
+        problems.append(f"requests.csv finish_status differs in {len(bad)} requests")
+    return out
+
+
+def config_check(run, args, problems):
+    config = run.get("config") or {}
+    keys = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
+            "num_gpu_blocks", "enable_prefix_caching")  # fmt: skip
+    bad = {k: (config.get(k), args[k]) for k in keys if config.get(k) != args[k]}
+    if not str(config.get("model", "")).endswith(os.path.basename(args["model"])):
+        bad["model"] = (config.get("model"), args["model"])
+    if bad:
+        problems.append(f"run.json config differs from the EngineArgs: {bad}")
+    return {"differ": bad}
+
+
+def main(argv):
+    p = argparse.ArgumentParser(prog="check_trace", description=__doc__.split("\n")[0])
+    p.add_argument("--harness", required=True, help="the harness's --out")
+    p.add_argument("--trace", required=True, help="the tracer's -o")
+    p.add_argument("--phases-only", action="store_true", help="the tracer ran --phases-only")
+    a = p.parse_args(argv)
+    h = lambda name: os.path.join(a.harness, name)  # noqa: E731
+    t = lambda name: os.path.join(a.trace, name)  # noqa: E731
+    with open(t("run.json")) as f:
+        run = json.load(f)
+    with open(h("args.json")) as f:
+        args = json.load(f)
+    problems = []
+    result = {"vllm": run.get("vllm_version"), "engine_shape": run.get("engine_shape")}
+    result["steps"], pairs = steps_check(read_csv(h("gt_steps.csv")), read_csv(t("steps.csv")), run, problems)
+    result["config"] = config_check(run, args, problems)
+    if not a.phases_only:
+        if pairs:
+            result["batch"] = batch_check(pairs, problems)
+        stats = [s for s in read_csv(h("stats.csv")) if s["request_id"].startswith("req-")]
+        result["requests"] = requests_check(
+            stats, read_csv(h("gt_requests.csv")), read_csv(t("requests.csv")), problems
+        )
+    result["problems"] = problems
+    print("check " + json.dumps(result), flush=True)
+    for problem in problems:
+        print(f"check failed: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
