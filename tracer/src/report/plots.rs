@@ -400,8 +400,10 @@ fn gantt(run: &Run) -> Result<String> {
 /// is predicted exactly), per kind of step.
 fn model_fit(run: &Run) -> Result<String> {
     let title = "Execute time: OLS model vs measured";
+    /// (predicted ms, measured ms) per step.
+    type Points = Vec<(f64, f64)>;
     svg(|root| {
-        let series: Vec<(StepKind, u64, Vec<(f64, f64)>)> = fits(run)
+        let series: Vec<(StepKind, u64, Points)> = fits(run)
             .into_iter()
             .filter(|f| f.phase == "execute")
             .map(|fit| {
