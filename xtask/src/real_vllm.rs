@@ -2,9 +2,9 @@
 //! harness in tests/real_vllm that runs their real V1 engine around a stand-in executor.
 //!
 //! - `cargo xtask real-vllm setup [--version V | --all]`  create `.venvs/vllm-<V>` (idempotent)
-//! - `cargo xtask real-vllm run [--version V] [-- harness args]`  setup, then run the harness;
-//!   with no harness args, the self-check: 200 requests whose KV blocks run out (preemption
-//!   required), ground truth and vLLM's stats checked against each other
+//! - `cargo xtask real-vllm run [--version V] [--phases-only] [-- harness args]`  setup, then
+//!   run the harness with `tracer attach` on it and check the trace (see [`run`]); with no
+//!   harness args, 200 requests whose KV blocks run out (preemption required)
 //!
 //! `pip install vllm==V` does not work here: 0.33.0 pins a `certifi` newer than any on PyPI and
 //! pulls GPU-only packages. So each venv gets vLLM with `--no-deps`, then vLLM's own requirements
@@ -13,14 +13,15 @@
 //! its cache, so versions pinning the same torch (0.10.2 and 0.11.0: 2.8.0) share its gigabytes.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, ExitStatus, Stdio},
     time::Instant,
 };
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{exec, workspace_root};
+use crate::{exec, tracer_bin, workspace_root};
 
 /// vLLM releases we install, newest first (the default). Each has the V1 engine.
 const VERSIONS: &[&str] = &["0.33.0", "0.11.0", "0.10.2"];
@@ -65,11 +66,13 @@ pub fn main(args: &[String]) -> Result<()> {
     };
     let mut version = VERSIONS[0].to_owned();
     let mut all = false;
+    let mut phases_only = false;
     let mut rest = ours.iter().skip(1);
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--version" => version = rest.next().context("--version needs a value")?.clone(),
             "--all" => all = true,
+            "--phases-only" => phases_only = true,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -83,13 +86,13 @@ pub fn main(args: &[String]) -> Result<()> {
         Some("setup") if all => VERSIONS.iter().try_for_each(|v| setup(v).map(drop)),
         Some("setup") => setup(&version).map(drop),
         Some("run") if all => bail!("run takes one --version, not --all"),
-        Some("run") => run(&version, harness),
+        Some("run") => run(&version, phases_only, harness),
         _ => bail!("{USAGE}"),
     }
 }
 
 const USAGE: &str = "usage: cargo xtask real-vllm setup [--version V | --all]\n       \
-                     cargo xtask real-vllm run [--version V] [-- harness args]";
+                     cargo xtask real-vllm run [--version V] [--phases-only] [-- harness args]";
 
 fn venvs_dir() -> PathBuf {
     workspace_root().join(".venvs")
@@ -145,34 +148,170 @@ pub fn setup(version: &str) -> Result<PathBuf> {
     Ok(python)
 }
 
-/// Sets up the venv, then runs the harness in it; `--out` and `--model-dir` get defaults.
-fn run(version: &str, harness: &[String]) -> Result<()> {
+/// Sets up the venv and the tracer, starts the harness (`--wait-go`, after a warm-up), attaches
+/// `tracer attach --pid <harness pid>` (the tracer finds the EngineCore child itself, or the
+/// harness process for `--in-process`), lets the load go, and checks the trace against the
+/// ground truth (check_trace.py). Outputs under `out/real-vllm/<V>/{harness,trace}`.
+fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<()> {
     let python = setup(version)?;
+    crate::setup::run()?;
     let root = workspace_root();
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "real_vllm_harness"])
+    let out = root.join("out/real-vllm").join(version);
+    let (harness_out, trace_out, go) = (out.join("harness"), out.join("trace"), out.join("go"));
+    for path in [&harness_out, &trace_out] {
+        if path.exists() {
+            std::fs::remove_dir_all(path)?;
+        }
+    }
+    let _ = std::fs::remove_file(&go);
+    std::fs::create_dir_all(&out)?;
+    let started = Instant::now();
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", "real_vllm_harness", "--warmup", "2", "--wait-go"])
+        .arg(&go)
+        .arg("--out")
+        .arg(&harness_out)
+        .arg("--model-dir")
+        .arg(venvs_dir().join("model/tiny-llama"))
         .args(harness)
         .env("PYTHONPATH", root.join("tests/real_vllm"))
-        .current_dir(&root);
-    if !harness.iter().any(|a| a == "--out") {
-        cmd.arg("--out")
-            .arg(root.join("out/real-vllm").join(version));
-    }
-    if !harness.iter().any(|a| a == "--model-dir") {
-        cmd.arg("--model-dir")
-            .arg(venvs_dir().join("model/tiny-llama"));
-    }
+        .current_dir(&root)
+        .stdout(Stdio::piped());
     if harness.is_empty() {
         // The harness defaults (200 requests, 128 KV blocks) are sized to preempt.
         cmd.arg("--expect-preemption");
     }
-    let started = Instant::now();
-    exec(&mut cmd)?;
+    let mut child = Kill(cmd.spawn().context("starting the harness")?);
+    let mut lines = BufReader::new(child.0.stdout.take().expect("piped")).lines();
+    let ready = loop {
+        let line = lines
+            .next()
+            .context("the harness exited before `ready`")??;
+        if let Some(json) = line.strip_prefix("ready ") {
+            break json.to_owned();
+        }
+    };
+    let harness_pid = json_uint(&ready, "harness_pid").context("ready without harness_pid")?;
     eprintln!(
-        "real-vllm: vllm {version} harness finished in {:.0} s",
+        "real-vllm: vllm {version} ready in {:.0} s: {ready}",
+        started.elapsed().as_secs_f64()
+    );
+    // The summary line comes later; the logs before it are vLLM's.
+    let summary = std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("summary ").map(str::to_owned))
+    });
+
+    let mut tracer = Command::new(tracer_bin());
+    tracer
+        .args([
+            "attach",
+            "--cuda",
+            "off",
+            "--pid",
+            &harness_pid.to_string(),
+            "-o",
+        ])
+        .arg(&trace_out)
+        .stderr(Stdio::piped());
+    if phases_only {
+        tracer.arg("--phases-only");
+    }
+    let mut tracer = Kill(tracer.spawn().context("starting the tracer")?);
+    let mut tracer_err = BufReader::new(tracer.0.stderr.take().expect("piped")).lines();
+    let attached = Instant::now();
+    loop {
+        let line = tracer_err
+            .next()
+            .context("the tracer exited before attaching")??;
+        eprintln!("{line}");
+        if line.contains("tracer: attached") {
+            break;
+        }
+    }
+    eprintln!(
+        "real-vllm: attached in {:.1} s",
+        attached.elapsed().as_secs_f64()
+    );
+    let tracer_log = std::thread::spawn(move || {
+        for line in tracer_err.map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    std::fs::write(&go, "")?;
+    let load = Instant::now();
+    let status = child.0.wait()?;
+    let summary = summary.join().ok().flatten();
+    eprintln!(
+        "real-vllm: harness done in {:.1} s ({status}); summary {}",
+        load.elapsed().as_secs_f64(),
+        summary.as_deref().unwrap_or("missing")
+    );
+    // The tracer stops by itself when the engine process exits.
+    let tracer_status = tracer.wait_for(std::time::Duration::from_secs(60))?;
+    let _ = tracer_log.join();
+    if !status.success() {
+        bail!("the harness failed ({status})");
+    }
+    if !tracer_status.success() {
+        bail!("the tracer failed ({tracer_status})");
+    }
+    let mut check = Command::new(&python);
+    check
+        .args(["-m", "real_vllm_harness.check_trace", "--harness"])
+        .arg(&harness_out)
+        .arg("--trace")
+        .arg(&trace_out)
+        .env("PYTHONPATH", root.join("tests/real_vllm"));
+    if phases_only {
+        check.arg("--phases-only");
+    }
+    exec(&mut check)?;
+    eprintln!(
+        "real-vllm: vllm {version} traced and checked in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A top-level unsigned integer of a flat JSON object, by key.
+fn json_uint(json: &str, key: &str) -> Option<u64> {
+    let rest = &json[json.find(&format!("\"{key}\":"))? + key.len() + 3..];
+    let rest = rest.trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// A child killed if it is still running when dropped (a failed check must not leave an
+/// engine or a tracer behind).
+struct Kill(Child);
+
+impl Kill {
+    /// Waits up to `limit`, then kills it (SIGINT first: the tracer then writes its files).
+    fn wait_for(&mut self, limit: std::time::Duration) -> Result<ExitStatus> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGINT) };
+        bail!("{limit:?} passed and the child had not exited; sent SIGINT")
+    }
+}
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn base_python() -> Result<PathBuf> {
@@ -251,6 +390,14 @@ fn requirement_name(req: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_harness_pid_from_ready() {
+        let ready = r#"{"pid": 864, "tid": 864, "harness_pid": 30517, "startup_s": 30.6}"#;
+        assert_eq!(json_uint(ready, "harness_pid"), Some(30517));
+        assert_eq!(json_uint(ready, "pid"), Some(864));
+        assert_eq!(json_uint(ready, "missing"), None);
+    }
 
     #[test]
     fn requirements_drop_gpu_packages_extras_and_certifi_pin() {
