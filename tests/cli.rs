@@ -543,7 +543,8 @@ fn report_numbers_equal_a_recomputation_from_the_csvs() {
             "{name}"
         );
     }
-    assert_eq!(html.matches("<svg").count(), 4);
+    // The four above and the step-time model's chart.
+    assert_eq!(html.matches("<svg").count(), 5);
 }
 
 #[test]
