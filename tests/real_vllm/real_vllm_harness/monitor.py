@@ -25,7 +25,7 @@ import time
 
 STEP_COLUMNS = [
     "step", "step_fn", "step_start_ns",
-    "schedule_start_ns", "schedule_end_ns",
+    "schedule_start_ns", "schedule_end_ns", "schedule_cb_end_ns",
     "execute_start_ns", "execute_end_ns",
     "sample_start_ns", "sample_end_ns",
     "update_start_ns", "update_end_ns",
@@ -135,6 +135,9 @@ class Monitor:
         self.row[f"{role}_end_ns"] = t
         if role == "schedule":
             self._scheduled(sys._getframe(1).f_locals["self"], retval)
+            # The caller resumes only after this bookkeeping: a tracer's mark after the call
+            # is compared with this time, not with the return's.
+            self.row["schedule_cb_end_ns"] = time.monotonic_ns()
 
     def _unwind(self, code, offset, exc):
         if self.roles.get(code) == "step" and self.row is not None:
