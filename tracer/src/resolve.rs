@@ -15,6 +15,9 @@ use crate::{
 
 /// Attempts at walking each thread's stack before concluding none runs the busy loop.
 const STACK_WALK_TRIES: usize = 50;
+/// Attempts (1 ms apart) at catching an in-process engine's caller, which is on the stack only
+/// while a step runs.
+const INPROC_WALK_TRIES: usize = 2000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -33,7 +36,7 @@ pub enum ResolveError {
     #[error("{name} not found in process {pid}: {why}")]
     Missing { pid: u32, name: String, why: String },
     #[error(
-        "no thread of process {pid} is running {busy_loop}; pass --tid to pick the engine thread"
+        "no thread of process {pid} is running {busy_loop}; pass --tid to pick the engine thread (an in-process engine is found only while it runs steps)"
     )]
     NoEngineThread { pid: u32, busy_loop: String },
     #[error("thread {tid} is not a Python thread of process {pid}")]
@@ -64,24 +67,28 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
     let modules = reader.sys_modules(py.runtime).map_err(read)?;
 
     // Rows share their module and step; which fits is what the live step calls.
-    let Some((core_module, module)) = ENGINES.iter().find_map(|e| {
-        let module = reader.dict_get(modules, e.core_module).ok()??;
-        Some((e.core_module, module))
-    }) else {
+    let Some(core_module) = ENGINES
+        .iter()
+        .map(|e| e.core_module)
+        .find(|m| matches!(reader.dict_get(modules, m), Ok(Some(_))))
+    else {
         return Err(ResolveError::NoVllm {
             pid,
             version: py.version.clone(),
             module: ENGINES[0].core_module.into(),
         });
     };
-    let module_dict = reader.module_dict(module).map_err(read)?;
-    let code_of = |qualname: &str| -> Result<Code, ResolveError> {
+    let code_in = |module: &str, qualname: &str| -> Result<Code, ResolveError> {
         let missing = |why: String| ResolveError::Missing {
             pid,
-            name: format!("{core_module}.{qualname}"),
+            name: format!("{module}.{qualname}"),
             why,
         };
-        let mut dict = module_dict;
+        let module_object = reader
+            .dict_get(modules, module)
+            .map_err(read)?
+            .ok_or_else(|| missing("module not imported".into()))?;
+        let mut dict = reader.module_dict(module_object).map_err(read)?;
         let mut object = 0;
         for part in qualname.split('.') {
             if object != 0 {
@@ -99,6 +106,7 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
             .map_err(|e| missing(e.to_string()))?;
         reader.code(code).map_err(read)
     };
+    let code_of = |qualname: &str| code_in(core_module, qualname);
     let mut tried = Vec::new();
     let mut fit = None;
     for row in ENGINES.iter().filter(|e| e.core_module == core_module) {
@@ -128,40 +136,70 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
         });
     };
     let busy_loop = code_of(names.busy_loop)?;
+    // In-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) the front end's client calls the step,
+    // so its frame is there only during steps: many more tries.
+    let inproc = match code_in(names.inproc.module, names.inproc.caller) {
+        Ok(code) => Some(code),
+        Err(ResolveError::Missing { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let loops: Vec<(&Code, usize)> = std::iter::once((&busy_loop, STACK_WALK_TRIES))
+        .chain(inproc.as_ref().map(|c| (c, INPROC_WALK_TRIES)))
+        .collect();
 
     let threads = reader.threads(py.runtime).map_err(read)?;
-    let thread = match tid {
-        Some(tid) => *threads
-            .iter()
-            .find(|t| t.native_thread_id == u64::from(tid))
-            .ok_or(ResolveError::NotAThread {
-                pid,
-                tid: tid.into(),
-            })?,
+    let runs = |t: &ThreadState, code: &Code| {
+        reader
+            .stack(t)
+            .is_ok_and(|stack| stack.contains(&code.addr))
+    };
+    let (thread, loop_code) = match tid {
+        Some(tid) => {
+            let thread = *threads
+                .iter()
+                .find(|t| t.native_thread_id == u64::from(tid))
+                .ok_or(ResolveError::NotAThread {
+                    pid,
+                    tid: tid.into(),
+                })?;
+            // Whichever loop it runs, for the engine object; the busy loop if neither.
+            let code = loops
+                .iter()
+                .find(|(code, _)| runs(&thread, code))
+                .map_or(&busy_loop, |(code, _)| *code);
+            (thread, code)
+        }
         None => {
             // The stacks change under us while we walk them, so one walk can tear; the busy
             // loop's frame sits at the bottom of the engine thread for its whole life, so a
             // few tries find it.
-            let runs_busy_loop = |t: &&ThreadState| {
-                reader
-                    .stack(t)
-                    .is_ok_and(|stack| stack.contains(&busy_loop.addr))
-            };
-            let mut engine_thread = None;
-            for _ in 0..STACK_WALK_TRIES {
-                engine_thread = threads.iter().find(runs_busy_loop);
-                if engine_thread.is_some() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            *engine_thread.ok_or_else(|| ResolveError::NoEngineThread {
+            let found = loops.iter().find_map(|&(code, tries)| {
+                (0..tries).find_map(|_| {
+                    let thread = threads.iter().find(|t| runs(t, code));
+                    if thread.is_none() {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    thread.map(|t| (*t, code))
+                })
+            });
+            found.ok_or_else(|| ResolveError::NoEngineThread {
                 pid,
-                busy_loop: busy_loop.qualname.clone(),
+                busy_loop: loops
+                    .iter()
+                    .map(|(c, _)| c.qualname.clone())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
             })?
         }
     };
-    let engine = engine_object(&reader, &thread, busy_loop.addr).unwrap_or(0);
+    let mut engine = engine_object(&reader, &thread, loop_code.addr).unwrap_or(0);
+    if inproc.as_ref().is_some_and(|c| c.addr == loop_code.addr) && engine != 0 {
+        engine = reader
+            .attr(engine, names.inproc.engine)
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+    }
     Ok(Resolved {
         names,
         step,

@@ -14,6 +14,8 @@ pub struct EngineNames {
     pub step: &'static str,
     /// The busy loop whose thread runs the steps.
     pub busy_loop: &'static str,
+    /// Who calls the step when the engine runs in the front end's process.
+    pub inproc: &'static InprocNames,
     /// Method called in `step` whose return ends the schedule phase.
     pub schedule: &'static str,
     /// Method called in `step` whose return ends the execute phase.
@@ -142,6 +144,24 @@ pub const V1_STATE: StateNames = StateNames {
     block_size: "block_size",
 };
 
+/// The in-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): no busy loop; the front end's
+/// client calls the step (`step()` in 0.10, `step_fn()` from 0.11) from its `get_output`.
+#[derive(Debug)]
+pub struct InprocNames {
+    pub module: &'static str,
+    /// Qualified name of the caller, on the stack only while a step runs.
+    pub caller: &'static str,
+    /// Attribute of the caller's `self` holding the engine object.
+    pub engine: &'static str,
+}
+
+/// vLLM 0.10 – 0.33 (read in the 0.10.2, 0.11.0 and 0.33.0 wheels).
+pub const V1_INPROC: InprocNames = InprocNames {
+    module: "vllm.v1.engine.core_client",
+    caller: "InprocClient.get_output",
+    engine: "engine_core",
+};
+
 impl EngineNames {
     /// The methods whose calls the step must contain for this row to fit it.
     pub fn calls(&self) -> [&'static str; 3] {
@@ -159,6 +179,7 @@ pub const V1_STEP_0_33: EngineNames = EngineNames {
     core_module: "vllm.v1.engine.core",
     step: "EngineCore.step",
     busy_loop: "EngineCoreProc.run_busy_loop",
+    inproc: &V1_INPROC,
     schedule: "schedule",
     execute: "_process_aborts_queue",
     update: "update_from_output",
@@ -172,6 +193,7 @@ pub const V1_STEP_0_10: EngineNames = EngineNames {
     core_module: "vllm.v1.engine.core",
     step: "EngineCore.step",
     busy_loop: "EngineCoreProc.run_busy_loop",
+    inproc: &V1_INPROC,
     schedule: "schedule",
     execute: "execute_model_with_error_logging",
     update: "update_from_output",
@@ -184,6 +206,7 @@ pub const V1_STEP: EngineNames = EngineNames {
     core_module: "vllm.v1.engine.core",
     step: "EngineCore.step",
     busy_loop: "EngineCoreProc.run_busy_loop",
+    inproc: &V1_INPROC,
     schedule: "schedule",
     execute: "execute_model",
     update: "update_from_output",
