@@ -33,6 +33,8 @@ pub enum ResolveError {
         vllm: String,
         tried: String,
     },
+    #[error("vLLM {vllm} in process {pid} runs EngineCore.step_with_batch_queue (async scheduling or pipeline parallelism: the engine's batch_queue is set); the tracer traces EngineCore.step only, so far")]
+    BatchQueue { pid: u32, vllm: String },
     #[error("{name} not found in process {pid}: {why}")]
     Missing { pid: u32, name: String, why: String },
     #[error(
@@ -199,6 +201,20 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
             .ok()
             .flatten()
             .unwrap_or(0);
+    }
+    // The busy loop (through `_process_engine_step`) and 0.11+'s in-process caller call
+    // `step_fn`, which is the batch-queue step when the engine has a batch queue; 0.10's
+    // in-process caller calls `step` itself.
+    let calls_step_fn =
+        loop_code.addr == busy_loop.addr || loop_code.names.iter().any(|n| n == names.step_fn);
+    let batch_queue = (engine != 0 && calls_step_fn)
+        .then(|| reader.attr(engine, names.batch_queue).ok().flatten())
+        .flatten();
+    if batch_queue.is_some_and(|queue| !reader.is_none(queue)) {
+        return Err(ResolveError::BatchQueue {
+            pid,
+            vllm: crate::engines::vllm_version(target).unwrap_or_else(|| "unknown".into()),
+        });
     }
     Ok(Resolved {
         names,

@@ -16,6 +16,11 @@ pub struct EngineNames {
     pub busy_loop: &'static str,
     /// Who calls the step when the engine runs in the front end's process.
     pub inproc: &'static InprocNames,
+    /// Engine attribute that is not None when the engine runs `step_with_batch_queue`
+    /// instead of `step` (async scheduling, pipeline parallelism), and the engine attribute
+    /// holding the step function its callers call.
+    pub batch_queue: &'static str,
+    pub step_fn: &'static str,
     /// Method called in `step` whose return ends the schedule phase.
     pub schedule: &'static str,
     /// Method called in `step` whose return ends the execute phase.
@@ -180,6 +185,8 @@ pub const V1_STEP_0_33: EngineNames = EngineNames {
     step: "EngineCore.step",
     busy_loop: "EngineCoreProc.run_busy_loop",
     inproc: &V1_INPROC,
+    batch_queue: "batch_queue",
+    step_fn: "step_fn",
     schedule: "schedule",
     execute: "_process_aborts_queue",
     update: "update_from_output",
@@ -194,6 +201,8 @@ pub const V1_STEP_0_10: EngineNames = EngineNames {
     step: "EngineCore.step",
     busy_loop: "EngineCoreProc.run_busy_loop",
     inproc: &V1_INPROC,
+    batch_queue: "batch_queue",
+    step_fn: "step_fn",
     schedule: "schedule",
     execute: "execute_model_with_error_logging",
     update: "update_from_output",
@@ -207,6 +216,8 @@ pub const V1_STEP: EngineNames = EngineNames {
     step: "EngineCore.step",
     busy_loop: "EngineCoreProc.run_busy_loop",
     inproc: &V1_INPROC,
+    batch_queue: "batch_queue",
+    step_fn: "step_fn",
     schedule: "schedule",
     execute: "execute_model",
     update: "update_from_output",
