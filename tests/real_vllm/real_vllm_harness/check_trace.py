@@ -3,8 +3,11 @@
     python -m real_vllm_harness.check_trace --harness DIR --trace DIR [--phases-only]
 
 Prints one `check {json}` line (counts, error distributions in µs) and exits 1 when a check
-fails. The window is the tracer's: ground-truth steps that started after its trace_start_ns
-and ended before its trace_end_ns (run.json), so warm-up steps before the attach don't count.
+fails. The window is the tracer's: ground-truth steps that started after its attach returned
+(run.json trace_start_ns + attach_ms; or after its first step, if earlier: probes go on
+before the attach returns) and ended before its trace_end_ns, so steps before the attach
+don't count; likewise only requests vLLM queued after that are compared (an attach
+during the load, as the in-process engine needs, sees the earlier ones only in part).
 
 Phase definitions, so both sides measure the same span (DESIGN §3, "execute" = from
 `schedule` returning to `update_from_output` starting):
@@ -51,8 +54,15 @@ def dist(errors_ns):
     }
 
 
+def armed_ns(run):
+    """When the tracer's probes were on: its start plus the attach time."""
+    return run["trace_start_ns"] + round(run["attach_ms"] * 1e6)
+
+
 def steps_check(gt_steps, steps, run, problems):
-    lo, hi = run["trace_start_ns"], run["trace_end_ns"]
+    # Probes go on during the attach, before it returns: steps from then on count too.
+    first = int(steps[0]["start_ns"]) - 1_000_000 if steps else armed_ns(run)
+    lo, hi = min(armed_ns(run), first), run["trace_end_ns"]
     gt = [
         s
         for s in gt_steps
@@ -209,7 +219,10 @@ def main(argv):
     if not a.phases_only:
         if pairs:
             result["batch"] = batch_check(pairs, problems)
-        stats = [s for s in read_csv(h("stats.csv")) if s["request_id"].startswith("req-")]
+        stats = [
+            s for s in read_csv(h("stats.csv"))
+            if s["request_id"].startswith("req-") and float(s["queued_ts"]) * 1e9 > armed_ns(run)
+        ]  # fmt: skip
         result["requests"] = requests_check(
             stats, read_csv(h("gt_requests.csv")), read_csv(t("requests.csv")), problems
         )
