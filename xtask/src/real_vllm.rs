@@ -150,8 +150,10 @@ pub fn setup(version: &str) -> Result<PathBuf> {
 
 /// Sets up the venv and the tracer, starts the harness (`--wait-go`, after a warm-up), attaches
 /// `tracer attach --pid <harness pid>` (the tracer finds the EngineCore child itself, or the
-/// harness process for `--in-process`), lets the load go, and checks the trace against the
-/// ground truth (check_trace.py). Outputs under `out/real-vllm/<V>/{harness,trace}`.
+/// harness process for `--in-process`, where the load starts first), lets the load go, and
+/// checks the trace against the ground truth (check_trace.py). Outputs under
+/// `out/real-vllm/<V>/{harness,trace}`. With `--async-scheduling` (`step_with_batch_queue`,
+/// not traced yet) it checks that the tracer refuses with an error naming it.
 fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<()> {
     let python = setup(version)?;
     crate::setup::run()?;
@@ -218,17 +220,38 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<()> {
     if phases_only {
         tracer.arg("--phases-only");
     }
+    // An in-process engine is found by its caller's frame, there only while steps run.
+    let in_process = harness.iter().any(|a| a == "--in-process");
+    if in_process {
+        std::fs::write(&go, "")?;
+    }
     let mut tracer = Kill(tracer.spawn().context("starting the tracer")?);
     let mut tracer_err = BufReader::new(tracer.0.stderr.take().expect("piped")).lines();
     let attached = Instant::now();
+    let mut said = String::new();
     loop {
-        let line = tracer_err
-            .next()
-            .context("the tracer exited before attaching")??;
+        let Some(line) = tracer_err.next().transpose()? else {
+            break;
+        };
         eprintln!("{line}");
         if line.contains("tracer: attached") {
             break;
         }
+        said += &line;
+    }
+    if harness.iter().any(|a| a == "--async-scheduling") {
+        // Not traced yet: the tracer must refuse it by name, not trace nothing.
+        let status = tracer.wait_for(std::time::Duration::from_secs(30))?;
+        std::fs::write(&go, "")?;
+        child.0.wait()?;
+        if status.success() || !said.contains("step_with_batch_queue") {
+            bail!("expected the tracer to refuse step_with_batch_queue; it said: {said}");
+        }
+        eprintln!("real-vllm: vllm {version} step_with_batch_queue refused as expected");
+        return Ok(());
+    }
+    if said.contains("error") || tracer.0.try_wait()?.is_some() {
+        bail!("the tracer did not attach: {said}");
     }
     eprintln!(
         "real-vllm: attached in {:.1} s",
