@@ -279,6 +279,16 @@ fn next_item(walk: &mut Walk, index: u64) -> Option<u64> {
     object
 }
 
+/// A queue item with no field copied yet.
+#[inline(always)]
+fn bare_item(object: u64) -> Item {
+    Item {
+        object,
+        missing: (1 << REQUEST_FIELDS) - 1,
+        fields: [[0; 2]; REQUEST_FIELDS],
+    }
+}
+
 extern "C" fn queue_step(index: u64, _: *mut c_void) -> i64 {
     let Some(area) = scratch() else { return 1 };
     // SAFETY: this CPU's slot; `take` copied the plan in and set up the walk.
@@ -286,11 +296,7 @@ extern "C" fn queue_step(index: u64, _: *mut c_void) -> i64 {
     let Some(object) = next_item(walk, index) else {
         return 1;
     };
-    walk.item = Item {
-        object,
-        missing: (1 << REQUEST_FIELDS) - 1,
-        fields: [[0; 2]; REQUEST_FIELDS],
-    };
+    walk.item = bare_item(object);
     if read(object + plan.py.object_type) != Some(plan.request_type) {
         return if write_item(area) { 0 } else { 1 };
     }
@@ -457,11 +463,7 @@ extern "C" fn object_step(index: u64, _: *mut c_void) -> i64 {
     let Some(object) = next_item(walk, index) else {
         return 1;
     };
-    walk.item = Item {
-        object,
-        missing: (1 << REQUEST_FIELDS) - 1,
-        fields: [[0; 2]; REQUEST_FIELDS],
-    };
+    walk.item = bare_item(object);
     if write_item(area) {
         0
     } else {
