@@ -167,6 +167,7 @@ mod tests {
                     offset: 16,
                 },
             ],
+            per_batch: false,
         };
         let mut decoder = Decoder::new(&plan, Some(0x5000..0x6000));
         assert_eq!(

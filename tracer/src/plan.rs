@@ -50,6 +50,9 @@ pub struct Watch {
 pub struct ProbePlan {
     pub tid: u32,
     pub watches: Vec<Watch>,
+    /// The step function schedules a batch in one call and updates it in a later one
+    /// (`step_with_batch_queue`): steps are correlated per batch.
+    pub per_batch: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,5 +99,6 @@ pub fn plan(resolved: &Resolved, layout: &Layout) -> Result<ProbePlan, PlanError
     Ok(ProbePlan {
         tid: resolved.tid,
         watches,
+        per_batch: names.per_batch,
     })
 }

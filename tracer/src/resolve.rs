@@ -33,8 +33,6 @@ pub enum ResolveError {
         vllm: String,
         tried: String,
     },
-    #[error("vLLM {vllm} in process {pid} runs EngineCore.step_with_batch_queue (async scheduling or pipeline parallelism: the engine's batch_queue is set); the tracer traces EngineCore.step only, so far")]
-    BatchQueue { pid: u32, vllm: String },
     #[error("{name} not found in process {pid}: {why}")]
     Missing { pid: u32, name: String, why: String },
     #[error(
@@ -109,34 +107,11 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
         reader.code(code).map_err(read)
     };
     let code_of = |qualname: &str| code_in(core_module, qualname);
-    let mut tried = Vec::new();
-    let mut fit = None;
-    for row in ENGINES.iter().filter(|e| e.core_module == core_module) {
-        let step = code_of(row.step)?;
-        let absent: Vec<_> = row
-            .calls()
-            .into_iter()
-            .filter(|m| !step.names.iter().any(|n| n == m))
-            .collect();
-        if absent.is_empty() {
-            fit = Some((row, step));
-            break;
-        }
-        tried.push(format!(
-            "  {} ({}): {} has no call of {}",
-            row.releases,
-            row.step,
-            row.step,
-            absent.join(", ")
-        ));
-    }
-    let Some((names, step)) = fit else {
-        return Err(ResolveError::NoRow {
-            pid,
-            vllm: crate::engines::vllm_version(target).unwrap_or_else(|| "unknown".into()),
-            tried: tried.join("\n"),
-        });
-    };
+    // The loop and its caller are the same in every row of the module.
+    let names = ENGINES
+        .iter()
+        .find(|e| e.core_module == core_module)
+        .expect("core_module came from a row");
     let busy_loop = code_of(names.busy_loop)?;
     // In-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) the front end's client calls the step,
     // so its frame is there only during steps: many more tries.
@@ -210,12 +185,38 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
     let batch_queue = (engine != 0 && calls_step_fn)
         .then(|| reader.attr(engine, names.batch_queue).ok().flatten())
         .flatten();
-    if batch_queue.is_some_and(|queue| !reader.is_none(queue)) {
-        return Err(ResolveError::BatchQueue {
+    let per_batch = batch_queue.is_some_and(|queue| !reader.is_none(queue));
+
+    let mut tried = Vec::new();
+    let mut fit = None;
+    for row in ENGINES
+        .iter()
+        .filter(|e| e.core_module == core_module && e.per_batch == per_batch)
+    {
+        let step = code_of(row.step)?;
+        let absent: Vec<_> = row
+            .calls()
+            .into_iter()
+            .filter(|m| !step.names.iter().any(|n| n == m))
+            .collect();
+        if absent.is_empty() {
+            fit = Some((row, step));
+            break;
+        }
+        tried.push(format!(
+            "  {}: {} has no call of {}",
+            row.releases,
+            row.step,
+            absent.join(", ")
+        ));
+    }
+    let Some((names, step)) = fit else {
+        return Err(ResolveError::NoRow {
             pid,
             vllm: crate::engines::vllm_version(target).unwrap_or_else(|| "unknown".into()),
+            tried: tried.join("\n"),
         });
-    }
+    };
     Ok(Resolved {
         names,
         step,

@@ -129,7 +129,7 @@ pub fn run(options: Options) -> Result<Totals> {
     let mut status = crate::status::Status::new(target.pid, options.out_dir.clone(), options.quiet);
 
     let mut decoder = Decoder::new(&plan, target.python.eval_loop.clone());
-    let mut correlator = Correlator::default();
+    let mut correlator = Correlator::new(plan.per_batch);
     let mut requests = Requests::new(target.pid, trace_start_ns);
     let mut source = capture
         .as_ref()

@@ -12,6 +12,9 @@ pub struct EngineNames {
     pub core_module: &'static str,
     /// Qualified name (within `core_module`) of the function that runs one engine step.
     pub step: &'static str,
+    /// `step` schedules a batch in one call and updates it in a later one
+    /// (`step_with_batch_queue`); such rows are used when the engine has a batch queue.
+    pub per_batch: bool,
     /// The busy loop whose thread runs the steps.
     pub busy_loop: &'static str,
     /// Who calls the step when the engine runs in the front end's process.
@@ -183,6 +186,7 @@ pub const V1_STEP_0_33: EngineNames = EngineNames {
     releases: "vLLM 0.33.0 (measured)",
     core_module: "vllm.v1.engine.core",
     step: "EngineCore.step",
+    per_batch: false,
     busy_loop: "EngineCoreProc.run_busy_loop",
     inproc: &V1_INPROC,
     batch_queue: "batch_queue",
@@ -199,6 +203,7 @@ pub const V1_STEP_0_10: EngineNames = EngineNames {
     releases: "vLLM 0.10.2, 0.11.0 (measured)",
     core_module: "vllm.v1.engine.core",
     step: "EngineCore.step",
+    per_batch: false,
     busy_loop: "EngineCoreProc.run_busy_loop",
     inproc: &V1_INPROC,
     batch_queue: "batch_queue",
@@ -214,6 +219,7 @@ pub const V1_STEP: EngineNames = EngineNames {
     releases: "the fixture engine (tests/fixtures/engine)",
     core_module: "vllm.v1.engine.core",
     step: "EngineCore.step",
+    per_batch: false,
     busy_loop: "EngineCoreProc.run_busy_loop",
     inproc: &V1_INPROC,
     batch_queue: "batch_queue",
@@ -224,6 +230,32 @@ pub const V1_STEP: EngineNames = EngineNames {
     state: &V1_STATE,
 };
 
-/// Tried in order; the first row whose step contains all of its [`EngineNames::calls`] is
-/// used (0.33's step also names `execute_model`, so its row comes before the fixture's).
-pub const ENGINES: &[EngineNames] = &[V1_STEP_0_33, V1_STEP_0_10, V1_STEP];
+/// 0.33's `step_with_batch_queue` (async scheduling, on by default on GPUs): the calls are
+/// those of its `step` row; the one that schedules also launches the batch and returns early
+/// while the queue has room (DESIGN §3).
+pub const V1_BATCH_QUEUE_0_33: EngineNames = EngineNames {
+    releases: "vLLM 0.33.0, step_with_batch_queue (measured)",
+    step: "EngineCore.step_with_batch_queue",
+    per_batch: true,
+    ..V1_STEP_0_33
+};
+
+/// 0.10 – 0.11 `step_with_batch_queue`: the popped batch's future is waited for inside
+/// `execute_model_with_error_logging`, as in their `step`.
+pub const V1_BATCH_QUEUE_0_10: EngineNames = EngineNames {
+    releases: "vLLM 0.10.2, 0.11.0, step_with_batch_queue (measured)",
+    step: "EngineCore.step_with_batch_queue",
+    per_batch: true,
+    ..V1_STEP_0_10
+};
+
+/// Tried in order among the rows of the engine's loop (per call, or per batch when it has a
+/// batch queue); the first whose step contains all of its [`EngineNames::calls`] is used
+/// (0.33's step also names `execute_model`, so its row comes before the fixture's).
+pub const ENGINES: &[EngineNames] = &[
+    V1_STEP_0_33,
+    V1_STEP_0_10,
+    V1_STEP,
+    V1_BATCH_QUEUE_0_33,
+    V1_BATCH_QUEUE_0_10,
+];

@@ -8,6 +8,7 @@
 //! or an exception inside the step), a repeated mark (a one-time rewrite the address filter
 //! could not tell apart).
 
+pub mod batch_queue;
 pub mod reasons;
 pub mod requests;
 
@@ -81,6 +82,8 @@ pub struct Correlator {
     tid: u32,
     completed: u64,
     pub counts: CorrelateCounts,
+    /// Per-batch records instead (`step_with_batch_queue`).
+    batch: Option<batch_queue::BatchQueue>,
 }
 
 const ORDER: [Mark; 4] = [
@@ -91,7 +94,19 @@ const ORDER: [Mark; 4] = [
 ];
 
 impl Correlator {
+    /// A correlator for the plan's step function: per call, or per batch when a batch is
+    /// scheduled in one call and updated in a later one.
+    pub fn new(per_batch: bool) -> Self {
+        Self {
+            batch: per_batch.then(Default::default),
+            ..Default::default()
+        }
+    }
+
     pub fn push(&mut self, hit: Hit) -> Option<Step> {
+        if let Some(batch) = &mut self.batch {
+            return batch.push(hit, &mut self.counts, &mut self.completed);
+        }
         let position = ORDER
             .iter()
             .position(|m| *m == hit.mark)
@@ -138,6 +153,9 @@ impl Correlator {
 
     /// Ends the trace: a step still open is counted, not emitted.
     pub fn finish(&mut self) {
+        if let Some(batch) = &mut self.batch {
+            batch.finish(&mut self.counts);
+        }
         if self.open.len() > 1 {
             self.counts.incomplete_steps += 1;
         }
