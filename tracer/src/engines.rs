@@ -143,8 +143,13 @@ pub type Verdict = Result<Box<Engine>, String>;
 /// Checks one process: an engine is a CPython process in which the engine's code and a
 /// thread in its busy loop resolve.
 pub fn check(process: &Process, tid: Option<u32>) -> Verdict {
+    check_with(process, tid, true)
+}
+
+/// [`check`], with or without the (slow) search for an in-process engine.
+fn check_with(process: &Process, tid: Option<u32>, inproc: bool) -> Verdict {
     let target = discover::discover(process.pid).map_err(|e| e.to_string())?;
-    let resolved = resolve::resolve(&target, tid).map_err(|e| e.to_string())?;
+    let resolved = resolve::resolve_with(&target, tid, inproc).map_err(|e| e.to_string())?;
     Ok(Box::new(Engine {
         dp_rank: process.role().and_then(|(_, rank)| rank),
         process: process.clone(),
@@ -195,7 +200,8 @@ pub fn find(pid: u32, tid: Option<u32>) -> Result<Vec<Engine>, EnginesError> {
         if verdicts.contains_key(&p.pid) {
             return None;
         }
-        let verdict = check(p, tid);
+        // The process itself may run the engine in-process (searched last, below).
+        let verdict = check_with(p, tid, false);
         verdicts.insert(p.pid, verdict.is_ok());
         match verdict {
             Ok(engine) => Some(engine),
@@ -231,6 +237,14 @@ pub fn find(pid: u32, tid: Option<u32>) -> Result<Vec<Engine>, EnginesError> {
             .collect();
         if !engines.is_empty() {
             return Ok(sorted(engines));
+        }
+    }
+    // Last: an engine in the pid's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0), found
+    // only while it runs steps.
+    if start.is_pythonish() {
+        match check_with(start, tid, true) {
+            Ok(engine) => return Ok(vec![*engine]),
+            Err(why) => looked_at[0] = format!("  {} {}: {why}", start.pid, start.title),
         }
     }
     if !start.is_pythonish() && looked_at.len() == 1 {

@@ -59,6 +59,17 @@ pub struct Resolved {
 }
 
 pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveError> {
+    resolve_with(target, tid, true)
+}
+
+/// [`resolve`], looking for an in-process engine's caller only when `inproc` (that search
+/// takes up to [`INPROC_WALK_TRIES`] ms in a process that has none, e.g. a front end whose
+/// engine is a child process).
+pub fn resolve_with(
+    target: &Target,
+    tid: Option<u32>,
+    inproc: bool,
+) -> Result<Resolved, ResolveError> {
     let pid = target.pid;
     let py = &target.python;
     let mem = LiveProcess { pid };
@@ -116,8 +127,8 @@ pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveErr
     // In-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) the front end's client calls the step,
     // so its frame is there only during steps: many more tries.
     let inproc = match code_in(names.inproc.module, names.inproc.caller) {
-        Ok(code) => Some(code),
-        Err(ResolveError::Missing { .. }) => None,
+        Ok(code) if inproc => Some(code),
+        Ok(_) | Err(ResolveError::Missing { .. }) => None,
         Err(e) => return Err(e),
     };
     let loops: Vec<(&Code, usize)> = std::iter::once((&busy_loop, STACK_WALK_TRIES))
