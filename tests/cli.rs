@@ -1020,14 +1020,15 @@ struct Deployment {
 impl Deployment {
     fn start(engines: usize, fixture_args: &[&str]) -> Self {
         // The interpreter's path is passed explicitly: under `exec -a` a pyenv Python cannot
-        // find itself from argv[0], so `sys.executable` is empty in the children.
+        // find itself from argv[0], so `sys.executable` is empty in the children. Each line
+        // is printed as one string: print's separate pieces interleave between two engines.
         let python = pyenv("3.11.7");
         let script = root().join("tests/fixtures/engine/run_engine.py");
         let engine_code = format!(
             "import runpy, subprocess, sys\n\
              rank = int(sys.argv[1])\n\
              w = subprocess.Popen(['bash', '-c', 'exec -a VLLM::Worker_DP%d_TP0 \"$0\" -c \"import time; time.sleep(600)\"' % rank, {python:?}])\n\
-             print('worker', rank, w.pid, flush=True)\n\
+             print(f'worker {{rank}} {{w.pid}}', flush=True)\n\
              sys.argv = [{script:?}] + sys.argv[2:]\n\
              runpy.run_path({script:?}, run_name='__main__')\n",
             script = script.to_str().unwrap()
