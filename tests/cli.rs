@@ -1010,7 +1010,7 @@ fn probes_lists_the_watchpoints_at_the_code_objects_address() {
 /// (`VLLM::Worker_DP<n>_TP0`). Titles are set with `exec -a`, which writes argv[0] as
 /// setproctitle does. The whole process group is killed on drop.
 struct Deployment {
-    api: std::process::Child,
+    api: ProcessGroup,
     /// Its output, drained so that the children never block on a full pipe.
     _output: Lines,
     /// (engine pid, worker pid) per rank.
@@ -1021,14 +1021,15 @@ impl Deployment {
     fn start(engines: usize, fixture_args: &[&str]) -> Self {
         // The interpreter's path is passed explicitly: under `exec -a` a pyenv Python cannot
         // find itself from argv[0], so `sys.executable` is empty in the children. Each line
-        // is printed as one string: print's separate pieces interleave between two engines.
+        // is one write(2): under PYTHONUNBUFFERED print() writes text and newline apart, and
+        // two engines' lines interleaved ("worker 1 27814worker 0 27815").
         let python = pyenv("3.11.7");
         let script = root().join("tests/fixtures/engine/run_engine.py");
         let engine_code = format!(
-            "import runpy, subprocess, sys\n\
+            "import os, runpy, subprocess, sys\n\
              rank = int(sys.argv[1])\n\
              w = subprocess.Popen(['bash', '-c', 'exec -a VLLM::Worker_DP%d_TP0 \"$0\" -c \"import time; time.sleep(600)\"' % rank, {python:?}])\n\
-             print(f'worker {{rank}} {{w.pid}}', flush=True)\n\
+             os.write(1, f'worker {{rank}} {{w.pid}}\\n'.encode())\n\
              sys.argv = [{script:?}] + sys.argv[2:]\n\
              runpy.run_path({script:?}, run_name='__main__')\n",
             script = script.to_str().unwrap()
@@ -1040,7 +1041,7 @@ impl Deployment {
              print('api', os.getpid(), flush=True)\n\
              [p.wait() for p in ps]\n"
         );
-        let mut api = Command::new("bash")
+        let mut api = ProcessGroup(Command::new("bash")
             .args([
                 "-c",
                 "exec -a VLLM::APIServer_0 \"$0\" -c \"$1\" \"${@:2}\"",
@@ -1052,18 +1053,18 @@ impl Deployment {
             .stdout(Stdio::piped())
             .process_group(0)
             .spawn()
-            .unwrap();
-        let mut output = Lines::new(api.stdout.take().unwrap());
+            .unwrap());
+        let mut output = Lines::new(api.0.stdout.take().unwrap());
         let mut workers = BTreeMap::new();
         let mut engine_pids = BTreeMap::new();
         while engine_pids.len() < engines || workers.len() < engines {
             let line = output.next_within(Duration::from_secs(60));
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.first() == Some(&"worker") {
-                workers.insert(
-                    fields[1].parse::<u32>().unwrap(),
-                    fields[2].parse::<u32>().unwrap(),
-                );
+                let number = |i: usize| -> u32 {
+                    fields[i].parse().unwrap_or_else(|_| panic!("worker line {line:?}"))
+                };
+                workers.insert(number(1), number(2));
             } else if let Some(pid) = line.strip_prefix("ready pid=") {
                 let pid: u32 = pid.split_whitespace().next().unwrap().parse().unwrap();
                 let rank = title_rank(pid);
@@ -1088,11 +1089,21 @@ fn title_rank(pid: u32) -> u32 {
     title.rsplit_once("_DP").unwrap().1.parse().unwrap()
 }
 
-impl Drop for Deployment {
+/// A child leading its own process group, which is killed on drop, also when the test panics
+/// while starting it: a leaked engine would hold the test's output pipe open and hang CI.
+struct ProcessGroup(std::process::Child);
+
+impl ProcessGroup {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: kill(2) on the process group this test created.
-        unsafe { libc::kill(-(self.api.id() as i32), libc::SIGKILL) };
-        let _ = self.api.wait();
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
     }
 }
 
