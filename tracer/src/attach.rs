@@ -65,6 +65,8 @@ pub struct Probes {
     /// [`tracer_common::capture::RequestFacts`] records.
     pub facts: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    /// The snapshot plans, by pid: a plan made better after attaching is put back here.
+    plans: HashMap<MapData, u32, Plan>,
     /// How long loading and attaching took.
     pub attach_time: std::time::Duration,
 }
@@ -76,6 +78,13 @@ impl Probes {
             .get(&(counter as u32), 0)
             .map(|values| values.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// Gives the kernel side process `pid`'s new snapshot plan, for its next hits.
+    pub fn set_plan(&mut self, pid: u32, plan: &Plan) -> Result<(), AttachError> {
+        self.plans
+            .insert(pid, plan, 0)
+            .map_err(|e| AttachError::Load(e.to_string()))
     }
 }
 
@@ -90,12 +99,12 @@ pub fn attach(plan: &ProbePlan, snapshot: Option<(u32, &Plan)>) -> Result<Probes
         .map_max_entries(SCRATCH_MAP, cpus)
         .load(EBPF_OBJECT)
         .map_err(|e| load(&e))?;
+    let mut plans: HashMap<_, u32, Plan> = HashMap::try_from(
+        ebpf.take_map(PLANS_MAP)
+            .ok_or_else(|| load(&"plans map missing"))?,
+    )
+    .map_err(|e| load(&e))?;
     if let Some((pid, snapshot)) = snapshot {
-        let mut plans: HashMap<_, u32, Plan> = HashMap::try_from(
-            ebpf.map_mut(PLANS_MAP)
-                .ok_or_else(|| load(&"plans map missing"))?,
-        )
-        .map_err(|e| load(&e))?;
         plans.insert(pid, snapshot, 0).map_err(|e| load(&e))?;
     }
     let name = if snapshot.is_some() {
@@ -152,6 +161,7 @@ pub fn attach(plan: &ProbePlan, snapshot: Option<(u32, &Plan)>) -> Result<Probes
         events,
         facts,
         counters,
+        plans,
         attach_time: started.elapsed(),
     })
 }

@@ -41,6 +41,17 @@ pub enum CaptureError {
 pub struct Capture {
     pub plan: Plan,
     layout: &'static Layout,
+    names: &'static StateNames,
+    request_class: u64,
+    output_class: Option<u64>,
+    /// Whether the request fields were planned from a running request. The class's shared
+    /// keys (the fallback) hold at most 30 names; a release whose requests set more (0.33's
+    /// `__init__` sets 52) keeps the rest in a combined dict whose positions only a live
+    /// request shows, and fields set at scheduling (0.33's `num_cached_tokens`) only a
+    /// scheduled one: see [`Capture::refresh`].
+    pub sampled: bool,
+    /// Both queues were empty when the plan was made: no request was in flight at the start.
+    pub idle_at_start: bool,
     /// `RequestStatus` members by address.
     statuses: HashMap<u64, String>,
     /// Scheduler budgets (constant for an engine's life).
@@ -196,6 +207,60 @@ pub fn engine_config<M: ProcessMemory>(
         .collect()
 }
 
+/// An `int` from the 16 bytes after its header (size word, then two 30-bit digits);
+/// `None` for values beyond two digits (never a token count).
+fn small_int(layout: &Layout, words: [u64; 2]) -> Option<i64> {
+    let (digits, negative) = match layout.long_size {
+        LongSize::ObSize => {
+            let size = words[0] as i64;
+            (size.unsigned_abs(), size < 0)
+        }
+        LongSize::Tag { non_size_bits, .. } => (words[0] >> non_size_bits, words[0] & 3 == 2),
+    };
+    let shift = layout.long_shift;
+    let low = words[1] & 0xffff_ffff;
+    let high = words[1] >> 32;
+    let magnitude = match digits {
+        0 => 0,
+        1 => low,
+        2 => low | high << shift,
+        _ => return None,
+    } as i64;
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+/// Request fields, fact fields and the span of a request's table that holds the former.
+fn request_plan<M: ProcessMemory>(
+    reader: &PyReader<M>,
+    names: &StateNames,
+    class: u64,
+    sample: Option<u64>,
+) -> ([Field; wire::REQUEST_FIELDS], [Field; wire::FACT_FIELDS], [u64; 2]) {
+    let request_fields = attr_fields(reader, names.request_fields, class, sample);
+    let fact_fields = attr_fields(reader, names.facts, class, sample);
+    let planned = request_fields
+        .iter()
+        .filter(|f| f.key != 0)
+        .map(|f| f.index);
+    let request_span = match (planned.clone().min(), planned.max()) {
+        (Some(lo), Some(hi)) if hi - lo < wire::MAX_SPAN as u64 => [lo, hi + 1],
+        _ => [0, 0],
+    };
+    (request_fields, fact_fields, request_span)
+}
+
+/// `SchedulerOutput`'s scheduled-tokens field, from its class's shared keys (unplanned
+/// until the engine's first step made an instance).
+fn output_field<M: ProcessMemory>(
+    reader: &PyReader<M>,
+    names: &StateNames,
+    class: Option<u64>,
+) -> Field {
+    class
+        .and_then(|class| reader.class_attr_entry(class, names.output_scheduled).ok().flatten())
+        .map_or(Field::default(), |(key, index)| Field { key, index })
+}
+
 /// The planned fields of a request: from a live request when there is one (its own table),
 /// else from the class's shared keys; a field found in neither stays unplanned (key 0).
 fn attr_fields<M: ProcessMemory, const N: usize>(
@@ -255,26 +320,14 @@ impl Capture {
             )
         })?;
         // Any live request shows where its fields are.
-        let sample = reader
-            .list_items(running_list)
-            .ok()
-            .and_then(|items| items.first().copied())
-            .or_else(|| {
-                reader
-                    .deque_items(waiting_queue)
-                    .ok()
-                    .and_then(|items| items.first().copied())
-            });
-        let request_fields = attr_fields(reader, names.request_fields, request_class, sample);
-        let fact_fields = attr_fields(reader, names.facts, request_class, sample);
-        let planned = request_fields
-            .iter()
-            .filter(|f| f.key != 0)
-            .map(|f| f.index);
-        let request_span = match (planned.clone().min(), planned.max()) {
-            (Some(lo), Some(hi)) if hi - lo < wire::MAX_SPAN as u64 => [lo, hi + 1],
-            _ => [0, 0],
-        };
+        let running_items = reader.list_items(running_list);
+        let waiting_items = reader.deque_items(waiting_queue);
+        let idle_at_start = matches!((&running_items, &waiting_items), (Ok(r), Ok(w)) if r.is_empty() && w.is_empty());
+        let running_sample = running_items.ok().and_then(|items| items.first().copied());
+        let sample =
+            running_sample.or_else(|| waiting_items.ok().and_then(|items| items.first().copied()));
+        let (request_fields, fact_fields, request_span) =
+            request_plan(reader, names, request_class, sample);
         let request_deref = RequestField::FOLLOWED
             .iter()
             .fold(0, |mask, field| mask | 1 << *field as u64);
@@ -283,11 +336,7 @@ impl Capture {
             .local_index(resolved.step.addr, names.output_local)?
             .unwrap_or(u64::MAX);
         let output_class = class(reader, modules, names.output_class)?;
-        let output_scheduled = output_class
-            .map(|class| reader.class_attr_entry(class, names.output_scheduled))
-            .transpose()?
-            .flatten()
-            .map_or(Field::default(), |(key, index)| Field { key, index });
+        let output_scheduled = output_field(reader, names, output_class);
 
         let statuses = match class(reader, modules, names.status_enum)? {
             Some(status) => {
@@ -342,6 +391,11 @@ impl Capture {
         Ok(Self {
             plan,
             layout: reader.layout,
+            names,
+            request_class,
+            output_class,
+            sampled: running_sample.is_some(),
+            idle_at_start,
             statuses,
             budgets: Budgets {
                 max_num_seqs: budget(names.max_num_seqs),
@@ -354,26 +408,30 @@ impl Capture {
         })
     }
 
-    /// An `int` from the 16 bytes after its header (size word, then two 30-bit digits);
-    /// `None` for values beyond two digits (never a token count).
+    /// Plans the request fields again from `request`, a running one the kernel side listed,
+    /// and the step output's field from its class, whose shared keys the engine's first step
+    /// filled. `true` if the plan changed (the kernel side must be given it again).
+    pub fn refresh<M: ProcessMemory>(&mut self, reader: &PyReader<M>, request: u64) -> bool {
+        let before = self.plan;
+        let (request_fields, fact_fields, request_span) =
+            request_plan(reader, self.names, self.request_class, Some(request));
+        // A request freed before this read shows nothing: the next one is tried.
+        if request_fields.iter().all(|f| f.key == 0) {
+            return false;
+        }
+        self.sampled = true;
+        self.plan.request_fields = request_fields;
+        self.plan.fact_fields = fact_fields;
+        self.plan.request_span = request_span;
+        if self.plan.output_scheduled.key == 0 {
+            self.plan.output_scheduled = output_field(reader, self.names, self.output_class);
+        }
+        before != self.plan
+    }
+
+    /// An `int` from the 16 bytes after its header.
     fn int(&self, words: [u64; 2]) -> Option<i64> {
-        let (digits, negative) = match self.layout.long_size {
-            LongSize::ObSize => {
-                let size = words[0] as i64;
-                (size.unsigned_abs(), size < 0)
-            }
-            LongSize::Tag { non_size_bits, .. } => (words[0] >> non_size_bits, words[0] & 3 == 2),
-        };
-        let shift = self.layout.long_shift;
-        let low = words[1] & 0xffff_ffff;
-        let high = words[1] >> 32;
-        let magnitude = match digits {
-            0 => 0,
-            1 => low,
-            2 => low | high << shift,
-            _ => return None,
-        } as i64;
-        Some(if negative { -magnitude } else { magnitude })
+        small_int(self.layout, words)
     }
 
     fn request(&self, item: &Item) -> RequestState {
@@ -455,7 +513,6 @@ pub struct SchedulerState {
 /// when it first listed the request, else read from the live target.
 pub struct LiveRequests<'r, M: ProcessMemory> {
     reader: &'r PyReader<'r, M>,
-    capture: &'r Capture,
     names: &'static StateNames,
     /// Kernel-side facts not yet asked for, by (request, id string), with the drain that
     /// brought them.
@@ -473,14 +530,9 @@ pub struct LiveRequests<'r, M: ProcessMemory> {
 const FACTS_KEPT_DRAINS: u64 = 1000;
 
 impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
-    pub fn new(
-        reader: &'r PyReader<'r, M>,
-        capture: &'r Capture,
-        names: &'static StateNames,
-    ) -> Self {
+    pub fn new(reader: &'r PyReader<'r, M>, names: &'static StateNames) -> Self {
         Self {
             reader,
-            capture,
             names,
             facts: HashMap::new(),
             drains: 0,
@@ -523,7 +575,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         let field = |i: usize| (facts.missing & (1 << i) == 0).then_some(facts.fields[i]);
         let count = |i: usize| {
             field(i)
-                .and_then(|words| self.capture.int(words))
+                .and_then(|words| small_int(self.reader.layout, words))
                 .and_then(|n| u32::try_from(n).ok())
         };
         Some(RequestInfo {

@@ -100,7 +100,7 @@ pub fn run(options: Options) -> Result<Totals> {
     } else {
         Ok(None)
     };
-    let capture = match capture {
+    let mut capture = match capture {
         Ok(capture) => capture,
         Err(e) => {
             say(&format!(
@@ -130,10 +130,14 @@ pub fn run(options: Options) -> Result<Totals> {
 
     let mut decoder = Decoder::new(&plan, target.python.eval_loop.clone());
     let mut correlator = Correlator::new(plan.per_batch);
-    let mut requests = Requests::new(target.pid, trace_start_ns);
+    let mut requests = Requests::new(
+        target.pid,
+        trace_start_ns,
+        capture.as_ref().is_some_and(|c| c.idle_at_start),
+    );
     let mut source = capture
         .as_ref()
-        .map(|capture| LiveRequests::new(&reader, capture, resolved.names.state));
+        .map(|_| LiveRequests::new(&reader, resolved.names.state));
     let mut totals = Totals::default();
     let mut write_error = None;
     let mut drain = |probes: &mut attach::Probes, totals: &mut Totals, outputs: &mut Outputs| {
@@ -154,7 +158,7 @@ pub fn run(options: Options) -> Result<Totals> {
         for step in steps {
             let mut row =
                 StepRow::new(&step, target.pid, trace_start_ns).with_cuda(&cuda.fold(&step));
-            if let (Some(capture), Some(source)) = (&capture, &mut source) {
+            if let (Some(capture), Some(source)) = (&mut capture, &mut source) {
                 let scheduled = step.after_execute.as_ref().map(|raw| capture.state(raw));
                 let updated = step.after_update.as_ref().map(|raw| capture.state(raw));
                 let out = requests.step(
@@ -167,6 +171,19 @@ pub fn run(options: Options) -> Result<Totals> {
                 );
                 if let Err(e) = outputs.write_step_details(&out) {
                     write_error.get_or_insert(e);
+                }
+                // Planned without a live request: the first one listed shows where requests
+                // keep their fields; the kernel side reads them there from its next hit on.
+                let listed = step
+                    .after_execute
+                    .as_ref()
+                    .and_then(|raw| raw.running.first().map(|item| item.object));
+                if let Some(request) = listed.filter(|_| !capture.sampled) {
+                    if capture.refresh(&reader, request) {
+                        if let Err(e) = probes.set_plan(target.pid, &capture.plan) {
+                            say(&format!("tracer: warning: request fields stay unread: {e}"));
+                        }
+                    }
                 }
             }
             totals.add(&row);

@@ -75,7 +75,8 @@ pub struct Requests {
     pid: u32,
     trace_start_ns: u64,
     tracks: HashMap<Key, Track>,
-    /// A snapshot has been folded in.
+    /// A snapshot has been folded in (or the queues were empty at the start): requests
+    /// listed from now on arrived during the trace.
     started: bool,
     /// The last step folded in and when its update ended.
     last_update: Option<(u64, u64)>,
@@ -86,12 +87,14 @@ pub struct Requests {
 }
 
 impl Requests {
-    pub fn new(pid: u32, trace_start_ns: u64) -> Self {
+    /// `idle_at_start`: the scheduler's queues were empty when the trace started, so every
+    /// request it lists arrived since (its first snapshot need not tell, from its status).
+    pub fn new(pid: u32, trace_start_ns: u64, idle_at_start: bool) -> Self {
         Self {
             pid,
             trace_start_ns,
             tracks: HashMap::new(),
-            started: false,
+            started: idle_at_start,
             last_update: None,
             produced_last: HashSet::new(),
             counts: RequestCounts::default(),
