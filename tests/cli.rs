@@ -654,6 +654,14 @@ fn compare_ratios_of_runs_with_known_step_costs() {
 
     let text = tracer_ok(&["compare", s(&a), s(&b)]);
     assert!(text.contains("B/A") && text.contains("2.000"), "{text}");
+    // Shares print as %, not as the phases' ms.
+    let share = compared(phases, "execute", "share %");
+    let shown = format!("{:.1}", share["a"].as_f64().unwrap());
+    assert!(
+        text.lines()
+            .any(|l| l.contains("execute") && l.contains("share %") && l.contains(&shown)),
+        "execute share {shown} not in\n{text}"
+    );
 }
 
 /// Two real fixture traces whose execute phase costs 0.5 and 1.0 ms: compare must see ×2.

@@ -24,6 +24,9 @@ pub struct Side {
     pub steps: u64,
 }
 
+/// The stat of rows that are a share of the whole, in %.
+const SHARE: &str = "share %";
+
 /// One compared number. Times are ns, shares %, counts plain.
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -40,7 +43,7 @@ pub struct Row {
 #[derive(Debug, Serialize)]
 pub struct Section {
     pub title: String,
-    /// Whether `a`/`b` are durations in ns (shown as ms).
+    /// Whether `a`/`b` are durations in ns (shown as ms), but for its [`SHARE`] rows.
     pub times: bool,
     pub rows: Vec<Row>,
 }
@@ -137,7 +140,7 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
                 .map(|p| p.share_pct)
         };
         if name != "step" {
-            phases.push(row(name, "share %", share(&sum_a), share(&sum_b), None));
+            phases.push(row(name, SHARE, share(&sum_a), share(&sum_b), None));
         }
     }
     sections.push(Section {
@@ -223,7 +226,7 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
                     .map_or(0.0, |r| r.share_pct),
             )
         };
-        reasons.push(row(name, "share %", share(&sum_a), share(&sum_b), None));
+        reasons.push(row(name, SHARE, share(&sum_a), share(&sum_b), None));
     }
     sections.push(Section {
         title: "Why requests waited".into(),
@@ -276,9 +279,9 @@ pub fn tables(c: &Comparison) -> Vec<Table> {
             let unit = if s.times { " ms" } else { "" };
             let (ha, hb) = (format!("A{unit}"), format!("B{unit}"));
             let mut t = Table::new(&s.title, &["", "stat", &ha, &hb, "B/A", "p"]);
-            let value = |v: Option<f64>| match v {
+            let value = |v: Option<f64>, stat: &str| match v {
                 None => "-".to_owned(),
-                Some(v) if s.times => format!("{:.3}", v / 1e6),
+                Some(v) if s.times && stat != SHARE => format!("{:.3}", v / 1e6),
                 Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
                 Some(v) => format!("{v:.1}"),
             };
@@ -286,8 +289,8 @@ pub fn tables(c: &Comparison) -> Vec<Table> {
                 t.row(vec![
                     r.name.clone(),
                     r.stat.clone(),
-                    value(r.a),
-                    value(r.b),
+                    value(r.a, &r.stat),
+                    value(r.b, &r.stat),
                     r.ratio.map_or("-".into(), |x| format!("{x:.3}")),
                     p_text(r.p_value),
                 ]);
