@@ -180,7 +180,11 @@ pub fn resolve_with(
             })?
         }
     };
-    let mut engine = engine_object(&reader, &thread, loop_code.addr).unwrap_or(0);
+    let tries = loops
+        .iter()
+        .find(|(code, _)| code.addr == loop_code.addr)
+        .map_or(STACK_WALK_TRIES, |&(_, tries)| tries);
+    let mut engine = engine_object(&reader, &thread, loop_code.addr, tries).unwrap_or(0);
     if inproc.as_ref().is_some_and(|c| c.addr == loop_code.addr) && engine != 0 {
         engine = reader
             .attr(engine, names.inproc.engine)
@@ -237,20 +241,27 @@ pub fn resolve_with(
     })
 }
 
-/// `self` of the busy loop's frame on the engine thread: the engine object, whose
-/// scheduler the snapshots read. Retried like the thread search, for the same reason.
+/// `self` of the loop's frame on the engine thread: the engine object (or the in-process
+/// caller, whose engine it names), whose scheduler the snapshots read. Retried like the
+/// thread search, 1 ms apart, for the same reasons: an in-process caller found a moment ago
+/// may have returned already, between two steps.
 fn engine_object(
     reader: &PyReader<LiveProcess>,
     thread: &ThreadState,
     busy_loop: u64,
+    tries: usize,
 ) -> Option<u64> {
     let slot = reader.local_index(busy_loop, "self").ok()??;
-    (0..STACK_WALK_TRIES).find_map(|_| {
+    (0..tries).find_map(|_| {
         let frame = reader
             .frames(thread)
             .ok()?
             .into_iter()
-            .find(|f| f.code == busy_loop)?;
+            .find(|f| f.code == busy_loop);
+        let Some(frame) = frame else {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            return None;
+        };
         let engine = reader
             .mem
             .read_u64(frame.addr + reader.layout.frame_localsplus + 8 * slot)
