@@ -127,9 +127,11 @@ def batch_check(pairs, problems):
         out[col] = {"equal": len(pairs) - len(bad), "differ": len(bad), "first": bad[:3]}
         if bad:
             problems.append(f"steps.csv {col} differs from the ground truth in {len(bad)} steps")
+    # An empty kv_blocks_total (snapshots off) is a difference, not a crash.
     bad = [
         (int(t["step"]), t["kv_blocks_used"], g["kv_free_blocks"]) for g, t in pairs
-        if t["kv_blocks_used"] != str(int(t["kv_blocks_total"]) - int(g["kv_free_blocks"]))
+        if not t["kv_blocks_total"]
+        or t["kv_blocks_used"] != str(int(t["kv_blocks_total"]) - int(g["kv_free_blocks"]))
     ]  # fmt: skip
     out["kv_blocks_used"] = {"equal": len(pairs) - len(bad), "differ": len(bad), "first": bad[:3]}
     if bad:
@@ -150,6 +152,8 @@ def requests_check(stats, gt_requests, requests, problems):
     for col, scol in (
         ("prompt_tokens", "num_prompt_tokens"),
         ("output_tokens", "num_output_tokens"),
+        # Prefix-cache hit tokens at the first scheduling (vLLM sends them with the outputs).
+        ("cached_tokens", "num_cached_tokens"),
     ):
         bad = [(s["request_id"], t[col], s[scol]) for s, t in both if t[col] != s[scol]]
         out[col] = {"equal": len(both) - len(bad), "differ": len(bad), "first": bad[:3]}

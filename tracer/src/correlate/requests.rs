@@ -325,7 +325,16 @@ impl Requests {
                 track.preempted = false;
                 if first {
                     track.row.first_scheduled_ns = Some(step.schedule_done_ns);
-                    track.row.cached_tokens = r.cached_tokens.and_then(|c| u32::try_from(c).ok());
+                    // Releases without the attribute (0.33 keeps the count in its prefill
+                    // stats): what was computed before this first scheduling came from the
+                    // prefix cache.
+                    let computed_before = (from_output.is_some() && r.computed_tokens.is_some())
+                        .then_some(before)
+                        .and_then(|b| u32::try_from(b).ok());
+                    track.row.cached_tokens = r
+                        .cached_tokens
+                        .and_then(|c| u32::try_from(c).ok())
+                        .or(computed_before);
                     batch.new_requests += 1;
                 }
                 if known.is_some_and(|known| computed >= known) {
