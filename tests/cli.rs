@@ -1049,19 +1049,21 @@ impl Deployment {
              print('api', os.getpid(), flush=True)\n\
              [p.wait() for p in ps]\n"
         );
-        let mut api = ProcessGroup(Command::new("bash")
-            .args([
-                "-c",
-                "exec -a VLLM::APIServer_0 \"$0\" -c \"$1\" \"${@:2}\"",
-                &python,
-                &api_code,
-                &engine_code,
-            ])
-            .args(fixture_args)
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap());
+        let mut api = ProcessGroup(
+            Command::new("bash")
+                .args([
+                    "-c",
+                    "exec -a VLLM::APIServer_0 \"$0\" -c \"$1\" \"${@:2}\"",
+                    &python,
+                    &api_code,
+                    &engine_code,
+                ])
+                .args(fixture_args)
+                .stdout(Stdio::piped())
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        );
         let mut output = Lines::new(api.0.stdout.take().unwrap());
         let mut workers = BTreeMap::new();
         let mut engine_pids = BTreeMap::new();
@@ -1070,7 +1072,9 @@ impl Deployment {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.first() == Some(&"worker") {
                 let number = |i: usize| -> u32 {
-                    fields[i].parse().unwrap_or_else(|_| panic!("worker line {line:?}"))
+                    fields[i]
+                        .parse()
+                        .unwrap_or_else(|_| panic!("worker line {line:?}"))
                 };
                 workers.insert(number(1), number(2));
             } else if let Some(pid) = line.strip_prefix("ready pid=") {

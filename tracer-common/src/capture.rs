@@ -123,11 +123,11 @@ pub struct Source {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub py: PyOffsets,
-    /// Watched addresses whose hits take a snapshot (0 = unused): the first copies
-    /// everything, the second (after the update) only which requests still run (items with
-    /// no fields) and the KV count: what the update's outputs were, the next step's first
+    /// Watched addresses whose hits take a snapshot (0 = unused): the first two copy
+    /// everything, the last (after the update) only which requests still run (items with no
+    /// fields) and the KV count: what the update's outputs were, the next step's first
     /// snapshot shows.
-    pub snapshot_at: [u64; 2],
+    pub snapshot_at: [u64; 3],
     pub running: Source,
     pub waiting: Source,
     /// The KV block pool's free count (an `int`).

@@ -235,7 +235,11 @@ fn request_plan<M: ProcessMemory>(
     names: &StateNames,
     class: u64,
     sample: Option<u64>,
-) -> ([Field; wire::REQUEST_FIELDS], [Field; wire::FACT_FIELDS], [u64; 2]) {
+) -> (
+    [Field; wire::REQUEST_FIELDS],
+    [Field; wire::FACT_FIELDS],
+    [u64; 2],
+) {
     let request_fields = attr_fields(reader, names.request_fields, class, sample);
     let fact_fields = attr_fields(reader, names.facts, class, sample);
     let planned = request_fields
@@ -257,7 +261,12 @@ fn output_field<M: ProcessMemory>(
     class: Option<u64>,
 ) -> Field {
     class
-        .and_then(|class| reader.class_attr_entry(class, names.output_scheduled).ok().flatten())
+        .and_then(|class| {
+            reader
+                .class_attr_entry(class, names.output_scheduled)
+                .ok()
+                .flatten()
+        })
         .map_or(Field::default(), |(key, index)| Field { key, index })
 }
 
@@ -370,10 +379,23 @@ impl Capture {
             // After execute, not schedule: the queues are as `schedule()` left them until the
             // update, and the step's `scheduler_output` local is stored only after the hit
             // that ends schedule (the hit is on that very store).
-            snapshot_at: [
-                snapshot_at(Mark::ExecuteDone),
-                snapshot_at(Mark::UpdateDone),
-            ],
+            snapshot_at: if probes.per_batch {
+                // A batch's queues as its `schedule()` left them are gone by the call that
+                // updates it: they are copied when `schedule()` returns (its output is not
+                // stored yet: the batch's scheduled tokens come from the copy before its
+                // update, whose `scheduler_output` is that batch's).
+                [
+                    snapshot_at(Mark::ScheduleDone),
+                    snapshot_at(Mark::ExecuteDone),
+                    snapshot_at(Mark::UpdateDone),
+                ]
+            } else {
+                [
+                    snapshot_at(Mark::ExecuteDone),
+                    0,
+                    snapshot_at(Mark::UpdateDone),
+                ]
+            },
             running,
             waiting,
             kv_free,

@@ -18,7 +18,10 @@ use tracer_common::Counter;
 use crate::{
     attach,
     capture::{self, Capture, CaptureError, LiveRequests},
-    correlate::{requests::Requests, Correlator},
+    correlate::{
+        requests::{output_columns, queue_columns, Requests},
+        Correlator,
+    },
     cpython::PyReader,
     cuda::{self, CudaTracer},
     decode::Decoder,
@@ -169,6 +172,14 @@ pub fn run(options: Options) -> Result<Totals> {
                     &capture.budgets,
                     &mut row,
                 );
+                // Per batch, the queues are those the batch's schedule() left and its size
+                // is its output's.
+                if let Some(at_schedule) = &step.at_schedule {
+                    queue_columns(&mut row, &capture.state(at_schedule), &capture.budgets);
+                    if let Some(before_update) = &scheduled {
+                        output_columns(&mut row, before_update);
+                    }
+                }
                 if let Err(e) = outputs.write_step_details(&out) {
                     write_error.get_or_insert(e);
                 }

@@ -23,10 +23,12 @@ const MAX_IN_FLIGHT: usize = 64;
 pub struct BatchQueue {
     /// Entry time of the open call and whether it scheduled or updated yet.
     call: Option<Call>,
-    /// Scheduled batches not yet updated, oldest first: (call entry, schedule() return).
-    in_flight: VecDeque<(u64, u64)>,
-    /// The batch being updated: its marks so far and the snapshot at the execute mark.
-    updating: Option<(u64, u64, u64, Option<RawSnapshot>)>,
+    /// Scheduled batches not yet updated, oldest first: (call entry, schedule() return, the
+    /// snapshot then).
+    in_flight: VecDeque<(u64, u64, Option<RawSnapshot>)>,
+    /// The batch being updated: its marks so far, the snapshot before its update and the one
+    /// at its schedule.
+    updating: Option<(u64, u64, u64, Option<RawSnapshot>, Option<RawSnapshot>)>,
     tid: u32,
 }
 
@@ -73,7 +75,8 @@ impl BatchQueue {
                     return None;
                 }
                 call.scheduled = true;
-                self.in_flight.push_back((call.entry_ns, hit.ktime_ns));
+                self.in_flight
+                    .push_back((call.entry_ns, hit.ktime_ns, hit.snapshot));
                 if self.in_flight.len() > MAX_IN_FLIGHT {
                     self.in_flight.pop_front();
                     counts.incomplete_steps += 1;
@@ -88,15 +91,17 @@ impl BatchQueue {
                 }
                 call.updating = true;
                 // None: its schedule came before the trace started.
-                let Some((start, scheduled)) = self.in_flight.pop_front() else {
+                let Some((start, scheduled, at_schedule)) = self.in_flight.pop_front() else {
                     counts.out_of_order += 1;
                     return None;
                 };
-                self.updating = Some((start, scheduled, hit.ktime_ns, hit.snapshot));
+                self.updating = Some((start, scheduled, hit.ktime_ns, hit.snapshot, at_schedule));
                 None
             }
             Mark::UpdateDone => {
-                let Some((start, scheduled, executed, after_execute)) = self.updating.take() else {
+                let Some((start, scheduled, executed, after_execute, at_schedule)) =
+                    self.updating.take()
+                else {
                     counts.out_of_order += 1;
                     return None;
                 };
@@ -109,6 +114,7 @@ impl BatchQueue {
                     update_done_ns: hit.ktime_ns,
                     after_execute,
                     after_update: hit.snapshot,
+                    at_schedule,
                 };
                 *completed += 1;
                 Some(step)
@@ -189,6 +195,90 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    /// A snapshot whose running list is `running` and scheduled dict `scheduled`, taking
+    /// `copy_ns`.
+    fn snapshot(running: &[u64], scheduled: Option<&[u64]>, copy_ns: u64) -> RawSnapshot {
+        use tracer_common::capture::{snap, Item, ScheduledEntry, SnapshotHeader};
+        RawSnapshot {
+            header: SnapshotHeader {
+                flags: snap::RUNNING | scheduled.map_or(0, |_| snap::SCHEDULED),
+                n_running: running.len() as u32,
+                running_len: running.len() as u32,
+                n_scheduled: scheduled.map_or(0, |s| s.len() as u32),
+                copy_ns,
+                ..Default::default()
+            },
+            running: running
+                .iter()
+                .map(|&object| Item {
+                    object,
+                    ..Default::default()
+                })
+                .collect(),
+            waiting: Vec::new(),
+            scheduled: scheduled
+                .unwrap_or_default()
+                .iter()
+                .map(|&key| ScheduledEntry {
+                    key,
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_the_snapshot_of_its_schedule_and_the_one_before_its_update() {
+        let mut queue = BatchQueue::default();
+        let (mut counts, mut completed) = (CorrelateCounts::default(), 0);
+        let hits = [
+            (StepEntry, 100, None),
+            // Batch A scheduled requests 1 and 2; its output is not stored yet.
+            (ScheduleDone, 110, Some(snapshot(&[1, 2], None, 5))),
+            (StepEntry, 200, None),
+            // Batch B: request 3 arrived and runs too.
+            (ScheduleDone, 210, Some(snapshot(&[1, 2, 3], None, 7))),
+            // Before A's update: the queues are B's, the local is A's output.
+            (
+                ExecuteDone,
+                900,
+                Some(snapshot(&[1, 2, 3], Some(&[11, 12]), 4)),
+            ),
+            (UpdateDone, 950, None),
+        ];
+        let steps: Vec<Step> = hits
+            .into_iter()
+            .filter_map(|(mark, ktime_ns, snapshot)| {
+                let hit = Hit {
+                    ktime_ns,
+                    tid: 7,
+                    mark,
+                    snapshot,
+                };
+                queue.push(hit, &mut counts, &mut completed)
+            })
+            .collect();
+        let [a] = &steps[..] else {
+            panic!("one batch updated: {}", steps.len())
+        };
+        let objects = |s: &Option<RawSnapshot>| -> Vec<u64> {
+            s.as_ref()
+                .unwrap()
+                .running
+                .iter()
+                .map(|i| i.object)
+                .collect()
+        };
+        assert_eq!(objects(&a.at_schedule), [1, 2], "A's queues, not B's");
+        let before_update = a.after_execute.as_ref().unwrap();
+        let scheduled: Vec<u64> = before_update.scheduled.iter().map(|e| e.key).collect();
+        assert_eq!(scheduled, [11, 12], "A's output");
+        // The copy at A's schedule is off execute, the one before its update off update.
+        assert_eq!(a.execute_ns(), 900 - 110 - 5);
+        assert_eq!(a.update_ns(), 950 - 900 - 4);
+        assert_eq!(a.tracer_ns(), 9);
     }
 
     #[test]

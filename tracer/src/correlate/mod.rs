@@ -32,11 +32,17 @@ pub struct Step {
     /// and could be taken).
     pub after_execute: Option<RawSnapshot>,
     pub after_update: Option<RawSnapshot>,
+    /// Per batch (`step_with_batch_queue`): the scheduler when the batch's `schedule()`
+    /// returned, for its queue columns. The two above are taken in the call that updates the
+    /// batch, after later batches were scheduled; they stay the request lifecycle's view,
+    /// whose snapshots must follow each other in time.
+    pub at_schedule: Option<RawSnapshot>,
 }
 
 /// Phases leave out the time the tracer's snapshots held the engine thread: the copy after
 /// `execute_model()` returns runs before `update_from_output()` starts, so it comes off
 /// update (and the step); the copy after `update_from_output()` falls after the step's end.
+/// Per batch, the copy when `schedule()` returned comes off execute.
 impl Step {
     fn copy_ns(snapshot: &Option<RawSnapshot>) -> u64 {
         snapshot.as_ref().map_or(0, |s| s.header.copy_ns)
@@ -45,7 +51,8 @@ impl Step {
         self.schedule_done_ns - self.start_ns
     }
     pub fn execute_ns(&self) -> u64 {
-        self.execute_done_ns - self.schedule_done_ns
+        (self.execute_done_ns - self.schedule_done_ns)
+            .saturating_sub(Self::copy_ns(&self.at_schedule))
     }
     pub fn update_ns(&self) -> u64 {
         (self.update_done_ns - self.execute_done_ns)
@@ -54,9 +61,11 @@ impl Step {
     pub fn step_ns(&self) -> u64 {
         self.schedule_ns() + self.execute_ns() + self.update_ns()
     }
-    /// Time the tracer's two snapshots of this step held the engine thread.
+    /// Time the tracer's snapshots of this step held the engine thread.
     pub fn tracer_ns(&self) -> u64 {
-        Self::copy_ns(&self.after_execute) + Self::copy_ns(&self.after_update)
+        Self::copy_ns(&self.at_schedule)
+            + Self::copy_ns(&self.after_execute)
+            + Self::copy_ns(&self.after_update)
     }
 }
 
@@ -145,6 +154,7 @@ impl Correlator {
             update_done_ns: self.open[3],
             after_execute: self.snapshots[2].take(),
             after_update: self.snapshots[3].take(),
+            at_schedule: None,
         };
         self.completed += 1;
         self.open.clear();

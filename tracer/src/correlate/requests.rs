@@ -295,7 +295,13 @@ impl Requests {
         for (position, r) in running.iter().enumerate() {
             let k = key(r);
             let computed = r.computed_tokens.unwrap_or(0);
-            let from_output = s.scheduled.as_ref().and_then(|m| m.get(&r.id).copied());
+            // With the step's output copied, a running request it does not name got nothing
+            // (per batch, the running list is newer than the batch); else the tokens are
+            // told from the computed count.
+            let from_output = s
+                .scheduled
+                .as_ref()
+                .map(|m| m.get(&r.id).copied().unwrap_or(0));
             let tokens = from_output.unwrap_or_else(|| {
                 let before = self.tracks[&k].computed;
                 let n = (computed - before).max(0) as u32;
@@ -327,10 +333,13 @@ impl Requests {
                     track.row.first_scheduled_ns = Some(step.schedule_done_ns);
                     // Releases without the attribute (0.33 keeps the count in its prefill
                     // stats): what was computed before this first scheduling came from the
-                    // prefix cache.
-                    let computed_before = (from_output.is_some() && r.computed_tokens.is_some())
-                        .then_some(before)
-                        .and_then(|b| u32::try_from(b).ok());
+                    // prefix cache. Not per batch: there the count already holds the tokens
+                    // of batches scheduled since.
+                    let computed_before = (step.at_schedule.is_none()
+                        && from_output.is_some()
+                        && r.computed_tokens.is_some())
+                    .then_some(before)
+                    .and_then(|b| u32::try_from(b).ok());
                     track.row.cached_tokens = r
                         .cached_tokens
                         .and_then(|c| u32::try_from(c).ok())
@@ -481,15 +490,9 @@ impl Requests {
         row.resumed_requests = Some(batch.resumed_requests);
         row.context_tokens_sum = Some(batch.context_sum);
         row.context_tokens_max = Some(batch.context_max);
-        row.running = Some(s.running_len);
-        row.waiting = Some(s.waiting_len);
         row.preempted = Some(preempted_now.len() as u32);
         row.finished = updated.and_then(|u| u.running.as_ref()).map(|_| finished);
-        row.kv_blocks_total = budgets.kv_blocks_total;
-        row.kv_blocks_used = budgets
-            .kv_blocks_total
-            .zip(s.kv_free)
-            .map(|(total, free)| total.saturating_sub(free));
+        queue_columns(row, s, budgets);
         out
     }
 
@@ -551,4 +554,25 @@ impl Batch {
         self.context_sum += u64::from(context);
         self.context_max = self.context_max.max(context);
     }
+}
+
+/// A batch's size and scheduled tokens from its output alone (per batch, the running list
+/// of the snapshot before its update may have lost some of its requests to later batches'
+/// preemptions).
+pub fn output_columns(row: &mut StepRow, s: &SchedulerState) {
+    if let Some(scheduled) = &s.scheduled {
+        row.batch_size = Some(scheduled.values().filter(|&&n| n > 0).count() as u32);
+        row.scheduled_tokens = Some(scheduled.values().sum());
+    }
+}
+
+/// A step row's queue lengths and KV blocks used, from the scheduler state `s`.
+pub fn queue_columns(row: &mut StepRow, s: &SchedulerState, budgets: &Budgets) {
+    row.running = Some(s.running_len);
+    row.waiting = Some(s.waiting_len);
+    row.kv_blocks_total = budgets.kv_blocks_total;
+    row.kv_blocks_used = budgets
+        .kv_blocks_total
+        .zip(s.kv_free)
+        .map(|(total, free)| total.saturating_sub(free));
 }
