@@ -124,9 +124,9 @@ pub struct Source {
 pub struct Plan {
     pub py: PyOffsets,
     /// Watched addresses whose hits take a snapshot (0 = unused): the first two copy
-    /// everything, the last (after the update) only which requests still run (items with no
-    /// fields) and the KV count: what the update's outputs were, the next step's first
-    /// snapshot shows.
+    /// everything, the last (after the update) only which requests each queue still holds
+    /// (items with no fields) and the KV count: what the update's outputs were, the next
+    /// step's first snapshot shows.
     pub snapshot_at: [u64; 3],
     pub running: Source,
     pub waiting: Source,

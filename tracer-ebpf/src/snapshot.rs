@@ -585,7 +585,8 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
 }
 
 /// Builds the record for a snapshot hit in the scratch area; returns its length.
-/// `whole`: also the waiting queue and the step's scheduled tokens.
+/// `whole`: the queues' requests with their fields, and the step's scheduled tokens; else
+/// which requests each queue holds.
 pub fn take(plan: &Plan, hit: WatchHit, whole: bool) -> Option<usize> {
     let area = scratch()?;
     // SAFETY: this CPU's slot; a perf_event program does not nest on one CPU.
@@ -602,15 +603,13 @@ pub fn take(plan: &Plan, hit: WatchHit, whole: bool) -> Option<usize> {
         None => header.flags |= snap::READ_ERROR,
     }
     let waiting_start = HEADER_BYTES + header.n_running as usize * size_of::<Item>();
-    if whole {
-        match copy_queue(area, &plan.waiting, waiting_start as u64, false) {
-            Some((copied, len)) => {
-                header.flags |= snap::WAITING;
-                header.n_waiting = copied;
-                header.waiting_len = len;
-            }
-            None => header.flags |= snap::READ_ERROR,
+    match copy_queue(area, &plan.waiting, waiting_start as u64, !whole) {
+        Some((copied, len)) => {
+            header.flags |= snap::WAITING;
+            header.n_waiting = copied;
+            header.waiting_len = len;
         }
+        None => header.flags |= snap::READ_ERROR,
     }
     if plan.kv_free.owner != 0 {
         match source(&plan.py, &plan.kv_free).and_then(|count| read_value(&plan.py, count)) {

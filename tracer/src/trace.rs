@@ -3,6 +3,7 @@
 //! Whatever ends it, the files are flushed and closed and the summary printed.
 
 use std::{
+    collections::VecDeque,
     os::fd::{FromRawFd, OwnedFd},
     path::PathBuf,
     time::Duration,
@@ -19,12 +20,12 @@ use crate::{
     attach,
     capture::{self, Capture, CaptureError, LiveRequests},
     correlate::{
-        requests::{output_columns, queue_columns, Requests},
-        Correlator,
+        requests::{Requests, Scheduled},
+        Correlator, Step,
     },
     cpython::PyReader,
     cuda::{self, CudaTracer},
-    decode::Decoder,
+    decode::{Decoder, RawSnapshot},
     discover,
     memory::LiveProcess,
     plan, resolve,
@@ -143,6 +144,7 @@ pub fn run(options: Options) -> Result<Totals> {
         .map(|_| LiveRequests::new(&reader, resolved.names.state));
     let mut totals = Totals::default();
     let mut write_error = None;
+    let mut pending_updates: VecDeque<PendingUpdate> = VecDeque::new();
     let mut drain = |probes: &mut attach::Probes, totals: &mut Totals, outputs: &mut Outputs| {
         let mut steps = Vec::new();
         while let Some(record) = probes.events.next() {
@@ -161,46 +163,60 @@ pub fn run(options: Options) -> Result<Totals> {
         for step in steps {
             let mut row =
                 StepRow::new(&step, target.pid, trace_start_ns).with_cuda(&cuda.fold(&step));
-            if let (Some(capture), Some(source)) = (&mut capture, &mut source) {
-                let scheduled = step.after_execute.as_ref().map(|raw| capture.state(raw));
-                let updated = step.after_update.as_ref().map(|raw| capture.state(raw));
-                let out = requests.step(
-                    source,
-                    &step,
-                    scheduled.as_ref(),
-                    updated.as_ref(),
-                    &capture.budgets,
-                    &mut row,
-                );
-                // Per batch, the queues are those the batch's schedule() left and its size
-                // is its output's.
-                if let Some(at_schedule) = &step.at_schedule {
-                    queue_columns(&mut row, &capture.state(at_schedule), &capture.budgets);
-                    if let Some(before_update) = &scheduled {
-                        output_columns(&mut row, before_update);
-                    }
-                }
-                if let Err(e) = outputs.write_step_details(&out) {
-                    write_error.get_or_insert(e);
-                }
-                // Planned without a live request: the first one listed shows where requests
-                // keep their fields; the kernel side reads them there from its next hit on.
-                let listed = step
-                    .after_execute
-                    .as_ref()
-                    .and_then(|raw| raw.running.first().map(|item| item.object));
-                if let Some(request) = listed.filter(|_| !capture.sampled) {
-                    if capture.refresh(&reader, request) {
-                        if let Err(e) = probes.set_plan(target.pid, &capture.plan) {
-                            say(&format!("tracer: warning: request fields stay unread: {e}"));
-                        }
-                    }
-                }
+            let (Some(capture), Some(source)) = (&mut capture, &mut source) else {
+                write_step(&row, totals, outputs, &mut write_error);
+                continue;
+            };
+            // The scheduler as the step's schedule() left it, with the step's output. Per
+            // batch, the copy before the batch's update shows later batches' queues; only
+            // its `scheduler_output` local is the batch's.
+            let state = |raw: &Option<RawSnapshot>| raw.as_ref().map(|r| capture.state(r));
+            let scheduled = match (plan.per_batch, state(&step.at_schedule)) {
+                (true, Some(at_schedule)) => Some(capture::SchedulerState {
+                    scheduled: state(&step.after_execute).and_then(|s| s.scheduled),
+                    ..at_schedule
+                }),
+                (true, None) => None,
+                (false, _) => state(&step.after_execute),
+            };
+            // Schedules and updates are folded in the order they ran. Per batch, the previous
+            // batch's update usually ran after this batch's schedule(): not when a call had
+            // nothing to schedule.
+            while let Some(update) =
+                pending_updates.pop_front_if(|u| u.step.update_done_ns < step.schedule_done_ns)
+            {
+                update.fold(&mut requests, totals, outputs, &mut write_error);
             }
-            totals.add(&row);
-            if let Err(e) = outputs.steps.write(&row) {
+            let (out, token) = requests.schedule(
+                source,
+                &step,
+                scheduled.as_ref(),
+                &capture.budgets,
+                &mut row,
+            );
+            if let Err(e) = outputs.write_step_details(&out) {
                 write_error.get_or_insert(e);
             }
+            let updated = state(&step.after_update);
+            // Planned without a live request: the first one listed shows where requests
+            // keep their fields; the kernel side reads them there from its next hit on.
+            let listed = step
+                .after_execute
+                .as_ref()
+                .and_then(|raw| raw.running.first().map(|item| item.object));
+            if let Some(request) = listed.filter(|_| !capture.sampled) {
+                if capture.refresh(&reader, request) {
+                    if let Err(e) = probes.set_plan(target.pid, &capture.plan) {
+                        say(&format!("tracer: warning: request fields stay unread: {e}"));
+                    }
+                }
+            }
+            pending_updates.push_back(PendingUpdate {
+                updated,
+                step,
+                row,
+                scheduled: token,
+            });
         }
         if let Some(source) = &mut source {
             source.end_drain();
@@ -245,6 +261,9 @@ pub fn run(options: Options) -> Result<Totals> {
     drain(&mut probes, &mut totals, &mut outputs);
     let trace_end_ns = monotonic_ns();
     correlator.finish();
+    for update in pending_updates.drain(..) {
+        update.fold(&mut requests, &mut totals, &mut outputs, &mut write_error);
+    }
     if let Err(e) = outputs.write_step_details(&requests.finish(trace_end_ns)) {
         write_error.get_or_insert(e);
     }
@@ -318,4 +337,46 @@ pub fn run(options: Options) -> Result<Totals> {
     }
     note(format!("tracer: {end_reason}; {}", totals.summary()));
     Ok(totals)
+}
+
+/// A step whose update is still to be folded into the request lifecycles, and its row, written
+/// once it is.
+struct PendingUpdate {
+    step: Step,
+    row: StepRow,
+    scheduled: Option<Scheduled>,
+    updated: Option<capture::SchedulerState>,
+}
+
+impl PendingUpdate {
+    fn fold(
+        mut self,
+        requests: &mut Requests,
+        totals: &mut Totals,
+        outputs: &mut Outputs,
+        write_error: &mut Option<csv::Error>,
+    ) {
+        let out = requests.update(
+            &self.step,
+            self.scheduled,
+            self.updated.as_ref(),
+            &mut self.row,
+        );
+        if let Err(e) = outputs.write_step_details(&out) {
+            write_error.get_or_insert(e);
+        }
+        write_step(&self.row, totals, outputs, write_error);
+    }
+}
+
+fn write_step(
+    row: &StepRow,
+    totals: &mut Totals,
+    outputs: &mut Outputs,
+    write_error: &mut Option<csv::Error>,
+) {
+    totals.add(row);
+    if let Err(e) = outputs.steps.write(row) {
+        write_error.get_or_insert(e);
+    }
 }

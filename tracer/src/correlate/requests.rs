@@ -47,6 +47,15 @@ struct Track {
     /// Computed tokens and output tokens when last seen.
     computed: i32,
     output: u32,
+    /// Tokens scheduled since its first scheduling, while its prefix-cache hit is still to be
+    /// told from a computed count (first scheduled before the plan named that attribute).
+    cached_pending: Option<u32>,
+}
+
+/// What a step's `schedule()` half hands to its update half: the requests whose scheduled
+/// tokens complete their known tokens, so the update gives each a new token.
+pub struct Scheduled {
+    produced: HashSet<Key>,
 }
 
 /// What one step adds to the outputs.
@@ -78,8 +87,11 @@ pub struct Requests {
     /// A snapshot has been folded in (or the queues were empty at the start): requests
     /// listed from now on arrived during the trace.
     started: bool,
-    /// The last step folded in and when its update ended.
+    /// The last update folded in: its step and when it ended.
     last_update: Option<(u64, u64)>,
+    /// The queues of the last `schedule()` folded in: what an update can finish.
+    last_running: Vec<Key>,
+    last_waiting: Vec<Key>,
     /// Requests of the last step that produced a token and still run: their count is
     /// known only from the next step's snapshot.
     produced_last: HashSet<Key>,
@@ -96,6 +108,8 @@ impl Requests {
             tracks: HashMap::new(),
             started: idle_at_start,
             last_update: None,
+            last_running: Vec::new(),
+            last_waiting: Vec::new(),
             produced_last: HashSet::new(),
             counts: RequestCounts::default(),
         }
@@ -173,6 +187,7 @@ impl Requests {
                         .is_some_and(|s| s.starts_with("WAITING")),
                 computed: r.computed_tokens.unwrap_or(0),
                 output: r.output_tokens.unwrap_or(0).max(0) as u32,
+                cached_pending: None,
             },
         );
         self.event(out, step, t_ns, k, EventKind::Arrived);
@@ -234,16 +249,18 @@ impl Requests {
         out.finished.push(track.row);
     }
 
-    /// Folds one step's snapshots in; fills the step row's batch columns.
-    pub fn step(
+    /// Folds in the scheduler as a step's `schedule()` left it, with the step's output
+    /// (`s.scheduled`); fills the step row's batch and queue columns. Schedules and updates
+    /// are folded in the order they ran: per batch, a batch's schedule comes before the
+    /// previous batch's update.
+    pub fn schedule(
         &mut self,
         source: &mut dyn RequestSource,
         step: &Step,
         scheduled: Option<&SchedulerState>,
-        updated: Option<&SchedulerState>,
         budgets: &Budgets,
         row: &mut StepRow,
-    ) -> StepOutput {
+    ) -> (StepOutput, Option<Scheduled>) {
         let mut out = StepOutput::default();
         let index = step.index;
         let (Some(s), Some(running), Some(waiting)) = (
@@ -252,7 +269,7 @@ impl Requests {
             scheduled.and_then(|s| s.waiting.as_ref()),
         ) else {
             self.counts.steps_without_snapshot += 1;
-            return out;
+            return (out, None);
         };
         self.counts.queue_items_not_copied += u64::from(
             (s.running_len - running.len() as u32) + (s.waiting_len - waiting.len() as u32),
@@ -295,13 +312,8 @@ impl Requests {
         for (position, r) in running.iter().enumerate() {
             let k = key(r);
             let computed = r.computed_tokens.unwrap_or(0);
-            // With the step's output copied, a running request it does not name got nothing
-            // (per batch, the running list is newer than the batch); else the tokens are
-            // told from the computed count.
-            let from_output = s
-                .scheduled
-                .as_ref()
-                .map(|m| m.get(&r.id).copied().unwrap_or(0));
+            // Tokens the step's output names, else told from the computed count.
+            let from_output = s.scheduled.as_ref().and_then(|m| m.get(&r.id).copied());
             let tokens = from_output.unwrap_or_else(|| {
                 let before = self.tracks[&k].computed;
                 let n = (computed - before).max(0) as u32;
@@ -315,11 +327,12 @@ impl Requests {
             // Its tokens so far (prompt and outputs, as the last update left them).
             let known = prompt.map(|p| p as i32 + self.tracks[&k].output as i32);
             if tokens > 0 {
-                // A decode computes exactly the newest token of a request past its prompt;
+                // A decode computes the newest token of a request past its prompt (with async
+                // scheduling, the one after it: its newest is not out of the update yet);
                 // anything else (a prompt chunk, recomputing after preemption) is prefill.
                 let decode = prompt
                     .zip(known)
-                    .is_some_and(|(p, known)| before >= p as i32 && before == known - 1);
+                    .is_some_and(|(p, known)| before >= p as i32 && before >= known - 1);
                 let prefill = !decode;
                 batch.add(tokens, prefill, before.max(0) as u32);
                 let track = self.tracks.get_mut(&k).expect("arrived above");
@@ -333,18 +346,29 @@ impl Requests {
                     track.row.first_scheduled_ns = Some(step.schedule_done_ns);
                     // Releases without the attribute (0.33 keeps the count in its prefill
                     // stats): what was computed before this first scheduling came from the
-                    // prefix cache. Not per batch: there the count already holds the tokens
-                    // of batches scheduled since.
-                    let computed_before = (step.at_schedule.is_none()
-                        && from_output.is_some()
-                        && r.computed_tokens.is_some())
-                    .then_some(before)
-                    .and_then(|b| u32::try_from(b).ok());
+                    // prefix cache.
+                    let computed_before = (from_output.is_some() && r.computed_tokens.is_some())
+                        .then_some(before)
+                        .and_then(|b| u32::try_from(b).ok());
                     track.row.cached_tokens = r
                         .cached_tokens
                         .and_then(|c| u32::try_from(c).ok())
                         .or(computed_before);
+                    // Its computed count not planned yet (the plan is completed from the first
+                    // running request): told at its next scheduling, less what ran since.
+                    track.cached_pending = (track.row.cached_tokens.is_none()
+                        && r.cached_tokens.is_none())
+                    .then_some(tokens);
                     batch.new_requests += 1;
+                } else if let Some(since) = track.cached_pending {
+                    if resumed {
+                        track.cached_pending = None;
+                    } else if from_output.is_some() && r.computed_tokens.is_some() {
+                        track.row.cached_tokens = u32::try_from(before - since as i32).ok();
+                        track.cached_pending = None;
+                    } else {
+                        track.cached_pending = Some(since + tokens);
+                    }
                 }
                 if known.is_some_and(|known| computed >= known) {
                     produced.insert(k);
@@ -447,38 +471,8 @@ impl Requests {
             });
         }
         self.started = true;
-        self.last_update = Some((index, step.update_done_ns));
-
-        let mut finished = 0;
-        // The update's snapshot lists only which requests still run; what they produced,
-        // the next step's first snapshot shows.
-        if let Some(running_after) = updated.and_then(|u| u.running.as_ref()) {
-            let after: HashSet<u64> = running_after.iter().map(|r| r.object).collect();
-            self.produced_last = produced
-                .iter()
-                .filter(|k| after.contains(&k.0))
-                .copied()
-                .collect();
-            for k in running.iter().map(key).filter(|k| !after.contains(&k.0)) {
-                // Its last token came from this step; the request is gone before we see it.
-                if produced.contains(&k) {
-                    let track = self.tracks.get_mut(&k).expect("arrived above");
-                    track.output += 1;
-                    if track.output == 1 {
-                        self.first_token(k, index, step.update_done_ns, &mut out);
-                    }
-                }
-                self.end(k, index, step.update_done_ns, true, &mut out);
-                finished += 1;
-            }
-        }
-        for r in out.finished.iter_mut() {
-            if let (Some(first), Some(end)) = (r.first_token_ns, r.finished_ns) {
-                if r.output_tokens > 1 {
-                    r.tpot_ns = Some((end - first) / u64::from(r.output_tokens - 1));
-                }
-            }
-        }
+        self.last_running = running.iter().map(key).collect();
+        self.last_waiting = waiting.iter().map(key).collect();
 
         row.batch_size = Some(batch.size);
         row.scheduled_tokens = Some(batch.scheduled_tokens);
@@ -491,8 +485,82 @@ impl Requests {
         row.context_tokens_sum = Some(batch.context_sum);
         row.context_tokens_max = Some(batch.context_max);
         row.preempted = Some(preempted_now.len() as u32);
-        row.finished = updated.and_then(|u| u.running.as_ref()).map(|_| finished);
         queue_columns(row, s, budgets);
+        (out, Some(Scheduled { produced }))
+    }
+
+    /// Folds in the scheduler as the step's `update_from_output()` left it (`updated`: which
+    /// requests each queue holds): requests of the last `schedule()` it no longer lists
+    /// finished, or were aborted. Fills the row's `finished`.
+    pub fn update(
+        &mut self,
+        step: &Step,
+        scheduled: Option<Scheduled>,
+        updated: Option<&SchedulerState>,
+        row: &mut StepRow,
+    ) -> StepOutput {
+        let mut out = StepOutput::default();
+        let produced = scheduled.map(|s| s.produced).unwrap_or_default();
+        let index = step.index;
+        self.last_update = Some((index, step.update_done_ns));
+        let Some(running_after) = updated.and_then(|u| u.running.as_ref()) else {
+            return out;
+        };
+        // What the requests still running produced, the next schedule's snapshot shows.
+        let after: HashSet<u64> = running_after.iter().map(|r| r.object).collect();
+        self.produced_last = produced
+            .iter()
+            .filter(|k| after.contains(&k.0))
+            .copied()
+            .collect();
+        let waiting_after: Option<HashSet<u64>> = updated
+            .and_then(|u| u.waiting.as_ref())
+            .map(|w| w.iter().map(|r| r.object).collect());
+        let running_gone = std::mem::take(&mut self.last_running)
+            .into_iter()
+            .filter(|k| !after.contains(&k.0))
+            .map(|k| (k, true));
+        // A request preempted after its batch was scheduled (per batch) can be finished by
+        // that batch's update while it waits; without a token there it was aborted.
+        let last_waiting = std::mem::take(&mut self.last_waiting);
+        let waiting_gone: Vec<(Key, bool)> = match waiting_after {
+            Some(waiting_after) => last_waiting
+                .into_iter()
+                .filter(|k| !after.contains(&k.0) && !waiting_after.contains(&k.0))
+                .map(|k| (k, false))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut finished = 0;
+        for (k, was_running) in running_gone
+            .collect::<Vec<_>>()
+            .into_iter()
+            .chain(waiting_gone)
+        {
+            if !self.tracks.contains_key(&k) {
+                continue;
+            }
+            // Its last token came from this update; the request is gone before we see it.
+            let produced = produced.contains(&k);
+            if produced {
+                let track = self.tracks.get_mut(&k).expect("checked above");
+                track.output += 1;
+                if track.output == 1 {
+                    self.first_token(k, index, step.update_done_ns, &mut out);
+                }
+            }
+            let ended = was_running || produced;
+            self.end(k, index, step.update_done_ns, ended, &mut out);
+            finished += u32::from(ended);
+        }
+        for r in out.finished.iter_mut() {
+            if let (Some(first), Some(end)) = (r.first_token_ns, r.finished_ns) {
+                if r.output_tokens > 1 {
+                    r.tpot_ns = Some((end - first) / u64::from(r.output_tokens - 1));
+                }
+            }
+        }
+        row.finished = Some(finished);
         out
     }
 
@@ -556,18 +624,8 @@ impl Batch {
     }
 }
 
-/// A batch's size and scheduled tokens from its output alone (per batch, the running list
-/// of the snapshot before its update may have lost some of its requests to later batches'
-/// preemptions).
-pub fn output_columns(row: &mut StepRow, s: &SchedulerState) {
-    if let Some(scheduled) = &s.scheduled {
-        row.batch_size = Some(scheduled.values().filter(|&&n| n > 0).count() as u32);
-        row.scheduled_tokens = Some(scheduled.values().sum());
-    }
-}
-
 /// A step row's queue lengths and KV blocks used, from the scheduler state `s`.
-pub fn queue_columns(row: &mut StepRow, s: &SchedulerState, budgets: &Budgets) {
+fn queue_columns(row: &mut StepRow, s: &SchedulerState, budgets: &Budgets) {
     row.running = Some(s.running_len);
     row.waiting = Some(s.waiting_len);
     row.kv_blocks_total = budgets.kv_blocks_total;
@@ -575,4 +633,203 @@ pub fn queue_columns(row: &mut StepRow, s: &SchedulerState, budgets: &Budgets) {
         .kv_blocks_total
         .zip(s.kv_free)
         .map(|(total, free)| total.saturating_sub(free));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OnePrompt;
+    impl RequestSource for OnePrompt {
+        fn info(&mut self, _: u64, _: u64) -> RequestInfo {
+            RequestInfo {
+                id: "req-0".into(),
+                prompt_tokens: Some(200),
+                ..RequestInfo::default()
+            }
+        }
+    }
+
+    /// The scheduler with request (1, 10) running: `computed` tokens (as `schedule()`
+    /// advanced them), `output` tokens, `tokens` scheduled in the step.
+    fn scheduled(computed: Option<i32>, output: i32, tokens: u32) -> SchedulerState {
+        SchedulerState {
+            running: Some(vec![RequestState {
+                object: 1,
+                id: 10,
+                status: Some("RUNNING".into()),
+                computed_tokens: computed,
+                output_tokens: Some(output),
+                ..RequestState::default()
+            }]),
+            waiting: Some(Vec::new()),
+            running_len: 1,
+            scheduled: Some(HashMap::from([(10, tokens)])),
+            ..SchedulerState::default()
+        }
+    }
+
+    /// After an update: which requests still run (objects only).
+    fn updated(running: &[u64]) -> SchedulerState {
+        SchedulerState {
+            running: Some(
+                running
+                    .iter()
+                    .map(|&object| RequestState {
+                        object,
+                        ..RequestState::default()
+                    })
+                    .collect(),
+            ),
+            ..SchedulerState::default()
+        }
+    }
+
+    fn step(index: u64) -> Step {
+        let t = 1000 * index;
+        Step {
+            index,
+            start_ns: t,
+            schedule_done_ns: t + 100,
+            execute_done_ns: t + 800,
+            update_done_ns: t + 900,
+            ..Step::default()
+        }
+    }
+
+    #[test]
+    fn a_prefix_hit_first_scheduled_before_the_computed_count_was_planned_is_told_later() {
+        let mut requests = Requests::new(1, 0, true);
+        // 64 prompt tokens from the prefix cache, then chunks of 36: the first step's
+        // snapshot could not read the computed count, the second's reads 64 + 36 + 36.
+        for (index, state) in [scheduled(None, 0, 36), scheduled(Some(136), 0, 36)]
+            .iter()
+            .enumerate()
+        {
+            let mut row = StepRow::default();
+            let step = step(index as u64);
+            let (_, token) = requests.schedule(
+                &mut OnePrompt,
+                &step,
+                Some(state),
+                &Budgets::default(),
+                &mut row,
+            );
+            requests.update(&step, token, Some(&updated(&[1])), &mut row);
+        }
+        let rows = requests.finish(5000).finished;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].cached_tokens, Some(64));
+    }
+
+    /// Per batch with async scheduling: a batch is scheduled before the previous one's update,
+    /// and a request's computed count runs ahead of its outputs.
+    #[test]
+    fn batches_folded_in_the_order_they_ran_finish_a_request_at_its_update() {
+        let mut requests = Requests::new(1, 0, true);
+        let (steps, mut rows) = (
+            [step(0), step(1), step(2)],
+            [(); 3].map(|_| StepRow::default()),
+        );
+        // Every event of the run, in the order the calls made them.
+        let mut events = Vec::new();
+        let mut schedule =
+            |requests: &mut Requests, i: usize, state: SchedulerState, row: &mut StepRow| {
+                let (out, token) = requests.schedule(
+                    &mut OnePrompt,
+                    &steps[i],
+                    Some(&state),
+                    &Budgets::default(),
+                    row,
+                );
+                events.extend(out.events);
+                token
+            };
+        // The prompt (200 tokens) in batch 0; batches 1 and 2 decode, each scheduled before
+        // the previous batch's outputs are in; the update of batch 1 ends the request.
+        let [row0, row1, row2] = &mut rows;
+        let t0 = schedule(&mut requests, 0, scheduled(Some(200), 0, 200), row0);
+        let t1 = schedule(&mut requests, 1, scheduled(Some(201), 0, 1), row1);
+        let u0 = requests.update(&steps[0], t0, Some(&updated(&[1])), row0);
+        let t2 = schedule(&mut requests, 2, scheduled(Some(202), 1, 1), row2);
+        let u1 = requests.update(&steps[1], t1, Some(&updated(&[])), row1);
+        let u2 = requests.update(&steps[2], t2, Some(&updated(&[])), row2);
+        assert_eq!(u1.finished.len(), 1);
+        assert_eq!(u1.finished[0].output_tokens, 2);
+        assert!(
+            u0.finished.is_empty() && u2.finished.is_empty(),
+            "ended once"
+        );
+        events.extend(u0.events.into_iter().chain(u1.events).chain(u2.events));
+        let at = |kind| -> Vec<u64> {
+            events
+                .iter()
+                .filter(|e| e.event == kind)
+                .map(|e| e.t_ns)
+                .collect()
+        };
+        assert_eq!(
+            at(EventKind::Arrived).len(),
+            1,
+            "listed again after its end"
+        );
+        assert_eq!(at(EventKind::FirstToken), [steps[0].update_done_ns]);
+        assert_eq!(at(EventKind::Finished), [steps[1].update_done_ns]);
+        assert_eq!(
+            rows.iter().map(|r| r.finished).collect::<Vec<_>>(),
+            [Some(0), Some(1), Some(0)]
+        );
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.prefill_tokens, r.decode_tokens))
+                .collect::<Vec<_>>(),
+            [(Some(200), Some(0)), (Some(0), Some(1)), (Some(0), Some(1))]
+        );
+    }
+
+    #[test]
+    fn a_request_preempted_while_its_batch_runs_is_finished_by_that_batch_s_update() {
+        let mut requests = Requests::new(1, 0, true);
+        let mut row = StepRow::default();
+        let budgets = Budgets::default();
+        let (steps, mut events) = ([step(0), step(1)], Vec::new());
+        // Batch 0 computes the request's prompt; batch 1's schedule() preempts it (its
+        // tokens run in batch 0 still); batch 0's update gives it its last token.
+        let t0 = requests
+            .schedule(
+                &mut OnePrompt,
+                &steps[0],
+                Some(&scheduled(Some(200), 0, 200)),
+                &budgets,
+                &mut row,
+            )
+            .1;
+        let mut preempted = scheduled(Some(0), 0, 0);
+        preempted.waiting = preempted.running.take().map(|mut r| {
+            r[0].status = Some(reasons::PREEMPTED.into());
+            r
+        });
+        (
+            preempted.running,
+            preempted.running_len,
+            preempted.waiting_len,
+        ) = (Some(Vec::new()), 0, 1);
+        let (out, _) = requests.schedule(
+            &mut OnePrompt,
+            &steps[1],
+            Some(&preempted),
+            &budgets,
+            &mut row,
+        );
+        events.extend(out.events);
+        let mut gone = updated(&[]);
+        gone.waiting = Some(Vec::new());
+        let out = requests.update(&steps[0], t0, Some(&gone), &mut row);
+        assert_eq!(row.finished, Some(1));
+        assert_eq!(out.finished.len(), 1);
+        assert_eq!(out.finished[0].output_tokens, 1);
+        assert_eq!(out.finished[0].finish_status, "FINISHED_STOPPED");
+        assert_eq!(out.finished[0].finished_ns, Some(steps[0].update_done_ns));
+        assert!(events.iter().any(|e| e.event == EventKind::Preempted));
+    }
 }
