@@ -10,10 +10,13 @@ use tracer::sinks::StepRow;
 
 /// Measured steps per run: the issue asks for ≥ 2 000.
 const STEPS: usize = 2_000;
-/// p99 bound on |traced − in-process| per phase. One watchpoint trap costs microseconds on a
-/// VM; both clocks see one trap per phase boundary, so errors are the trap's jitter. Measured
-/// p99 here is under 1 µs; 10 µs leaves room for a loaded CI machine.
-const P99_BOUND_NS: i64 = 10_000;
+/// Bounds on |traced − in-process| per phase. One watchpoint trap costs microseconds on a
+/// VM; both clocks see one trap per phase boundary, so errors are the trap's jitter plus
+/// whatever the host does between the trap and the fixture's clock read. p50 measures the
+/// tracer (≤ 0.3 µs here, every day). p99 was under 1 µs on this VM for weeks, then 16–34 µs
+/// on 2026-12-03 at this commit and at ede69df alike (a noisier host, not the code): 50 µs.
+const P50_BOUND_NS: i64 = 2_000;
+const P99_BOUND_NS: i64 = 50_000;
 
 /// Starts a fixture that waits, attaches, lets exactly `STEPS` steps run, and checks that
 /// every one of them is in steps.csv with phase times matching the fixture's own timers.
@@ -87,6 +90,10 @@ fn check_phases(truth: &[&TruthRow], traced: &[StepRow], label: &str) {
         let (p50, p99) = (percentile(errs, 50.0), percentile(errs, 99.0));
         let max = percentile(errs, 100.0);
         eprintln!("{label}: {name} |error| p50 {p50} ns, p99 {p99} ns, max {max} ns");
+        assert!(
+            p50 <= P50_BOUND_NS,
+            "{label}: {name} p50 error {p50} ns > {P50_BOUND_NS} ns"
+        );
         assert!(
             p99 <= P99_BOUND_NS,
             "{label}: {name} p99 error {p99} ns > {P99_BOUND_NS} ns"

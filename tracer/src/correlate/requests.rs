@@ -147,6 +147,7 @@ impl Requests {
         &mut self,
         source: &mut dyn RequestSource,
         r: &RequestState,
+        fresh: bool,
         step: u64,
         t_ns: u64,
         out: &mut StepOutput,
@@ -179,8 +180,9 @@ impl Requests {
                 // the trace: it is not counted.
                 preempted: !self.started && r.status.as_deref() == Some(reasons::PREEMPTED),
                 // Running or preempted: scheduled before the trace (the `WAITING*` statuses
-                // are those of requests never scheduled).
+                // are those of requests never scheduled), unless `fresh`.
                 in_flight_at_start: !self.started
+                    && !fresh
                     && !r
                         .status
                         .as_deref()
@@ -292,7 +294,15 @@ impl Requests {
             }
         }
         for r in running.iter().chain(waiting) {
-            self.arrive(source, r, index, step.start_ns, &mut out);
+            // Running in the first snapshot with no output, and nothing computed before this
+            // step but its prefix-cache hit: scheduled for the first time by this very step.
+            let fresh = r.output_tokens == Some(0)
+                && r.computed_tokens
+                    .zip(s.scheduled.as_ref().and_then(|m| m.get(&r.id)))
+                    .is_some_and(|(computed, &tokens)| {
+                        computed - tokens as i32 == r.cached_tokens.unwrap_or(0).max(0)
+                    });
+            self.arrive(source, r, fresh, index, step.start_ns, &mut out);
         }
         // Outputs as the last update left them. They survive preemption: the first token
         // is the first output ever, produced by the previous step's update.
