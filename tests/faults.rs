@@ -121,6 +121,15 @@ fn duration_that_is_not_a_number() {
     );
 }
 
+#[test]
+fn ring_size_the_kernel_cannot_take() {
+    fails_with(
+        &["attach", "--pid", "1", "--ring-kib", "100"],
+        2,
+        "100 KiB: the ring buffer takes a power of two from 4 to 1048576 KiB",
+    );
+}
+
 /// A binary named like Python is still looked at for `_PyRuntime`, not trusted by name.
 #[test]
 fn non_python_binary_named_python() {
@@ -238,8 +247,8 @@ fn take_debug_register(tid: u32) -> std::os::fd::OwnedFd {
     attr[52..56].copy_from_slice(&2u32.to_ne_bytes()); // bp_type = HW_BREAKPOINT_W
     attr[56..64].copy_from_slice(&0x10000u64.to_ne_bytes()); // bp_addr
     attr[64..72].copy_from_slice(&1u64.to_ne_bytes()); // bp_len
-    // Close-on-exec: a child another test spawns meanwhile must not keep the register taken
-    // after this test lets it go (PERF_FLAG_FD_CLOEXEC).
+                                                       // Close-on-exec: a child another test spawns meanwhile must not keep the register taken
+                                                       // after this test lets it go (PERF_FLAG_FD_CLOEXEC).
     const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
     // SAFETY: perf_event_open(2) with a valid attr buffer; the fd is owned below.
     let fd = unsafe {
@@ -675,15 +684,17 @@ fn disk_full_during_the_trace() {
 
 /// The tracer cannot keep up: it is stopped (SIGSTOP) for 3 s while a fast target (about
 /// 1 800–3 800 steps/s traced on the dev VM, where each watchpoint trap costs the target
-/// tens of µs: the 10 000 steps/s is out of reach) fills the ring buffers. The losses are counted in run.json and warned about on stderr, and the steps
-/// that did arrive are whole rows.
+/// tens of µs: the 10 000 steps/s is out of reach) fills a 64 KiB ring (a few
+/// hundred steps; the default 32 MiB was not filled in 3 s on a slower CI machine). The
+/// losses are counted in run.json and warned about on stderr, and the steps that did arrive
+/// are whole rows.
 #[test]
 fn ring_overflow_losses_are_counted() {
     let _serial = exclusive();
     let fixture = fixture(&["--execute-ms", "0", "--num-requests", "0"]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let tracer = Tracer::attach(fixture.pid, &out);
+    let tracer = Tracer::attach_with(fixture.pid, &out, &["--ring-kib", "64"]);
     std::thread::sleep(Duration::from_millis(200));
     tracer.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(3));

@@ -89,14 +89,19 @@ impl Probes {
 }
 
 /// Loads the programs, gives the kernel side the snapshot plan of process `pid` (if any),
-/// and puts the watchpoints in.
-pub fn attach(plan: &ProbePlan, snapshot: Option<(u32, &Plan)>) -> Result<Probes, AttachError> {
+/// and puts the watchpoints in. The ring of hits and snapshots holds `ring_bytes`.
+pub fn attach(
+    plan: &ProbePlan,
+    snapshot: Option<(u32, &Plan)>,
+    ring_bytes: u32,
+) -> Result<Probes, AttachError> {
     let started = Instant::now();
     let load = |e: &dyn std::fmt::Display| AttachError::Load(e.to_string());
     // The snapshot work area has one slot per possible CPU.
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| load(&e))? as u32;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(SCRATCH_MAP, cpus)
+        .map_max_entries(EVENTS_MAP, ring_bytes)
         .load(EBPF_OBJECT)
         .map_err(|e| load(&e))?;
     let mut plans: HashMap<_, u32, Plan> = HashMap::try_from(

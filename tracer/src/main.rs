@@ -62,6 +62,11 @@ enum Command {
         /// (a few µs per queued request), so this is the lightest trace.
         #[arg(long)]
         phases_only: bool,
+        /// Size of the kernel ring buffer that carries probe hits and scheduler snapshots to
+        /// the tracer, in KiB: a power of two from 4 to 1048576. Raise it when the tracer
+        /// reports lost hits or snapshots (a stalled tracer, or very long queues).
+        #[arg(long, value_name = "KIB", default_value_t = tracer_common::EVENTS_BYTES / 1024, value_parser = parse_ring_kib)]
+        ring_kib: u32,
     },
     /// Start a command (e.g. `vllm serve …`, or a script that starts the server and a
     /// benchmark client), wait until vLLM's engine loop runs, and trace it like `attach`.
@@ -87,6 +92,9 @@ enum Command {
         /// Phases only, as for `attach`.
         #[arg(long)]
         phases_only: bool,
+        /// Ring buffer size in KiB, as for `attach`.
+        #[arg(long, value_name = "KIB", default_value_t = tracer_common::EVENTS_BYTES / 1024, value_parser = parse_ring_kib)]
+        ring_kib: u32,
         /// Also write seed.csv, as for `attach`.
         #[arg(long)]
         seed_csv: bool,
@@ -163,6 +171,20 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
 }
 
+/// The kernel takes ring buffers of a power-of-two number of pages.
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("not a number of KiB: {text}"))?;
+    if kib.is_power_of_two() && (4..=1 << 20).contains(&kib) {
+        Ok(kib)
+    } else {
+        Err(format!(
+            "{kib} KiB: the ring buffer takes a power of two from 4 to 1048576 KiB"
+        ))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -176,6 +198,7 @@ fn main() -> ExitCode {
             labels,
             seed_csv,
             phases_only,
+            ring_kib,
         } => engines::find(pid, tid)
             .map_err(Into::into)
             .and_then(|engines| {
@@ -188,6 +211,7 @@ fn main() -> ExitCode {
                         quiet,
                         cuda,
                         snapshots: !phases_only,
+                        ring_bytes: ring_kib * 1024,
                     }
                 })
             })
@@ -200,6 +224,7 @@ fn main() -> ExitCode {
             cuda,
             labels,
             phases_only,
+            ring_kib,
             seed_csv,
             command,
         } => launch::run(
@@ -216,6 +241,7 @@ fn main() -> ExitCode {
                 quiet,
                 cuda,
                 snapshots: !phases_only,
+                ring_bytes: ring_kib * 1024,
             },
         )
         .and_then(|()| write_seed(seed_csv, &output)),

@@ -48,6 +48,8 @@ pub struct Options {
     pub cuda: cuda::Level,
     /// Copy the scheduler's state at each step (batch columns, requests, events, queues).
     pub snapshots: bool,
+    /// Size of the ring buffer of probe hits and snapshots, in bytes.
+    pub ring_bytes: u32,
 }
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
@@ -118,7 +120,11 @@ pub fn run(options: Options) -> Result<Totals> {
     let mut outputs = Outputs::create(&options.out_dir)?;
 
     let trace_start_ns = monotonic_ns();
-    let mut probes = attach::attach(&plan, capture.as_ref().map(|c| (target.pid, &c.plan)))?;
+    let mut probes = attach::attach(
+        &plan,
+        capture.as_ref().map(|c| (target.pid, &c.plan)),
+        options.ring_bytes,
+    )?;
     // Before the "attached" line: from then on every step has its CUDA columns.
     let mut cuda = CudaTracer::start(options.cuda, target.pid, options.quiet)?;
     note(format!(
@@ -321,14 +327,15 @@ pub fn run(options: Options) -> Result<Totals> {
         .with_context(|| format!("writing {}", run_json.display()))?;
     if info.counters.ring_buffer_drops > 0 {
         say(&format!(
-            "tracer: warning: {} probe hits were lost (ring buffer full); see run.json",
+            "tracer: warning: {} probe hits were lost (ring buffer full); see run.json \
+             (a larger --ring-kib helps)",
             info.counters.ring_buffer_drops
         ));
     }
     if info.counters.snapshots_dropped > 0 {
         say(&format!(
             "tracer: warning: {} scheduler snapshots did not fit in the ring buffer (their steps \
-             have phases but no batch columns); see run.json",
+             have phases but no batch columns); see run.json (a larger --ring-kib helps)",
             info.counters.snapshots_dropped
         ));
     }
