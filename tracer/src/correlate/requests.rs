@@ -89,11 +89,12 @@ pub struct Requests {
     started: bool,
     /// The last update folded in: its step and when it ended.
     last_update: Option<(u64, u64)>,
-    /// The queues of the last `schedule()` folded in: what an update can finish.
+    /// The queues of the last `schedule()` folded in, less what updates since ended: what
+    /// an update can finish.
     last_running: Vec<Key>,
     last_waiting: Vec<Key>,
-    /// Requests of the last step that produced a token and still run: their count is
-    /// known only from the next step's snapshot.
+    /// Requests of the last update that produced a token and still run: their count is
+    /// known only from the next `schedule()`'s snapshot.
     produced_last: HashSet<Key>,
     pub counts: RequestCounts,
 }
@@ -483,6 +484,8 @@ impl Requests {
         self.started = true;
         self.last_running = running.iter().map(key).collect();
         self.last_waiting = waiting.iter().map(key).collect();
+        // This snapshot shows the outputs of the updates before it.
+        self.produced_last.clear();
 
         row.batch_size = Some(batch.size);
         row.scheduled_tokens = Some(batch.scheduled_tokens);
@@ -512,6 +515,9 @@ impl Requests {
         let mut out = StepOutput::default();
         let produced = scheduled.map(|s| s.produced).unwrap_or_default();
         let index = step.index;
+        // Two updates with no schedule() folded between (the trace ended while the batch
+        // scheduled between them ran): no snapshot showed the first one's tokens.
+        self.count_unseen_outputs(&mut out);
         self.last_update = Some((index, step.update_done_ns));
         let Some(running_after) = updated.and_then(|u| u.running.as_ref()) else {
             return out;
@@ -526,26 +532,24 @@ impl Requests {
         let waiting_after: Option<HashSet<u64>> = updated
             .and_then(|u| u.waiting.as_ref())
             .map(|w| w.iter().map(|r| r.object).collect());
-        let running_gone = std::mem::take(&mut self.last_running)
-            .into_iter()
-            .filter(|k| !after.contains(&k.0))
-            .map(|k| (k, true));
+        let (running_gone, still_running): (Vec<Key>, Vec<Key>) =
+            std::mem::take(&mut self.last_running)
+                .into_iter()
+                .partition(|k| !after.contains(&k.0));
+        self.last_running = still_running;
         // A request preempted after its batch was scheduled (per batch) can be finished by
         // that batch's update while it waits; without a token there it was aborted.
-        let last_waiting = std::mem::take(&mut self.last_waiting);
-        let waiting_gone: Vec<(Key, bool)> = match waiting_after {
-            Some(waiting_after) => last_waiting
+        let mut waiting_gone = Vec::new();
+        if let Some(waiting_after) = waiting_after {
+            (waiting_gone, self.last_waiting) = std::mem::take(&mut self.last_waiting)
                 .into_iter()
-                .filter(|k| !after.contains(&k.0) && !waiting_after.contains(&k.0))
-                .map(|k| (k, false))
-                .collect(),
-            None => Vec::new(),
-        };
+                .partition(|k| !after.contains(&k.0) && !waiting_after.contains(&k.0));
+        }
         let mut finished = 0;
         for (k, was_running) in running_gone
-            .collect::<Vec<_>>()
             .into_iter()
-            .chain(waiting_gone)
+            .map(|k| (k, true))
+            .chain(waiting_gone.into_iter().map(|k| (k, false)))
         {
             if !self.tracks.contains_key(&k) {
                 continue;
@@ -574,21 +578,28 @@ impl Requests {
         out
     }
 
-    /// Ends the trace: rows for the requests still in the engine, and the first tokens of
-    /// the last step (no later snapshot showed its outputs: counted as finishing ones are).
-    pub fn finish(&mut self, end_ns: u64) -> StepOutput {
-        let mut out = StepOutput::default();
-        if let Some((step, update_ns)) = self.last_update {
-            for k in std::mem::take(&mut self.produced_last) {
-                let Some(track) = self.tracks.get_mut(&k) else {
-                    continue;
-                };
-                track.output += 1;
-                if track.output == 1 {
-                    self.first_token(k, step, update_ns, &mut out);
-                }
+    /// The tokens of the last update that no `schedule()` snapshot showed, counted as
+    /// finishing ones are.
+    fn count_unseen_outputs(&mut self, out: &mut StepOutput) {
+        let Some((step, update_ns)) = self.last_update else {
+            return;
+        };
+        for k in std::mem::take(&mut self.produced_last) {
+            let Some(track) = self.tracks.get_mut(&k) else {
+                continue;
+            };
+            track.output += 1;
+            if track.output == 1 {
+                self.first_token(k, step, update_ns, out);
             }
         }
+    }
+
+    /// Ends the trace: rows for the requests still in the engine, and the tokens of the last
+    /// update (no later snapshot showed them).
+    pub fn finish(&mut self, end_ns: u64) -> StepOutput {
+        let mut out = StepOutput::default();
+        self.count_unseen_outputs(&mut out);
         out.finished = self
             .tracks
             .drain()
@@ -795,6 +806,36 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(Some(200), Some(0)), (Some(0), Some(1)), (Some(0), Some(1))]
         );
+    }
+
+    /// The trace ends while a batch runs: its schedule() is never folded, so the two
+    /// updates before it come one after the other (real vLLM 0.11 async: the last request
+    /// ended UNFINISHED, 2 tokens short).
+    #[test]
+    fn two_updates_without_a_schedule_between_finish_a_request_with_every_token() {
+        let mut requests = Requests::new(1, 0, true);
+        let (steps, mut row) = ([step(0), step(1)], StepRow::default());
+        let mut schedule = |requests: &mut Requests, i: usize, state: SchedulerState| {
+            requests
+                .schedule(
+                    &mut OnePrompt,
+                    &steps[i],
+                    Some(&state),
+                    &Budgets::default(),
+                    &mut StepRow::default(),
+                )
+                .1
+        };
+        let t0 = schedule(&mut requests, 0, scheduled(Some(200), 0, 200));
+        let t1 = schedule(&mut requests, 1, scheduled(Some(201), 0, 1));
+        let u0 = requests.update(&steps[0], t0, Some(&updated(&[1])), &mut row);
+        let u1 = requests.update(&steps[1], t1, Some(&updated(&[])), &mut row);
+        assert!(u0.finished.is_empty());
+        assert_eq!(u1.finished.len(), 1, "ended by the second update");
+        assert_eq!(u1.finished[0].output_tokens, 2);
+        assert_eq!(u1.finished[0].first_token_ns, Some(steps[0].update_done_ns));
+        assert_eq!(u1.finished[0].finished_ns, Some(steps[1].update_done_ns));
+        assert!(requests.finish(5000).finished.is_empty());
     }
 
     #[test]
