@@ -3,9 +3,11 @@
 //! Everything version-specific comes from the [`Plan`]: struct offsets, where attributes
 //! live, which objects to start from. An attribute is one O(1) read at the key-table entry
 //! the plan names, checked against the interned name's address, so there is no search and
-//! no nested loop: a queue is one `bpf_loop` over its requests (each callback reads the
-//! request's planned entries in one go, then its fields), the scheduled dict another; the
-//! verifier checks each callback's straight-line reads once.
+//! no unrolled loop: a queue is one `bpf_loop` over its requests (each callback reads the
+//! request's planned entries in one go, then its fields and facts in loops of their own),
+//! the scheduled dict another; the verifier checks each callback's straight-line reads
+//! once. (Unrolled, the fields' outcomes multiplied: 579 k instructions verified, 1.3 s to
+//! load on the dev VM; now 99 k, 0.27 s.)
 
 use core::{ffi::c_void, mem::size_of};
 
@@ -41,6 +43,8 @@ pub struct Scratch {
     /// The current request's entries `plan.request_span`, and their split values.
     span_entries: [u8; SPAN_BYTES],
     span_values: [u64; MAX_SPAN],
+    /// The facts of the request being listed for the first time.
+    facts: RequestFacts,
     record: [u8; MAX_RECORD],
 }
 
@@ -261,6 +265,8 @@ struct Walk {
     copied: u64,
     /// The current request's attribute table, or the scheduled dict's entries.
     table: Table,
+    /// 1: the current request's planned entries are in the scratch area (`read_span`).
+    spanned: u64,
     item: Item,
 }
 
@@ -304,32 +310,53 @@ extern "C" fn queue_step(index: u64, _: *mut c_void) -> i64 {
         return if write_item(area) { 0 } else { 1 };
     };
     walk.table = table;
-    let spanned = read_span(area, plan, &table);
-    for field in 0..REQUEST_FIELDS {
-        let planned = &plan.request_fields[field];
-        let value = if spanned {
-            span_lookup(area, plan, &table, planned)
-        } else {
-            lookup(&table, planned)
-        };
-        let copied = value.and_then(|value| {
-            if plan.request_deref & (1 << field) != 0 {
-                read_value(&plan.py, value)
-            } else {
-                Some([value, 0])
-            }
-        });
-        if let Some(words) = copied {
-            walk.item.fields[field] = words;
-            walk.item.missing &= !(1 << field);
-        }
-    }
-    describe_new(plan, walk);
+    walk.spanned = read_span(area, plan, &table) as u64;
+    // SAFETY: the callback follows bpf_loop's contract; its state is in the scratch area.
+    unsafe {
+        bpf_loop(
+            REQUEST_FIELDS as u32,
+            field_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    describe_new(area);
     if write_item(area) {
         0
     } else {
         1
     }
+}
+
+/// Copies field `index` of the walk's request. A loop of its own, not unrolled: the verifier
+/// checks one field instead of every combination of the fields' outcomes.
+extern "C" fn field_step(index: u64, _: *mut c_void) -> i64 {
+    let Some(area) = scratch() else { return 1 };
+    // SAFETY: this CPU's slot; `queue_step` set up the walk.
+    let (plan, walk) = unsafe { (&(*area).plan, &mut (*area).walk) };
+    let field = index as usize;
+    if field >= REQUEST_FIELDS {
+        return 1;
+    }
+    let planned = &plan.request_fields[field];
+    let table = walk.table;
+    let value = if walk.spanned != 0 {
+        span_lookup(area, plan, &table, planned)
+    } else {
+        lookup(&table, planned)
+    };
+    let copied = value.and_then(|value| {
+        if plan.request_deref & (1 << field) != 0 {
+            read_value(&plan.py, value)
+        } else {
+            Some([value, 0])
+        }
+    });
+    if let Some(words) = copied {
+        walk.item.fields[field] = words;
+        walk.item.missing &= !(1 << field);
+    }
+    0
 }
 
 /// Reads the entries (and split values) of `plan.request_span` of `table` into the scratch
@@ -396,7 +423,9 @@ fn span_lookup(area: *mut Scratch, plan: &Plan, table: &Table, field: &Field) ->
 
 /// Emits the [`RequestFacts`] of the walk's request the first time it is listed.
 #[inline(always)]
-fn describe_new(plan: &Plan, walk: &Walk) {
+fn describe_new(area: *mut Scratch) {
+    // SAFETY: this CPU's slot; `queue_step` set up the walk.
+    let (plan, walk, facts) = unsafe { (&(*area).plan, &(*area).walk, &mut (*area).facts) };
     let field = core::hint::black_box(plan.id_field) as usize;
     if field >= REQUEST_FIELDS || walk.item.missing & (1 << field) != 0 {
         return;
@@ -410,32 +439,50 @@ fn describe_new(plan: &Plan, walk: &Walk) {
     if unsafe { SEEN.get(&key) }.is_some() {
         return;
     }
-    let Some(mut entry) = FACTS.reserve::<RequestFacts>(0) else {
+    facts.object = key[0];
+    facts.id = key[1];
+    facts.missing = 0;
+    // SAFETY: the callback follows bpf_loop's contract; its state is in the scratch area.
+    unsafe {
+        bpf_loop(
+            FACT_FIELDS as u32,
+            fact_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    // The helper zeroes what it could not read.
+    // SAFETY: a checked read of user memory.
+    if unsafe { bpf_probe_read_user_buf(key[1] as *const u8, &mut facts.id_bytes) }.is_err() {
+        facts.missing |= 1 << FACT_FIELDS;
+    }
+    if FACTS
+        .output::<RequestFacts>(facts, BPF_RB_NO_WAKEUP.into())
+        .is_err()
+    {
         crate::bump(Counter::FactsRingFull);
         return;
-    };
-    let facts = entry.as_mut_ptr();
-    let mut missing = 0;
-    // SAFETY: `facts` is the reserved record; every field is written before the submit.
-    unsafe {
-        (*facts).object = key[0];
-        (*facts).id = key[1];
-        for i in 0..FACT_FIELDS {
-            let words = lookup(&walk.table, &plan.fact_fields[i])
-                .and_then(|value| read_value(&plan.py, value));
-            (*facts).fields[i] = words.unwrap_or([0; 2]);
-            if words.is_none() {
-                missing |= 1 << i;
-            }
-        }
-        // The helper zeroes what it could not read.
-        if bpf_probe_read_user_buf(key[1] as *const u8, &mut (*facts).id_bytes).is_err() {
-            missing |= 1 << FACT_FIELDS;
-        }
-        (*facts).missing = missing;
     }
-    entry.submit(BPF_RB_NO_WAKEUP.into());
     let _ = SEEN.insert(&key, &1, 0);
+}
+
+/// Copies fact `index` of the walk's request (a loop of its own, as [`field_step`]).
+extern "C" fn fact_step(index: u64, _: *mut c_void) -> i64 {
+    let Some(area) = scratch() else { return 1 };
+    // SAFETY: this CPU's slot; `describe_new` set up the walk and the facts.
+    let (plan, walk, facts) = unsafe { (&(*area).plan, &(*area).walk, &mut (*area).facts) };
+    let i = index as usize;
+    if i >= FACT_FIELDS {
+        return 1;
+    }
+    match lookup(&walk.table, &plan.fact_fields[i]).and_then(|value| read_value(&plan.py, value)) {
+        Some(words) => facts.fields[i] = words,
+        None => {
+            facts.fields[i] = [0; 2];
+            facts.missing |= 1 << i;
+        }
+    }
+    0
 }
 
 /// Writes the walk's item at the record's next item slot; `false` when the record is full.
