@@ -184,14 +184,15 @@ pub fn resolve_with(
         .iter()
         .find(|(code, _)| code.addr == loop_code.addr)
         .map_or(STACK_WALK_TRIES, |&(_, tries)| tries);
-    let mut engine = engine_object(&reader, &thread, loop_code.addr, tries).unwrap_or(0);
-    if inproc.as_ref().is_some_and(|c| c.addr == loop_code.addr) && engine != 0 {
-        engine = reader
-            .attr(engine, names.inproc.engine)
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-    }
+    let via_caller = inproc.as_ref().is_some_and(|c| c.addr == loop_code.addr);
+    let engine = engine_object(&reader, &thread, loop_code.addr, tries, |this| {
+        if via_caller {
+            reader.attr(this, names.inproc.engine).ok().flatten()
+        } else {
+            Some(this)
+        }
+    })
+    .unwrap_or(0);
     // The busy loop (through `_process_engine_step`) and 0.11+'s in-process caller call
     // `step_fn`, which is the batch-queue step when the engine has a batch queue; 0.10's
     // in-process caller calls `step` itself.
@@ -241,15 +242,17 @@ pub fn resolve_with(
     })
 }
 
-/// `self` of the loop's frame on the engine thread: the engine object (or the in-process
-/// caller, whose engine it names), whose scheduler the snapshots read. Retried like the
-/// thread search, 1 ms apart, for the same reasons: an in-process caller found a moment ago
-/// may have returned already, between two steps.
+/// The engine object, whose scheduler the snapshots read, as `engine_of` finds it from
+/// `self` of the loop's frame on the engine thread (the engine, or the in-process caller that
+/// names it). Retried like the thread search, 1 ms apart, for the same reasons: an in-process
+/// caller found a moment ago may have returned already, between two steps, and its frame's
+/// memory then holds the next call's locals (0.11 in-process: no engine, 1 run in 3).
 fn engine_object(
     reader: &PyReader<LiveProcess>,
     thread: &ThreadState,
     busy_loop: u64,
     tries: usize,
+    engine_of: impl Fn(u64) -> Option<u64>,
 ) -> Option<u64> {
     let slot = reader.local_index(busy_loop, "self").ok()??;
     (0..tries).find_map(|_| {
@@ -262,10 +265,10 @@ fn engine_object(
             std::thread::sleep(std::time::Duration::from_millis(1));
             return None;
         };
-        let engine = reader
+        let this = reader
             .mem
             .read_u64(frame.addr + reader.layout.frame_localsplus + 8 * slot)
             .ok()?;
-        (engine != 0).then_some(engine)
+        (this != 0).then(|| engine_of(this)).flatten()
     })
 }
