@@ -442,6 +442,9 @@ fn target_stopped_and_continued() {
     let fixture = fixture(&["--execute-ms", "0.5"]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
+    // `ready` is printed just before the busy loop is entered: stopped before it, the target
+    // has no engine loop to find (one run here failed so).
+    std::thread::sleep(Duration::from_millis(200));
     fixture.signal(libc::SIGSTOP);
     let tracer = Tracer::attach(fixture.pid, &out);
     std::thread::sleep(Duration::from_millis(300));
