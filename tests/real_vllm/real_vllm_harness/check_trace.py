@@ -69,16 +69,18 @@ def gt_records(gt_steps):
     """The ground truth's steps, or with `step_with_batch_queue` its batches: the k-th
     scheduled is the k-th updated (a FIFO queue), so a batch is (the call that scheduled it,
     the later call that updated it). Each record: start, schedule end (after the monitor's
-    bookkeeping), update start and end, and the scheduling call's row (batch columns)."""
-    records, in_flight = [], []
+    bookkeeping), update start and end, the scheduling call's row (batch columns), and when the
+    call before the scheduling one ended."""
+    records, in_flight, last_end = [], [], None
     for s in gt_steps:
+        previous_end, last_end = last_end, int(s["step_end_ns"]) if s["step_end_ns"] else None
         if s["raised"]:  # the tracer makes no record of a call an exception ended
             continue
         if s["schedule_end_ns"]:
-            in_flight.append((int(s["step_start_ns"]), int(s["schedule_cb_end_ns"]), s))
+            in_flight.append((int(s["step_start_ns"]), int(s["schedule_cb_end_ns"]), s, previous_end))
         if s["update_end_ns"] and in_flight:
-            start, sched, row = in_flight.pop(0)
-            records.append((start, sched, int(s["update_start_ns"]), int(s["update_end_ns"]), row))
+            start, sched, row, before = in_flight.pop(0)
+            records.append((start, sched, int(s["update_start_ns"]), int(s["update_end_ns"]), row, before))
     return records
 
 
@@ -95,14 +97,17 @@ def steps_check(gt_steps, steps, run, problems):
     if len(gt) != len(steps):
         problems.append(f"steps: tracer {len(steps)}, ground truth {len(gt)} in the window")
         return out, []
+    # A step starts after the call before it ended and before its schedule() ended. (The
+    # monitor's own start stamp can lag the call's entry by a GIL switch, up to 5 ms: one step
+    # in 2 321 did so on 0.10.2 with a 1 ms allowance.)
     far = [
         int(t["step"]) for g, t in zip(gt, steps)
-        if not g[0] - 1_000_000 <= int(t["start_ns"]) <= g[1]
+        if not (g[5] if g[5] is not None else g[0] - 1_000_000) <= int(t["start_ns"]) <= g[1]
     ]  # fmt: skip
     if far:
         problems.append(f"{len(far)} tracer steps start outside their ground-truth step: {far[:5]}")
     errs = {"schedule": [], "execute": [], "update": []}
-    for (start, sched, upd0, upd1, _), t in zip(gt, steps):
+    for (start, sched, upd0, upd1, _, _), t in zip(gt, steps):
         errs["schedule"].append(int(t["schedule_ns"]) - (sched - start))
         # The tracer's copies at schedule()'s return (per batch) and at execute_model()'s
         # fall between the monitor's schedule end and update start: the monitor counts them
