@@ -285,6 +285,19 @@ fn next_item(walk: &mut Walk, index: u64) -> Option<u64> {
     object
 }
 
+/// A `bpf_loop` helper call's signature: index, context (unused: the state is in the scratch
+/// area); 0 goes on, 1 stops.
+type Callback = extern "C" fn(u64, *mut c_void) -> i64;
+
+/// Calls `callback` for indices 0..n, stopping when it returns 1. Not unrolled: the verifier
+/// checks the callback once.
+#[inline(always)]
+fn repeat(n: u64, callback: Callback) {
+    // SAFETY: the callbacks follow bpf_loop's contract and keep their state in the scratch
+    // area, not in the (null) context.
+    unsafe { bpf_loop(n as u32, callback as *mut c_void, core::ptr::null_mut(), 0) };
+}
+
 /// A queue item with no field copied yet.
 #[inline(always)]
 fn bare_item(object: u64) -> Item {
@@ -311,15 +324,7 @@ extern "C" fn queue_step(index: u64, _: *mut c_void) -> i64 {
     };
     walk.table = table;
     walk.spanned = read_span(area, plan, &table) as u64;
-    // SAFETY: the callback follows bpf_loop's contract; its state is in the scratch area.
-    unsafe {
-        bpf_loop(
-            REQUEST_FIELDS as u32,
-            field_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    repeat(REQUEST_FIELDS as u64, field_step);
     describe_new(area);
     if write_item(area) {
         0
@@ -442,15 +447,7 @@ fn describe_new(area: *mut Scratch) {
     facts.object = key[0];
     facts.id = key[1];
     facts.missing = 0;
-    // SAFETY: the callback follows bpf_loop's contract; its state is in the scratch area.
-    unsafe {
-        bpf_loop(
-            FACT_FIELDS as u32,
-            fact_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    repeat(FACT_FIELDS as u64, fact_step);
     // The helper zeroes what it could not read.
     // SAFETY: a checked read of user memory.
     if unsafe { bpf_probe_read_user_buf(key[1] as *const u8, &mut facts.id_bytes) }.is_err() {
@@ -546,14 +543,12 @@ fn copy_queue(
     } else {
         len
     };
-    let (iterations, step) = if objects_only {
-        (n, object_step as *mut c_void)
+    if objects_only {
+        repeat(n, object_step);
     } else {
-        (n, queue_step as *mut c_void)
-    };
-    // SAFETY: the callbacks follow bpf_loop's contract; their state is in the scratch area.
-    unsafe { bpf_loop(iterations as u32, step, core::ptr::null_mut(), 0) };
-    // SAFETY: as above; the loop has returned.
+        repeat(n, queue_step);
+    }
+    // SAFETY: this CPU's slot; the loop has returned.
     Some((unsafe { (*area).walk.copied } as u32, len as u32))
 }
 
@@ -618,16 +613,8 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
     } else {
         walk.table.nentries
     };
-    // SAFETY: the callback follows bpf_loop's contract; its state is in the scratch area.
-    unsafe {
-        bpf_loop(
-            n as u32,
-            scheduled_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
-    // SAFETY: as above; the loop has returned.
+    repeat(n, scheduled_step);
+    // SAFETY: this CPU's slot; the loop has returned.
     Some(unsafe { (*area).walk.copied } as u32)
 }
 
