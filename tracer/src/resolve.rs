@@ -247,7 +247,7 @@ pub fn resolve_with(
 /// `self` of the loop's frame on the engine thread (the engine, or the in-process caller that
 /// names it). Retried like the thread search, 1 ms apart, for the same reasons: an in-process
 /// caller found a moment ago may have returned already, between two steps, and its frame's
-/// memory then holds the next call's locals (0.11 in-process: no engine, 1 run in 3).
+/// memory then holds the next call's locals.
 fn engine_object(
     reader: &PyReader<LiveProcess>,
     thread: &ThreadState,
