@@ -249,6 +249,9 @@ impl Requests {
         row.finish_status = status.into();
         row.output_tokens = output;
         row.e2e_ns = Some(t_ns - row.queued_ns);
+        if let Some(first) = row.first_token_ns.filter(|_| output > 1) {
+            row.tpot_ns = Some((t_ns - first) / u64::from(output - 1));
+        }
         out.finished.push(track.row);
     }
 
@@ -555,24 +558,17 @@ impl Requests {
                 continue;
             }
             // Its last token came from this update; the request is gone before we see it.
-            let produced = produced.contains(&k);
-            if produced {
+            let made_token = produced.contains(&k);
+            if made_token {
                 let track = self.tracks.get_mut(&k).expect("checked above");
                 track.output += 1;
                 if track.output == 1 {
                     self.first_token(k, index, step.update_done_ns, &mut out);
                 }
             }
-            let ended = was_running || produced;
+            let ended = was_running || made_token;
             self.end(k, index, step.update_done_ns, ended, &mut out);
             finished += u32::from(ended);
-        }
-        for r in out.finished.iter_mut() {
-            if let (Some(first), Some(end)) = (r.first_token_ns, r.finished_ns) {
-                if r.output_tokens > 1 {
-                    r.tpot_ns = Some((end - first) / u64::from(r.output_tokens - 1));
-                }
-            }
         }
         row.finished = Some(finished);
         out
@@ -777,6 +773,10 @@ mod tests {
         let u2 = requests.update(&steps[2], t2, Some(&updated(&[])), row2);
         assert_eq!(u1.finished.len(), 1);
         assert_eq!(u1.finished[0].output_tokens, 2);
+        assert_eq!(
+            u1.finished[0].tpot_ns,
+            Some(steps[1].update_done_ns - steps[0].update_done_ns)
+        );
         assert!(
             u0.finished.is_empty() && u2.finished.is_empty(),
             "ended once"
