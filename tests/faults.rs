@@ -247,8 +247,9 @@ fn take_debug_register(tid: u32) -> std::os::fd::OwnedFd {
     attr[52..56].copy_from_slice(&2u32.to_ne_bytes()); // bp_type = HW_BREAKPOINT_W
     attr[56..64].copy_from_slice(&0x10000u64.to_ne_bytes()); // bp_addr
     attr[64..72].copy_from_slice(&1u64.to_ne_bytes()); // bp_len
-                                                       // Close-on-exec: a child another test spawns meanwhile must not keep the register taken
-                                                       // after this test lets it go (PERF_FLAG_FD_CLOEXEC).
+
+    // Close-on-exec: a child another test spawns meanwhile must not keep the register taken
+    // after this test lets it go (PERF_FLAG_FD_CLOEXEC).
     const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
     // SAFETY: perf_event_open(2) with a valid attr buffer; the fd is owned below.
     let fd = unsafe {
