@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use super::{CorrelateCounts, Step};
+use super::{BatchSpans, CorrelateCounts, Step};
 use crate::{
     decode::{Hit, RawSnapshot},
     plan::Mark,
@@ -21,25 +21,55 @@ const MAX_IN_FLIGHT: usize = 64;
 
 #[derive(Default)]
 pub struct BatchQueue {
-    /// Entry time of the open call and whether it scheduled or updated yet.
+    /// The open call of the step function.
     call: Option<Call>,
-    /// Scheduled batches not yet updated, oldest first: (call entry, schedule() return, the
-    /// snapshot then).
-    in_flight: VecDeque<(u64, u64, Option<RawSnapshot>)>,
-    /// The batch being updated: its marks so far, the snapshot before its update and the one
-    /// at its schedule.
-    updating: Option<(u64, u64, u64, Option<RawSnapshot>, Option<RawSnapshot>)>,
+    /// Calls seen, to tell whether a batch is updated by the call that scheduled it.
+    calls: u64,
+    /// Scheduled batches not yet updated, oldest first.
+    in_flight: VecDeque<Scheduled>,
+    /// The batch being updated.
+    updating: Option<Updating>,
     tid: u32,
 }
 
 #[derive(Clone, Copy)]
 struct Call {
+    serial: u64,
     entry_ns: u64,
-    scheduled: bool,
+    /// When its `schedule()` returned, if it scheduled.
+    scheduled_ns: Option<u64>,
     updating: bool,
 }
 
+struct Scheduled {
+    call: u64,
+    start_ns: u64,
+    scheduled_ns: u64,
+    /// The scheduler when its `schedule()` returned.
+    at_schedule: Option<RawSnapshot>,
+    /// The next mark after its `schedule()` returned, and whether that mark ended a wait for
+    /// an older batch.
+    launch_until: Option<(u64, bool)>,
+}
+
+struct Updating {
+    batch: Scheduled,
+    executed_ns: u64,
+    /// The snapshot before its update.
+    after_execute: Option<RawSnapshot>,
+    wait_from_ns: u64,
+    wait_shared: bool,
+    update_call_ns: u64,
+}
+
 impl BatchQueue {
+    /// Ends the launch stretch of the newest batch at the thread's next mark.
+    fn end_launch(&mut self, at_ns: u64, waited: bool) {
+        if let Some(newest) = self.in_flight.back_mut() {
+            newest.launch_until.get_or_insert((at_ns, waited));
+        }
+    }
+
     pub fn push(
         &mut self,
         hit: Hit,
@@ -49,16 +79,19 @@ impl BatchQueue {
         match hit.mark {
             Mark::StepEntry => {
                 if let Some(call) = self.call {
-                    if !call.scheduled && !call.updating {
+                    if call.scheduled_ns.is_none() && !call.updating {
                         counts.idle_entries += 1;
                     }
                 }
                 if self.updating.take().is_some() {
                     counts.incomplete_steps += 1;
                 }
+                self.end_launch(hit.ktime_ns, false);
+                self.calls += 1;
                 self.call = Some(Call {
+                    serial: self.calls,
                     entry_ns: hit.ktime_ns,
-                    scheduled: false,
+                    scheduled_ns: None,
                     updating: false,
                 });
                 self.tid = hit.tid;
@@ -70,13 +103,18 @@ impl BatchQueue {
             }
             Mark::ScheduleDone => {
                 let call = self.call.as_mut().expect("checked above");
-                if call.scheduled || call.updating {
+                if call.scheduled_ns.is_some() || call.updating {
                     counts.repeated_marks += 1;
                     return None;
                 }
-                call.scheduled = true;
-                self.in_flight
-                    .push_back((call.entry_ns, hit.ktime_ns, hit.snapshot));
+                call.scheduled_ns = Some(hit.ktime_ns);
+                self.in_flight.push_back(Scheduled {
+                    call: call.serial,
+                    start_ns: call.entry_ns,
+                    scheduled_ns: hit.ktime_ns,
+                    at_schedule: hit.snapshot,
+                    launch_until: None,
+                });
                 if self.in_flight.len() > MAX_IN_FLIGHT {
                     self.in_flight.pop_front();
                     counts.incomplete_steps += 1;
@@ -84,37 +122,65 @@ impl BatchQueue {
                 None
             }
             Mark::ExecuteDone => {
-                let call = self.call.as_mut().expect("checked above");
+                let call = *self.call.as_ref().expect("checked above");
                 if call.updating {
                     counts.repeated_marks += 1;
                     return None;
                 }
-                call.updating = true;
+                self.call.as_mut().expect("checked above").updating = true;
+                self.end_launch(hit.ktime_ns, true);
                 // None: its schedule came before the trace started.
-                let Some((start, scheduled, at_schedule)) = self.in_flight.pop_front() else {
+                let Some(mut batch) = self.in_flight.pop_front() else {
                     counts.out_of_order += 1;
                     return None;
                 };
-                self.updating = Some((start, scheduled, hit.ktime_ns, hit.snapshot, at_schedule));
+                // Scheduled by this very call (the queue had room but nothing more to
+                // schedule): one stretch from its schedule() to its output, its own.
+                let (wait_from_ns, wait_shared) = if batch.call == call.serial {
+                    batch.launch_until = Some((hit.ktime_ns, false));
+                    (batch.scheduled_ns, false)
+                } else {
+                    (
+                        call.scheduled_ns.unwrap_or(call.entry_ns),
+                        call.scheduled_ns.is_some(),
+                    )
+                };
+                self.updating = Some(Updating {
+                    batch,
+                    executed_ns: hit.ktime_ns,
+                    after_execute: hit.snapshot,
+                    wait_from_ns,
+                    wait_shared,
+                    update_call_ns: call.entry_ns,
+                });
                 None
             }
             Mark::UpdateDone => {
-                let Some((start, scheduled, executed, after_execute, at_schedule)) =
-                    self.updating.take()
-                else {
+                let Some(updating) = self.updating.take() else {
                     counts.out_of_order += 1;
                     return None;
                 };
+                let batch = updating.batch;
+                let (launch_until_ns, launch_shared) =
+                    batch.launch_until.unwrap_or((updating.executed_ns, false));
                 let step = Step {
                     index: *completed,
                     tid: self.tid,
-                    start_ns: start,
-                    schedule_done_ns: scheduled,
-                    execute_done_ns: executed,
+                    start_ns: batch.start_ns,
+                    schedule_done_ns: batch.scheduled_ns,
+                    execute_done_ns: updating.executed_ns,
                     update_done_ns: hit.ktime_ns,
-                    after_execute,
+                    after_execute: updating.after_execute,
                     after_update: hit.snapshot,
-                    at_schedule,
+                    at_schedule: batch.at_schedule,
+                    batch: Some(BatchSpans {
+                        launch_until_ns,
+                        launch_shared,
+                        wait_from_ns: updating.wait_from_ns,
+                        wait_shared: updating.wait_shared,
+                        update_call_ns: updating.update_call_ns,
+                    }),
+                    overlap_ns: 0,
                 };
                 *completed += 1;
                 Some(step)
@@ -194,6 +260,61 @@ mod tests {
                 incomplete_steps: 1,
                 ..Default::default()
             }
+        );
+    }
+
+    #[test]
+    fn a_batch_knows_the_stretches_of_its_launch_and_its_wait() {
+        let mut queue = BatchQueue::default();
+        let (mut counts, mut completed) = (CorrelateCounts::default(), 0);
+        let hits = [
+            // call 1 schedules A and returns early: A's launch runs to call 2's entry
+            (StepEntry, 100),
+            (ScheduleDone, 110),
+            // call 2 schedules and launches B, then waits for A
+            (StepEntry, 200),
+            (ScheduleDone, 210),
+            (ExecuteDone, 900),
+            (UpdateDone, 950),
+            // call 3 has nothing to schedule: waits for B only
+            (StepEntry, 1000),
+            (ExecuteDone, 1500),
+            (UpdateDone, 1540),
+            // call 4 schedules C and, the queue having room, waits for it at once
+            (StepEntry, 1600),
+            (ScheduleDone, 1610),
+            (ExecuteDone, 1700),
+            (UpdateDone, 1720),
+        ];
+        let spans: Vec<BatchSpans> = hits
+            .into_iter()
+            .filter_map(|(mark, ktime_ns)| {
+                let hit = Hit {
+                    ktime_ns,
+                    tid: 7,
+                    mark,
+                    snapshot: None,
+                };
+                queue.push(hit, &mut counts, &mut completed)
+            })
+            .map(|step| step.batch.expect("per batch"))
+            .collect();
+        let span = |launch_until_ns, launch_shared, wait_from_ns, wait_shared, update_call_ns| {
+            BatchSpans {
+                launch_until_ns,
+                launch_shared,
+                wait_from_ns,
+                wait_shared,
+                update_call_ns,
+            }
+        };
+        assert_eq!(
+            spans,
+            [
+                span(200, false, 210, true, 200),
+                span(900, true, 1000, false, 1000),
+                span(1700, false, 1610, false, 1600),
+            ]
         );
     }
 

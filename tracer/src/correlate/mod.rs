@@ -37,6 +37,34 @@ pub struct Step {
     /// batch, after later batches were scheduled; they stay the request lifecycle's view,
     /// whose snapshots must follow each other in time.
     pub at_schedule: Option<RawSnapshot>,
+    /// Per batch: where on the engine thread the batch was launched and waited for.
+    pub batch: Option<BatchSpans>,
+    /// Time at the start of this step that an earlier step still covered (per batch, the
+    /// batches in flight overlap): `step_ns - overlap_ns` adds up, over a run, to the wall
+    /// time during which the engine had a step or batch in flight.
+    pub overlap_ns: u64,
+}
+
+/// A batch of `step_with_batch_queue` runs in two calls of the step function: the one that
+/// schedules it launches it (`execute_model(non_block=True)`) and may then wait for an older
+/// batch; a later call may first schedule and launch a newer batch, then waits for this
+/// one's output and updates from it. The engine thread's marks bound those two stretches;
+/// where a stretch holds two batches' work, the CUDA calls in it tell where one ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchSpans {
+    /// End of the stretch that began when this batch's `schedule()` returned: the next mark
+    /// on the thread (the older batch's output in, or the next call's entry).
+    pub launch_until_ns: u64,
+    /// That stretch ended with waiting for an older batch.
+    pub launch_shared: bool,
+    /// Start of the stretch that ended with this batch's output in: the previous mark in the
+    /// call that waited for it (a newer batch's `schedule()` return, or the call's entry).
+    pub wait_from_ns: u64,
+    /// That stretch began with launching a newer batch.
+    pub wait_shared: bool,
+    /// Entry of the call that updated this batch: every batch not yet complete started at
+    /// or after it.
+    pub update_call_ns: u64,
 }
 
 /// Phases leave out the time the tracer's snapshots held the engine thread: the copy after
@@ -61,6 +89,7 @@ impl Step {
     pub fn step_ns(&self) -> u64 {
         self.schedule_ns() + self.execute_ns() + self.update_ns()
     }
+
     /// Time the tracer's snapshots of this step held the engine thread.
     pub fn tracer_ns(&self) -> u64 {
         Self::copy_ns(&self.at_schedule)
@@ -90,6 +119,8 @@ pub struct Correlator {
     snapshots: [Option<RawSnapshot>; 4],
     tid: u32,
     completed: u64,
+    /// Latest end of the steps completed so far (for [`Step::overlap_ns`]).
+    covered_until_ns: u64,
     pub counts: CorrelateCounts,
     /// Per-batch records instead (`step_with_batch_queue`).
     batch: Option<batch_queue::BatchQueue>,
@@ -113,6 +144,16 @@ impl Correlator {
     }
 
     pub fn push(&mut self, hit: Hit) -> Option<Step> {
+        let mut step = self.push_mark(hit)?;
+        step.overlap_ns = self
+            .covered_until_ns
+            .saturating_sub(step.start_ns)
+            .min(step.step_ns());
+        self.covered_until_ns = self.covered_until_ns.max(step.update_done_ns);
+        Some(step)
+    }
+
+    fn push_mark(&mut self, hit: Hit) -> Option<Step> {
         if let Some(batch) = &mut self.batch {
             return batch.push(hit, &mut self.counts, &mut self.completed);
         }
@@ -154,7 +195,7 @@ impl Correlator {
             update_done_ns: self.open[3],
             after_execute: self.snapshots[2].take(),
             after_update: self.snapshots[3].take(),
-            at_schedule: None,
+            ..Step::default()
         };
         self.completed += 1;
         self.open.clear();

@@ -1,18 +1,28 @@
 //! Folding CUDA calls into engine steps, by time.
 //!
 //! Every call carries CLOCK_MONOTONIC stamps (`bpf_ktime_get_ns`), the clock the step marks
-//! use too, in whichever process made it. A call belongs to the step whose window
-//! `[start, end]` holds the moment it was recorded (a launch's entry, a timed call's
-//! return). With TP > 1 the calls come from worker processes while the engine thread waits
-//! inside `execute_model`, so they land in that step's execute phase; what a worker does
-//! after the engine thread has stopped waiting lands in the update phase or later. Calls
-//! between steps (or before the first, or during steps that did not complete) are counted
-//! as outside steps, never dropped.
+//! use too, in whichever process made it. A call is placed by the moment it was recorded (a
+//! launch's entry, a timed call's return). A step owns its window `[start, end]`. With TP > 1
+//! the calls come from worker processes while the engine thread waits inside
+//! `execute_model`, so they land in that step's execute phase; what a worker does after the
+//! engine thread has stopped waiting lands in the update phase or later.
+//!
+//! A batch of `step_with_batch_queue` owns less than its window, which overlaps its
+//! neighbours' ([`BatchSpans`]): its `schedule()`, the stretch after it up to where the
+//! engine thread starts waiting for an older batch (its launch), the stretch from where a
+//! newer batch's launch ends to its own output (its wait), and its update. Where a stretch
+//! holds a launch and a wait, the wait is the last synchronization in it (the future's
+//! `result()` blocks on the batch's output event): calls before that sync's entry are the
+//! launch, the sync and what follows are the wait. Without a sync in the stretch it is all
+//! launch.
+//!
+//! Calls no step claims (between steps, before the first, during steps that did not
+//! complete) are counted as outside steps, never dropped.
 
 use serde::Serialize;
 
 use super::api::Class;
-use crate::correlate::Step;
+use crate::correlate::{BatchSpans, Step};
 
 /// Calls not folded after this long are counted as outside steps: no engine step lasts
 /// 10 s, and memory stays bounded while no steps complete.
@@ -40,7 +50,7 @@ pub struct CallTotals {
 
 impl CallTotals {
     fn add(&mut self, call: &Call) {
-        let ns = call.end_ns - call.start_ns;
+        let ns = call.end_ns.saturating_sub(call.start_ns);
         match call.class {
             Class::Launch => self.launches += 1,
             Class::GraphLaunch => self.graph_launches += 1,
@@ -65,13 +75,22 @@ impl CallTotals {
     }
 }
 
-/// A step's boundaries, CLOCK_MONOTONIC ns.
+/// A step's marks, CLOCK_MONOTONIC ns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub start_ns: u64,
     pub schedule_done_ns: u64,
     pub execute_done_ns: u64,
     pub end_ns: u64,
+    pub batch: Option<BatchSpans>,
+}
+
+impl Window {
+    /// The earliest start of a step not complete when this one completed: calls before it
+    /// that no step claimed happened between steps.
+    fn next_start_bound(&self) -> u64 {
+        self.batch.map_or(self.end_ns, |batch| batch.update_call_ns)
+    }
 }
 
 impl From<&Step> for Window {
@@ -81,6 +100,7 @@ impl From<&Step> for Window {
             schedule_done_ns: step.schedule_done_ns,
             execute_done_ns: step.execute_done_ns,
             end_ns: step.update_done_ns,
+            batch: step.batch,
         }
     }
 }
@@ -89,10 +109,15 @@ impl From<&Step> for Window {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepCalls {
     pub totals: CallTotals,
-    /// Time within the execute phase during which some traced thread was blocked in a sync
-    /// or a device-to-host copy: the union of those calls' intervals, so parallel workers'
-    /// waits count once.
-    pub execute_blocked_ns: u64,
+    /// Length of the stretch in which the step's work was launched: its whole execute phase
+    /// for a step, from `schedule()`'s return to the start of a wait for an older batch (or
+    /// the next call) for a batch.
+    pub launch_ns: u64,
+    /// Time within the launch stretch, and within the batch's wait stretch, during which some
+    /// traced thread was blocked in a sync or a device-to-host copy: the union of those
+    /// calls' intervals, so parallel workers' waits count once.
+    pub launch_blocked_ns: u64,
+    pub wait_blocked_ns: u64,
 }
 
 /// Calls waiting for their step, and the counts of those that got none.
@@ -100,7 +125,8 @@ pub struct StepCalls {
 pub struct Folder {
     /// Sorted by `end_ns`.
     pending: Vec<Call>,
-    /// End of the last folded step: calls recorded before it can no longer be placed.
+    /// Calls recorded before this can no longer be placed: every step still to come starts
+    /// after it.
     folded_until: u64,
     pub in_steps: CallTotals,
     pub outside: CallTotals,
@@ -109,12 +135,18 @@ pub struct Folder {
     pub late: u64,
     /// Calls left unfolded for [`HORIZON_NS`].
     pub expired: u64,
+    /// Where the wait began in stretches shared by two batches, by the stretch's end: the
+    /// older batch, folded first, takes the sync; the newer finds its launch's end here.
+    wait_starts: Vec<(u64, u64)>,
 }
+
+/// `[from, to]` in ns, inclusive of the moment a call at `to` was recorded.
+type Span = (u64, u64);
 
 impl Folder {
     pub fn push(&mut self, calls: impl IntoIterator<Item = Call>) {
         for call in calls {
-            if call.end_ns <= self.folded_until {
+            if call.end_ns < self.folded_until {
                 self.late += 1;
                 self.outside.add(&call);
             } else {
@@ -126,28 +158,92 @@ impl Folder {
         self.pending.sort_by_key(|c| c.end_ns);
     }
 
-    /// The calls of one step. Steps must come in time order.
-    pub fn fold(&mut self, window: Window) -> StepCalls {
-        let before = self.pending.partition_point(|c| c.end_ns < window.start_ns);
-        for call in self.pending.drain(..before) {
-            self.outside.add(&call);
+    /// Where the wait for an older batch starts in a stretch `[from, to]` that began with a
+    /// launch: the entry of the last sync recorded in it; `to` (all launch) without one.
+    fn wait_start(&mut self, (from, to): Span) -> u64 {
+        if let Some(&(_, start)) = self.wait_starts.iter().find(|(end, _)| *end == to) {
+            return start;
         }
-        let inside = self.pending.partition_point(|c| c.end_ns <= window.end_ns);
-        let mut step = StepCalls::default();
-        let mut blocked = Vec::new();
-        for call in self.pending.drain(..inside) {
-            step.totals.add(&call);
-            if call.class.timed() {
-                let start = call.start_ns.max(window.schedule_done_ns);
-                let end = call.end_ns.min(window.execute_done_ns);
-                if start < end {
-                    blocked.push((start, end));
+        let start = self
+            .pending
+            .iter()
+            .filter(|c| c.class == Class::Sync && c.end_ns >= from && c.end_ns <= to)
+            .map(|c| c.start_ns.max(from))
+            .last()
+            .unwrap_or(to);
+        self.wait_starts.push((to, start));
+        start
+    }
+
+    /// The calls of one step. Steps must come in the order they complete.
+    pub fn fold(&mut self, window: Window) -> StepCalls {
+        // The spans the step owns (calls recorded in them are its), its launch stretch and
+        // its wait stretch.
+        let (owned, launch, wait): (Vec<Span>, Span, Option<Span>) = match window.batch {
+            None => (
+                vec![(window.start_ns, window.end_ns)],
+                (window.schedule_done_ns, window.execute_done_ns),
+                None,
+            ),
+            Some(batch) => {
+                let launch_end = if batch.launch_shared {
+                    self.wait_start((window.schedule_done_ns, batch.launch_until_ns))
+                } else {
+                    batch.launch_until_ns
+                };
+                let wait_start = if batch.wait_shared {
+                    self.wait_start((batch.wait_from_ns, window.execute_done_ns))
+                } else {
+                    batch.wait_from_ns
+                };
+                let launch = (window.schedule_done_ns, launch_end);
+                let wait = (wait_start, window.execute_done_ns);
+                // The end of the launch stretch belongs to the wait it holds: half-open.
+                let launch_owned = if batch.launch_shared {
+                    (launch.0, launch.1.saturating_sub(1))
+                } else {
+                    launch
+                };
+                let owned = vec![
+                    (window.start_ns, window.schedule_done_ns),
+                    launch_owned,
+                    wait,
+                    (window.execute_done_ns, window.end_ns),
+                ];
+                (owned, launch, Some(wait))
+            }
+        };
+        let in_step = |c: &Call| owned.iter().any(|&(a, b)| a <= c.end_ns && c.end_ns <= b);
+        let mut step = StepCalls {
+            launch_ns: launch.1.saturating_sub(launch.0),
+            ..Default::default()
+        };
+        let (mut launch_blocked, mut wait_blocked) = (Vec::new(), Vec::new());
+        let clip = |c: &Call, (a, b): Span| (c.start_ns.max(a), c.end_ns.min(b));
+        let mut kept = Vec::with_capacity(self.pending.len());
+        let horizon = window.next_start_bound();
+        for call in self.pending.drain(..) {
+            if in_step(&call) {
+                step.totals.add(&call);
+                if call.class.timed() {
+                    launch_blocked.push(clip(&call, launch));
+                    if let Some(wait) = wait {
+                        wait_blocked.push(clip(&call, wait));
+                    }
                 }
+            } else if call.end_ns < horizon {
+                self.outside.add(&call);
+            } else {
+                kept.push(call);
             }
         }
-        step.execute_blocked_ns = union_length(&mut blocked);
+        self.pending = kept;
+        step.launch_blocked_ns = union_length(&mut launch_blocked);
+        step.wait_blocked_ns = union_length(&mut wait_blocked);
         self.in_steps.add_all(&step.totals);
-        self.folded_until = self.folded_until.max(window.end_ns);
+        self.folded_until = self.folded_until.max(horizon);
+        let folded_until = self.folded_until;
+        self.wait_starts.retain(|(end, _)| *end >= folded_until);
         step
     }
 
@@ -174,7 +270,7 @@ fn union_length(intervals: &mut [(u64, u64)]) -> u64 {
     intervals.sort_unstable();
     let mut total = 0;
     let mut current: Option<(u64, u64)> = None;
-    for &(start, end) in intervals.iter() {
+    for &(start, end) in intervals.iter().filter(|(start, end)| start < end) {
         match current {
             Some((s, e)) if start <= e => current = Some((s, e.max(end))),
             _ => {
@@ -214,6 +310,7 @@ mod tests {
             schedule_done_ns,
             execute_done_ns,
             end_ns,
+            batch: None,
         }
     }
 
@@ -241,13 +338,15 @@ mod tests {
                     d2h_ns: 10,
                     ..Default::default()
                 },
-                execute_blocked_ns: 60,
+                launch_ns: 90,
+                launch_blocked_ns: 60,
+                wait_blocked_ns: 0,
             }
         );
         let second = folder.fold(window(300, 305, 320, 340));
         // The sync ends in the update phase: counted in the step, blocked only until 320.
         assert_eq!(second.totals.sync_ns, 20);
-        assert_eq!(second.execute_blocked_ns, 10);
+        assert_eq!(second.launch_blocked_ns, 10);
         // A straggler for the first step, drained after it was folded.
         folder.push([launch(150), launch(400)]);
         folder.finish();
@@ -264,6 +363,71 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_gets_its_own_launch_and_its_own_wait() {
+        // Call 1 (100-190): schedules A (to 110), launches it (8 kernels), waits for Z (the
+        // sync at 150-180), updates Z. Call 2 (200-300): schedules B, launches it (1 graph),
+        // waits for A (sync 250-280), updates A.
+        let mut folder = Folder::default();
+        let mut calls: Vec<Call> = (0..8).map(|i| launch(120 + i)).collect();
+        calls.extend([
+            timed(Class::Sync, 150, 180),
+            launch(215),
+            Call {
+                start_ns: 220,
+                end_ns: 220,
+                class: Class::GraphLaunch,
+            },
+            timed(Class::Sync, 250, 280),
+        ]);
+        folder.push(calls);
+        let z = folder.fold(Window {
+            batch: Some(BatchSpans {
+                launch_until_ns: 110,
+                launch_shared: false,
+                wait_from_ns: 110,
+                wait_shared: true,
+                update_call_ns: 100,
+            }),
+            ..window(0, 10, 185, 190)
+        });
+        assert_eq!(
+            (z.totals.launches, z.totals.syncs, z.wait_blocked_ns),
+            (0, 1, 30),
+            "Z: the wait in call 1, not A's launches before it"
+        );
+        let a = folder.fold(Window {
+            batch: Some(BatchSpans {
+                launch_until_ns: 185,
+                launch_shared: true,
+                wait_from_ns: 210,
+                wait_shared: true,
+                update_call_ns: 200,
+            }),
+            ..window(100, 110, 285, 300)
+        });
+        assert_eq!(
+            (a.totals.launches, a.totals.graph_launches, a.totals.syncs),
+            (8, 0, 1),
+            "A: its 8 kernels in call 1 and its wait in call 2, not B's graph"
+        );
+        assert_eq!((a.launch_ns, a.launch_blocked_ns, a.wait_blocked_ns), (40, 0, 30));
+        let b = folder.fold(Window {
+            batch: Some(BatchSpans {
+                launch_until_ns: 285,
+                launch_shared: true,
+                wait_from_ns: 300,
+                wait_shared: false,
+                update_call_ns: 300,
+            }),
+            ..window(200, 210, 390, 400)
+        });
+        assert_eq!((b.totals.launches, b.totals.graph_launches), (1, 1));
+        assert_eq!(b.launch_ns, 40, "B's launch ends where the wait for A starts");
+        folder.finish();
+        assert_eq!(folder.outside, CallTotals::default());
+    }
+
+    #[test]
     fn parallel_waits_count_once_in_the_execute_split() {
         let mut folder = Folder::default();
         // Two workers wait at once, partly overlapping.
@@ -274,7 +438,7 @@ mod tests {
         ]);
         let step = folder.fold(window(0, 10, 100, 110));
         assert_eq!(step.totals.sync_ns, 40 + 40 + 5);
-        assert_eq!(step.execute_blocked_ns, 60 + 5);
+        assert_eq!(step.launch_blocked_ns, 60 + 5);
     }
 
     #[test]

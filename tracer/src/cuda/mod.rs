@@ -236,8 +236,13 @@ impl CudaTracer {
             sync_ns: Some(t.sync_ns),
             d2h_copies: Some(t.d2h_copies),
             d2h_ns: Some(t.d2h_ns),
-            exec_launch_host_ns: Some(step.execute_ns() - calls.execute_blocked_ns),
-            exec_gpu_wait_ns: Some(calls.execute_blocked_ns),
+            exec_launch_host_ns: Some(
+                calls
+                    .launch_ns
+                    .saturating_sub(calls.launch_blocked_ns)
+                    .saturating_sub(step.at_schedule.as_ref().map_or(0, |s| s.header.copy_ns)),
+            ),
+            exec_gpu_wait_ns: Some(calls.launch_blocked_ns + calls.wait_blocked_ns),
         }
     }
 

@@ -19,6 +19,12 @@ pub struct StepRow {
     pub execute_ns: u64,
     pub update_ns: u64,
     pub step_ns: u64,
+    /// Part of this row's span that an earlier row's span also covers. Per batch
+    /// (`step_with_batch_queue`) a batch's execute phase runs from its launch to its output
+    /// and overlaps its neighbours' phases; `step_ns - overlap_ns` adds up, over a run, to
+    /// the wall time the engine had work in flight. Always 0 for `step` rows.
+    #[serde(default)]
+    pub overlap_ns: u64,
     /// Time the tracer's snapshots held the engine thread in this step, left out of the
     /// phases (empty for phase-only traces).
     pub tracer_ns: Option<u64>,
@@ -55,7 +61,10 @@ pub struct StepRow {
     pub cuda_sync_ns: Option<u64>,
     pub cuda_d2h_copies: Option<u64>,
     pub cuda_d2h_ns: Option<u64>,
-    /// Execute split into host time launching work and time blocked waiting for the GPU.
+    /// Execute split into host time launching work and time blocked waiting for the GPU. Per
+    /// batch: the host time of its own launch (from its `schedule()` returning to the wait
+    /// for an older batch or the call's end) and the time blocked waiting for its own output
+    /// (or inside its launch); the other batches' work inside its execute span is in theirs.
     pub exec_launch_host_ns: Option<u64>,
     pub exec_gpu_wait_ns: Option<u64>,
 }

@@ -16,6 +16,7 @@ impl StepRow {
             execute_ns: step.execute_ns(),
             update_ns: step.update_ns(),
             step_ns: step.step_ns(),
+            overlap_ns: step.overlap_ns,
             tracer_ns: (step.after_execute.is_some() || step.after_update.is_some())
                 .then(|| step.tracer_ns()),
             ..Self::default()
@@ -78,14 +79,14 @@ mod tests {
             text,
             format!(
                 "step,pid,tid,start_ns,start_rel_ns,schedule_ns,execute_ns,update_ns,step_ns,\
-                 tracer_ns,batch_size,scheduled_tokens,prefill_tokens,decode_tokens,prefill_requests,\
+                 overlap_ns,tracer_ns,batch_size,scheduled_tokens,prefill_tokens,decode_tokens,prefill_requests,\
                  decode_requests,new_requests,resumed_requests,context_tokens_sum,\
                  context_tokens_max,running,waiting,preempted,finished,kv_blocks_used,\
                  kv_blocks_total,\
                  cuda_launches,cuda_graph_launches,cuda_syncs,cuda_sync_ns,cuda_d2h_copies,\
                  cuda_d2h_ns,exec_launch_host_ns,exec_gpu_wait_ns\n\
-                 3,10,11,1000,600,40,1000,20,1060,,{batch},,,,,,,,\n\
-                 3,10,11,1000,600,40,1000,20,1060,,{batch},,1,1,700,1,50,250,750\n"
+                 3,10,11,1000,600,40,1000,20,1060,0,,{batch},,,,,,,,\n\
+                 3,10,11,1000,600,40,1000,20,1060,0,,{batch},,1,1,700,1,50,250,750\n"
             )
         );
         let back: Vec<StepRow> = csv::Reader::from_path(&path)
