@@ -271,3 +271,146 @@ fn level_sync_leaves_launches_empty_and_off_leaves_every_column_empty() {
         .all(|s| s.cuda_graph_launches.is_none() && s.exec_gpu_wait_ns.is_none()));
     assert_eq!(run.run["cuda"]["processes"], serde_json::json!([]));
 }
+
+/// A row of steps.csv as the async check reads it.
+#[derive(Debug, serde::Deserialize)]
+struct BatchRow {
+    step_ns: u64,
+    overlap_ns: u64,
+    tracer_ns: Option<u64>,
+    scheduled_tokens: Option<u64>,
+    cuda_launches: Option<u64>,
+    cuda_graph_launches: Option<u64>,
+    cuda_syncs: Option<u64>,
+    exec_launch_host_ns: Option<u64>,
+    exec_gpu_wait_ns: Option<u64>,
+}
+
+/// A row of the fixture's per-batch truth (async_gpu.py).
+#[derive(Debug, serde::Deserialize)]
+struct BatchTruth {
+    entry_ns: u64,
+    scheduled_ns: u64,
+    launched_ns: u64,
+    wait_ns: u64,
+    output_ns: u64,
+    update_done_ns: u64,
+    tokens: u64,
+    launches: u64,
+    graph_launches: u64,
+    syncs: u64,
+}
+
+fn median_abs(mut errors: Vec<i64>) -> u64 {
+    errors.sort_unstable_by_key(|e| e.unsigned_abs());
+    errors[errors.len() / 2].unsigned_abs()
+}
+
+/// Async scheduling (`step_with_batch_queue`, vLLM's GPU default): batch N+1 is scheduled
+/// and launched while batch N runs, and N is waited for and updated in a later call. Each
+/// row must be one batch: its own scheduled tokens, its own launches (eager above the
+/// capture size, one graph below: neighbours differ) and its own wait, even though the
+/// trace starts with a batch in flight (the one the fixture's warmup left in the queue).
+#[test]
+fn async_batches_get_their_own_launches_and_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("batch_truth.csv");
+    let out = dir.path().join("out");
+    let mut fixture = Fixture::spawn(
+        &pyenv("3.12.1"),
+        &[
+            "--wait-go",
+            "--warmup",
+            "50",
+            "--steps",
+            "800",
+            "--async-scheduling",
+            "--fake-cuda",
+            fake_libcuda().to_str().unwrap(),
+            "--batch-truth",
+            truth_path.to_str().unwrap(),
+        ],
+    );
+    let pid = fixture.pid.to_string();
+    let mut tracer = Tracer::spawn(&["attach", "--pid", &pid, "-o", out.to_str().unwrap()]);
+    tracer
+        .stderr
+        .wait_for("tracer: attached", Duration::from_secs(30));
+    fixture.go();
+    assert!(fixture.wait().success());
+    let (status, stderr) = tracer.finish(Duration::from_secs(30));
+    assert!(status.success(), "tracer failed: {stderr:?}");
+    let run = read_run_json(&out);
+    let rows: Vec<BatchRow> = read_csv(&out.join("steps.csv"));
+    let trace_start = run["trace_start_ns"].as_u64().unwrap();
+    // Batches scheduled before the attach have no row.
+    let truth: Vec<BatchTruth> = read_csv::<BatchTruth>(&truth_path)
+        .into_iter()
+        .filter(|t| t.entry_ns > trace_start)
+        .collect();
+    assert!(truth.len() > 700, "{} batches", truth.len());
+    assert_eq!(rows.len(), truth.len(), "batches lost or invented");
+    let eager = truth.iter().filter(|t| t.launches > 0).count();
+    assert!(
+        eager > 50 && eager < truth.len() - 50,
+        "both eager and graph batches: {eager} eager"
+    );
+    let (mut launch_errors, mut wait_errors) = (Vec::new(), Vec::new());
+    for (i, (row, t)) in rows.iter().zip(&truth).enumerate() {
+        assert_eq!(
+            (
+                row.scheduled_tokens,
+                row.cuda_launches,
+                row.cuda_graph_launches,
+                row.cuda_syncs
+            ),
+            (
+                Some(t.tokens),
+                Some(t.launches),
+                Some(t.graph_launches),
+                Some(t.syncs)
+            ),
+            "batch {i}: tokens, launches, graph launches, syncs"
+        );
+        launch_errors.push(
+            row.exec_launch_host_ns.unwrap() as i64 - (t.launched_ns - t.scheduled_ns) as i64,
+        );
+        wait_errors.push(row.exec_gpu_wait_ns.unwrap() as i64 - (t.output_ns - t.wait_ns) as i64);
+    }
+    // Medians: a descheduled moment moves a few batches, never the middle. A neighbour's
+    // launch differs by the eager/graph host cost (540 us), its wait by its GPU time.
+    let (launch, wait) = (median_abs(launch_errors), median_abs(wait_errors));
+    assert!(
+        launch < 100_000,
+        "launch host time median error {launch} ns"
+    );
+    assert!(wait < 100_000, "GPU wait median error {wait} ns");
+    // Rows overlap; without the overlap (and with the tracer's own holds, which the
+    // fixture's clock sees) they add up to the time a batch was in flight.
+    let mut spans: Vec<(u64, u64)> = truth
+        .iter()
+        .map(|t| (t.entry_ns, t.update_done_ns))
+        .collect();
+    spans.sort_unstable();
+    let (mut busy, mut current) = (0, spans[0]);
+    for &(start, end) in &spans[1..] {
+        if start <= current.1 {
+            current.1 = current.1.max(end);
+        } else {
+            busy += current.1 - current.0;
+            current = (start, end);
+        }
+    }
+    busy += current.1 - current.0;
+    let summed: u64 = rows
+        .iter()
+        .map(|r| r.step_ns + r.tracer_ns.unwrap_or(0) - r.overlap_ns)
+        .sum();
+    let ratio = summed as f64 / busy as f64;
+    assert!(
+        (0.95..1.05).contains(&ratio),
+        "rows sum to {ratio:.3} x the busy wall time"
+    );
+    let overlapping = rows.iter().filter(|r| r.overlap_ns > 0).count();
+    assert!(overlapping > rows.len() / 2, "{overlapping} rows overlap");
+}

@@ -13,6 +13,11 @@ pub const WATCH_PROGRAM: &str = "watch_hit";
 pub const WATCH_SNAPSHOT_PROGRAM: &str = "watch_snapshot";
 /// Name of the ring buffer map that carries [`WatchHit`] records to userspace.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the one-slot array holding the address of the engine's batch-queue length
+/// (`Py_SIZE` of its `batch_queue` deque), 0 when it has none.
+pub const QUEUE_LEN_MAP: &str = "QUEUE_LEN";
+/// [`WatchHit::queue_len`] when no batch queue is watched, or its length could not be read.
+pub const NO_QUEUE_LEN: u64 = u64::MAX;
 /// Name of the per-CPU array of [`Counter`] values.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Ring buffer size: 32 MiB holds ~1M bare hits, or ~250 snapshots of full 512-request
@@ -35,6 +40,10 @@ pub struct WatchHit {
     /// User instruction pointer at the trap, to tell the interpreter's dispatch reads from
     /// one-time rewrites of the instruction (quickening).
     pub ip: u64,
+    /// Length of the engine's batch queue at the hit ([`NO_QUEUE_LEN`] without one): after
+    /// a batch is popped, how many stay in flight, which tells the loader whether the batch
+    /// popped is one it saw scheduled (the trace may start with batches in flight).
+    pub queue_len: u64,
 }
 
 /// Slots of the per-CPU counter array (summed over CPUs by userspace).

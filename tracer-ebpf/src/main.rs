@@ -10,15 +10,18 @@ mod snapshot;
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, perf_event},
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::PerfEventContext,
 };
-use tracer_common::{Counter, WatchHit, COUNTER_SLOTS, EVENTS_BYTES};
+use tracer_common::{Counter, WatchHit, COUNTER_SLOTS, EVENTS_BYTES, NO_QUEUE_LEN};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "QUEUE_LEN")]
+static QUEUE_LEN: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -41,6 +44,19 @@ fn stamp(ctx: &PerfEventContext) -> WatchHit {
         pid_tgid: bpf_get_current_pid_tgid(),
         watch_addr: data.addr,
         ip: data.regs.rip,
+        queue_len: queue_len(),
+    }
+}
+
+/// The word at the address userspace planned (the batch queue's length), if any.
+#[inline(always)]
+fn queue_len() -> u64 {
+    match QUEUE_LEN.get(0).copied() {
+        // SAFETY: a user-memory read through the helper, which fails cleanly on a bad address.
+        Some(addr) if addr != 0 => {
+            unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(NO_QUEUE_LEN)
+        }
+        _ => NO_QUEUE_LEN,
     }
 }
 

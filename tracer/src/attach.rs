@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         perf_event::{
             BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig,
@@ -19,7 +19,7 @@ use aya::{
 };
 use tracer_common::{
     capture::{Plan, FACTS_MAP, PLANS_MAP, SCRATCH_MAP},
-    Counter, COUNTERS_MAP, EVENTS_MAP, WATCH_PROGRAM, WATCH_SNAPSHOT_PROGRAM,
+    Counter, COUNTERS_MAP, EVENTS_MAP, QUEUE_LEN_MAP, WATCH_PROGRAM, WATCH_SNAPSHOT_PROGRAM,
 };
 
 use crate::plan::ProbePlan;
@@ -112,6 +112,14 @@ pub fn attach(
     if let Some((pid, snapshot)) = snapshot {
         plans.insert(pid, snapshot, 0).map_err(|e| load(&e))?;
     }
+    let mut queue_len: Array<_, u64> = Array::try_from(
+        ebpf.map_mut(QUEUE_LEN_MAP)
+            .ok_or_else(|| load(&"queue length map missing"))?,
+    )
+    .map_err(|e| load(&e))?;
+    queue_len
+        .set(0, plan.queue_len_addr, 0)
+        .map_err(|e| load(&e))?;
     let name = if snapshot.is_some() {
         WATCH_SNAPSHOT_PROGRAM
     } else {

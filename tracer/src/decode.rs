@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use tracer_common::{
     capture::{Item, ScheduledEntry, SnapshotHeader},
-    WatchHit,
+    WatchHit, NO_QUEUE_LEN,
 };
 
 use crate::plan::{Mark, ProbePlan};
@@ -18,6 +18,8 @@ pub struct Hit {
     pub tid: u32,
     pub mark: Mark,
     pub snapshot: Option<RawSnapshot>,
+    /// The engine's batch-queue length at the hit, where the plan reads it.
+    pub queue_len: Option<u64>,
 }
 
 /// The scheduler state the watch program copied at a snapshot hit.
@@ -125,6 +127,7 @@ impl Decoder {
             tid: raw.pid_tgid as u32,
             mark,
             snapshot,
+            queue_len: (raw.queue_len != NO_QUEUE_LEN).then_some(raw.queue_len),
         })
     }
 }
@@ -140,6 +143,7 @@ mod tests {
             pid_tgid: (7 << 32) | 9,
             watch_addr,
             ip,
+            queue_len: NO_QUEUE_LEN,
         };
         // SAFETY: viewing a plain-old-data struct as its bytes.
         unsafe {
@@ -168,6 +172,7 @@ mod tests {
                 },
             ],
             per_batch: false,
+            queue_len_addr: 0,
         };
         let mut decoder = Decoder::new(&plan, Some(0x5000..0x6000));
         assert_eq!(
@@ -177,6 +182,7 @@ mod tests {
                 tid: 9,
                 mark: Mark::ScheduleDone,
                 snapshot: None,
+                queue_len: None,
             })
         );
         assert_eq!(decoder.decode(&record(0x1000, 0x7000)), None);

@@ -53,6 +53,9 @@ pub struct ProbePlan {
     /// The step function schedules a batch in one call and updates it in a later one
     /// (`step_with_batch_queue`): steps are correlated per batch.
     pub per_batch: bool,
+    /// Address of the batch queue's length (`Py_SIZE` of the deque), read at every hit; 0
+    /// when the engine steps per call.
+    pub queue_len_addr: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,5 +103,9 @@ pub fn plan(resolved: &Resolved, layout: &Layout) -> Result<ProbePlan, PlanError
         tid: resolved.tid,
         watches,
         per_batch: names.per_batch,
+        queue_len_addr: match resolved.batch_queue {
+            0 => 0,
+            deque => deque + layout.var_size,
+        },
     })
 }

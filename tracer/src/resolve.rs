@@ -56,6 +56,8 @@ pub struct Resolved {
     pub tstate: u64,
     /// The engine object (`self` of the busy loop), 0 if its frame was not found.
     pub engine: u64,
+    /// The engine's batch queue (a deque) when it steps per batch, else 0.
+    pub batch_queue: u64,
 }
 
 pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveError> {
@@ -240,6 +242,17 @@ pub fn resolve_with(
         tid: thread.native_thread_id as u32,
         tstate: thread.addr,
         engine,
+        // A deque's length is a word the kernel side can read at each hit (0.10 and 0.11
+        // queue batches in a queue.Queue: no such word, no resync).
+        batch_queue: batch_queue
+            .filter(|&queue| {
+                per_batch
+                    && reader
+                        .type_of(queue)
+                        .and_then(|ty| reader.type_name(ty))
+                        .is_ok_and(|name| name == "collections.deque")
+            })
+            .unwrap_or(0),
     })
 }
 

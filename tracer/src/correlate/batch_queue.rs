@@ -129,6 +129,19 @@ impl BatchQueue {
                 }
                 self.call.as_mut().expect("checked above").updating = true;
                 self.end_launch(hit.ktime_ns, true);
+                // The engine popped its oldest batch; `queue_len` are those left. Batches we
+                // hold beyond them plus the popped one lost their update; fewer, and the
+                // popped one was scheduled before the trace started.
+                if let Some(left) = hit.queue_len.map(|n| n as usize) {
+                    while self.in_flight.len() > left + 1 {
+                        self.in_flight.pop_front();
+                        counts.incomplete_steps += 1;
+                    }
+                    if self.in_flight.len() <= left {
+                        counts.out_of_order += 1;
+                        return None;
+                    }
+                }
                 // None: its schedule came before the trace started.
                 let Some(mut batch) = self.in_flight.pop_front() else {
                     counts.out_of_order += 1;
@@ -214,6 +227,7 @@ mod tests {
                     tid: 7,
                     mark,
                     snapshot: None,
+                    queue_len: None,
                 };
                 queue.push(hit, &mut counts, &mut completed)
             })
@@ -294,6 +308,7 @@ mod tests {
                     tid: 7,
                     mark,
                     snapshot: None,
+                    queue_len: None,
                 };
                 queue.push(hit, &mut counts, &mut completed)
             })
@@ -377,6 +392,7 @@ mod tests {
                     tid: 7,
                     mark,
                     snapshot,
+                    queue_len: None,
                 };
                 queue.push(hit, &mut counts, &mut completed)
             })

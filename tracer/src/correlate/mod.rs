@@ -224,6 +224,7 @@ mod tests {
             tid: 5,
             mark,
             snapshot: None,
+            queue_len: None,
         }
     }
 

@@ -249,7 +249,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         Ok(words)
     }
 
-    fn type_of(&self, obj: u64) -> Result<u64> {
+    pub fn type_of(&self, obj: u64) -> Result<u64> {
         if obj == 0 {
             return Err(corrupt(obj, "NULL object"));
         }

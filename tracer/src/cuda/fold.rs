@@ -410,7 +410,10 @@ mod tests {
             (8, 0, 1),
             "A: its 8 kernels in call 1 and its wait in call 2, not B's graph"
         );
-        assert_eq!((a.launch_ns, a.launch_blocked_ns, a.wait_blocked_ns), (40, 0, 30));
+        assert_eq!(
+            (a.launch_ns, a.launch_blocked_ns, a.wait_blocked_ns),
+            (40, 0, 30)
+        );
         let b = folder.fold(Window {
             batch: Some(BatchSpans {
                 launch_until_ns: 285,
@@ -422,7 +425,10 @@ mod tests {
             ..window(200, 210, 390, 400)
         });
         assert_eq!((b.totals.launches, b.totals.graph_launches), (1, 1));
-        assert_eq!(b.launch_ns, 40, "B's launch ends where the wait for A starts");
+        assert_eq!(
+            b.launch_ns, 40,
+            "B's launch ends where the wait for A starts"
+        );
         folder.finish();
         assert_eq!(folder.outside, CallTotals::default());
     }
