@@ -156,8 +156,8 @@ def main(argv):
                         getattr(s, "num_preemptions", ""),
                         o.outputs[0].finish_reason if o else "", max_tokens])
     out_tokens = sum(len(o.outputs[0].token_ids) for o in finals.values())
-    summary = dict(run_s=round(run_s, 2), requests=len(finals), output_tokens=out_tokens,
-                   tok_per_s=round(out_tokens / run_s), **vars(a))
+    summary = dict(vars(a), run_s=round(run_s, 2), finished=len(finals),
+                   output_tokens=out_tokens, tok_per_s=round(out_tokens / run_s))
     with open(os.path.join(out, "args.json"), "w") as f:
         json.dump(summary, f)
     print("summary " + json.dumps(summary), flush=True)
