@@ -325,6 +325,9 @@ pub fn run(options: Options) -> Result<Totals> {
     let run_json = options.out_dir.join("run.json");
     info.write(&run_json)
         .with_context(|| format!("writing {}", run_json.display()))?;
+    // Before the CUDA probes go (their detach outlives this process, and must not hold the
+    // output directory's lock).
+    drop(outputs);
     if info.counters.ring_buffer_drops > 0 {
         say(&format!(
             "tracer: warning: {} probe hits were lost (ring buffer full); see run.json \

@@ -27,4 +27,5 @@ for _ in $(seq 100); do kill -0 $T 2>/dev/null || break; sleep 0.1; done
 kill -INT $T 2>/dev/null || true; wait $T || true
 echo "tracer end after the harness exited: $(( ($(date +%s%N) - S) / 1000000 )) ms"
 tail -3 "$OUT/tracer.log"; grep '^summary ' "$OUT/harness.log"
-python3 -m gpu_vllm_harness.check --harness "$OUT/harness" --trace "$OUT/trace"
+CHECK=(); [[ " ${HARNESS[*]} " == *" --enforce-eager "* ]] && CHECK=(--capture-max 0)
+python3 -m gpu_vllm_harness.check --harness "$OUT/harness" --trace "$OUT/trace" "${CHECK[@]}"

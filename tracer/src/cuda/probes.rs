@@ -10,7 +10,7 @@ use std::{num::NonZeroU32, path::Path};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
         ProgramError, UProbe,
     },
     Ebpf, EbpfLoader,
@@ -26,9 +26,12 @@ use tracer_common::{
 use crate::attach::EBPF_OBJECT;
 
 pub struct CudaProbes {
-    /// Holds the programs and their uprobe links; dropping it detaches them all, which
-    /// takes an RCU grace period per probe, serialized in the kernel (~90 ms each on our
-    /// VM): ~2.4 s for the 26 probes of `--cuda launches`.
+    /// The uprobes. The kernel detaches them one after the other, each after a grace period
+    /// (~100 ms on our VM even when closed from parallel threads: 2.6 s for the 26 probes of
+    /// `--cuda launches`; 1.4-1.9 s on the H200 box), so [`Drop`] leaves that wait to a
+    /// detached process (see there).
+    links: Vec<UProbeLink>,
+    /// Holds the programs.
     ebpf: Ebpf,
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -63,6 +66,7 @@ impl CudaProbes {
             .try_into()
             .map_err(|e: aya::maps::MapError| e.to_string())?;
         Ok(Self {
+            links: Vec::new(),
             ebpf,
             ring,
             counters,
@@ -97,10 +101,14 @@ impl CudaProbes {
                 location: UProbeAttachLocation::AbsoluteOffset(offset),
                 cookie: Some(cookie as u64),
             };
-            program.attach(point, library, scope).map_err(|e| match e {
-                ProgramError::SyscallError(e) => format!("{}: {}", e.call, e.io_error),
-                other => other.to_string(),
-            })?;
+            let link = program
+                .attach(point, library, scope)
+                .and_then(|id| program.take_link(id))
+                .map_err(|e| match e {
+                    ProgramError::SyscallError(e) => format!("{}: {}", e.call, e.io_error),
+                    other => other.to_string(),
+                })?;
+            self.links.push(link);
         }
         Ok(())
     }
@@ -111,5 +119,51 @@ impl CudaProbes {
             .get(&(counter as u32), 0)
             .map(|values| values.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// Everything is written when the probes go (the trace's end): a grandchild with stdio on
+/// /dev/null (nobody waits for its output) takes over the links, waits until this process
+/// has exited, and closes the last references then. This process leaves its references to
+/// the kernel's exit, which is quick while the grandchild holds the links: the tracer exits
+/// at once, and the probes keep firing in the target (their ring unread) until the kernel
+/// has removed them. Without fork, the links are closed here.
+impl Drop for CudaProbes {
+    fn drop(&mut self) {
+        if self.links.is_empty() {
+            return;
+        }
+        // SAFETY: the children call only async-signal-safe functions (fork, open, dup2,
+        // pidfd_open, poll, close_range, _exit) before exiting, as a fork of a threaded
+        // process must.
+        unsafe {
+            let tracer = libc::getpid();
+            match libc::fork() {
+                0 => {
+                    if libc::fork() == 0 {
+                        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                        for fd in 0..3 {
+                            libc::dup2(null, fd);
+                        }
+                        let exited = libc::syscall(libc::SYS_pidfd_open, tracer, 0) as i32;
+                        if exited >= 0 {
+                            let mut poll = libc::pollfd {
+                                fd: exited,
+                                events: libc::POLLIN,
+                                revents: 0,
+                            };
+                            libc::poll(&mut poll, 1, -1);
+                        }
+                        libc::close_range(3, u32::MAX, 0);
+                    }
+                    libc::_exit(0);
+                }
+                child if child > 0 => {
+                    libc::waitpid(child, std::ptr::null_mut(), 0);
+                    std::mem::forget(std::mem::take(&mut self.links));
+                }
+                _ => {}
+            }
+        }
     }
 }

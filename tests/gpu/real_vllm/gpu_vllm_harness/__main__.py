@@ -145,12 +145,12 @@ def main(argv):
     run_s = time.monotonic() - start
     with open(os.path.join(out, "stats.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["request_id", "arrival_time", "queued_ts", "scheduled_ts", "first_token_ts",
+        w.writerow(["request_id", "engine_request_id", "arrival_time", "queued_ts", "scheduled_ts", "first_token_ts",
                     "last_token_ts", "num_prompt_tokens", "num_output_tokens",
                     "num_preemptions", "finish_reason", "max_tokens"])
         for rid, (internal, s, max_tokens, prompt_len) in states.items():
             o = finals.get(rid)
-            w.writerow([rid, s.arrival_time, s.queued_ts, s.scheduled_ts, s.first_token_ts,
+            w.writerow([rid, internal, s.arrival_time, s.queued_ts, s.scheduled_ts, s.first_token_ts,
                         s.last_token_ts, prompt_len,
                         len(o.outputs[0].token_ids) if o else "",
                         getattr(s, "num_preemptions", ""),

@@ -106,7 +106,9 @@ def main(argv):
                  for _, r, _ in matched)
     busy = union((int(g["entry_ns"]), int(g["update_done_ns"])) for g, _, _ in matched)
 
-    stats = {r["request_id"]: r for r in read_csv(os.path.join(a.harness, "stats.csv"))}
+    # vLLM 0.26 gives each request an internal id (the client's plus a suffix): the engine's.
+    stats = {r["engine_request_id"]: r for r in read_csv(os.path.join(a.harness, "stats.csv"))
+             if r["request_id"].startswith("req-")}
     reqs = {r["request_id"]: r for r in read_csv(os.path.join(a.trace, "requests.csv"))
             if r["request_id"].startswith("req-")}
     in_window = {k: s for k, s in stats.items() if float(s["queued_ts"]) * 1e9 > lo}
