@@ -1160,7 +1160,18 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             .pid()
             .ok_or_else(|| corrupt(runtime, "thread ids need a live process"))?;
         let main = self.u64_at(runtime + self.layout.runtime_main_thread)?;
-        let raw = self.bytes_at(main, MAX_PTHREAD_SCAN)?;
+        // Page by page: the descriptor can sit less than the scan's length before the end of
+        // its mapping (3 520 bytes here once), and the tid is near its start.
+        let mut raw = Vec::with_capacity(MAX_PTHREAD_SCAN);
+        while raw.len() < MAX_PTHREAD_SCAN {
+            let at = main + raw.len() as u64;
+            let page_left = (0x1000 - (at & 0xfff)) as usize;
+            match self.bytes_at(at, page_left.min(MAX_PTHREAD_SCAN - raw.len())) {
+                Ok(chunk) => raw.extend_from_slice(&chunk),
+                Err(e) if raw.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
         raw.chunks_exact(4)
             .position(|c| u32::from_ne_bytes(c.try_into().expect("4 bytes")) == pid)
             .map(|i| i as u64 * 4)
