@@ -123,10 +123,11 @@ pub struct Source {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub py: PyOffsets,
-    /// Watched addresses whose hits take a snapshot (0 = unused): the first two copy
-    /// everything, the last (after the update) only which requests each queue still holds
-    /// (items with no fields) and the KV count: what the update's outputs were, the next
-    /// step's first snapshot shows.
+    /// Watched addresses whose hits take a snapshot (0 = unused). The first copies every
+    /// queued request's fields and the step's scheduled tokens; the second the scheduled
+    /// tokens and which requests each queue holds (items with no fields); the last (after
+    /// the update) only which requests each queue still holds and the KV count: what the
+    /// update's outputs were, the next step's first snapshot shows.
     pub snapshot_at: [u64; 3],
     pub running: Source,
     pub waiting: Source,

@@ -91,8 +91,10 @@ pub fn watch_snapshot(ctx: PerfEventContext) -> u32 {
         return emit(hit);
     };
     bump(Counter::Snapshots);
-    let whole = hit.watch_addr != plan.snapshot_at[2];
-    let Some(record) = snapshot::take(plan, hit, whole).and_then(snapshot::record) else {
+    let fields = hit.watch_addr == plan.snapshot_at[0];
+    let scheduled = hit.watch_addr != plan.snapshot_at[2];
+    let Some(record) = snapshot::take(plan, hit, fields, scheduled).and_then(snapshot::record)
+    else {
         bump(Counter::SnapshotFailed);
         return emit(hit);
     };

@@ -619,16 +619,16 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
 }
 
 /// Builds the record for a snapshot hit in the scratch area; returns its length.
-/// `whole`: the queues' requests with their fields, and the step's scheduled tokens; else
-/// which requests each queue holds.
-pub fn take(plan: &Plan, hit: WatchHit, whole: bool) -> Option<usize> {
+/// `fields`: the queues' requests with their fields, else which requests each queue holds;
+/// `scheduled`: also the step's scheduled tokens.
+pub fn take(plan: &Plan, hit: WatchHit, fields: bool, scheduled: bool) -> Option<usize> {
     let area = scratch()?;
     // SAFETY: this CPU's slot; a perf_event program does not nest on one CPU.
     unsafe { (*area).plan = *plan };
     // SAFETY: as above.
     let plan = unsafe { &(*area).plan };
     let mut header = SnapshotHeader::default();
-    match copy_queue(area, &plan.running, HEADER_BYTES as u64, !whole) {
+    match copy_queue(area, &plan.running, HEADER_BYTES as u64, !fields) {
         Some((copied, len)) => {
             header.flags |= snap::RUNNING;
             header.n_running = copied;
@@ -637,7 +637,7 @@ pub fn take(plan: &Plan, hit: WatchHit, whole: bool) -> Option<usize> {
         None => header.flags |= snap::READ_ERROR,
     }
     let waiting_start = HEADER_BYTES + header.n_running as usize * size_of::<Item>();
-    match copy_queue(area, &plan.waiting, waiting_start as u64, !whole) {
+    match copy_queue(area, &plan.waiting, waiting_start as u64, !fields) {
         Some((copied, len)) => {
             header.flags |= snap::WAITING;
             header.n_waiting = copied;
@@ -659,7 +659,7 @@ pub fn take(plan: &Plan, hit: WatchHit, whole: bool) -> Option<usize> {
     if start > ITEMS_END {
         return None;
     }
-    if whole {
+    if scheduled {
         if let Some(copied) = copy_scheduled_tokens(area, start as u64) {
             header.flags |= snap::SCHEDULED;
             header.n_scheduled = copied;

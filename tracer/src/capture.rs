@@ -383,7 +383,8 @@ impl Capture {
                 // A batch's queues as its `schedule()` left them are gone by the call that
                 // updates it: they are copied when `schedule()` returns (its output is not
                 // stored yet: the batch's scheduled tokens come from the copy before its
-                // update, whose `scheduler_output` is that batch's).
+                // update, whose `scheduler_output` is that batch's; that copy needs no
+                // request's fields, which would be a later batch's).
                 [
                     snapshot_at(Mark::ScheduleDone),
                     snapshot_at(Mark::ExecuteDone),
