@@ -18,6 +18,10 @@ use std::{
 pub const TTY_EVERY: Duration = Duration::from_secs(1);
 /// How often a line is written when stderr is not a terminal.
 pub const PLAIN_EVERY: Duration = Duration::from_secs(5);
+/// The shortest window a rate is measured over: one tick period less some slack for a tick
+/// that comes early. Before one has passed there is no rate to show (the first tick comes
+/// right at attach, when "12 steps, 0 steps/s" would be false).
+const RATE_WINDOW: Duration = Duration::from_millis(900);
 
 /// What one trace knows at a tick. Fields the capture does not fill yet stay `None`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -36,7 +40,8 @@ pub struct Counters {
 #[derive(Clone, Debug)]
 struct Part {
     counters: Counters,
-    steps_per_s: f64,
+    /// `None` until a full [`RATE_WINDOW`] has passed.
+    steps_per_s: Option<f64>,
     output_bytes: u64,
 }
 
@@ -61,7 +66,31 @@ pub struct Status {
     out_dir: PathBuf,
     quiet: bool,
     tty: bool,
-    last: Option<(Instant, u64)>,
+    rate: Rate,
+}
+
+/// Steps per second over the latest full window. Ticks that come in a burst (tokio catches
+/// up after a stall) do not shrink the window to a few ms and make the rate jump.
+#[derive(Default)]
+struct Rate {
+    /// Where the current window started: when, and the step count then.
+    since: Option<(Instant, u64)>,
+    latest: Option<f64>,
+}
+
+impl Rate {
+    fn update(&mut self, now: Instant, steps: u64) -> Option<f64> {
+        match self.since {
+            None => self.since = Some((now, steps)),
+            Some((at, before)) if now.saturating_duration_since(at) >= RATE_WINDOW => {
+                let seconds = (now - at).as_secs_f64();
+                self.latest = Some(steps.saturating_sub(before) as f64 / seconds);
+                self.since = Some((now, steps));
+            }
+            Some(_) => {}
+        }
+        self.latest
+    }
 }
 
 impl Status {
@@ -72,7 +101,7 @@ impl Status {
             out_dir,
             quiet,
             tty: std::io::stderr().is_terminal(),
-            last: None,
+            rate: Rate::default(),
         }
     }
 
@@ -81,13 +110,7 @@ impl Status {
             return;
         }
         let now = Instant::now();
-        let steps_per_s = match self.last {
-            Some((at, steps)) if now > at => {
-                counters.steps.saturating_sub(steps) as f64 / (now - at).as_secs_f64()
-            }
-            _ => 0.0,
-        };
-        self.last = Some((now, counters.steps));
+        let steps_per_s = self.rate.update(now, counters.steps);
         let part = Part {
             steps_per_s,
             output_bytes: dir_size(&self.out_dir),
@@ -142,10 +165,10 @@ fn render(parts: &BTreeMap<u32, Part>) -> String {
         .iter()
         .map(|(pid, p)| {
             let c = &p.counters;
-            let mut fields = vec![
-                format!("{} steps", c.steps),
-                format!("{:.0} steps/s", p.steps_per_s),
-            ];
+            let mut fields = vec![format!("{} steps", c.steps)];
+            if let Some(rate) = p.steps_per_s {
+                fields.push(format!("{rate:.0} steps/s"));
+            }
             if let Some(n) = c.requests_seen {
                 fields.push(format!("{n} requests"));
             }
@@ -204,7 +227,7 @@ mod tests {
                     waiting: Some(3),
                     drops: 0,
                 },
-                steps_per_s: 811.6,
+                steps_per_s: Some(811.6),
                 output_bytes: 1_300_000,
             },
         );
@@ -219,11 +242,31 @@ mod tests {
                     steps: 5,
                     ..Default::default()
                 },
-                steps_per_s: 1.0,
+                steps_per_s: None,
                 output_bytes: 10,
             },
         );
-        assert!(render(&parts).starts_with("tracer: pid 7: 1234 steps"));
-        assert!(render(&parts).ends_with(" | pid 9: 5 steps, 1 steps/s, 0 drops, 10 B"));
+        assert!(render(&parts).starts_with("tracer: pid 7: 1234 steps, 812 steps/s"));
+        // No rate measured yet: no rate shown, rather than a false 0.
+        assert!(render(&parts).ends_with(" | pid 9: 5 steps, 0 drops, 10 B"));
+    }
+
+    #[test]
+    fn rate_waits_for_a_full_window() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut rate = Rate::default();
+        // The first tick, right at attach, with steps already counted: nothing to divide by.
+        assert_eq!(rate.update(at(0), 12), None);
+        // A tick in a burst, 5 ms later: still no full window.
+        assert_eq!(rate.update(at(5), 14), None);
+        // A full second after the first tick: 1012 - 12 steps in 1 s.
+        assert_eq!(rate.update(at(1000), 1012), Some(1000.0));
+        // A burst right after keeps the last full window's rate instead of 0 or 100 000/s.
+        assert_eq!(rate.update(at(1010), 2012), Some(1000.0));
+        // The next window runs from the tick that closed the previous one: 2 s, 1000 steps.
+        assert_eq!(rate.update(at(3000), 3012), Some(1000.0));
+        // An engine that stopped stepping does show 0 once a window has passed.
+        assert_eq!(rate.update(at(4000), 3012), Some(0.0));
     }
 }
