@@ -52,7 +52,7 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "privileges",
         why: "Loading BPF programs, opening breakpoint perf events on another process's thread and reading its memory need root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE.",
-        fix: "Run with sudo, or grant the capabilities once: `sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(command -v tracer)`.",
+        fix: "Run with sudo, or grant the capabilities once to a binary only a group you trust can run (with them it reads any process's memory): `t=$(command -v tracer); sudo groupadd -f tracing && sudo chgrp tracing $t && sudo chmod 0750 $t && sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $t`, then `sudo usermod -aG tracing $USER` and log in again. setcap comes last: chgrp clears a file's capabilities.",
         run: check_privileges,
     },
     Check {
