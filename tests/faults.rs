@@ -108,7 +108,7 @@ fn negative_duration() {
     fails_with(
         &["attach", "--pid", "1", "-d", "-1"],
         2,
-        "Usage: tracer attach",
+        "invalid value '-1' for '--duration <DURATION>': must be 0 seconds or more",
     );
 }
 
