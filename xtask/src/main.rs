@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask setup`   install what the build needs (nightly rust-src, bpf-linker), build
 //! - `cargo xtask demo`    setup, then trace the bundled fixture engine for a few seconds
-//! - `cargo xtask test`    setup, then every test (unit and real-probe integration)
+//! - `cargo xtask test`    setup, then every test (unit and real-probe integration), a
+//!   summary line per test binary at the end
 //! - `cargo xtask bench`   step-time overhead, traced ÷ untraced, on the fixture engine
 //! - `cargo xtask codegen` regenerate the CPython layout tables
 //! - `cargo xtask python 3.14` build a CPython the machine lacks into `.pythons/`
@@ -14,6 +15,7 @@ mod fixture;
 mod python_build;
 mod real_vllm;
 mod setup;
+mod test_run;
 
 use std::{
     path::{Path, PathBuf},
@@ -35,7 +37,7 @@ fn main() -> Result<()> {
             // build first would compile the eBPF object twice).
             setup::tools()?;
             // Default members only: tracer-ebpf builds for the BPF target, inside tracer's build.rs.
-            exec(cargo().args(["test", "--release"]).args(&args[1..]))
+            test_run::run(&args[1..])
         }
         Some("bench") => {
             setup::run()?;
