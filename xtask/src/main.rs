@@ -8,12 +8,14 @@
 //! - `cargo xtask codegen` regenerate the CPython layout tables
 //! - `cargo xtask python 3.14` build a CPython the machine lacks into `.pythons/`
 //! - `cargo xtask real-vllm` released vLLM in cached venvs, and the harness that runs it
+//! - `cargo xtask screenshot` a trace's timeline in speedscope (headless Chromium) as a PNG
 
 mod bench;
 mod codegen;
 mod fixture;
 mod python_build;
 mod real_vllm;
+mod screenshot;
 mod setup;
 mod test_run;
 
@@ -46,7 +48,10 @@ fn main() -> Result<()> {
         Some("codegen") => codegen::run(),
         Some("python") => python_build::run(&args[1..]),
         Some("real-vllm") => real_vllm::main(&args[1..]),
-        _ => bail!("usage: cargo xtask <setup|demo|test|bench|codegen|real-vllm>"),
+        Some("screenshot") => screenshot::run(&args[1..]),
+        _ => {
+            bail!("usage: cargo xtask <setup|demo|test|bench|codegen|python|real-vllm|screenshot>")
+        }
     }
 }
 
