@@ -11,7 +11,11 @@
 //! page, and the DOM dumped alongside the screenshot must carry that mark, so a blank or
 //! unloaded page fails here instead of being committed.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, ensure, Context as _, Result};
 
@@ -23,6 +27,11 @@ const WIDTH: u32 = 1600;
 const HEIGHT: u32 = 400;
 /// The attribute the loader script sets on <body> once the profile is shown and zoomed.
 const MARK: &str = "data-tracer-zoomed";
+/// Where the loader script puts a message speedscope would show in a dialog (a dialog
+/// would block headless Chromium until the timeout).
+const ALERT: &str = "data-tracer-alert";
+/// Parsing the demo's 3 MB trace takes a few seconds here; this is for a stuck page.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn run(args: &[String]) -> Result<()> {
     let root = workspace_root();
@@ -76,7 +85,7 @@ pub fn run(args: &[String]) -> Result<()> {
         page.display(),
         loader.display()
     );
-    let out = Command::new(&browser)
+    let mut child = Command::new(&browser)
         .args([
             "--headless",
             "--no-sandbox",
@@ -92,16 +101,44 @@ pub fn run(args: &[String]) -> Result<()> {
         ])
         .arg(format!("--screenshot={}", png.display()))
         .arg(&url)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("running {}", browser.display()))?;
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let dom = std::thread::spawn(move || std::io::read_to_string(&mut stdout).unwrap_or_default());
+    let log = std::thread::spawn(move || std::io::read_to_string(&mut stderr).unwrap_or_default());
+    // A page stuck in a dialog or a script would hold headless Chromium forever.
+    let deadline = Instant::now() + BROWSER_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let _ = std::fs::remove_file(&loader);
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let (dom, log) = (
+        dom.join().unwrap_or_default(),
+        log.join().unwrap_or_default(),
+    );
+    if let Some(alert) = attribute(&dom, ALERT) {
+        bail!("speedscope could not show {}: {alert}", trace.display());
+    }
+    let Some(status) = status else {
+        bail!(
+            "{} did not finish in {BROWSER_TIMEOUT:?}",
+            browser.display()
+        );
+    };
     ensure!(
-        out.status.success() && png.exists(),
-        "{} failed ({}): {}",
-        browser.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        status.success() && png.exists(),
+        "{} failed ({status}): {log}",
+        browser.display()
     );
     ensure!(
         dom.contains(MARK),
@@ -137,7 +174,8 @@ fn step_span_ms(json: &[u8]) -> Result<f64> {
 /// from the script), plus the zoom: `zooms` presses of `+` once the flame chart is drawn.
 fn loader_script(json: &[u8], zooms: u32) -> String {
     format!(
-        r#"speedscope.loadFileFromBase64("trace.json", "{data}");
+        r#"window.alert = (message) => document.body.setAttribute("{ALERT}", message);
+speedscope.loadFileFromBase64("trace.json", "{data}");
 (function zoomWhenShown(tries) {{
   // The flame chart's canvas appears once the profile is parsed and laid out.
   if (document.querySelectorAll("canvas").length === 0) {{
@@ -156,6 +194,13 @@ fn loader_script(json: &[u8], zooms: u32) -> String {
 "#,
         data = base64(json)
     )
+}
+
+/// The value of `name="…"` in the dumped DOM.
+fn attribute(dom: &str, name: &str) -> Option<String> {
+    let start = dom.find(&format!("{name}=\""))? + name.len() + 2;
+    let len = dom[start..].find('"')?;
+    Some(dom[start..start + len].to_owned())
 }
 
 /// Standard base64 with padding (the encoding `loadFileFromBase64` decodes).
