@@ -9,11 +9,13 @@
 //! - `cargo xtask python 3.14` build a CPython the machine lacks into `.pythons/`
 //! - `cargo xtask real-vllm` released vLLM in cached venvs, and the harness that runs it
 //! - `cargo xtask screenshot` a trace's timeline in speedscope (headless Chromium) as a PNG
+//! - `cargo xtask quickstart [--clone]` README's quick start, run exactly as written
 
 mod bench;
 mod codegen;
 mod fixture;
 mod python_build;
+mod quickstart;
 mod real_vllm;
 mod screenshot;
 mod setup;
@@ -49,9 +51,11 @@ fn main() -> Result<()> {
         Some("python") => python_build::run(&args[1..]),
         Some("real-vllm") => real_vllm::main(&args[1..]),
         Some("screenshot") => screenshot::run(&args[1..]),
-        _ => {
-            bail!("usage: cargo xtask <setup|demo|test|bench|codegen|python|real-vllm|screenshot>")
-        }
+        Some("quickstart") => quickstart::run(&args[1..]),
+        _ => bail!(
+            "usage: cargo xtask \
+             <setup|demo|test|bench|codegen|python|real-vllm|screenshot|quickstart>"
+        ),
     }
 }
 
