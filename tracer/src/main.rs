@@ -462,8 +462,7 @@ mod tests {
         // Through the parser: `-1` is the option's value, not an unknown flag.
         let error = command()
             .try_get_matches_from(["tracer", "attach", "--pid", "1", "--duration", "-1"])
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(
             error.to_string().contains("must be 0 seconds or more"),
