@@ -128,7 +128,7 @@ impl Summary {
 
 /// The binary a `Running …` or `Doc-tests …` header announces:
 /// `Running unittests src/lib.rs (target/release/deps/tracer-1a2b)` → `tracer (src/lib.rs)`,
-/// `Running tests/attach.rs (target/release/deps/attach-3c4d)` → `tests/attach.rs`.
+/// `Running ../tests/attach.rs (target/release/deps/attach-3c4d)` → `tests/attach.rs`.
 fn header(line: &str) -> Option<String> {
     if let Some(krate) = line.strip_prefix("Doc-tests ") {
         return Some(format!("doc-tests {krate}"));
@@ -143,7 +143,8 @@ fn header(line: &str) -> Option<String> {
             let krate = file.rsplit_once('-').map_or(file, |(krate, _hash)| krate);
             Some(format!("{krate} ({source})"))
         }
-        None => Some(source.to_owned()),
+        // tracer's [[test]] paths are relative to tracer/: `../tests/attach.rs`.
+        None => Some(source.trim_start_matches("../").to_owned()),
     }
 }
 
@@ -235,7 +236,7 @@ test c ... ok
 
 test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.25s
 
-     Running tests/attach.rs (target/release/deps/attach-7d05083ab608d7a5)
+     Running ../tests/attach.rs (target/release/deps/attach-7d05083ab608d7a5)
 
 running 2 tests
 test slow ... FAILED
