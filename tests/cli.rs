@@ -1269,6 +1269,26 @@ fn run_launches_the_fixture_and_traces_every_measured_step() {
     validate_trace(&read_json(&out.join("trace.json")));
 }
 
+/// A launcher that execs the interpreter later (a pyenv shim, `sh -c '…; exec python …'`):
+/// the pid first runs a shell, then Python; and a look before the interpreter is up fails.
+/// Both must be looked at again (the quick start's `python3` failed 3 of 3 through pyenv).
+#[test]
+fn run_follows_a_wrapper_that_execs_the_interpreter_later() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let script = root().join("tests/fixtures/engine/run_engine.py");
+    let command = format!(
+        "sleep 0.5; exec {} {} --warmup 2000 --steps 800 --execute-ms 0.3",
+        pyenv("3.12.1"),
+        s(&script)
+    );
+    let (status, _, stderr) = tracer(&["run", "-o", s(&out), "--", "sh", "-c", &command]);
+    assert!(status.success(), "{stderr}");
+    let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
+    assert!(traced.len() >= 800, "{} steps traced", traced.len());
+}
+
 #[test]
 fn run_fails_clearly_when_the_command_never_starts_an_engine() {
     let (status, _, stderr) = tracer(&[

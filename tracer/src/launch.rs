@@ -90,8 +90,10 @@ pub fn wait_for_engines(launched: &mut Launched, timeout: Duration) -> Result<Ve
     }
     let root = launched.child.id();
     let started = Instant::now();
-    // Discovery reads the interpreter's ELF file: once per process, not per poll.
-    let mut targets: HashMap<u32, Option<Target>> = HashMap::new();
+    // Discovery reads the interpreter's ELF file: once per process image, not per poll. A
+    // process that execs (a pyenv shim, `sh -c '…; exec python …'`) is looked at again, and
+    // so is one whose look failed a while ago (looked at before its interpreter was up).
+    let mut targets: HashMap<u32, Look> = HashMap::new();
     let mut found: Vec<Engine> = Vec::new();
     let mut last_why: HashMap<u32, String> = HashMap::new();
     loop {
@@ -116,13 +118,26 @@ pub fn wait_for_engines(launched: &mut Launched, timeout: Duration) -> Result<Ve
             if found.iter().any(|e| e.process.pid == p.pid) {
                 continue;
             }
-            let target = targets
-                .entry(p.pid)
-                .or_insert_with(|| discover::discover(p.pid).ok());
-            let Some(t) = target else { continue };
+            let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid)).ok();
+            let stale = targets.get(&p.pid).is_none_or(|look| {
+                look.exe != exe || (look.target.is_none() && look.at.elapsed() > RETRY_FAILED)
+            });
+            if stale {
+                let target = discover::discover(p.pid)
+                    .map_err(|e| last_why.insert(p.pid, format!("{} {}: {e}", p.pid, p.title)))
+                    .ok();
+                let at = Instant::now();
+                targets.insert(p.pid, Look { exe, at, target });
+            }
+            let Some(t) = targets.get(&p.pid).and_then(|look| look.target.as_ref()) else {
+                continue;
+            };
             match resolve::resolve(t, None) {
                 Ok(resolved) => {
-                    let target = targets.remove(&p.pid).flatten().expect("checked above");
+                    let target = targets
+                        .remove(&p.pid)
+                        .and_then(|look| look.target)
+                        .expect("checked above");
                     found.push(Engine {
                         dp_rank: p.role().and_then(|(_, rank)| rank),
                         process: p.clone(),
@@ -148,6 +163,17 @@ pub fn wait_for_engines(launched: &mut Launched, timeout: Duration) -> Result<Ve
         }
         std::thread::sleep(POLL_EVERY);
     }
+}
+
+/// How long a failed discovery stands before the process is looked at again.
+const RETRY_FAILED: Duration = Duration::from_millis(500);
+
+/// What discovery made of a process image.
+struct Look {
+    /// `/proc/PID/exe` then: another one means the process exec'd.
+    exe: Option<std::path::PathBuf>,
+    at: Instant,
+    target: Option<Target>,
 }
 
 fn why_text(why: &HashMap<u32, String>) -> String {
