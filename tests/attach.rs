@@ -14,9 +14,21 @@ const STEPS: usize = 2_000;
 /// VM; both clocks see one trap per phase boundary, so errors are the trap's jitter plus
 /// whatever the host does between the trap and the fixture's clock read. p50 measures the
 /// tracer (≤ 0.3 µs here, every day). p99 was under 1 µs on this VM for weeks, then 16–34 µs
-/// on 2026-12-03 at this commit and at ede69df alike (a noisier host, not the code): 50 µs.
+/// on 2026-12-03 at this commit and at ede69df alike (a noisier host, not the code): 50 µs,
+/// or, on a machine busy with other work (51–75 µs measured there), twice the machine's own
+/// jitter in the same run: how far the fixture's fixed-cost schedule phase (a 20 µs spin)
+/// strays from its median at the 99th percentile. A quiet machine keeps the 50 µs bound.
 const P50_BOUND_NS: i64 = 2_000;
 const P99_BOUND_NS: i64 = 50_000;
+
+/// p99 of |schedule phase − its median| in the fixture's own timings: what the host adds to
+/// a fixed amount of work, in this run.
+fn own_jitter_ns(truth: &[&TruthRow]) -> i64 {
+    let mut schedule: Vec<i64> = truth.iter().map(|t| t.phases()[0] as i64).collect();
+    let median = percentile(&mut schedule, 50.0);
+    let mut strays: Vec<i64> = schedule.iter().map(|s| s - median).collect();
+    percentile(&mut strays, 99.0)
+}
 
 /// Starts a fixture that waits, attaches, lets exactly `STEPS` steps run, and checks that
 /// every one of them is in steps.csv with phase times matching the fixture's own timers.
@@ -83,20 +95,24 @@ fn check_phases(truth: &[&TruthRow], traced: &[StepRow], label: &str) {
             errors[k].push(sp as i64 - *tp as i64);
         }
     }
+    let jitter = own_jitter_ns(truth);
+    let p99_bound = P99_BOUND_NS.max(2 * jitter);
     for (name, errs) in ["schedule", "execute", "update", "step"]
         .iter()
         .zip(errors.iter_mut())
     {
         let (p50, p99) = (percentile(errs, 50.0), percentile(errs, 99.0));
         let max = percentile(errs, 100.0);
-        eprintln!("{label}: {name} |error| p50 {p50} ns, p99 {p99} ns, max {max} ns");
+        eprintln!(
+            "{label}: {name} |error| p50 {p50} ns, p99 {p99} ns, max {max} ns (own jitter {jitter} ns)"
+        );
         assert!(
             p50 <= P50_BOUND_NS,
             "{label}: {name} p50 error {p50} ns > {P50_BOUND_NS} ns"
         );
         assert!(
-            p99 <= P99_BOUND_NS,
-            "{label}: {name} p99 error {p99} ns > {P99_BOUND_NS} ns"
+            p99 <= p99_bound,
+            "{label}: {name} p99 error {p99} ns > {p99_bound} ns (own jitter {jitter} ns)"
         );
     }
 }
@@ -131,6 +147,20 @@ fn steps_match_ground_truth_pyenv_3_13() {
 
 /// The usual case: attach to an engine that is already busy, stop with Ctrl-C. Every step
 /// the fixture ran between the first and the last traced step must be in steps.csv.
+/// Waits until the tracer has flushed more than `rows` rows of steps.csv (it flushes every
+/// 500 ms): a count of steps, not a time, so a slow or busy machine only takes longer.
+fn wait_for_rows(out: &Path, rows: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let path = out.join("steps.csv");
+    while std::fs::read_to_string(&path).map_or(0, |text| text.lines().count()) <= rows + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {rows} steps in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn attach_mid_run_and_interrupt_keeps_every_step_in_window() {
     let _serial = exclusive();
@@ -147,7 +177,7 @@ fn attach_mid_run_and_interrupt_keeps_every_step_in_window() {
         ],
     );
     let tracer = Tracer::attach_with(fixture.pid, &out, &["--phases-only"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_rows(&out, 500);
     tracer.signal(libc::SIGINT);
     let (status, stderr) = tracer.finish(Duration::from_secs(30));
     assert!(status.success(), "{stderr:?}");
@@ -156,11 +186,7 @@ fn attach_mid_run_and_interrupt_keeps_every_step_in_window() {
 
     let truth: Vec<TruthRow> = read_csv(&truth_path);
     let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
-    assert!(
-        traced.len() > 500,
-        "only {} steps traced in 1.5 s",
-        traced.len()
-    );
+    assert!(traced.len() > 500, "only {} steps traced", traced.len());
     // The truth row of the first traced step: the first one starting after it.
     let first = truth
         .iter()
@@ -332,7 +358,7 @@ fn sigterm_and_sighup_end_the_trace_with_complete_files() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let tracer = Tracer::attach(fixture.pid, &out);
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for_rows(&out, 100);
         tracer.signal(signal);
         let (status, stderr) = tracer.finish(Duration::from_secs(30));
         assert!(status.success(), "{stderr:?}");
@@ -340,6 +366,6 @@ fn sigterm_and_sighup_end_the_trace_with_complete_files() {
         assert_eq!(run["end_reason"], reason);
         let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
         assert_eq!(run["totals"]["steps"], traced.len() as u64);
-        assert!(traced.len() > 100, "{} steps in 300 ms", traced.len());
+        assert!(traced.len() > 100, "{} steps", traced.len());
     }
 }
