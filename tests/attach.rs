@@ -147,20 +147,6 @@ fn steps_match_ground_truth_pyenv_3_13() {
 
 /// The usual case: attach to an engine that is already busy, stop with Ctrl-C. Every step
 /// the fixture ran between the first and the last traced step must be in steps.csv.
-/// Waits until the tracer has flushed more than `rows` rows of steps.csv (it flushes every
-/// 500 ms): a count of steps, not a time, so a slow or busy machine only takes longer.
-fn wait_for_rows(out: &Path, rows: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let path = out.join("steps.csv");
-    while std::fs::read_to_string(&path).map_or(0, |text| text.lines().count()) <= rows + 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "fewer than {rows} steps in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn attach_mid_run_and_interrupt_keeps_every_step_in_window() {
     let _serial = exclusive();

@@ -12,7 +12,8 @@ use std::{
 };
 
 use support::{
-    exclusive, pyenv, read_csv, read_run_json, root, run_tracer, tracer_bin, Fixture, Lines, Tracer,
+    exclusive, pyenv, read_csv, read_run_json, root, run_tracer, tracer_bin, wait_for_rows,
+    Fixture, Lines, Tracer,
 };
 use tracer::sinks::StepRow;
 
@@ -334,7 +335,7 @@ fn two_tracers_on_one_output_directory() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let first = Tracer::attach(first_fixture.pid, &out);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_rows(&out, 100);
     fails_with(
         &[
             "attach",
@@ -378,7 +379,7 @@ fn two_tracers_on_one_pid() {
         "debug registers of that thread are taken",
     );
     no_trace_written(&second_out);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_rows(&first_out, 100);
     first.signal(libc::SIGINT);
     let (status, stderr) = first.finish(Duration::from_secs(30));
     assert!(status.success(), "{stderr:?}");
@@ -389,14 +390,14 @@ fn two_tracers_on_one_pid() {
 
 /// The tracer attached, the target then dies by `how`; the trace must end by itself with
 /// complete files and a zero exit.
-fn target_dies(how: impl FnOnce(&mut Fixture)) -> usize {
+fn target_dies(how: impl FnOnce(&mut Fixture, &Path)) -> usize {
     let _serial = exclusive();
     let mut fixture = fixture(&["--execute-ms", "0.5", "--steps", "1000", "--wait-go"]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let tracer = Tracer::attach(fixture.pid, &out);
     fixture.go();
-    how(&mut fixture);
+    how(&mut fixture, &out);
     let (status, stderr) = tracer.finish(Duration::from_secs(30));
     assert!(status.success(), "{stderr:?}");
     assert!(
@@ -408,7 +409,7 @@ fn target_dies(how: impl FnOnce(&mut Fixture)) -> usize {
 
 #[test]
 fn target_exits_normally() {
-    let steps = target_dies(|f| {
+    let steps = target_dies(|f, _| {
         f.stdout
             .wait_for("done steps=1000", Duration::from_secs(30));
         assert!(f.wait().success());
@@ -418,8 +419,8 @@ fn target_exits_normally() {
 
 #[test]
 fn target_killed() {
-    let steps = target_dies(|f| {
-        std::thread::sleep(Duration::from_millis(200));
+    let steps = target_dies(|f, out| {
+        wait_for_rows(out, 60);
         f.signal(libc::SIGKILL);
         f.wait();
     });
@@ -428,8 +429,8 @@ fn target_killed() {
 
 #[test]
 fn target_crashes() {
-    let steps = target_dies(|f| {
-        std::thread::sleep(Duration::from_millis(200));
+    let steps = target_dies(|f, out| {
+        wait_for_rows(out, 60);
         f.signal(libc::SIGSEGV);
         f.wait();
     });
@@ -450,7 +451,7 @@ fn target_stopped_and_continued() {
     let tracer = Tracer::attach(fixture.pid, &out);
     std::thread::sleep(Duration::from_millis(300));
     fixture.signal(libc::SIGCONT);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_rows(&out, 60);
     tracer.signal(libc::SIGINT);
     let (status, stderr) = tracer.finish(Duration::from_secs(30));
     assert!(status.success(), "{stderr:?}");

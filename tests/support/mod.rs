@@ -277,6 +277,20 @@ pub fn percentile(values: &mut [i64], p: f64) -> i64 {
     values[rank.min(values.len() - 1)].abs()
 }
 
+/// Waits until the tracer has flushed more than `rows` rows of steps.csv (it flushes every
+/// 500 ms): a count of steps, not a time, so a slow or busy machine only takes longer.
+pub fn wait_for_rows(out: &Path, rows: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let path = out.join("steps.csv");
+    while std::fs::read_to_string(&path).map_or(0, |text| text.lines().count()) <= rows + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {rows} steps in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A trace's run.json.
 pub fn read_run_json(out: &Path) -> serde_json::Value {
     let path = out.join("run.json");
