@@ -32,7 +32,7 @@ const PROMPT: u32 = 4;
 const MAX_TOKENS: u32 = 50_000;
 const BLOCK_SIZE: u32 = 16;
 /// Alternations per point; each round measures both levels (their order swapped every round).
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 4;
 /// Half-second windows measured per side per level per round.
 const WINDOWS: usize = 2;
 /// Rate lines skipped after the burst arrives (its prefill, then the first decodes).
@@ -195,6 +195,7 @@ impl Side {
 /// What steps.csv said about the steps inside the measured traced windows.
 #[derive(Default)]
 struct Seen {
+    steps: usize,
     hold_ns: Vec<u64>,
     running: Vec<u64>,
     waiting: Vec<u64>,
@@ -266,6 +267,7 @@ fn read_steps(dir: &Path, from_ns: u64, to_ns: u64, seen: &mut Seen) -> Result<(
             Some(t) if t >= from_ns && t < to_ns => {}
             _ => continue,
         }
+        seen.steps += 1;
         if let Some(ns) = number(hold) {
             seen.hold_ns.push(ns);
         }
@@ -409,10 +411,10 @@ pub fn run(points: &[String]) -> Result<()> {
     std::fs::create_dir_all(&results)?;
     let mut table = String::from(
         "running,waiting,level,seen_running_mean,seen_waiting_mean,traced_steps,hold_p50_us,\
-         hold_p99_us,hold_max_us,untraced_step_us,traced_step_us,ratio,ratio_min,ratio_max\n",
+         hold_p99_us,hold_max_us,untraced_step_us,traced_step_us,ratio,ratio_min,ratio_max,hold_p50_per_request_ns\n",
     );
     println!(
-        "{:>7} {:>7} {:>11} {:>9} {:>11} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>13}",
+        "{:>7} {:>7} {:>11} {:>9} {:>11} {:>6} {:>9} {:>9} {:>9} {:>9} {:>7} {:>13} {:>8}",
         "running",
         "waiting",
         "level",
@@ -424,7 +426,8 @@ pub fn run(points: &[String]) -> Result<()> {
         "untraced",
         "traced",
         "ratio",
-        "window range"
+        "window range",
+        "p50/req"
     );
     // (requests copied per snapshot, hold p50) at the default level, for the fit below.
     let mut fit: Vec<(f64, f64)> = Vec::new();
@@ -451,35 +454,42 @@ pub fn run(points: &[String]) -> Result<()> {
                     .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
                 let seen_r = mean(&result.seen.running);
                 let seen_w = mean(&result.seen.waiting);
+                // Requests one snapshot copies: each queue up to MAX_QUEUE_ITEMS.
+                let copied = seen_r
+                    .zip(seen_w)
+                    .map(|(r, w)| r.min(MAX_QUEUE_ITEMS as f64) + w.min(MAX_QUEUE_ITEMS as f64));
+                let per_request = p50.zip(copied).map(|(ns, n)| ns as f64 / n);
                 println!(
-                    "{:>7} {:>7} {:>11} {:>9} {:>11} {:>6} {:>6} µs {:>6} µs {:>6.0} µs {:>6.0} µs {:>7.3} {:>5.3}–{:.3}",
+                    "{:>7} {:>7} {:>11} {:>9} {:>11} {:>6} {:>6} µs {:>6} µs {:>6.0} µs {:>6.0} µs {:>7.3} {:>5.3}–{:.3} {:>8}",
                     running,
                     waiting,
                     level.name,
                     range(&result.seen.running),
                     range(&result.seen.waiting),
-                    hold.len().max(result.seen.running.len()),
+                    result.seen.steps,
                     us(p50),
                     us(p99),
                     result.untraced.mean_ns() / 1e3,
                     result.traced.mean_ns() / 1e3,
                     ratio,
                     lo,
-                    hi
+                    hi,
+                    per_request.map_or("-".into(), |ns| format!("{ns:.0} ns"))
                 );
                 let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.1}"));
                 writeln!(
                     table,
-                    "{running},{waiting},{},{},{},{},{},{},{},{:.1},{:.1},{ratio:.4},{lo:.4},{hi:.4}",
+                    "{running},{waiting},{},{},{},{},{},{},{},{:.1},{:.1},{ratio:.4},{lo:.4},{hi:.4},{}",
                     level.name,
                     opt(seen_r),
                     opt(seen_w),
-                    hold.len(),
+                    result.seen.steps,
                     opt(p50.map(|ns| ns as f64 / 1e3)),
                     opt(p99.map(|ns| ns as f64 / 1e3)),
                     opt(max.map(|ns| ns as f64 / 1e3)),
                     result.untraced.mean_ns() / 1e3,
                     result.traced.mean_ns() / 1e3,
+                    opt(per_request),
                 )?;
                 if let (Some(p50), Some(r), Some(w)) = (p50, seen_r, seen_w) {
                     let copied = r.min(MAX_QUEUE_ITEMS as f64) + w.min(MAX_QUEUE_ITEMS as f64);
@@ -493,7 +503,8 @@ pub fn run(points: &[String]) -> Result<()> {
     println!(
         "(hold = steps.csv tracer_ns per step, over the steps of the traced windows; \
          ratio = mean step() traced ÷ untraced, same process, alternating windows, and its \
-         range over windows; seen R/W = running/waiting columns, range over those steps; {})",
+         range over windows; seen R/W = running/waiting columns, range over those steps; \
+         p50/req = hold p50 ÷ requests one snapshot copies; {})",
         path.display()
     );
     if let Some((small, page)) = read_cost {
