@@ -429,7 +429,7 @@ pub fn run(points: &[String]) -> Result<()> {
         "window range",
         "p50/req"
     );
-    // (requests copied per snapshot, hold p50) at the default level, for the fit below.
+    // (requests copied per snapshot, hold p50) at the default level.
     let mut fit: Vec<(f64, f64)> = Vec::new();
     let mut read_cost = None;
     for &running in RUNNING {
@@ -514,28 +514,15 @@ pub fn run(points: &[String]) -> Result<()> {
              bpf_probe_read_user)"
         );
     }
-    if let Some((slope, intercept)) = least_squares(&fit) {
+    let per_request: Vec<f64> = fit.iter().map(|(n, ns)| ns / n).collect();
+    if let (Some(lo), Some(hi)) = (
+        per_request.iter().copied().reduce(f64::min),
+        per_request.iter().copied().reduce(f64::max),
+    ) {
         println!(
-            "default level, hold p50 fitted over the points: {intercept:.0} ns + {slope:.0} ns \
-             per request copied per step (running + waiting, each queue capped at \
-             {MAX_QUEUE_ITEMS})"
+            "default level: hold p50 ÷ requests copied = {lo:.0}–{hi:.0} ns per request per \
+             step over the points (each queue copied up to {MAX_QUEUE_ITEMS} places)"
         );
     }
     Ok(())
-}
-
-/// Slope and intercept of y over x.
-fn least_squares(points: &[(f64, f64)]) -> Option<(f64, f64)> {
-    let n = points.len() as f64;
-    if n < 2.0 {
-        return None;
-    }
-    let (sx, sy) = points
-        .iter()
-        .fold((0.0, 0.0), |(sx, sy), (x, y)| (sx + x, sy + y));
-    let (mx, my) = (sx / n, sy / n);
-    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(sxy, sxx), (x, y)| {
-        (sxy + (x - mx) * (y - my), sxx + (x - mx) * (x - mx))
-    });
-    (sxx > 0.0).then(|| (sxy / sxx, my - sxy / sxx * mx))
 }
