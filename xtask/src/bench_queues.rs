@@ -349,8 +349,11 @@ fn mean(values: &[u64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<u64>() as f64 / values.len() as f64)
 }
 
+/// Calls timed together in [`read_cost_ns`].
+const BATCH: usize = 1_000;
+
 /// `process_vm_readv` of `bytes` from the start of `pid`'s first readable mapping, `n`
-/// times: ns per call. A syscall from another process, so an upper bound on what the eBPF
+/// times: ns per call (the fastest batch). A syscall from another process, so an upper bound on what the eBPF
 /// side's `bpf_probe_read_user` of the same bytes costs (no syscall entry there).
 fn read_cost_ns(pid: u32, bytes: usize, n: usize) -> Result<f64> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
@@ -373,17 +376,24 @@ fn read_cost_ns(pid: u32, bytes: usize, n: usize) -> Result<f64> {
         iov_base: addr as *mut libc::c_void,
         iov_len: bytes,
     };
-    let start = monotonic_ns();
-    for _ in 0..n {
-        // SAFETY: `local` points at our own buffer of `bytes` bytes.
-        let got = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        anyhow::ensure!(
-            got == bytes as isize,
-            "process_vm_readv: {}",
-            std::io::Error::last_os_error()
-        );
+    // Batches of 1 000, the fastest kept: on a shared 2-core machine a batch that lost the
+    // CPU to another process measures that process.
+    let mut best = f64::MAX;
+    for _ in 0..n.div_ceil(BATCH) {
+        let start = monotonic_ns();
+        for _ in 0..BATCH {
+            // SAFETY: `local` points at our own buffer of `bytes` bytes.
+            let got =
+                unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+            anyhow::ensure!(
+                got == bytes as isize,
+                "process_vm_readv: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        best = best.min((monotonic_ns() - start) as f64 / BATCH as f64);
     }
-    Ok((monotonic_ns() - start) as f64 / n as f64)
+    Ok(best)
 }
 
 fn us(ns: Option<u64>) -> String {
@@ -510,7 +520,7 @@ pub fn run(points: &[String]) -> Result<()> {
     if let Some((small, page)) = read_cost {
         println!(
             "one user-memory read on this machine: process_vm_readv {small:.0} ns for 8 B, \
-             {page:.0} ns for 4 KiB (a syscall from another process: an upper bound on \
+             {page:.0} ns for 4 KiB (fastest batch of {BATCH}; a syscall from another process: an upper bound on \
              bpf_probe_read_user)"
         );
     }
