@@ -5,6 +5,13 @@
 //! Per setting it also records the tracer's attach time, CPU share, peak RSS and probe
 //! hits/s with their losses; a last pass finds the hit rate the pipeline sustains with the
 //! fastest fixture. Results: a table on stdout and CSVs under out/bench/.
+//!
+//! Then the queue axis ([`queues`]): the snapshots' engine-thread hold as the running and
+//! waiting queues grow. `cargo xtask bench queues [RxW …]` runs only that axis (or only
+//! those points of it).
+
+#[path = "bench_queues.rs"]
+mod queues;
 
 use std::{
     fmt::Write as _,
@@ -196,7 +203,19 @@ fn detach(mut tracer: Attached) -> Result<TracerCost> {
     })
 }
 
-pub fn run() -> Result<()> {
+/// `args`: none for the whole bench; `queues [RxW …]` for the queue axis alone.
+pub fn run(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        None => {
+            step_overhead()?;
+            queues::run(&[])
+        }
+        Some("queues") => queues::run(&args[1..]),
+        Some(other) => anyhow::bail!("usage: cargo xtask bench [queues [RxW …]], not {other}"),
+    }
+}
+
+fn step_overhead() -> Result<()> {
     let results = workspace_root().join("out/bench");
     std::fs::create_dir_all(&results)?;
     let fake_cuda = build_fake_libcuda(&results)?;

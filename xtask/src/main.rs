@@ -45,7 +45,7 @@ fn main() -> Result<()> {
         }
         Some("bench") => {
             setup::run()?;
-            bench::run()
+            bench::run(&args[1..])
         }
         Some("codegen") => codegen::run(),
         Some("python") => python_build::run(&args[1..]),
