@@ -273,7 +273,7 @@ pub fn run(options: Options) -> Result<Totals> {
     if let Err(e) = outputs.write_step_details(&requests.finish(trace_end_ns)) {
         write_error.get_or_insert(e);
     }
-    // The CUDA probes stay attached until `run` returns: detaching takes seconds.
+    // The CUDA probes stay attached until `run` returns: their detach outlives the files.
     let cuda = cuda.finish();
     if let Some(e) = write_error {
         return Err(e).context("writing the CSV files");

@@ -247,7 +247,7 @@ impl CudaTracer {
     }
 
     /// Ends the trace (after the last steps were folded). The probes stay attached until
-    /// the tracer is dropped, so that detaching (seconds: see [`probes::CudaProbes`]) comes
+    /// the tracer is dropped, so that detaching (see [`probes::CudaProbes`]) comes
     /// after the caller has written its files.
     pub fn finish(&mut self) -> CudaReport {
         let Some(active) = &mut self.active else {
