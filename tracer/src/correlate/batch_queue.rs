@@ -216,21 +216,32 @@ mod tests {
 
     use super::*;
 
-    fn run(hits: &[(Mark, u64)]) -> (Vec<(u64, u64, u64, u64)>, CorrelateCounts) {
+    /// Feeds hits (mark, time, batch-queue length) to a queue; the steps and the counts.
+    fn feed(hits: &[(Mark, u64, Option<u64>)]) -> (Vec<Step>, CorrelateCounts) {
         let mut queue = BatchQueue::default();
         let (mut counts, mut completed) = (CorrelateCounts::default(), 0);
         let steps = hits
             .iter()
-            .filter_map(|&(mark, ktime_ns)| {
+            .filter_map(|&(mark, ktime_ns, queue_len)| {
                 let hit = Hit {
                     ktime_ns,
                     tid: 7,
                     mark,
                     snapshot: None,
-                    queue_len: None,
+                    queue_len,
                 };
                 queue.push(hit, &mut counts, &mut completed)
             })
+            .collect();
+        queue.finish(&mut counts);
+        (steps, counts)
+    }
+
+    fn run(hits: &[(Mark, u64)]) -> (Vec<(u64, u64, u64, u64)>, CorrelateCounts) {
+        let hits: Vec<_> = hits.iter().map(|&(mark, t)| (mark, t, None)).collect();
+        let (steps, counts) = feed(&hits);
+        let marks = steps
+            .iter()
             .map(|s| {
                 (
                     s.start_ns,
@@ -240,8 +251,7 @@ mod tests {
                 )
             })
             .collect();
-        queue.finish(&mut counts);
-        (steps, counts)
+        (marks, counts)
     }
 
     #[test]
@@ -279,39 +289,28 @@ mod tests {
 
     #[test]
     fn a_batch_knows_the_stretches_of_its_launch_and_its_wait() {
-        let mut queue = BatchQueue::default();
-        let (mut counts, mut completed) = (CorrelateCounts::default(), 0);
         let hits = [
             // call 1 schedules A and returns early: A's launch runs to call 2's entry
-            (StepEntry, 100),
-            (ScheduleDone, 110),
+            (StepEntry, 100, None),
+            (ScheduleDone, 110, None),
             // call 2 schedules and launches B, then waits for A
-            (StepEntry, 200),
-            (ScheduleDone, 210),
-            (ExecuteDone, 900),
-            (UpdateDone, 950),
+            (StepEntry, 200, None),
+            (ScheduleDone, 210, None),
+            (ExecuteDone, 900, None),
+            (UpdateDone, 950, None),
             // call 3 has nothing to schedule: waits for B only
-            (StepEntry, 1000),
-            (ExecuteDone, 1500),
-            (UpdateDone, 1540),
+            (StepEntry, 1000, None),
+            (ExecuteDone, 1500, None),
+            (UpdateDone, 1540, None),
             // call 4 schedules C and, the queue having room, waits for it at once
-            (StepEntry, 1600),
-            (ScheduleDone, 1610),
-            (ExecuteDone, 1700),
-            (UpdateDone, 1720),
+            (StepEntry, 1600, None),
+            (ScheduleDone, 1610, None),
+            (ExecuteDone, 1700, None),
+            (UpdateDone, 1720, None),
         ];
-        let spans: Vec<BatchSpans> = hits
+        let spans: Vec<BatchSpans> = feed(&hits)
+            .0
             .into_iter()
-            .filter_map(|(mark, ktime_ns)| {
-                let hit = Hit {
-                    ktime_ns,
-                    tid: 7,
-                    mark,
-                    snapshot: None,
-                    queue_len: None,
-                };
-                queue.push(hit, &mut counts, &mut completed)
-            })
             .map(|step| step.batch.expect("per batch"))
             .collect();
         let span = |launch_until_ns, launch_shared, wait_from_ns, wait_shared, update_call_ns| {
@@ -331,6 +330,33 @@ mod tests {
                 span(1700, false, 1610, false, 1600),
             ]
         );
+    }
+
+    #[test]
+    fn the_queue_length_pairs_updates_when_the_trace_starts_with_a_batch_in_flight() {
+        let (steps, counts) = feed(&[
+            // Batch A was scheduled before the trace. Call 1 schedules B, then pops A: one
+            // batch (B) is left in vLLM's queue, which is all we hold: A is not ours.
+            (StepEntry, 100, Some(1)),
+            (ScheduleDone, 110, Some(2)),
+            (ExecuteDone, 500, Some(1)),
+            (UpdateDone, 520, Some(1)),
+            // Call 2 schedules C and pops B, leaving C.
+            (StepEntry, 600, Some(1)),
+            (ScheduleDone, 610, Some(2)),
+            (ExecuteDone, 900, Some(1)),
+            (UpdateDone, 950, Some(1)),
+        ]);
+        let marks: Vec<_> = steps
+            .iter()
+            .map(|s| (s.start_ns, s.schedule_done_ns, s.execute_done_ns))
+            .collect();
+        assert_eq!(
+            marks,
+            [(100, 110, 900)],
+            "B: scheduled in call 1, out in call 2"
+        );
+        assert_eq!(counts.out_of_order, 2, "A's update is not paired with B");
     }
 
     /// A snapshot whose running list is `running` and scheduled dict `scheduled`, taking
