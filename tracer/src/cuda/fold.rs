@@ -167,9 +167,9 @@ impl Folder {
         let start = self
             .pending
             .iter()
-            .filter(|c| c.class == Class::Sync && c.end_ns >= from && c.end_ns <= to)
+            .rev()
+            .find(|c| c.class == Class::Sync && c.end_ns >= from && c.end_ns <= to)
             .map(|c| c.start_ns.max(from))
-            .last()
             .unwrap_or(to);
         self.wait_starts.push((to, start));
         start
