@@ -96,20 +96,15 @@ impl OutDir {
     pub fn create(path: &Path) -> Result<Self> {
         let invoker = Invoker::get()?;
         let owner = invoker.hand_over();
-        let path = if path.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            path
+        // Without trailing slashes: `link/` would make the kernel follow `link`.
+        let path: PathBuf = match path.components().collect::<PathBuf>() {
+            p if p.as_os_str().is_empty() => ".".into(),
+            p => p,
         };
-        make_dirs(path, owner).with_context(|| format!("creating {}", path.display()))?;
-        let fd = rfs::openat(CWD, path, DIR_FLAGS, Mode::empty())
-            .map_err(|e| refusal(path, e, "directory"))
-            .with_context(|| format!("creating {}", path.display()))?;
-        let dir = Self {
-            fd,
-            path: path.to_path_buf(),
-            owner,
-        };
+        make_dirs(&path, owner).with_context(|| format!("creating {}", path.display()))?;
+        let fd = rfs::openat(CWD, &path, DIR_FLAGS, Mode::empty())
+            .map_err(|e| refusal(&path, e, "directory", "creating"))?;
+        let dir = Self { fd, path, owner };
         dir.check_owner(&invoker)?;
         Ok(dir)
     }
@@ -155,15 +150,14 @@ impl OutDir {
         match rfs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o777)) {
             Ok(()) => {
                 let fd = rfs::openat(&self.fd, name, DIR_FLAGS, Mode::empty())
-                    .map_err(|e| refusal(&path, e, "directory"))?;
+                    .map_err(|e| refusal(&path, e, "directory", "creating"))?;
                 self.hand_over(&fd, &path)?;
             }
             Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
         }
         let fd = rfs::openat(&self.fd, name, DIR_FLAGS, Mode::empty())
-            .map_err(|e| refusal(&path, e, "directory"))
-            .with_context(|| format!("creating {}", path.display()))?;
+            .map_err(|e| refusal(&path, e, "directory", "creating"))?;
         let dir = Self {
             fd,
             path,
@@ -226,8 +220,7 @@ impl OutDir {
             .union(OFlags::NONBLOCK)
             .union(OFlags::CLOEXEC);
         let fd = rfs::openat(&self.fd, name, flags, Mode::empty())
-            .map_err(|e| refusal(&path, e, "file"))
-            .with_context(|| format!("reading {}", path.display()))?;
+            .map_err(|e| refusal(&path, e, "file", "reading"))?;
         self.refuse_if_not_regular(name)?;
         let mut text = String::new();
         File::from(fd)
@@ -356,9 +349,9 @@ fn make_dirs(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     Ok(())
 }
 
-/// The error of opening `path` without following links (`ELOOP`, or `ENOTDIR` with
-/// `O_DIRECTORY`): a symlink gets its own words.
-fn refusal(path: &Path, e: rustix::io::Errno, what: &str) -> anyhow::Error {
+/// The error of `verb`ing `path`, opened without following links: a symlink there
+/// (`ELOOP`, or `ENOTDIR` with `O_DIRECTORY`) gets its own words.
+fn refusal(path: &Path, e: rustix::io::Errno, what: &str, verb: &str) -> anyhow::Error {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         return anyhow!(
             "refusing to use {}: it is a symbolic link, which the tracer never follows \
@@ -366,7 +359,7 @@ fn refusal(path: &Path, e: rustix::io::Errno, what: &str) -> anyhow::Error {
             path.display()
         );
     }
-    io::Error::from(e).into()
+    anyhow::Error::from(io::Error::from(e)).context(format!("{verb} {}", path.display()))
 }
 
 fn describe(t: FileType) -> &'static str {
@@ -436,11 +429,10 @@ mod tests {
         let tmp = dir();
         std::fs::create_dir(tmp.path().join("real")).unwrap();
         std::os::unix::fs::symlink(tmp.path().join("real"), tmp.path().join("link")).unwrap();
-        let e = format!(
-            "{:#}",
-            OutDir::create(&tmp.path().join("link")).unwrap_err()
-        );
-        assert!(e.contains("symbolic link"), "{e}");
+        for given in ["link", "link/", "link//"] {
+            let e = format!("{:#}", OutDir::create(&tmp.path().join(given)).unwrap_err());
+            assert!(e.contains("symbolic link"), "{given}: {e}");
+        }
         assert!(OutDir::create(&tmp.path().join("real"))
             .unwrap()
             .subdir("dp0")
