@@ -470,6 +470,53 @@ fn kill_9_of_the_tracer_kills_the_commands_process_group() {
     eprintln!("{}", report.join("; "));
 }
 
+/// An error path: the command's first process exits before any engine ran, leaving a child
+/// behind in its group. The tracer exits with the error and stops what was left (before,
+/// the orphan kept running).
+#[test]
+fn an_error_of_the_tracer_stops_what_the_command_left_behind() {
+    let tmp = open_tempdir();
+    let pidfile = tmp.path().join("orphan.pid");
+    let command = format!("sleep 600 & echo $! > {}; exit 0", s(&pidfile));
+    let result = tracer(
+        &[
+            "run",
+            "-o",
+            s(&tmp.path().join("out")),
+            "--",
+            "sh",
+            "-c",
+            &command,
+        ],
+        false,
+        Duration::from_secs(60),
+    );
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("before a vLLM engine loop started"),
+        "{stderr}"
+    );
+    let orphan: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = std::fs::read_to_string(format!("/proc/{orphan}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .trim_start()
+            .starts_with('Z')
+    });
+    if alive {
+        // SAFETY: SIGKILL to the orphan the test's command started.
+        unsafe { libc::kill(orphan as libc::pid_t, libc::SIGKILL) };
+    }
+    assert!(!alive, "the command's child {orphan} outlived the tracer");
+}
+
 // ---------------------------------------------------------------------------------------
 // Following the command through wrappers
 // ---------------------------------------------------------------------------------------
