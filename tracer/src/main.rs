@@ -9,7 +9,11 @@ use std::{
 
 use anyhow::bail;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use tracer::{compare, cuda, doctor, engines, export, launch, perfetto, probes, report, trace};
+use tracer::{
+    compare, cuda, doctor, engines, export, launch, perfetto, probes, report,
+    sinks::{OutDir, TRACE_FILES},
+    trace,
+};
 
 /// Trace an unmodified, running vLLM engine with eBPF: for every engine step, how long
 /// schedule, execute and update took, what was in the batch, and every request's lifecycle.
@@ -78,7 +82,9 @@ enum Command {
     /// benchmark client), wait until vLLM's engine loop runs, and trace it like `attach`.
     ///
     /// The trace ends when the engines exit, on Ctrl-C or after --duration; then whatever
-    /// is left of the command is stopped (SIGTERM to its process group).
+    /// is left of the command is stopped (SIGTERM to its process group). If the tracer dies,
+    /// the command's process group is killed. Under sudo the command runs as the invoking
+    /// user (SUDO_UID, SUDO_GID and that user's groups), not as root.
     Run {
         /// Output directory (created if missing).
         #[arg(long, short, default_value = "out")]
@@ -107,6 +113,9 @@ enum Command {
         /// A label for run.json, e.g. `--label dataset=sharegpt` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = launch::parse_label)]
         labels: Vec<(String, String)>,
+        /// Under sudo, run the command as root too (by default it runs as the invoking user).
+        #[arg(long)]
+        as_root: bool,
         /// The command and its arguments, after `--`.
         #[arg(required = true, last = true)]
         command: Vec<String>,
@@ -269,8 +278,9 @@ fn main() -> ExitCode {
             ring_kib,
         } => engines::find(pid, tid)
             .map_err(Into::into)
-            .and_then(|engines| {
-                launch::trace_and_finish(&engines, &output, &labels, quiet, &|engine, out_dir| {
+            .and_then(|engines| Ok((engines, output_dir(&output)?)))
+            .and_then(|(engines, out)| {
+                launch::trace_and_finish(&engines, &out, &labels, quiet, &|engine, out_dir| {
                     trace::Options {
                         pid: engine.process.pid,
                         tid: Some(engine.resolved.tid),
@@ -294,25 +304,30 @@ fn main() -> ExitCode {
             phases_only,
             ring_kib,
             seed_csv,
+            as_root,
             command,
-        } => launch::run(
-            &command,
-            wait,
-            &output,
-            &labels,
-            quiet,
-            &|engine, out_dir| trace::Options {
-                pid: engine.process.pid,
-                tid: Some(engine.resolved.tid),
-                out_dir,
-                duration,
-                quiet,
-                cuda,
-                snapshots: !phases_only,
-                ring_bytes: ring_kib * 1024,
-            },
-        )
-        .and_then(|()| write_seed(seed_csv, &output)),
+        } => output_dir(&output)
+            .and_then(|out| {
+                launch::run(
+                    &command,
+                    as_root,
+                    wait,
+                    &out,
+                    &labels,
+                    quiet,
+                    &|engine, out_dir| trace::Options {
+                        pid: engine.process.pid,
+                        tid: Some(engine.resolved.tid),
+                        out_dir,
+                        duration,
+                        quiet,
+                        cuda,
+                        snapshots: !phases_only,
+                        ring_bytes: ring_kib * 1024,
+                    },
+                )
+            })
+            .and_then(|()| write_seed(seed_csv, &output)),
         Command::Export {
             dir,
             format,
@@ -346,6 +361,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The trace's output directory, open, with every file name a trace writes checked: a
+/// planted link or FIFO is refused before anything is started or attached.
+fn output_dir(path: &Path) -> anyhow::Result<OutDir> {
+    let out = OutDir::create(path)?;
+    out.check_names(TRACE_FILES)?;
+    Ok(out)
 }
 
 fn run_doctor(pid: Option<u32>, markdown: bool) -> anyhow::Result<()> {

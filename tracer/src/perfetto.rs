@@ -20,7 +20,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::{json, Map, Value};
 
-use crate::report::{load::Run, spans::lifecycles};
+use crate::{
+    report::{load::Run, spans::lifecycles},
+    sinks::{out_dir, OutDir},
+};
 
 /// Request tracks of engine `pid` live in process `REQUESTS_PID_BASE + pid` (Linux pids
 /// stay below 2^22, so these never clash with real ones).
@@ -80,9 +83,20 @@ impl Writer {
 
 /// Writes `trace.json` for the run in `run_dir` (to `out`, default `run_dir/trace.json`).
 pub fn export(run_dir: &Path, out: Option<&Path>) -> Result<Exported> {
+    match out {
+        None => export_into(run_dir, &OutDir::create(run_dir)?, "trace.json"),
+        Some(path) => {
+            let (dir, name) = out_dir::parent_and_name(path)?;
+            export_into(run_dir, &OutDir::create(dir)?, name)
+        }
+    }
+}
+
+/// Writes the trace of the run in `run_dir` as file `name` of the open directory `dir`.
+pub fn export_into(run_dir: &Path, dir: &OutDir, name: &str) -> Result<Exported> {
     let run = Run::load(run_dir)?;
-    let path = out.map_or_else(|| run_dir.join("trace.json"), Path::to_path_buf);
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let path = dir.join(name);
+    let file: File = dir.create_file(name)?;
     let (start_ns, end_ns) = run.window();
     let mut w = Writer {
         out: BufWriter::new(file),

@@ -5,7 +5,6 @@
 use std::{
     collections::VecDeque,
     os::fd::{FromRawFd, OwnedFd},
-    path::PathBuf,
     time::Duration,
 };
 
@@ -29,7 +28,7 @@ use crate::{
     discover,
     memory::LiveProcess,
     plan, resolve,
-    sinks::{self, Outputs, RunInfo, StepRow, Totals},
+    sinks::{self, OutDir, Outputs, RunInfo, StepRow, Totals},
 };
 
 /// How often the ring buffers are drained (the eBPF side does not wake us per hit). Short,
@@ -42,7 +41,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(500);
 pub struct Options {
     pub pid: u32,
     pub tid: Option<u32>,
-    pub out_dir: PathBuf,
+    pub out_dir: OutDir,
     pub duration: Option<Duration>,
     pub quiet: bool,
     pub cuda: cuda::Level,
@@ -115,8 +114,6 @@ pub fn run(options: Options) -> Result<Totals> {
             None
         }
     };
-    std::fs::create_dir_all(&options.out_dir)
-        .with_context(|| format!("creating {}", options.out_dir.display()))?;
     let mut outputs = Outputs::create(&options.out_dir)?;
 
     let trace_start_ns = monotonic_ns();
@@ -134,9 +131,10 @@ pub fn run(options: Options) -> Result<Totals> {
         target.python.version,
         resolved.step.qualname,
         probes.attach_time.as_secs_f64() * 1e3,
-        options.out_dir.display()
+        options.out_dir.path().display()
     ));
-    let mut status = crate::status::Status::new(target.pid, options.out_dir.clone(), options.quiet);
+    let mut status =
+        crate::status::Status::new(target.pid, options.out_dir.path().into(), options.quiet);
 
     let mut decoder = Decoder::new(&plan, target.python.eval_loop.clone());
     let mut correlator = Correlator::new(plan.per_batch);
@@ -322,9 +320,7 @@ pub fn run(options: Options) -> Result<Totals> {
         cuda,
     };
     drop(probes);
-    let run_json = options.out_dir.join("run.json");
-    info.write(&run_json)
-        .with_context(|| format!("writing {}", run_json.display()))?;
+    info.write(&options.out_dir)?;
     // Before the CUDA probes go (their detach outlives this process, and must not hold the
     // output directory's lock).
     drop(outputs);

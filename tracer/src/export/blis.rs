@@ -83,11 +83,9 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
     let model = config["model"].as_str().unwrap_or_default();
 
     let header = header_path(out);
-    std::fs::write(&header, header_yaml(&stream, config))
-        .with_context(|| format!("writing {}", header.display()))?;
+    crate::sinks::out_dir::write_file(&header, header_yaml(&stream, config).as_bytes())?;
 
-    let mut writer =
-        csv::Writer::from_path(out).with_context(|| format!("writing {}", out.display()))?;
+    let mut writer = csv::Writer::from_writer(crate::sinks::out_dir::create_file(out)?);
     writer.write_record(COLUMNS)?;
     for (i, r) in stream.requests.iter().enumerate() {
         let prompt = r.prompt_tokens.unwrap_or(0).to_string();

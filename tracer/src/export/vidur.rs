@@ -29,8 +29,7 @@ pub struct VidurRow {
 
 pub fn write(dir: &Path, out: &Path) -> Result<()> {
     let stream = Stream::read(dir)?;
-    let mut writer =
-        csv::Writer::from_path(out).with_context(|| format!("writing {}", out.display()))?;
+    let mut writer = csv::Writer::from_writer(crate::sinks::out_dir::create_file(out)?);
     for r in &stream.requests {
         writer.serialize(VidurRow {
             arrived_at: r.queued_ns.saturating_sub(stream.origin_ns) as f64 / 1e9,

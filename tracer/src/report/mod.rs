@@ -19,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 pub use load::Run;
 use summary::Summary;
 use table::{escape, ms, Table};
@@ -147,11 +147,8 @@ pub fn write(run_dir: &Path, out_dir: Option<&Path>) -> Result<Written> {
     let tables = tables(&summary, &run);
     let plots = plots::all(&run)?;
     let dir = out_dir.map_or_else(|| run_dir.join("report"), Path::to_path_buf);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let save = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
-    };
+    let out = crate::sinks::OutDir::create(&dir)?;
+    let save = |name: &str, text: &str| out.write(name, text.as_bytes());
 
     let label = run.label();
     let mut text = format!("Run {}: {label}\n\n", run_dir.display());

@@ -5,10 +5,13 @@ use std::{
     fs::File,
     io::{self, Write},
     marker::PhantomData,
-    path::Path,
 };
 
+use anyhow::Context as _;
+
 use serde::Serialize;
+
+use super::OutDir;
 
 /// A row type of one of the CSV outputs. `Default` gives the header: the column names are
 /// the field names, taken from serde, so they cannot drift from the rows.
@@ -58,17 +61,19 @@ fn buffer() -> csv::Writer<Vec<u8>> {
 const BUFFER_BYTES: usize = 1 << 20;
 
 impl<R: Row> CsvSink<R> {
-    pub fn create(path: &Path) -> csv::Result<Self> {
+    /// Creates `name` in `dir` (see [`OutDir::create_file`]) and writes the header.
+    pub fn create(dir: &OutDir, name: &str) -> anyhow::Result<Self> {
         let mut writer = buffer();
         writer.write_record(header::<R>())?;
         let mut sink = Self {
             writer,
-            file: File::create(path)?,
+            file: dir.create_file(name)?,
             committed: 0,
             rows: 0,
             row: PhantomData,
         };
-        sink.flush()?;
+        sink.flush()
+            .with_context(|| format!("writing {}", dir.join(name).display()))?;
         Ok(sink)
     }
 

@@ -2,19 +2,30 @@
 //! held in memory beyond the running totals of the summary.
 
 pub mod csv_sink;
+pub mod out_dir;
 pub mod rows;
 pub mod run_json;
 mod steps_csv;
 
-use std::{os::fd::AsRawFd as _, path::Path};
-
-use anyhow::Context as _;
+pub use out_dir::OutDir;
 use rows::{EventRow, QueueRow, RequestRow};
 pub use run_json::RunInfo;
 pub use steps_csv::{StepRow, StepsCsv};
 
 use self::csv_sink::CsvSink;
 use crate::correlate::requests::StepOutput;
+
+/// Every file a trace writes into its directory: checked by [`OutDir::check_names`] before
+/// a trace starts.
+pub const TRACE_FILES: &[&str] = &[
+    "steps.csv",
+    "requests.csv",
+    "events.csv",
+    "queues.csv",
+    "run.json",
+    "trace.json",
+    "seed.csv",
+];
 
 /// The CSV files of a trace, created (with headers) before the first step.
 pub struct Outputs {
@@ -28,27 +39,14 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    pub fn create(dir: &Path) -> anyhow::Result<Self> {
-        fn create<R: csv_sink::Row>(dir: &Path, name: &str) -> anyhow::Result<CsvSink<R>> {
-            let path = dir.join(name);
-            CsvSink::create(&path).with_context(|| format!("creating {}", path.display()))
-        }
-        let lock =
-            std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-        // SAFETY: flock(2) on a descriptor we own; released when `lock` is closed.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            anyhow::bail!(
-                "{} is in use by another tracer (give this one its own -o DIR): {}",
-                dir.display(),
-                std::io::Error::last_os_error()
-            );
-        }
+    pub fn create(dir: &OutDir) -> anyhow::Result<Self> {
+        let lock = dir.lock()?;
         Ok(Self {
             _lock: lock,
-            steps: create(dir, "steps.csv")?,
-            requests: create(dir, "requests.csv")?,
-            events: create(dir, "events.csv")?,
-            queues: create(dir, "queues.csv")?,
+            steps: CsvSink::create(dir, "steps.csv")?,
+            requests: CsvSink::create(dir, "requests.csv")?,
+            events: CsvSink::create(dir, "events.csv")?,
+            queues: CsvSink::create(dir, "queues.csv")?,
         })
     }
 

@@ -1,10 +1,8 @@
 //! `run.json`: what was traced, how, and everything that was lost or filtered on the way.
 
-use std::{io::Write as _, path::Path};
-
 use serde::Serialize;
 
-use super::Totals;
+use super::{OutDir, Totals};
 use crate::{
     capture::Budgets,
     correlate::{requests::RequestCounts, CorrelateCounts},
@@ -67,10 +65,10 @@ pub struct Counters {
 }
 
 impl RunInfo {
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let mut file = std::fs::File::create(path)?;
-        serde_json::to_writer_pretty(&mut file, self)?;
-        file.write_all(b"\n")?;
-        file.sync_all()
+    /// Writes `dir/run.json`.
+    pub fn write(&self, dir: &OutDir) -> anyhow::Result<()> {
+        let mut text = serde_json::to_vec_pretty(self)?;
+        text.push(b'\n');
+        dir.write("run.json", &text)
     }
 }

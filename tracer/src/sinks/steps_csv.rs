@@ -46,8 +46,8 @@ mod tests {
 
     #[test]
     fn rows_round_trip_with_header() {
-        let dir = std::env::temp_dir().join(format!("tracer-steps-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::sinks::OutDir::create(tmp.path()).unwrap();
         let path = dir.join("steps.csv");
         let step = Step {
             index: 3,
@@ -69,7 +69,7 @@ mod tests {
             exec_gpu_wait_ns: Some(750),
             ..Default::default()
         });
-        let mut csv = StepsCsv::create(&path).unwrap();
+        let mut csv = StepsCsv::create(&dir, "steps.csv").unwrap();
         csv.write(&row).unwrap();
         csv.write(&with_cuda).unwrap();
         let batch = ",,,,,,,,,,,,,,,";
@@ -95,6 +95,5 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(back, [row.clone(), with_cuda]);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
