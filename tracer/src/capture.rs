@@ -7,14 +7,14 @@
 //! Python and no search. Everything per version comes from the CPython layout row and the
 //! vLLM name row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracer_common::capture::{
     self as wire, container, storage, Field, Item, Plan, PyOffsets, Source,
 };
 
 use crate::{
-    correlate::requests::{RequestInfo, RequestSource},
+    correlate::requests::{capped_id, RequestInfo, RequestSource, MAX_ID_CHARS},
     cpython::{
         layout::{DictKeysSize, LongSize, ManagedDict},
         AttrLocation, Layout, PyReader, ReadError, Value,
@@ -544,9 +544,15 @@ pub struct LiveRequests<'r, M: ProcessMemory> {
     /// Where the last request kept each attribute: requests set theirs in the same order, so
     /// the next one is read there in a few reads, not found again by walking its class.
     locations: HashMap<&'static str, AttrLocation>,
-    /// Requests whose facts came from neither: freed before the live read.
+    /// Requests whose facts came from neither (freed before the live read), less those
+    /// read at a later try.
     pub errors: u64,
+    /// Objects counted in `errors`, to uncount them when a later try reads them.
+    failed: HashSet<u64>,
 }
+
+/// Most objects remembered in [`LiveRequests::failed`]; past it, failures stay counted.
+const FAILED_KEPT: usize = 1 << 16;
 
 /// Drains after which kernel-side facts nobody asked for are dropped (a request listed
 /// again after its entry aged out of the kernel's LRU map, already tracked).
@@ -561,6 +567,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             drains: 0,
             locations: HashMap::new(),
             errors: 0,
+            failed: HashSet::new(),
         }
     }
 
@@ -592,8 +599,8 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         let memory = Snapshot {
             regions: vec![(facts.id, facts.id_bytes.to_vec())],
         };
-        let id = PyReader::new(&memory, self.reader.layout, self.reader.types)
-            .str(facts.id)
+        let (id, chars) = PyReader::new(&memory, self.reader.layout, self.reader.types)
+            .str_prefix(facts.id, MAX_ID_CHARS)
             .ok()?;
         let field = |i: usize| (facts.missing & (1 << i) == 0).then_some(facts.fields[i]);
         let count = |i: usize| {
@@ -602,7 +609,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
                 .and_then(|n| u32::try_from(n).ok())
         };
         Some(RequestInfo {
-            id,
+            id: capped_id(id, chars),
             // A float's value is the first word after its header.
             arrival_time_s: field(0).map(|words| f64::from_bits(words[0])),
             max_tokens: count(1),
@@ -648,8 +655,9 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         if self.pointer(object, id_name) != Some(id) {
             return None;
         }
+        let (text, chars) = reader.str_prefix(id, MAX_ID_CHARS).ok()?;
         Some(RequestInfo {
-            id: reader.str(id).ok()?,
+            id: capped_id(text, chars),
             arrival_time_s,
             max_tokens,
             prompt_tokens,
@@ -658,17 +666,24 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
 }
 
 impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
-    fn info(&mut self, object: u64, id: u64) -> RequestInfo {
+    fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
         let copied = self
             .facts
             .remove(&(object, id))
             .and_then(|(facts, _)| self.copied(&facts));
-        copied.or_else(|| self.live(object, id)).unwrap_or_else(|| {
-            self.errors += 1;
-            RequestInfo {
-                id: format!("request@{object:#x}"),
-                ..RequestInfo::default()
+        let info = copied.or_else(|| self.live(object, id));
+        match &info {
+            Some(_) if self.failed.remove(&object) => self.errors -= 1,
+            Some(_) => {}
+            None => {
+                if self.failed.len() >= FAILED_KEPT {
+                    self.failed.clear();
+                }
+                if self.failed.insert(object) {
+                    self.errors += 1;
+                }
             }
-        })
+        }
+        info
     }
 }

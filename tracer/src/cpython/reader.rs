@@ -351,6 +351,12 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// A `str` object's text (compact strings: every string CPython creates since 3.3 but
     /// the legacy C-API ones).
     pub fn str(&self, obj: u64) -> Result<String> {
+        self.str_prefix(obj, MAX_ITEMS).map(|(text, _)| text)
+    }
+
+    /// The first `max_chars` characters of a `str` (only they are read from the target),
+    /// and its whole length in characters.
+    pub fn str_prefix(&self, obj: u64, max_chars: u64) -> Result<(String, u64)> {
         self.expect_type(obj, self.types.str, "str")?;
         let l = self.layout;
         let len = self.u64_at(obj + l.unicode_length)?;
@@ -372,9 +378,10 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             } else {
                 l.unicode_compact_data
             };
-        let bytes = self.bytes_at(data, len as usize * kind as usize)?;
+        let chars = len.min(max_chars);
+        let bytes = self.bytes_at(data, chars as usize * kind as usize)?;
         let bad = || corrupt(obj, "bad characters");
-        match kind {
+        let text = match kind {
             1 if ascii => String::from_utf8(bytes).map_err(|_| bad()),
             1 => Ok(bytes.iter().map(|&b| char::from(b)).collect()),
             2 => char::decode_utf16(
@@ -390,7 +397,8 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 .collect::<Option<String>>()
                 .ok_or_else(bad),
             _ => Err(corrupt(obj, format!("str kind {kind}"))),
-        }
+        }?;
+        Ok((text, len))
     }
 
     /// An `int` (or a subclass's, e.g. `bool` or an `IntEnum` member) value; ints beyond
