@@ -687,3 +687,199 @@ impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
         info
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use tracer_common::{
+        capture::{Item, ScheduledEntry, SnapshotHeader},
+        WatchHit,
+    };
+
+    use super::*;
+    use crate::{
+        correlate::{requests::Requests, Step},
+        cpython::layout,
+        decode::Decoder,
+        plan::Watch,
+        sinks::rows::StepRow,
+        vllm::V1_STATE,
+    };
+
+    /// xorshift64*: a seeded generator without a dependency.
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+        /// Small numbers, extremes and anything, as a hostile target could hold.
+        pub fn word(&mut self) -> u64 {
+            match self.below(6) {
+                0 => 0,
+                1 => u64::MAX - self.below(16),
+                2 | 3 => self.below(300),
+                4 => u64::from(u32::MAX) - self.below(4),
+                _ => self.next(),
+            }
+        }
+    }
+
+    fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+        // SAFETY: viewing a repr(C) plain-old-data value as its bytes.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast(), size_of::<T>()) }
+    }
+
+    /// Facts for most ids; some never read.
+    struct Flaky;
+    impl RequestSource for Flaky {
+        fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
+            (id % 3 != 0).then(|| RequestInfo {
+                id: format!("r{id}"),
+                prompt_tokens: u32::try_from(id.wrapping_mul(object)).ok(),
+                max_tokens: u32::try_from(object).ok(),
+                arrival_time_s: None,
+            })
+        }
+    }
+
+    /// A watch record with a snapshot of random counts and contents, sometimes cut or
+    /// padded; or random bytes.
+    fn record(rng: &mut Rng) -> Vec<u8> {
+        if rng.below(5) == 0 {
+            return (0..rng.below(700)).map(|_| rng.next() as u8).collect();
+        }
+        let count = |rng: &mut Rng| match rng.below(8) {
+            0 => rng.next() as u32,
+            _ => rng.below(6) as u32,
+        };
+        let header = SnapshotHeader {
+            flags: rng.next() as u32,
+            n_running: count(rng),
+            running_len: count(rng),
+            n_waiting: count(rng),
+            waiting_len: count(rng),
+            n_scheduled: count(rng),
+            kv_free: [rng.word(), rng.word()],
+            copy_ns: rng.below(1000),
+        };
+        let hit = WatchHit {
+            ktime_ns: rng.next(),
+            pid_tgid: 9,
+            watch_addr: 0x1000,
+            ip: rng.next(),
+        };
+        let mut out = bytes_of(&hit).to_vec();
+        out.extend_from_slice(bytes_of(&header));
+        let items = header.n_running.min(8) + header.n_waiting.min(8);
+        for _ in 0..items {
+            let mut fields = [[0; 2]; wire::REQUEST_FIELDS];
+            for f in &mut fields {
+                *f = [rng.word(), rng.word()];
+            }
+            // A few requests, ids among a few (0: not copied), statuses among the known.
+            fields[RequestField::Id as usize][0] = rng.below(6);
+            fields[RequestField::Status as usize][0] = rng.below(4);
+            let item = Item {
+                object: 1 + rng.below(5),
+                missing: rng.word(),
+                fields,
+            };
+            out.extend_from_slice(bytes_of(&item));
+        }
+        for _ in 0..header.n_scheduled.min(8) {
+            let entry = ScheduledEntry {
+                key: rng.below(6),
+                value: [rng.word(), rng.word()],
+            };
+            out.extend_from_slice(bytes_of(&entry));
+        }
+        match rng.below(6) {
+            0 => out.truncate(rng.below(out.len() as u64 + 1) as usize),
+            1 => out.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            _ => {}
+        }
+        out
+    }
+
+    /// Random bytes as snapshot records, through the decoder, typing and the request
+    /// lifecycle: nothing the target or a bad record holds may panic (run in a debug build
+    /// by `cargo test -p tracer random_snapshot_records`, overflow checks on).
+    #[test]
+    fn random_snapshot_records_never_panic() {
+        let layout = layout::for_version((3, 12)).unwrap();
+        let mut plan = Plan::default();
+        plan.request_fields = [Field { key: 1, index: 0 }; wire::REQUEST_FIELDS];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let capture = Capture {
+            plan,
+            layout,
+            names: &V1_STATE,
+            request_class: 0,
+            output_class: None,
+            sampled: true,
+            idle_at_start: false,
+            statuses: [(1, "RUNNING"), (2, "PREEMPTED"), (3, "WAITING")]
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+            budgets: Budgets {
+                max_num_seqs: Some(rng.word() as u32),
+                max_num_batched_tokens: Some(rng.word() as u32),
+                block_size: Some(rng.below(3) as u32),
+                kv_blocks_total: Some(rng.word() as u32),
+            },
+        };
+        let probes = ProbePlan {
+            tid: 9,
+            watches: vec![Watch {
+                addr: 0x1000,
+                mark: Mark::ExecuteDone,
+                offset: 0,
+            }],
+            per_batch: false,
+        };
+        let mut decoder = Decoder::new(&probes, None);
+        let mut requests = Requests::new(1, 0, false);
+        let (mut t, mut snapshots, mut rows) = (0u64, 0, 0);
+        for index in 0..20_000 {
+            let Some(raw) = decoder
+                .decode(&record(&mut rng))
+                .and_then(|hit| hit.snapshot)
+            else {
+                continue;
+            };
+            snapshots += 1;
+            let state = capture.state(&raw);
+            // Step marks are kernel stamps of one thread: in order.
+            let mut mark = || {
+                t += rng.below(2000);
+                t
+            };
+            let step = Step {
+                index,
+                start_ns: mark(),
+                schedule_done_ns: mark(),
+                execute_done_ns: mark(),
+                update_done_ns: mark(),
+                ..Step::default()
+            };
+            let mut row = StepRow::default();
+            let (out, token) =
+                requests.schedule(&mut Flaky, &step, Some(&state), &capture.budgets, &mut row);
+            rows += out.finished.len();
+            let after = capture.state(&raw);
+            let out = requests.update(&step, token, Some(&after), &mut row);
+            rows += out.finished.len();
+        }
+        rows += requests.finish(t).finished.len();
+        assert!(snapshots > 5_000, "{snapshots} snapshots decoded");
+        assert!(decoder.counts.malformed > 1_000, "{:?}", decoder.counts);
+        assert!(rows > 100, "{rows} request rows");
+    }
+}
