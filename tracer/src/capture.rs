@@ -591,30 +591,44 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         self.facts.retain(|_, (_, drain)| *drain >= oldest);
     }
 
-    /// What the kernel side copied, decoded with this CPython's layout.
-    fn copied(&self, facts: &wire::RequestFacts) -> Option<RequestInfo> {
+    /// What the kernel side copied, decoded with this CPython's layout, and whether its id
+    /// is as long as a live read would give (the copy holds [`wire::ID_BYTES`] of the
+    /// string: a longer id comes back as the prefix it holds).
+    fn copied(&self, facts: &wire::RequestFacts) -> Option<(RequestInfo, bool)> {
         if facts.missing & (1 << wire::FACT_FIELDS) != 0 {
             return None;
         }
         let memory = Snapshot {
             regions: vec![(facts.id, facts.id_bytes.to_vec())],
         };
-        let (id, chars) = PyReader::new(&memory, self.reader.layout, self.reader.types)
-            .str_prefix(facts.id, MAX_ID_CHARS)
-            .ok()?;
+        let reader = PyReader::new(&memory, self.reader.layout, self.reader.types);
+        let layout = self.reader.layout;
+        let held = wire::ID_BYTES as u64;
+        // All of it; else the characters the copy holds (ASCII, else up to 4 bytes each).
+        let (id, chars) = [
+            MAX_ID_CHARS,
+            held.saturating_sub(layout.unicode_ascii_data),
+            held.saturating_sub(layout.unicode_compact_data) / 4,
+        ]
+        .into_iter()
+        .find_map(|max| reader.str_prefix(facts.id, max).ok())?;
+        // As much as a live read would give: all of it, or all that is kept of it.
+        let read = id.chars().count() as u64;
+        let enough = read == chars || read >= MAX_ID_CHARS;
         let field = |i: usize| (facts.missing & (1 << i) == 0).then_some(facts.fields[i]);
         let count = |i: usize| {
             field(i)
                 .and_then(|words| small_int(self.reader.layout, words))
                 .and_then(|n| u32::try_from(n).ok())
         };
-        Some(RequestInfo {
+        let info = RequestInfo {
             id: capped_id(id, chars),
             // A float's value is the first word after its header.
             arrival_time_s: field(0).map(|words| f64::from_bits(words[0])),
             max_tokens: count(1),
             prompt_tokens: count(2),
-        })
+        };
+        Some((info, enough))
     }
 
     /// The pointer in attribute `name` of `object`. Once a location is known it is the
@@ -671,7 +685,13 @@ impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
             .facts
             .remove(&(object, id))
             .and_then(|(facts, _)| self.copied(&facts));
-        let info = copied.or_else(|| self.live(object, id));
+        // A long id the copy holds only the start of: up to MAX_ID_BYTES from the live
+        // request, else the copied start (the request may be gone already).
+        let info = match copied {
+            Some((info, true)) => Some(info),
+            Some((info, false)) => self.live(object, id).or(Some(info)),
+            None => self.live(object, id),
+        };
         match &info {
             Some(_) if self.failed.remove(&object) => self.errors -= 1,
             Some(_) => {}
