@@ -73,6 +73,8 @@ struct Usage {
 /// Runs the tracer with `args` to its end (killed after `timeout`: a hang fails the test).
 fn tracer_usage(args: &[&str], timeout: Duration) -> Usage {
     let started = Instant::now();
+    // Reaped by wait4 below, which clippy does not see.
+    #[allow(clippy::zombie_processes)]
     let mut child = Command::new(tracer_bin())
         .args(args)
         .stdout(Stdio::piped())

@@ -759,7 +759,7 @@ pub(crate) mod tests {
     struct Flaky;
     impl RequestSource for Flaky {
         fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
-            (id % 3 != 0).then(|| RequestInfo {
+            (!id.is_multiple_of(3)).then(|| RequestInfo {
                 id: format!("r{id}"),
                 prompt_tokens: u32::try_from(id.wrapping_mul(object)).ok(),
                 max_tokens: u32::try_from(object).ok(),
@@ -833,8 +833,10 @@ pub(crate) mod tests {
     #[test]
     fn random_snapshot_records_never_panic() {
         let layout = layout::for_version((3, 12)).unwrap();
-        let mut plan = Plan::default();
-        plan.request_fields = [Field { key: 1, index: 0 }; wire::REQUEST_FIELDS];
+        let plan = Plan {
+            request_fields: [Field { key: 1, index: 0 }; wire::REQUEST_FIELDS],
+            ..Plan::default()
+        };
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let capture = Capture {
             plan,

@@ -192,7 +192,11 @@ impl Requests {
         let seen = key(r);
         let k = if self.tracks.contains_key(&seen) {
             seen
-        } else if let Some(&k) = self.aliases.get(&seen).filter(|k| self.tracks.contains_key(k)) {
+        } else if let Some(&k) = self
+            .aliases
+            .get(&seen)
+            .filter(|k| self.tracks.contains_key(k))
+        {
             k
         } else {
             match self.by_object.get(&r.object) {
@@ -382,8 +386,8 @@ impl Requests {
         };
         // The lengths are the target's: a copy longer than its queue reads as whole.
         let not_copied = |len: u32, copied: usize| u64::from(len).saturating_sub(copied as u64);
-        self.counts.queue_items_not_copied += not_copied(s.running_len, running.len())
-            + not_copied(s.waiting_len, waiting.len());
+        self.counts.queue_items_not_copied +=
+            not_copied(s.running_len, running.len()) + not_copied(s.waiting_len, waiting.len());
         // Every listed request's key, running ones first, in queue order.
         let keys: Vec<Key> = running
             .iter()
@@ -587,7 +591,8 @@ impl Requests {
             })
             .collect();
         let reasons = reasons::classify(&context, &queue);
-        for (position, ((k, r), reason)) in waiting_keys.iter().zip(waiting).zip(reasons).enumerate()
+        for (position, ((k, r), reason)) in
+            waiting_keys.iter().zip(waiting).zip(reasons).enumerate()
         {
             out.queues.push(QueueRow {
                 step: index,
@@ -897,7 +902,11 @@ mod tests {
             let out = requests.update(&step, token, Some(&updated(&[1, 2])), &mut row);
             rows.extend(out.finished);
             // Without its id, A's tokens are not found in the step's output at step 0.
-            assert_eq!(row.batch_size, Some(1 + u32::from(index > 0)), "step {index}");
+            assert_eq!(
+                row.batch_size,
+                Some(1 + u32::from(index > 0)),
+                "step {index}"
+            );
         }
         rows.extend(requests.finish(10_000).finished);
         let mut ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
@@ -1058,7 +1067,7 @@ mod tests {
     fn two_updates_without_a_schedule_between_finish_a_request_with_every_token() {
         let mut requests = Requests::new(1, 0, true);
         let (steps, mut row) = ([step(0), step(1)], StepRow::default());
-        let mut schedule = |requests: &mut Requests, i: usize, state: SchedulerState| {
+        let schedule = |requests: &mut Requests, i: usize, state: SchedulerState| {
             requests
                 .schedule(
                     &mut OnePrompt,
