@@ -236,10 +236,9 @@ fn runtime_in(
     let version = match symbol("Py_Version") {
         // Py_Version: 3.11+.
         Some((addr, _)) => hex_version(read(bias.wrapping_add(addr), "Py_Version")? & 0xffff_ffff),
-        None if debug_offsets => hex_version(read(
-            runtime.wrapping_add(8),
-            "_Py_DebugOffsets.version",
-        )?),
+        None if debug_offsets => {
+            hex_version(read(runtime.wrapping_add(8), "_Py_DebugOffsets.version")?)
+        }
         None => version_from_name(path)
             .ok_or_else(|| other(format!("cannot tell the Python version of {shown}")))?,
     };

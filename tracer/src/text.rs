@@ -50,7 +50,10 @@ mod tests {
             "VLLM::EngineCore\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}31m\\r"
         );
         assert!(!shown.chars().any(char::is_control));
-        assert!(matches!(printable("VLLM::EngineCore_DP1"), Cow::Borrowed(_)));
+        assert!(matches!(
+            printable("VLLM::EngineCore_DP1"),
+            Cow::Borrowed(_)
+        ));
         assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
         assert_eq!(printable("C:\\x é"), "C:\\x é");
         assert_eq!(printable_lines("one\ntwo\u{1b}"), "one\ntwo\\u{1b}");
