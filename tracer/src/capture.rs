@@ -793,6 +793,7 @@ pub(crate) mod tests {
             pid_tgid: 9,
             watch_addr: 0x1000,
             ip: rng.next(),
+            queue_len: rng.word(),
         };
         let mut out = bytes_of(&hit).to_vec();
         out.extend_from_slice(bytes_of(&header));
@@ -865,6 +866,7 @@ pub(crate) mod tests {
                 offset: 0,
             }],
             per_batch: false,
+            queue_len_addr: 0,
         };
         let mut decoder = Decoder::new(&probes, None);
         let mut requests = Requests::new(1, 0, false);
