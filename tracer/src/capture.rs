@@ -7,14 +7,14 @@
 //! Python and no search. Everything per version comes from the CPython layout row and the
 //! vLLM name row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracer_common::capture::{
     self as wire, container, storage, Field, Item, Plan, PyOffsets, Source,
 };
 
 use crate::{
-    correlate::requests::{RequestInfo, RequestSource},
+    correlate::requests::{capped_id, RequestInfo, RequestSource, MAX_ID_CHARS},
     cpython::{
         layout::{DictKeysSize, LongSize, ManagedDict},
         AttrLocation, Layout, PyReader, ReadError, Value,
@@ -544,9 +544,15 @@ pub struct LiveRequests<'r, M: ProcessMemory> {
     /// Where the last request kept each attribute: requests set theirs in the same order, so
     /// the next one is read there in a few reads, not found again by walking its class.
     locations: HashMap<&'static str, AttrLocation>,
-    /// Requests whose facts came from neither: freed before the live read.
+    /// Requests whose facts came from neither (freed before the live read), less those
+    /// read at a later try.
     pub errors: u64,
+    /// Objects counted in `errors`, to uncount them when a later try reads them.
+    failed: HashSet<u64>,
 }
+
+/// Most objects remembered in [`LiveRequests::failed`]; past it, failures stay counted.
+const FAILED_KEPT: usize = 1 << 16;
 
 /// Drains after which kernel-side facts nobody asked for are dropped (a request listed
 /// again after its entry aged out of the kernel's LRU map, already tracked).
@@ -561,6 +567,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             drains: 0,
             locations: HashMap::new(),
             errors: 0,
+            failed: HashSet::new(),
         }
     }
 
@@ -584,30 +591,44 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         self.facts.retain(|_, (_, drain)| *drain >= oldest);
     }
 
-    /// What the kernel side copied, decoded with this CPython's layout.
-    fn copied(&self, facts: &wire::RequestFacts) -> Option<RequestInfo> {
+    /// What the kernel side copied, decoded with this CPython's layout, and whether its id
+    /// is as long as a live read would give (the copy holds [`wire::ID_BYTES`] of the
+    /// string: a longer id comes back as the prefix it holds).
+    fn copied(&self, facts: &wire::RequestFacts) -> Option<(RequestInfo, bool)> {
         if facts.missing & (1 << wire::FACT_FIELDS) != 0 {
             return None;
         }
         let memory = Snapshot {
             regions: vec![(facts.id, facts.id_bytes.to_vec())],
         };
-        let id = PyReader::new(&memory, self.reader.layout, self.reader.types)
-            .str(facts.id)
-            .ok()?;
+        let reader = PyReader::new(&memory, self.reader.layout, self.reader.types);
+        let layout = self.reader.layout;
+        let held = wire::ID_BYTES as u64;
+        // All of it; else the characters the copy holds (ASCII, else up to 4 bytes each).
+        let (id, chars) = [
+            MAX_ID_CHARS,
+            held.saturating_sub(layout.unicode_ascii_data),
+            held.saturating_sub(layout.unicode_compact_data) / 4,
+        ]
+        .into_iter()
+        .find_map(|max| reader.str_prefix(facts.id, max).ok())?;
+        // As much as a live read would give: all of it, or all that is kept of it.
+        let read = id.chars().count() as u64;
+        let enough = read == chars || read >= MAX_ID_CHARS;
         let field = |i: usize| (facts.missing & (1 << i) == 0).then_some(facts.fields[i]);
         let count = |i: usize| {
             field(i)
                 .and_then(|words| small_int(self.reader.layout, words))
                 .and_then(|n| u32::try_from(n).ok())
         };
-        Some(RequestInfo {
-            id,
+        let info = RequestInfo {
+            id: capped_id(id, chars),
             // A float's value is the first word after its header.
             arrival_time_s: field(0).map(|words| f64::from_bits(words[0])),
             max_tokens: count(1),
             prompt_tokens: count(2),
-        })
+        };
+        Some((info, enough))
     }
 
     /// The pointer in attribute `name` of `object`. Once a location is known it is the
@@ -648,8 +669,9 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         if self.pointer(object, id_name) != Some(id) {
             return None;
         }
+        let (text, chars) = reader.str_prefix(id, MAX_ID_CHARS).ok()?;
         Some(RequestInfo {
-            id: reader.str(id).ok()?,
+            id: capped_id(text, chars),
             arrival_time_s,
             max_tokens,
             prompt_tokens,
@@ -658,17 +680,230 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
 }
 
 impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
-    fn info(&mut self, object: u64, id: u64) -> RequestInfo {
+    fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
         let copied = self
             .facts
             .remove(&(object, id))
             .and_then(|(facts, _)| self.copied(&facts));
-        copied.or_else(|| self.live(object, id)).unwrap_or_else(|| {
-            self.errors += 1;
-            RequestInfo {
-                id: format!("request@{object:#x}"),
-                ..RequestInfo::default()
+        // A long id the copy holds only the start of: up to MAX_ID_BYTES from the live
+        // request, else the copied start (the request may be gone already).
+        let info = match copied {
+            Some((info, true)) => Some(info),
+            Some((info, false)) => self.live(object, id).or(Some(info)),
+            None => self.live(object, id),
+        };
+        match &info {
+            Some(_) if self.failed.remove(&object) => self.errors -= 1,
+            Some(_) => {}
+            None => {
+                if self.failed.len() >= FAILED_KEPT {
+                    self.failed.clear();
+                }
+                if self.failed.insert(object) {
+                    self.errors += 1;
+                }
             }
-        })
+        }
+        info
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use tracer_common::{
+        capture::{Item, ScheduledEntry, SnapshotHeader},
+        WatchHit,
+    };
+
+    use super::*;
+    use crate::{
+        correlate::{requests::Requests, Step},
+        cpython::layout,
+        decode::Decoder,
+        plan::Watch,
+        sinks::rows::StepRow,
+        vllm::V1_STATE,
+    };
+
+    /// xorshift64*: a seeded generator without a dependency.
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+        /// Small numbers, extremes and anything, as a hostile target could hold.
+        pub fn word(&mut self) -> u64 {
+            match self.below(6) {
+                0 => 0,
+                1 => u64::MAX - self.below(16),
+                2 | 3 => self.below(300),
+                4 => u64::from(u32::MAX) - self.below(4),
+                _ => self.next(),
+            }
+        }
+    }
+
+    fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+        // SAFETY: viewing a repr(C) plain-old-data value as its bytes.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast(), size_of::<T>()) }
+    }
+
+    /// Facts for most ids; some never read.
+    struct Flaky;
+    impl RequestSource for Flaky {
+        fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
+            (!id.is_multiple_of(3)).then(|| RequestInfo {
+                id: format!("r{id}"),
+                prompt_tokens: u32::try_from(id.wrapping_mul(object)).ok(),
+                max_tokens: u32::try_from(object).ok(),
+                arrival_time_s: None,
+            })
+        }
+    }
+
+    /// A watch record with a snapshot of random counts and contents, sometimes cut or
+    /// padded; or random bytes.
+    fn record(rng: &mut Rng) -> Vec<u8> {
+        if rng.below(5) == 0 {
+            return (0..rng.below(700)).map(|_| rng.next() as u8).collect();
+        }
+        let count = |rng: &mut Rng| match rng.below(8) {
+            0 => rng.next() as u32,
+            _ => rng.below(6) as u32,
+        };
+        let header = SnapshotHeader {
+            flags: rng.next() as u32,
+            n_running: count(rng),
+            running_len: count(rng),
+            n_waiting: count(rng),
+            waiting_len: count(rng),
+            n_scheduled: count(rng),
+            kv_free: [rng.word(), rng.word()],
+            copy_ns: rng.below(1000),
+        };
+        let hit = WatchHit {
+            ktime_ns: rng.next(),
+            pid_tgid: 9,
+            watch_addr: 0x1000,
+            ip: rng.next(),
+            queue_len: rng.word(),
+        };
+        let mut out = bytes_of(&hit).to_vec();
+        out.extend_from_slice(bytes_of(&header));
+        let items = header.n_running.min(8) + header.n_waiting.min(8);
+        for _ in 0..items {
+            let mut fields = [[0; 2]; wire::REQUEST_FIELDS];
+            for f in &mut fields {
+                *f = [rng.word(), rng.word()];
+            }
+            // A few requests, ids among a few (0: not copied), statuses among the known.
+            fields[RequestField::Id as usize][0] = rng.below(6);
+            fields[RequestField::Status as usize][0] = rng.below(4);
+            let item = Item {
+                object: 1 + rng.below(5),
+                missing: rng.word(),
+                fields,
+            };
+            out.extend_from_slice(bytes_of(&item));
+        }
+        for _ in 0..header.n_scheduled.min(8) {
+            let entry = ScheduledEntry {
+                key: rng.below(6),
+                value: [rng.word(), rng.word()],
+            };
+            out.extend_from_slice(bytes_of(&entry));
+        }
+        match rng.below(6) {
+            0 => out.truncate(rng.below(out.len() as u64 + 1) as usize),
+            1 => out.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            _ => {}
+        }
+        out
+    }
+
+    /// Random bytes as snapshot records, through the decoder, typing and the request
+    /// lifecycle: nothing the target or a bad record holds may panic (run in a debug build
+    /// by `cargo test -p tracer random_snapshot_records`, overflow checks on).
+    #[test]
+    fn random_snapshot_records_never_panic() {
+        let layout = layout::for_version((3, 12)).unwrap();
+        let plan = Plan {
+            request_fields: [Field { key: 1, index: 0 }; wire::REQUEST_FIELDS],
+            ..Plan::default()
+        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let capture = Capture {
+            plan,
+            layout,
+            names: &V1_STATE,
+            request_class: 0,
+            output_class: None,
+            sampled: true,
+            idle_at_start: false,
+            statuses: [(1, "RUNNING"), (2, "PREEMPTED"), (3, "WAITING")]
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+            budgets: Budgets {
+                max_num_seqs: Some(rng.word() as u32),
+                max_num_batched_tokens: Some(rng.word() as u32),
+                block_size: Some(rng.below(3) as u32),
+                kv_blocks_total: Some(rng.word() as u32),
+            },
+        };
+        let probes = ProbePlan {
+            tid: 9,
+            watches: vec![Watch {
+                addr: 0x1000,
+                mark: Mark::ExecuteDone,
+                offset: 0,
+            }],
+            per_batch: false,
+            queue_len_addr: 0,
+        };
+        let mut decoder = Decoder::new(&probes, None);
+        let mut requests = Requests::new(1, 0, false);
+        let (mut t, mut snapshots, mut rows) = (0u64, 0, 0);
+        for index in 0..20_000 {
+            let Some(raw) = decoder
+                .decode(&record(&mut rng))
+                .and_then(|hit| hit.snapshot)
+            else {
+                continue;
+            };
+            snapshots += 1;
+            let state = capture.state(&raw);
+            // Step marks are kernel stamps of one thread: in order.
+            let mut mark = || {
+                t += rng.below(2000);
+                t
+            };
+            let step = Step {
+                index,
+                start_ns: mark(),
+                schedule_done_ns: mark(),
+                execute_done_ns: mark(),
+                update_done_ns: mark(),
+                ..Step::default()
+            };
+            let mut row = StepRow::default();
+            let (out, token) =
+                requests.schedule(&mut Flaky, &step, Some(&state), &capture.budgets, &mut row);
+            rows += out.finished.len();
+            let after = capture.state(&raw);
+            let out = requests.update(&step, token, Some(&after), &mut row);
+            rows += out.finished.len();
+        }
+        rows += requests.finish(t).finished.len();
+        assert!(snapshots > 5_000, "{snapshots} snapshots decoded");
+        assert!(decoder.counts.malformed > 1_000, "{:?}", decoder.counts);
+        assert!(rows > 100, "{rows} request rows");
     }
 }

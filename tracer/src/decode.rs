@@ -43,7 +43,12 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Option<(T, &[u8])> {
     Some((value, &bytes[size..]))
 }
 
+/// `n` values; `None` if the bytes are too few (checked first: `n` comes from the record,
+/// and a count no record can hold must not size an allocation).
 fn read_many<T: Copy>(mut bytes: &[u8], n: usize) -> Option<(Vec<T>, &[u8])> {
+    if n.checked_mul(size_of::<T>())? > bytes.len() {
+        return None;
+    }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let (value, rest) = read_pod::<T>(bytes)?;

@@ -11,14 +11,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{elf::PF_W, Object, ObjectSection, ObjectSegment, ObjectSymbol, SegmentFlags};
+use object::{
+    elf::PF_W, Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, SegmentFlags,
+};
 
 use crate::{
     cpython::{
         layout::{self, LayoutCheck, DEBUG_COOKIE},
         Layout, TypeAddrs,
     },
+    mapped,
     memory::{LiveProcess, ProcessMemory},
+    text::printable,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,8 @@ pub enum DiscoverError {
 #[derive(Debug)]
 pub struct Target {
     pub pid: u32,
+    /// The executable's path and the command line, escaped for printing (the target's to
+    /// choose, escape sequences included: see [`printable`]).
     pub exe: String,
     pub cmdline: String,
     pub python: PythonRuntime,
@@ -100,29 +106,62 @@ pub fn discover(pid: u32) -> Result<Target, DiscoverError> {
             candidates.push(m.path);
         }
     }
+    // Any mapped file may carry a libpython name (a decoy: a huge sparse file, a FIFO, a
+    // broken ELF): one that fails is skipped, and named only if none succeeds.
+    let mut failed: Vec<(String, DiscoverError)> = Vec::new();
     for path in candidates {
-        if let Some(python) = runtime_in(pid, path, &mappings)? {
-            return Ok(Target {
-                pid,
-                exe,
-                cmdline,
-                python,
-            });
+        match runtime_in(pid, path, &mappings) {
+            Ok(Some(python)) => {
+                return Ok(Target {
+                    pid,
+                    exe: printable(&exe).into_owned(),
+                    cmdline: printable(&cmdline).into_owned(),
+                    python,
+                })
+            }
+            Ok(None) => {}
+            Err(e) => failed.push((path.to_owned(), e)),
         }
     }
-    Err(DiscoverError::NotPython { pid, exe })
+    let exe = printable(&exe).into_owned();
+    // An unsupported interpreter says so; other failures are listed, one per file.
+    if let Some(i) = failed
+        .iter()
+        .position(|(_, e)| matches!(e, DiscoverError::UnsupportedVersion { .. }))
+    {
+        return Err(failed.swap_remove(i).1);
+    }
+    match failed.len() {
+        0 => Err(DiscoverError::NotPython { pid, exe }),
+        1 => Err(failed.remove(0).1),
+        _ => Err(DiscoverError::Other {
+            pid,
+            what: failed
+                .iter()
+                .map(|(_, e)| match e {
+                    DiscoverError::Other { what, .. } => what.clone(),
+                    e => e.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        }),
+    }
 }
 
 struct Mapping<'a> {
     start: u64,
+    end: u64,
     offset: u64,
+    /// As maps shows it, less a ` (deleted)` suffix.
     path: &'a str,
 }
 
+/// The file-backed lines of /proc/PID/maps: `start-end perms offset dev inode path`, where
+/// the path (everything after the inode) may hold spaces.
 fn parse_maps(maps: &str) -> Vec<Mapping<'_>> {
     maps.lines()
         .filter_map(|line| {
-            let mut fields = line.split_whitespace();
+            let mut fields = line.splitn(6, |c: char| c.is_ascii_whitespace());
             let (range, _perms, offset, _dev, _inode) = (
                 fields.next()?,
                 fields.next()?,
@@ -130,9 +169,15 @@ fn parse_maps(maps: &str) -> Vec<Mapping<'_>> {
                 fields.next()?,
                 fields.next()?,
             );
-            let path = fields.next().filter(|p| p.starts_with('/'))?;
+            let path = fields.next()?.trim_start();
+            let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+            if !path.starts_with('/') {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
             Some(Mapping {
-                start: u64::from_str_radix(range.split('-').next()?, 16).ok()?,
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
                 offset: u64::from_str_radix(offset, 16).ok()?,
                 path,
             })
@@ -146,11 +191,17 @@ fn runtime_in(
     path: &str,
     mappings: &[Mapping],
 ) -> Result<Option<PythonRuntime>, DiscoverError> {
+    let shown = printable(path);
     let other = |what: String| DiscoverError::Other { pid, what };
-    // Through /proc/pid/root, so a process in a container is read from its own filesystem.
-    let on_disk = PathBuf::from(format!("/proc/{pid}/root{path}"));
-    let data = fs::read(&on_disk).map_err(|e| other(format!("{}: {e}", on_disk.display())))?;
-    let elf = object::File::parse(&*data).map_err(|e| other(format!("{path}: {e}")))?;
+    let first = mappings
+        .iter()
+        .find(|m| m.path == path && m.offset == 0)
+        .ok_or_else(|| other(format!("{shown} has no mapping at file offset 0")))?;
+    // Headers and symbol tables only, within a byte budget: never the whole file.
+    let (file, _) = mapped::open_mapping(pid, first.start..first.end, path)
+        .map_err(|e| other(format!("{shown}: {e}")))?;
+    let data = mapped::Capped::new(file);
+    let elf = object::File::parse(&data).map_err(|e| other(format!("{shown}: {e}")))?;
     let symbol = |name: &str| {
         elf.dynamic_symbols()
             .chain(elf.symbols())
@@ -160,17 +211,19 @@ fn runtime_in(
     let Some((runtime, runtime_found_by)) = find_runtime(&elf) else {
         return Ok(None);
     };
-    let load_base = mappings
-        .iter()
-        .find(|m| m.path == path && m.offset == 0)
-        .map(|m| m.start)
-        .ok_or_else(|| other(format!("{path} has no mapping at file offset 0")))?;
+    let load_base = first.start;
     let first_vaddr = elf.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
-    let bias = load_base - first_vaddr;
-    let at = |name: &str| symbol(name).map(|(addr, _)| bias + addr).unwrap_or(0);
+    // Addresses from the file are the file's to choose: wrapping, never a panic (a bad
+    // one fails the reads that follow).
+    let bias = load_base.wrapping_sub(first_vaddr);
+    let at = |name: &str| {
+        symbol(name)
+            .map(|(addr, _)| bias.wrapping_add(addr))
+            .unwrap_or(0)
+    };
 
     let mem = LiveProcess { pid };
-    let runtime = bias + runtime;
+    let runtime = bias.wrapping_add(runtime);
     let read = |addr: u64, what: &str| {
         mem.read_u64(addr)
             .map_err(|e| other(format!("reading {what} at {addr:#x}: {e}")))
@@ -182,10 +235,12 @@ fn runtime_in(
         |hex: u64| format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
     let version = match symbol("Py_Version") {
         // Py_Version: 3.11+.
-        Some((addr, _)) => hex_version(read(bias + addr, "Py_Version")? & 0xffff_ffff),
-        None if debug_offsets => hex_version(read(runtime + 8, "_Py_DebugOffsets.version")?),
+        Some((addr, _)) => hex_version(read(bias.wrapping_add(addr), "Py_Version")? & 0xffff_ffff),
+        None if debug_offsets => {
+            hex_version(read(runtime.wrapping_add(8), "_Py_DebugOffsets.version")?)
+        }
         None => version_from_name(path)
-            .ok_or_else(|| other(format!("cannot tell the Python version of {path}")))?,
+            .ok_or_else(|| other(format!("cannot tell the Python version of {shown}")))?,
     };
     let mut parts = version.split('.').map(|p| p.parse::<u8>().unwrap_or(0));
     let minor_version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
@@ -197,7 +252,7 @@ fn runtime_in(
         })?;
     if let Some(debug) = layout.debug_offsets.filter(|_| debug_offsets) {
         if read(
-            runtime + debug.free_threaded,
+            runtime.wrapping_add(debug.free_threaded),
             "_Py_DebugOffsets.free_threaded",
         )? != 0
         {
@@ -209,7 +264,7 @@ fn runtime_in(
         }
     }
     let (layout, layout_check) = if debug_offsets {
-        layout.checked(|offset| read(runtime + offset, "_Py_DebugOffsets"))?
+        layout.checked(|offset| read(runtime.wrapping_add(offset), "_Py_DebugOffsets"))?
     } else {
         (layout, LayoutCheck::Unavailable)
     };
@@ -242,7 +297,10 @@ fn runtime_in(
         },
         eval_loop: symbol("_PyEval_EvalFrameDefault")
             .filter(|&(_, size)| size > 0)
-            .map(|(addr, size)| bias + addr..bias + addr + size),
+            .map(|(addr, size)| {
+                let start = bias.wrapping_add(addr);
+                start..start.saturating_add(size)
+            }),
     }))
 }
 
@@ -257,16 +315,25 @@ pub enum RuntimeSource {
     Cookie,
 }
 
+/// Largest writable segment searched for the `_Py_DebugOffsets` cookie (libpython's data
+/// is a few hundred kB).
+const MAX_COOKIE_SCAN: u64 = 16 << 20;
+
 /// `_PyRuntime`'s link-time address in an ELF file and how it was found: by symbol, else
 /// by section, else by cookie.
-pub fn find_runtime(elf: &object::File) -> Option<(u64, RuntimeSource)> {
+pub fn find_runtime<'data, R: ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+) -> Option<(u64, RuntimeSource)> {
     runtime_by(elf, RuntimeSource::Symbol)
         .or_else(|| runtime_by(elf, RuntimeSource::Section))
         .or_else(|| runtime_by(elf, RuntimeSource::Cookie))
 }
 
 /// `_PyRuntime`'s link-time address by one method.
-pub fn runtime_by(elf: &object::File, method: RuntimeSource) -> Option<(u64, RuntimeSource)> {
+pub fn runtime_by<'data, R: ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+    method: RuntimeSource,
+) -> Option<(u64, RuntimeSource)> {
     let addr = match method {
         RuntimeSource::Symbol => elf
             .dynamic_symbols()
@@ -276,18 +343,22 @@ pub fn runtime_by(elf: &object::File, method: RuntimeSource) -> Option<(u64, Run
         RuntimeSource::Section => elf.section_by_name(".PyRuntime").map(|s| s.address()),
         RuntimeSource::Cookie => {
             // Exactly one 8-aligned cookie in writable segments (the code that checks it
-            // holds the bytes too, in a read-only one).
+            // holds the bytes too, in a read-only one). A segment larger than any
+            // interpreter's data is not scanned (its read would fail the byte budget anyway).
             let mut found = elf
                 .segments()
                 .filter(
                     |s| matches!(s.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_W != 0),
                 )
+                .filter(|s| s.file_range().1 <= MAX_COOKIE_SCAN)
                 .filter_map(|s| Some((s.address(), s.data().ok()?)))
                 .flat_map(|(base, data)| {
                     data.windows(DEBUG_COOKIE.len())
                         .enumerate()
-                        .filter(|(i, w)| *w == DEBUG_COOKIE && (base + *i as u64).is_multiple_of(8))
-                        .map(move |(i, _)| base + i as u64)
+                        .filter(|(i, w)| {
+                            *w == DEBUG_COOKIE && base.wrapping_add(*i as u64).is_multiple_of(8)
+                        })
+                        .map(move |(i, _)| base.wrapping_add(i as u64))
                         .collect::<Vec<_>>()
                 });
             let first = found.next();

@@ -7,7 +7,7 @@
 
 use std::{fmt::Write as _, fs, path::Path};
 
-use crate::{engines, plan};
+use crate::{engines, plan, text::printable};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -404,7 +404,11 @@ fn check_engine(ctx: &Context) -> Outcome {
 fn check_python(ctx: &Context) -> Outcome {
     ctx.each_engine(|e| {
         let py = &e.target.python;
-        Outcome::Ok(format!("CPython {} ({})", py.version, py.binary.display()))
+        Outcome::Ok(format!(
+            "CPython {} ({})",
+            py.version,
+            printable(&py.binary.to_string_lossy())
+        ))
     })
 }
 

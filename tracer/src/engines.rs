@@ -17,6 +17,7 @@ use crate::{
     discover::{self, Target},
     memory::LiveProcess,
     resolve::{self, Resolved},
+    text::printable,
 };
 
 /// What a vLLM process does, as its title says.
@@ -48,7 +49,8 @@ pub struct Process {
     pub pid: u32,
     pub ppid: u32,
     /// The command line, which `setproctitle` overwrites with the title (`VLLM::EngineCore`);
-    /// the comm name for processes without one.
+    /// the comm name for processes without one. Escaped for printing ([`printable`]): the
+    /// process chooses it, terminal escape sequences included.
     pub title: String,
     pub exe: String,
 }
@@ -74,7 +76,7 @@ impl Process {
         Some(Self {
             pid,
             ppid,
-            title: if command.is_empty() { comm } else { command },
+            title: printable(if command.is_empty() { &comm } else { &command }).into_owned(),
             exe,
         })
     }
@@ -266,7 +268,9 @@ pub fn vllm_version(target: &Target) -> Option<String> {
     let vllm = reader.dict_get(modules, "vllm").ok()??;
     let dict = reader.module_dict(vllm).ok()?;
     let version = reader.dict_get(dict, "__version__").ok()??;
-    reader.str(version).ok()
+    // The target's text: the first 64 characters, escaped for printing.
+    let (text, _) = reader.str_prefix(version, 64).ok()?;
+    Some(printable(&text).into_owned())
 }
 
 /// Data-parallel rank order, then pid.

@@ -357,7 +357,10 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            trace::say(&format!("tracer: error: {error:#}"));
+            // Errors quote the target's text (titles, mapped paths): escaped.
+            trace::say(&tracer::text::printable_lines(&format!(
+                "tracer: error: {error:#}"
+            )));
             ExitCode::FAILURE
         }
     }

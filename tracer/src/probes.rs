@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{engines, plan};
+use crate::{engines, plan, text::printable};
 
 #[derive(Debug, Serialize)]
 pub struct EngineProbes {
@@ -43,7 +43,7 @@ pub fn list(pid: u32) -> Result<Vec<EngineProbes>> {
             tag: engine.tag(),
             tid: plan.tid,
             python_version: engine.target.python.version.clone(),
-            python_binary: engine.target.python.binary.display().to_string(),
+            python_binary: printable(&engine.target.python.binary.to_string_lossy()).into_owned(),
             vllm_version: engines::vllm_version(&engine.target),
             engine_shape: names.releases,
             step_function: format!("{}.{}", names.core_module, engine.resolved.step.qualname),

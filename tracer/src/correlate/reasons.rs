@@ -96,7 +96,7 @@ fn head_reason(context: &Context, head: &Waiting, budget_left: Option<u32>) -> W
     // A resumed request recomputes its output tokens too.
     let tokens = head
         .prompt_tokens
-        .map(|prompt| prompt + head.state.output_tokens.unwrap_or(0).max(0) as u32);
+        .map(|prompt| prompt.saturating_add(head.state.output_tokens.unwrap_or(0).max(0) as u32));
     let rest = tokens
         .map(|tokens| tokens.saturating_sub(head.state.computed_tokens.unwrap_or(0).max(0) as u32));
     // The next chunk: the rest of its prompt, cut to the tokens left in the step.

@@ -1,7 +1,10 @@
 //! Request lifecycles from successive scheduler snapshots.
 //!
 //! A request is identified by its object address and its request-id `str` address (both
-//! change when a freed request's memory is reused). At each step: requests seen for the
+//! change when a freed request's memory is reused). A snapshot may list a request without
+//! its id (not planned yet at the first snapshot, or torn): it is tracked by its object
+//! alone, named `request@0x<object>` until its id can be read, and one request still, not
+//! two, when a later snapshot shows the id. At each step: requests seen for the
 //! first time arrived; tokens in the step's `num_scheduled_tokens` mean it ran (a prefill
 //! chunk while its computed tokens are below its prompt); a `PREEMPTED` status in the
 //! waiting queue after `schedule()` means it was preempted; a request gone from the queues
@@ -28,8 +31,35 @@ pub struct RequestInfo {
 
 /// Reads a request's immutable facts by address (the live process, or a table in tests).
 pub trait RequestSource {
-    fn info(&mut self, object: u64, id: u64) -> RequestInfo;
+    /// `None` when the id cannot be read (yet): asked again when the request is listed
+    /// with an id later.
+    fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo>;
 }
+
+/// Most bytes of a request id kept. vLLM takes ids from the client (`X-Request-Id`), and
+/// every events.csv and queues.csv row repeats one: 60 kB ids made gigabytes of output.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Characters of an id read from the target: enough for [`MAX_ID_BYTES`] bytes.
+pub const MAX_ID_CHARS: u64 = MAX_ID_BYTES as u64;
+
+/// `text`, the first characters of an id `total_chars` long, cut to at most
+/// [`MAX_ID_BYTES`] bytes (at a character boundary) and marked `…[+N chars]` when
+/// anything was cut.
+pub fn capped_id(text: String, total_chars: u64) -> String {
+    let mut cut = text.len().min(MAX_ID_BYTES);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let kept = text[..cut].chars().count() as u64;
+    if kept >= total_chars {
+        return text;
+    }
+    format!("{}…[+{} chars]", &text[..cut], total_chars - kept)
+}
+
+/// Times a request listed with an id its facts could not be read for is tried again.
+const ID_TRIES: u8 = 16;
 
 type Key = (u64, u64);
 
@@ -39,6 +69,10 @@ fn key(r: &RequestState) -> Key {
 
 struct Track {
     info: RequestInfo,
+    /// Whether `info` came from the target; else its id is `request@0x<object>`, and it is
+    /// read again (up to [`ID_TRIES`] times) when the request is listed with an id.
+    id_known: bool,
+    id_tries: u8,
     row: RequestRow,
     waiting_since: Option<u64>,
     preempted: bool,
@@ -84,6 +118,11 @@ pub struct Requests {
     pid: u32,
     trace_start_ns: u64,
     tracks: HashMap<Key, Track>,
+    /// Keys seen for a request tracked under another (its object first listed without an
+    /// id) → the key it is tracked under.
+    aliases: HashMap<Key, Key>,
+    /// The key each object was last tracked under.
+    by_object: HashMap<u64, Key>,
     /// A snapshot has been folded in (or the queues were empty at the start): requests
     /// listed from now on arrived during the trace.
     started: bool,
@@ -107,6 +146,8 @@ impl Requests {
             pid,
             trace_start_ns,
             tracks: HashMap::new(),
+            aliases: HashMap::new(),
+            by_object: HashMap::new(),
             started: idle_at_start,
             last_update: None,
             last_running: Vec::new(),
@@ -135,7 +176,7 @@ impl Requests {
             step,
             pid: self.pid,
             t_ns,
-            t_rel_ns: t_ns as i64 - self.trace_start_ns as i64,
+            t_rel_ns: (t_ns as i64).saturating_sub(self.trace_start_ns as i64),
             request_id: self.tracks[&key].info.id.clone(),
             event,
             tokens,
@@ -143,21 +184,73 @@ impl Requests {
         });
     }
 
-    /// Starts tracking a request first seen in the step starting at `t_ns`.
+    /// The key request `r` is tracked under: its own, or that of the track of its object
+    /// when one of the two sightings lacks the id (one request, listed before its id could
+    /// be read, or in a torn copy since). A track whose id is still unknown is given it
+    /// here, when `r` shows one that reads.
+    fn resolve(&mut self, source: &mut dyn RequestSource, r: &RequestState) -> Key {
+        let seen = key(r);
+        let k = if self.tracks.contains_key(&seen) {
+            seen
+        } else if let Some(&k) = self
+            .aliases
+            .get(&seen)
+            .filter(|k| self.tracks.contains_key(k))
+        {
+            k
+        } else {
+            match self.by_object.get(&r.object) {
+                Some(&k) if self.tracks.contains_key(&k) && (k.1 == 0 || r.id == 0) => {
+                    if r.id != 0 {
+                        self.aliases.insert(seen, k);
+                    }
+                    k
+                }
+                _ => seen,
+            }
+        };
+        if r.id != 0 {
+            if let Some(track) = self
+                .tracks
+                .get_mut(&k)
+                .filter(|t| !t.id_known && t.id_tries < ID_TRIES)
+            {
+                track.id_tries += 1;
+                if let Some(info) = source.info(r.object, r.id) {
+                    track.row.request_id = info.id.clone();
+                    track.row.arrival_time_s = info.arrival_time_s;
+                    track.row.prompt_tokens = info.prompt_tokens;
+                    track.info = info;
+                    track.id_known = true;
+                }
+            }
+        }
+        k
+    }
+
+    /// Starts tracking request `r`, under key `k`, first seen in the step starting at `t_ns`.
+    #[allow(clippy::too_many_arguments)]
     fn arrive(
         &mut self,
         source: &mut dyn RequestSource,
+        k: Key,
         r: &RequestState,
         fresh: bool,
         step: u64,
         t_ns: u64,
         out: &mut StepOutput,
     ) {
-        let k = key(r);
         if self.tracks.contains_key(&k) {
             return;
         }
-        let info = source.info(r.object, r.id);
+        // Without an id there is nothing to read it by: named after the object until a
+        // later snapshot shows the id (see `resolve`).
+        let read = (r.id != 0).then(|| source.info(r.object, r.id)).flatten();
+        let id_known = read.is_some();
+        let info = read.unwrap_or_else(|| RequestInfo {
+            id: format!("request@{:#x}", r.object),
+            ..RequestInfo::default()
+        });
         self.counts.requests_seen += 1;
         let row = RequestRow {
             request_id: info.id.clone(),
@@ -171,10 +264,13 @@ impl Requests {
             preemptions: 0,
             ..RequestRow::default()
         };
+        self.by_object.insert(r.object, k);
         self.tracks.insert(
             k,
             Track {
                 info,
+                id_known,
+                id_tries: u8::from(r.id != 0),
                 row,
                 waiting_since: Some(t_ns),
                 // In the first snapshot a preempted request's preemption may be older than
@@ -200,7 +296,7 @@ impl Requests {
     fn first_token(&mut self, k: Key, step: u64, t_ns: u64, out: &mut StepOutput) {
         let track = self.tracks.get_mut(&k).expect("tracked");
         track.row.first_token_ns = Some(t_ns);
-        track.row.ttft_ns = Some(t_ns - track.row.queued_ns);
+        track.row.ttft_ns = Some(t_ns.saturating_sub(track.row.queued_ns));
         let output = track.output;
         self.event_with(
             out,
@@ -216,7 +312,7 @@ impl Requests {
     fn close_wait(track: &mut Track, t_ns: u64) {
         if let Some(since) = track.waiting_since.take() {
             let wait = t_ns.saturating_sub(since);
-            track.row.waiting_ns += wait;
+            track.row.waiting_ns = track.row.waiting_ns.saturating_add(wait);
             track.row.longest_wait_ns = track.row.longest_wait_ns.max(wait);
         }
     }
@@ -243,16 +339,27 @@ impl Requests {
         };
         self.event_with(out, step, t_ns, k, kind, Some(output), status.into());
         let mut track = self.tracks.remove(&k).expect("checked above");
+        self.forget(k);
         Self::close_wait(&mut track, t_ns);
         let row = &mut track.row;
         row.finished_ns = Some(t_ns);
         row.finish_status = status.into();
         row.output_tokens = output;
-        row.e2e_ns = Some(t_ns - row.queued_ns);
+        row.e2e_ns = Some(t_ns.saturating_sub(row.queued_ns));
         if let Some(first) = row.first_token_ns.filter(|_| output > 1) {
-            row.tpot_ns = Some((t_ns - first) / u64::from(output - 1));
+            row.tpot_ns = Some(t_ns.saturating_sub(first) / u64::from(output - 1));
         }
         out.finished.push(track.row);
+    }
+
+    /// Drops the lookups that lead to the ended track `k`.
+    fn forget(&mut self, k: Key) {
+        if self.by_object.get(&k.0) == Some(&k) {
+            self.by_object.remove(&k.0);
+        }
+        if !self.aliases.is_empty() {
+            self.aliases.retain(|_, to| *to != k);
+        }
     }
 
     /// Folds in the scheduler as a step's `schedule()` left it, with the step's output
@@ -277,10 +384,18 @@ impl Requests {
             self.counts.steps_without_snapshot += 1;
             return (out, None);
         };
-        self.counts.queue_items_not_copied += u64::from(
-            (s.running_len - running.len() as u32) + (s.waiting_len - waiting.len() as u32),
-        );
-        let now: HashSet<Key> = running.iter().chain(waiting).map(key).collect();
+        // The lengths are the target's: a copy longer than its queue reads as whole.
+        let not_copied = |len: u32, copied: usize| u64::from(len).saturating_sub(copied as u64);
+        self.counts.queue_items_not_copied +=
+            not_copied(s.running_len, running.len()) + not_copied(s.waiting_len, waiting.len());
+        // Every listed request's key, running ones first, in queue order.
+        let keys: Vec<Key> = running
+            .iter()
+            .chain(waiting)
+            .map(|r| self.resolve(source, r))
+            .collect();
+        let (running_keys, waiting_keys) = keys.split_at(running.len());
+        let now: HashSet<Key> = keys.iter().copied().collect();
         // Gone between the last update and this schedule: aborted (finishing happens in
         // update_from_output, which the previous snapshot already saw). Only told from a
         // whole copy: past MAX_QUEUE_ITEMS a request is out of view, not gone.
@@ -297,21 +412,21 @@ impl Requests {
                 self.end(k, index, step.start_ns, false, &mut out);
             }
         }
-        for r in running.iter().chain(waiting) {
+        for (&k, r) in keys.iter().zip(running.iter().chain(waiting)) {
             // Running in the first snapshot with no output, and nothing computed before this
             // step but its prefix-cache hit: scheduled for the first time by this very step.
             let fresh = r.output_tokens == Some(0)
                 && r.computed_tokens
                     .zip(s.scheduled.as_ref().and_then(|m| m.get(&r.id)))
                     .is_some_and(|(computed, &tokens)| {
-                        computed - tokens as i32 == r.cached_tokens.unwrap_or(0).max(0)
+                        i64::from(computed) - i64::from(tokens)
+                            == i64::from(r.cached_tokens.unwrap_or(0).max(0))
                     });
-            self.arrive(source, r, fresh, index, step.start_ns, &mut out);
+            self.arrive(source, k, r, fresh, index, step.start_ns, &mut out);
         }
         // Outputs as the last update left them. They survive preemption: the first token
         // is the first output ever, produced by the previous step's update.
-        for r in running.iter().chain(waiting) {
-            let k = key(r);
+        for (&k, r) in keys.iter().zip(running.iter().chain(waiting)) {
             let output = r.output_tokens.unwrap_or(0).max(0) as u32;
             let track = self.tracks.get_mut(&k).expect("arrived above");
             let first_token = track.output == 0 && output > 0;
@@ -323,36 +438,41 @@ impl Requests {
 
         let mut batch = Batch::default();
         let mut produced: HashSet<Key> = HashSet::new();
-        for (position, r) in running.iter().enumerate() {
-            let k = key(r);
+        // Counts below are the target's (any i32 or u32): summed and compared as i64.
+        for (position, (&k, r)) in running_keys.iter().zip(running).enumerate() {
             let computed = r.computed_tokens.unwrap_or(0);
             // Tokens the step's output names, else told from the computed count.
             let from_output = s.scheduled.as_ref().and_then(|m| m.get(&r.id).copied());
             let tokens = from_output.unwrap_or_else(|| {
                 let before = self.tracks[&k].computed;
-                let n = (computed - before).max(0) as u32;
+                let n = u32::try_from((i64::from(computed) - i64::from(before)).max(0))
+                    .unwrap_or(u32::MAX);
                 if n > 0 {
                     self.counts.scheduled_from_computed += 1;
                 }
                 n
             });
-            let before = computed - tokens as i32;
+            let before = i64::from(computed) - i64::from(tokens);
             let prompt = self.tracks[&k].row.prompt_tokens;
             // Its tokens so far (prompt and outputs, as the last update left them).
-            let known = prompt.map(|p| p as i32 + self.tracks[&k].output as i32);
+            let known = prompt.map(|p| i64::from(p) + i64::from(self.tracks[&k].output));
             if tokens > 0 {
                 // A decode computes the newest token of a request past its prompt (with async
                 // scheduling, the one after it: its newest is not out of the update yet);
                 // anything else (a prompt chunk, recomputing after preemption) is prefill.
                 let decode = prompt
                     .zip(known)
-                    .is_some_and(|(p, known)| before >= p as i32 && before >= known - 1);
+                    .is_some_and(|(p, known)| before >= i64::from(p) && before >= known - 1);
                 let prefill = !decode;
-                batch.add(tokens, prefill, before.max(0) as u32);
+                batch.add(
+                    tokens,
+                    prefill,
+                    u32::try_from(before.max(0)).unwrap_or(u32::MAX),
+                );
                 let track = self.tracks.get_mut(&k).expect("arrived above");
                 Self::close_wait(track, step.schedule_done_ns);
                 track.row.iterations += 1;
-                track.row.execution_ns += step.step_ns();
+                track.row.execution_ns = track.row.execution_ns.saturating_add(step.step_ns());
                 let first = track.row.first_scheduled_ns.is_none() && !track.in_flight_at_start;
                 let resumed = track.preempted;
                 track.preempted = false;
@@ -378,13 +498,13 @@ impl Requests {
                     if resumed {
                         track.cached_pending = None;
                     } else if from_output.is_some() && r.computed_tokens.is_some() {
-                        track.row.cached_tokens = u32::try_from(before - since as i32).ok();
+                        track.row.cached_tokens = u32::try_from(before - i64::from(since)).ok();
                         track.cached_pending = None;
                     } else {
-                        track.cached_pending = Some(since + tokens);
+                        track.cached_pending = Some(since.saturating_add(tokens));
                     }
                 }
-                if known.is_some_and(|known| computed >= known) {
+                if known.is_some_and(|known| i64::from(computed) >= known) {
                     produced.insert(k);
                 }
                 let t = step.schedule_done_ns;
@@ -437,8 +557,7 @@ impl Requests {
         }
 
         let mut preempted_now = HashSet::new();
-        for r in waiting {
-            let k = key(r);
+        for (&k, r) in waiting_keys.iter().zip(waiting) {
             let track = self.tracks.get_mut(&k).expect("arrived above");
             if r.status.as_deref() == Some(reasons::PREEMPTED) && !track.preempted {
                 track.preempted = true;
@@ -462,21 +581,24 @@ impl Requests {
             kv_free: s.kv_free,
             any_preempted: !preempted_now.is_empty(),
         };
-        let queue: Vec<reasons::Waiting> = waiting
+        let queue: Vec<reasons::Waiting> = waiting_keys
             .iter()
-            .map(|r| reasons::Waiting {
+            .zip(waiting)
+            .map(|(k, r)| reasons::Waiting {
                 state: r,
-                prompt_tokens: self.tracks[&key(r)].row.prompt_tokens,
-                preempted_now: preempted_now.contains(&key(r)),
+                prompt_tokens: self.tracks[k].row.prompt_tokens,
+                preempted_now: preempted_now.contains(k),
             })
             .collect();
         let reasons = reasons::classify(&context, &queue);
-        for (position, (r, reason)) in waiting.iter().zip(reasons).enumerate() {
+        for (position, ((k, r), reason)) in
+            waiting_keys.iter().zip(waiting).zip(reasons).enumerate()
+        {
             out.queues.push(QueueRow {
                 step: index,
                 pid: self.pid,
                 t_ns: step.schedule_done_ns,
-                request_id: self.tracks[&key(r)].info.id.clone(),
+                request_id: self.tracks[k].info.id.clone(),
                 queue: Queue::Waiting,
                 position: position as u32,
                 computed_tokens: r.computed_tokens.and_then(|c| u32::try_from(c).ok()),
@@ -485,8 +607,8 @@ impl Requests {
             });
         }
         self.started = true;
-        self.last_running = running.iter().map(key).collect();
-        self.last_waiting = waiting.iter().map(key).collect();
+        self.last_running = running_keys.to_vec();
+        self.last_waiting = waiting_keys.to_vec();
         // This snapshot shows the outputs of the updates before it.
         self.produced_last.clear();
 
@@ -561,7 +683,7 @@ impl Requests {
             let made_token = produced.contains(&k);
             if made_token {
                 let track = self.tracks.get_mut(&k).expect("checked above");
-                track.output += 1;
+                track.output = track.output.saturating_add(1);
                 if track.output == 1 {
                     self.first_token(k, index, step.update_done_ns, &mut out);
                 }
@@ -584,7 +706,7 @@ impl Requests {
             let Some(track) = self.tracks.get_mut(&k) else {
                 continue;
             };
-            track.output += 1;
+            track.output = track.output.saturating_add(1);
             if track.output == 1 {
                 self.first_token(k, step, update_ns, out);
             }
@@ -596,6 +718,8 @@ impl Requests {
     pub fn finish(&mut self, end_ns: u64) -> StepOutput {
         let mut out = StepOutput::default();
         self.count_unseen_outputs(&mut out);
+        self.aliases.clear();
+        self.by_object.clear();
         out.finished = self
             .tracks
             .drain()
@@ -628,12 +752,12 @@ struct Batch {
 impl Batch {
     fn add(&mut self, tokens: u32, prefill: bool, context: u32) {
         self.size += 1;
-        self.scheduled_tokens += tokens;
+        self.scheduled_tokens = self.scheduled_tokens.saturating_add(tokens);
         if prefill {
-            self.prefill_tokens += tokens;
+            self.prefill_tokens = self.prefill_tokens.saturating_add(tokens);
             self.prefill_requests += 1;
         } else {
-            self.decode_tokens += tokens;
+            self.decode_tokens = self.decode_tokens.saturating_add(tokens);
             self.decode_requests += 1;
         }
         self.context_sum += u64::from(context);
@@ -658,12 +782,12 @@ mod tests {
 
     struct OnePrompt;
     impl RequestSource for OnePrompt {
-        fn info(&mut self, _: u64, _: u64) -> RequestInfo {
-            RequestInfo {
+        fn info(&mut self, _: u64, _: u64) -> Option<RequestInfo> {
+            Some(RequestInfo {
                 id: "req-0".into(),
                 prompt_tokens: Some(200),
                 ..RequestInfo::default()
-            }
+            })
         }
     }
 
@@ -712,6 +836,134 @@ mod tests {
             update_done_ns: t + 900,
             ..Step::default()
         }
+    }
+
+    /// Facts by id address; reads of `unreadable` ids fail (a torn or freed string).
+    struct Ids {
+        unreadable: Vec<u64>,
+        asked: Vec<(u64, u64)>,
+    }
+    impl RequestSource for Ids {
+        fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
+            self.asked.push((object, id));
+            (!self.unreadable.contains(&id)).then(|| RequestInfo {
+                id: format!("req-{id}"),
+                prompt_tokens: Some(200),
+                ..RequestInfo::default()
+            })
+        }
+    }
+
+    /// Real vLLM 0.33: the first snapshot listed the first request before its id field was
+    /// planned (id 0), the next ones with its id; requests.csv had an extra
+    /// `request@0x…` FINISHED_ABORTED row next to the real one.
+    #[test]
+    fn a_request_listed_first_without_its_id_is_one_request() {
+        let mut requests = Requests::new(1, 0, true);
+        let mut source = Ids {
+            unreadable: vec![20],
+            asked: Vec::new(),
+        };
+        let mut rows = Vec::new();
+        let mut events = Vec::new();
+        // Request A (object 1, id 10): no id at step 0. Request B (object 2, id 20): its id
+        // does not read at steps 0 and 1, then does.
+        let state = |a_id: u64, computed: i32| {
+            let mut s = scheduled(Some(computed), 0, 100);
+            let running = s.running.as_mut().unwrap();
+            running[0].id = a_id;
+            running.push(RequestState {
+                object: 2,
+                id: 20,
+                status: Some("RUNNING".into()),
+                computed_tokens: Some(computed),
+                output_tokens: Some(0),
+                ..RequestState::default()
+            });
+            s.running_len = 2;
+            s.scheduled = Some(HashMap::from([(10, 100), (20, 100)]));
+            s
+        };
+        for (index, a_id) in [0, 10, 10, 10].into_iter().enumerate() {
+            if index == 2 {
+                source.unreadable.clear();
+            }
+            let step = step(index as u64);
+            let mut row = StepRow::default();
+            let (out, token) = requests.schedule(
+                &mut source,
+                &step,
+                Some(&state(a_id, 100 * (index as i32 + 1))),
+                &Budgets::default(),
+                &mut row,
+            );
+            events.extend(out.events);
+            rows.extend(out.finished);
+            let out = requests.update(&step, token, Some(&updated(&[1, 2])), &mut row);
+            rows.extend(out.finished);
+            // Without its id, A's tokens are not found in the step's output at step 0.
+            assert_eq!(
+                row.batch_size,
+                Some(1 + u32::from(index > 0)),
+                "step {index}"
+            );
+        }
+        rows.extend(requests.finish(10_000).finished);
+        let mut ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["req-10", "req-20"], "one row per real request");
+        assert!(rows.iter().all(|r| r.finish_status == "UNFINISHED"));
+        assert!(rows.iter().all(|r| r.prompt_tokens == Some(200)));
+        assert_eq!(requests.counts.requests_seen, 2);
+        assert_eq!(requests.counts.aborted, 0);
+        let arrived = events.iter().filter(|e| e.event == EventKind::Arrived);
+        assert_eq!(arrived.count(), 2);
+        // Never asked for id 0; B's id tried at each step until it read, then no more.
+        assert!(source.asked.iter().all(|&(_, id)| id != 0));
+        assert_eq!(source.asked.iter().filter(|a| a.1 == 20).count(), 3);
+    }
+
+    /// A request known by its id, then listed once without it (a torn copy), stays one.
+    #[test]
+    fn a_torn_copy_without_the_id_is_the_request_already_tracked() {
+        let mut requests = Requests::new(1, 0, true);
+        let mut source = Ids {
+            unreadable: Vec::new(),
+            asked: Vec::new(),
+        };
+        for (index, id) in [10, 0, 10].into_iter().enumerate() {
+            let mut s = scheduled(Some(100 * (index as i32 + 1)), 0, 100);
+            s.running.as_mut().unwrap()[0].id = id;
+            let step = step(index as u64);
+            let mut row = StepRow::default();
+            let (out, token) =
+                requests.schedule(&mut source, &step, Some(&s), &Budgets::default(), &mut row);
+            assert!(out.finished.is_empty(), "step {index}");
+            let out = requests.update(&step, token, Some(&updated(&[1])), &mut row);
+            assert!(out.finished.is_empty(), "step {index}");
+        }
+        let rows = requests.finish(10_000).finished;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].request_id, "req-10");
+        assert_eq!(rows[0].iterations, 3);
+    }
+
+    #[test]
+    fn long_ids_are_capped_and_marked() {
+        assert_eq!(capped_id("short".into(), 5), "short");
+        let long = "x".repeat(MAX_ID_CHARS as usize);
+        let capped = capped_id(long, 60_000);
+        assert!(capped.starts_with(&"x".repeat(MAX_ID_BYTES)));
+        assert!(capped.ends_with("…[+59744 chars]"), "{capped}");
+        // Multi-byte characters: cut at a boundary, within the cap.
+        let wide = "é".repeat(200);
+        let capped = capped_id(wide, 200);
+        let kept = capped.split('…').next().unwrap();
+        assert!(kept.len() <= MAX_ID_BYTES);
+        assert_eq!(kept.chars().count(), 128);
+        assert!(capped.ends_with("…[+72 chars]"), "{capped}");
+        // What was read is all there is: unchanged.
+        assert_eq!(capped_id("é".repeat(100), 100), "é".repeat(100));
     }
 
     #[test]
@@ -815,7 +1067,7 @@ mod tests {
     fn two_updates_without_a_schedule_between_finish_a_request_with_every_token() {
         let mut requests = Requests::new(1, 0, true);
         let (steps, mut row) = ([step(0), step(1)], StepRow::default());
-        let mut schedule = |requests: &mut Requests, i: usize, state: SchedulerState| {
+        let schedule = |requests: &mut Requests, i: usize, state: SchedulerState| {
             requests
                 .schedule(
                     &mut OnePrompt,

@@ -34,10 +34,11 @@ pub fn lines(format: LineTableFormat, firstlineno: i32, table: &[u8]) -> Vec<Lin
         LineTableFormat::Pairs => {
             for pair in table.chunks_exact(2) {
                 let start = end;
-                end += u32::from(pair[0]);
+                end = end.saturating_add(u32::from(pair[0]));
                 let delta = pair[1] as i8;
+                // Lines are the target's numbers: wrapping, never a panic.
                 let this = (delta != -128).then(|| {
-                    line += i32::from(delta);
+                    line = line.wrapping_add(i32::from(delta));
                     line
                 });
                 push(start, end, this);
@@ -51,14 +52,14 @@ pub fn lines(format: LineTableFormat, firstlineno: i32, table: &[u8]) -> Vec<Lin
                 }
                 let code = (header >> 3) & 15;
                 let start = end;
-                end += 2 * (u32::from(header & 7) + 1);
+                end = end.saturating_add(2 * (u32::from(header & 7) + 1));
                 let this = match code {
                     15 => None,
                     14 | 13 => {
                         let Some(delta) = svarint(&mut bytes) else {
                             break;
                         };
-                        line += delta;
+                        line = line.wrapping_add(delta);
                         // Long form: end line, column, end column follow.
                         let extra = if code == 14 { 3 } else { 0 };
                         if (0..extra).any(|_| varint(&mut bytes).is_none()) {
@@ -67,7 +68,7 @@ pub fn lines(format: LineTableFormat, firstlineno: i32, table: &[u8]) -> Vec<Lin
                         Some(line)
                     }
                     10..=12 => {
-                        line += i32::from(code) - 10;
+                        line = line.wrapping_add(i32::from(code) - 10);
                         // One-line form: column and end column bytes.
                         if bytes.next().zip(bytes.next()).is_none() {
                             break;

@@ -119,7 +119,7 @@ pub struct Frame {
 /// side at a probe hit) without walking the class again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttrLocation {
-    /// A `__slots__` member: the pointer is at `obj + offset` in every instance of the class.
+    /// A `__slots__` member: the pointer is at `obj.wrapping_add(offset)` in every instance of the class.
     Slot { offset: u64 },
     /// Shared-key (split) storage: `values[index]` of the array found as `values` says.
     /// The index holds for every instance of the class while the class's cached keys hold
@@ -138,7 +138,7 @@ pub enum AttrLocation {
 /// Where an instance's split values array (`PyDictValues.values`) is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValuesAt {
-    /// Inline in the object: `values[0]` is at `obj + offset` (3.13+).
+    /// Inline in the object: `values[0]` is at `obj.wrapping_add(offset)` (3.13+).
     Inline { offset: u64 },
     /// The word at `obj + at` plus `bias` (3.11: 0; 3.12, whose word is tagged: 1) is the
     /// `PyDictValues`; `values[]` is [`Layout::values_items`] into it.
@@ -239,7 +239,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         let mut done = 0;
         while done < n {
             let chunk = (n - done).min(per_read);
-            let raw = self.bytes_at(addr + done * 8, chunk as usize * 8)?;
+            let raw = self.bytes_at(addr.wrapping_add(done * 8), chunk as usize * 8)?;
             words.extend(
                 raw.chunks_exact(8)
                     .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))),
@@ -253,7 +253,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         if obj == 0 {
             return Err(corrupt(obj, "NULL object"));
         }
-        self.u64_at(obj + self.layout.object_type)
+        self.u64_at(obj.wrapping_add(self.layout.object_type))
     }
 
     /// `obj`'s type, checked to be a class: an instance of `type` or of a metaclass
@@ -268,7 +268,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             if meta == 0 {
                 break;
             }
-            meta = self.u64_at(meta + self.layout.type_base)?;
+            meta = self.u64_at(meta.wrapping_add(self.layout.type_base))?;
         }
         Err(ReadError::WrongType {
             addr: obj,
@@ -277,7 +277,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     }
 
     fn type_flags(&self, ty: u64) -> Result<u64> {
-        self.u64_at(ty + self.layout.type_flags)
+        self.u64_at(ty.wrapping_add(self.layout.type_flags))
     }
 
     fn expect_type(&self, obj: u64, ty: u64, expected: &'static str) -> Result<()> {
@@ -312,7 +312,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             if ty == 0 {
                 break;
             }
-            ty = self.u64_at(ty + self.layout.type_base)?;
+            ty = self.u64_at(ty.wrapping_add(self.layout.type_base))?;
         }
         Err(ReadError::WrongType {
             addr: obj,
@@ -321,7 +321,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     }
 
     fn var_size(&self, obj: u64) -> Result<u64> {
-        let size = self.u64_at(obj + self.layout.var_size)?;
+        let size = self.u64_at(obj.wrapping_add(self.layout.var_size))?;
         if size > MAX_ITEMS {
             return Err(corrupt(obj, format!("size {size}")));
         }
@@ -331,7 +331,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// A type's `tp_name` (for heap types the bare class name; for builtins e.g.
     /// `collections.deque`).
     pub fn type_name(&self, ty: u64) -> Result<String> {
-        let name = self.u64_at(ty + self.layout.type_name)?;
+        let name = self.u64_at(ty.wrapping_add(self.layout.type_name))?;
         // Read up to the NUL without crossing into an unmapped page: stop at the page end.
         let mut out = Vec::new();
         let mut at = name;
@@ -342,7 +342,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 out.extend_from_slice(&chunk[..end]);
                 return String::from_utf8(out).map_err(|_| corrupt(ty, "tp_name not UTF-8"));
             }
-            at += chunk.len() as u64;
+            at = at.wrapping_add(chunk.len() as u64);
             out.extend(chunk);
         }
         Err(corrupt(ty, "tp_name too long"))
@@ -351,13 +351,19 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// A `str` object's text (compact strings: every string CPython creates since 3.3 but
     /// the legacy C-API ones).
     pub fn str(&self, obj: u64) -> Result<String> {
+        self.str_prefix(obj, MAX_ITEMS).map(|(text, _)| text)
+    }
+
+    /// The first `max_chars` characters of a `str` (only they are read from the target),
+    /// and its whole length in characters.
+    pub fn str_prefix(&self, obj: u64, max_chars: u64) -> Result<(String, u64)> {
         self.expect_type(obj, self.types.str, "str")?;
         let l = self.layout;
-        let len = self.u64_at(obj + l.unicode_length)?;
+        let len = self.u64_at(obj.wrapping_add(l.unicode_length))?;
         if len > MAX_ITEMS {
             return Err(corrupt(obj, format!("str length {len}")));
         }
-        let state = self.u32_at(obj + l.unicode_state)?;
+        let state = self.u32_at(obj.wrapping_add(l.unicode_state))?;
         let (kind, compact, ascii) = (
             (state >> 2) & 7,
             (state >> 5) & 1 == 1,
@@ -372,9 +378,10 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             } else {
                 l.unicode_compact_data
             };
-        let bytes = self.bytes_at(data, len as usize * kind as usize)?;
+        let chars = len.min(max_chars);
+        let bytes = self.bytes_at(data, chars as usize * kind as usize)?;
         let bad = || corrupt(obj, "bad characters");
-        match kind {
+        let text = match kind {
             1 if ascii => String::from_utf8(bytes).map_err(|_| bad()),
             1 => Ok(bytes.iter().map(|&b| char::from(b)).collect()),
             2 => char::decode_utf16(
@@ -390,7 +397,8 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 .collect::<Option<String>>()
                 .ok_or_else(bad),
             _ => Err(corrupt(obj, format!("str kind {kind}"))),
-        }
+        }?;
+        Ok((text, len))
     }
 
     /// An `int` (or a subclass's, e.g. `bool` or an `IntEnum` member) value; ints beyond
@@ -400,14 +408,14 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         let l = self.layout;
         let (negative, ndigits) = match l.long_size {
             LongSize::ObSize => {
-                let size = self.u64_at(obj + l.var_size)? as i64;
+                let size = self.u64_at(obj.wrapping_add(l.var_size))? as i64;
                 (size < 0, size.unsigned_abs())
             }
             LongSize::Tag {
                 offset,
                 non_size_bits,
             } => {
-                let tag = self.u64_at(obj + offset)?;
+                let tag = self.u64_at(obj.wrapping_add(offset))?;
                 let n = tag >> non_size_bits;
                 match tag & 3 {
                     0 if n > 0 => (false, n),
@@ -425,7 +433,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 ReadError::TooBig { addr: obj }
             });
         }
-        let raw = self.bytes_at(obj + l.long_digits, ndigits as usize * 4)?;
+        let raw = self.bytes_at(obj.wrapping_add(l.long_digits), ndigits as usize * 4)?;
         let mut magnitude: u128 = 0;
         for (i, c) in raw.chunks_exact(4).enumerate() {
             let digit = u32::from_ne_bytes(c.try_into().expect("4 bytes"));
@@ -445,7 +453,9 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// A `float` (or subclass) value.
     pub fn float(&self, obj: u64) -> Result<f64> {
         self.expect_subtype(obj, self.types.float, "float")?;
-        Ok(f64::from_bits(self.u64_at(obj + self.layout.float_value)?))
+        Ok(f64::from_bits(
+            self.u64_at(obj.wrapping_add(self.layout.float_value))?,
+        ))
     }
 
     /// `True` or `False` (the two singletons).
@@ -469,7 +479,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     pub fn tuple(&self, obj: u64) -> Result<Vec<u64>> {
         self.expect_type(obj, self.types.tuple, "tuple")?;
         let n = self.var_size(obj)?;
-        self.words_at(obj + self.layout.tuple_items, n)
+        self.words_at(obj.wrapping_add(self.layout.tuple_items), n)
     }
 
     /// The items of a `list` (or subclass).
@@ -479,7 +489,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let items = self.u64_at(obj + self.layout.list_items)?;
+        let items = self.u64_at(obj.wrapping_add(self.layout.list_items))?;
         self.words_at(items, n)
     }
 
@@ -489,11 +499,11 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         self.expect_deque(obj)?;
         let d = self.layout.deque;
         let n = self.var_size(obj)?;
-        let mut block = self.u64_at(obj + d.leftblock)?;
-        let mut index = self.u64_at(obj + d.leftindex)?;
+        let mut block = self.u64_at(obj.wrapping_add(d.leftblock))?;
+        let mut index = self.u64_at(obj.wrapping_add(d.leftindex))?;
         let (rightblock, rightindex) = (
-            self.u64_at(obj + d.rightblock)?,
-            self.u64_at(obj + d.rightindex)?,
+            self.u64_at(obj.wrapping_add(d.rightblock))?,
+            self.u64_at(obj.wrapping_add(d.rightindex))?,
         );
         if index >= d.block_len {
             return Err(corrupt(obj, format!("deque leftindex {index}")));
@@ -504,9 +514,16 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 return Err(corrupt(obj, "deque ends early"));
             }
             let take = (d.block_len - index).min(n - items.len() as u64);
-            items.extend(self.words_at(block + d.block_data + index * 8, take)?);
+            items.extend(
+                self.words_at(
+                    block
+                        .wrapping_add(d.block_data)
+                        .wrapping_add(index.wrapping_mul(8)),
+                    take,
+                )?,
+            );
             if (items.len() as u64) < n {
-                block = self.u64_at(block + d.block_rightlink)?;
+                block = self.u64_at(block.wrapping_add(d.block_rightlink))?;
                 index = 0;
             } else {
                 index += take;
@@ -528,7 +545,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             if self.type_name(ty)? == DEQUE_TYPE_NAME {
                 return Ok(());
             }
-            ty = self.u64_at(ty + self.layout.type_base)?;
+            ty = self.u64_at(ty.wrapping_add(self.layout.type_base))?;
         }
         Err(ReadError::WrongType {
             addr: obj,
@@ -541,12 +558,12 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         self.expect_subtype(obj, self.types.set, "set")
             .or_else(|_| self.expect_subtype(obj, self.types.frozenset, "set"))?;
         let l = self.layout;
-        let used = self.u64_at(obj + l.set_used)?;
-        let mask = self.u64_at(obj + l.set_mask)?;
+        let used = self.u64_at(obj.wrapping_add(l.set_used))?;
+        let mask = self.u64_at(obj.wrapping_add(l.set_mask))?;
         if used > MAX_ITEMS || mask >= MAX_ITEMS * 2 || !(mask + 1).is_power_of_two() {
             return Err(corrupt(obj, format!("set used {used}, mask {mask:#x}")));
         }
-        let table = self.u64_at(obj + l.set_table)?;
+        let table = self.u64_at(obj.wrapping_add(l.set_table))?;
         let words_per_entry = l.set_entry_size / 8;
         let words = self.words_at(table, (mask + 1) * words_per_entry)?;
         let hash_word = (l.set_entry_hash / 8) as usize;
@@ -564,7 +581,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
 
     fn keys(&self, keys: u64) -> Result<Keys> {
         let l = self.layout;
-        let nentries = self.u64_at(keys + l.dictkeys_nentries)?;
+        let nentries = self.u64_at(keys.wrapping_add(l.dictkeys_nentries))?;
         let (slots, index_bytes, kind) = match l.dictkeys_size {
             DictKeysSize::Log2 {
                 log2_size,
@@ -572,9 +589,9 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 kind,
             } => {
                 let (log2_size, log2_index_bytes, kind) = (
-                    self.u8_at(keys + log2_size)?,
-                    self.u8_at(keys + log2_index_bytes)?,
-                    self.u8_at(keys + kind)?,
+                    self.u8_at(keys.wrapping_add(log2_size))?,
+                    self.u8_at(keys.wrapping_add(log2_index_bytes))?,
+                    self.u8_at(keys.wrapping_add(kind))?,
                 );
                 if log2_size > 30 || log2_index_bytes > 33 {
                     return Err(corrupt(keys, format!("dict keys 2^{log2_size}")));
@@ -582,7 +599,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 (1u64 << log2_size, 1u64 << log2_index_bytes, kind)
             }
             DictKeysSize::Size(offset) => {
-                let size = self.u64_at(keys + offset)?;
+                let size = self.u64_at(keys.wrapping_add(offset))?;
                 if !size.is_power_of_two() || size > 1 << 30 {
                     return Err(corrupt(keys, format!("dict keys size {size}")));
                 }
@@ -607,7 +624,9 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         Ok(Keys {
             nentries,
             entry_size,
-            entries: keys + l.dictkeys_indices + index_bytes,
+            entries: keys
+                .wrapping_add(l.dictkeys_indices)
+                .wrapping_add(index_bytes),
         })
     }
 
@@ -628,11 +647,11 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         let order: Vec<u64> = match l.values_order {
             ValuesOrder::KeyOrder => return Ok((0..nentries).collect()),
             ValuesOrder::Prefix => {
-                let prefix = u64::from(self.u8_at(values - 1)?);
+                let prefix = u64::from(self.u8_at(values.wrapping_sub(1))?);
                 if prefix < 2 {
                     return Err(corrupt(values, format!("values prefix {prefix}")));
                 }
-                let raw = self.bytes_at(values - prefix, prefix as usize)?;
+                let raw = self.bytes_at(values.wrapping_sub(prefix), prefix as usize)?;
                 let size = u64::from(raw[prefix as usize - 2]);
                 if size + 2 > prefix {
                     return Err(corrupt(values, format!("values order {size}/{prefix}")));
@@ -642,15 +661,20 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                     .collect()
             }
             ValuesOrder::AfterValues { capacity, size } => {
-                let capacity = u64::from(self.u8_at(values + capacity)?);
-                let size = u64::from(self.u8_at(values + size)?);
+                let capacity = u64::from(self.u8_at(values.wrapping_add(capacity))?);
+                let size = u64::from(self.u8_at(values.wrapping_add(size))?);
                 if size > capacity {
                     return Err(corrupt(values, format!("values {size}/{capacity}")));
                 }
-                self.bytes_at(values + l.values_items + capacity * 8, size as usize)?
-                    .into_iter()
-                    .map(u64::from)
-                    .collect()
+                self.bytes_at(
+                    values
+                        .wrapping_add(l.values_items)
+                        .wrapping_add(capacity * 8),
+                    size as usize,
+                )?
+                .into_iter()
+                .map(u64::from)
+                .collect()
             }
         };
         if order.iter().any(|&i| i >= nentries) {
@@ -663,7 +687,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     fn split_items(&self, keys: u64, values: u64) -> Result<Vec<(u64, u64)>> {
         let keys = self.keys(keys)?;
         let entries = self.entries(&keys)?;
-        let items = self.words_at(values + self.layout.values_items, keys.nentries)?;
+        let items = self.words_at(values.wrapping_add(self.layout.values_items), keys.nentries)?;
         Ok(self
             .values_order(values, keys.nentries)?
             .into_iter()
@@ -677,9 +701,9 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     pub fn dict_items(&self, obj: u64) -> Result<Vec<(u64, u64)>> {
         self.expect_kind(obj, self.types.dict, TPFLAGS_DICT_SUBCLASS, "dict")?;
         let l = self.layout;
-        let keys = self.u64_at(obj + l.dict_keys)?;
-        let values = self.u64_at(obj + l.dict_values)?;
-        let used = self.u64_at(obj + l.dict_used)?;
+        let keys = self.u64_at(obj.wrapping_add(l.dict_keys))?;
+        let values = self.u64_at(obj.wrapping_add(l.dict_values))?;
+        let used = self.u64_at(obj.wrapping_add(l.dict_used))?;
         let items = if values != 0 {
             self.split_items(keys, values)?
         } else {
@@ -712,7 +736,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         let l = self.layout;
         let ty = self.class_of(obj)?;
         let flags = self.type_flags(ty)?;
-        let cached_keys = || self.u64_at(ty + l.heaptype_cached_keys);
+        let cached_keys = || self.u64_at(ty.wrapping_add(l.heaptype_cached_keys));
         let dict_at = |at: i64| -> Result<Storage> {
             let dict = self.u64_at(obj.wrapping_add_signed(at))?;
             Ok(if dict == 0 {
@@ -757,12 +781,12 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 }
                 ManagedDict::Inline { dict, flag, valid } => {
                     if flags & flag != 0 {
-                        let basicsize = self.u64_at(ty + l.type_basicsize)?;
-                        let array = obj + basicsize;
-                        if self.u8_at(array + valid)? != 0 {
+                        let basicsize = self.u64_at(ty.wrapping_add(l.type_basicsize))?;
+                        let array = obj.wrapping_add(basicsize);
+                        if self.u8_at(array.wrapping_add(valid))? != 0 {
                             return Ok(Storage::Values {
                                 at: ValuesAt::Inline {
-                                    offset: basicsize + l.values_items,
+                                    offset: basicsize.wrapping_add(l.values_items),
                                 },
                                 array,
                                 keys: cached_keys()?,
@@ -773,7 +797,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 }
             };
         }
-        let dictoffset = self.u64_at(ty + l.type_dictoffset)? as i64;
+        let dictoffset = self.u64_at(ty.wrapping_add(l.type_dictoffset))? as i64;
         match dictoffset {
             0 => Ok(Storage::None),
             offset if offset > 0 => dict_at(offset),
@@ -786,7 +810,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     fn slot_offset(&self, obj: u64, name: &str) -> Result<Option<u64>> {
         let l = self.layout;
         for class in self.slotted_classes(self.type_of(obj)?)? {
-            let dict = self.u64_at(class + l.type_dict)?;
+            let dict = self.u64_at(class.wrapping_add(l.type_dict))?;
             let Some(found) = self.dict_get(dict, name)? else {
                 continue;
             };
@@ -803,10 +827,10 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     fn slotted_classes(&self, ty: u64) -> Result<Vec<u64>> {
         let l = self.layout;
         let mut out = Vec::new();
-        let mro = self.u64_at(ty + l.type_mro)?;
+        let mro = self.u64_at(ty.wrapping_add(l.type_mro))?;
         for class in self.tuple(mro)?.into_iter().take(MAX_BASES) {
             if self.type_flags(class)? & TPFLAGS_HEAPTYPE != 0
-                && self.u64_at(class + l.type_dict)? != 0
+                && self.u64_at(class.wrapping_add(l.type_dict))? != 0
             {
                 out.push(class);
             }
@@ -818,11 +842,11 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// `__slots__` entries are).
     fn member_offset(&self, descr: u64) -> Result<Option<u64>> {
         let l = self.layout;
-        let member = self.u64_at(descr + l.memberdescr_member)?;
-        if u64::from(self.u32_at(member + l.memberdef_type)?) != l.member_object_ex {
+        let member = self.u64_at(descr.wrapping_add(l.memberdescr_member))?;
+        if u64::from(self.u32_at(member.wrapping_add(l.memberdef_type))?) != l.member_object_ex {
             return Ok(None);
         }
-        Ok(Some(self.u64_at(member + l.memberdef_offset)?))
+        Ok(Some(self.u64_at(member.wrapping_add(l.memberdef_offset))?))
     }
 
     /// An instance's `__slots__` values that are set, `(name, value)`, base classes last.
@@ -830,13 +854,13 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         let l = self.layout;
         let mut out = Vec::new();
         for class in self.slotted_classes(self.type_of(obj)?)? {
-            let dict = self.u64_at(class + l.type_dict)?;
+            let dict = self.u64_at(class.wrapping_add(l.type_dict))?;
             for (key, descr) in self.dict_items(dict)? {
                 if self.type_of(descr)? != self.types.member_descr {
                     continue;
                 }
                 if let Some(offset) = self.member_offset(descr)? {
-                    let value = self.u64_at(obj + offset)?;
+                    let value = self.u64_at(obj.wrapping_add(offset))?;
                     if value != 0 {
                         out.push((self.str(key)?, value));
                     }
@@ -859,7 +883,11 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             let entries = self.entries(&keys)?;
             for (index, &(key, _)) in entries.iter().enumerate() {
                 if key != 0 && self.str(key).is_ok_and(|k| k == name) {
-                    let set = self.u64_at(array + l.values_items + index as u64 * 8)? != 0;
+                    let set = self.u64_at(
+                        array
+                            .wrapping_add(l.values_items)
+                            .wrapping_add((index as u64).wrapping_mul(8)),
+                    )? != 0;
                     return Ok(set.then_some(AttrLocation::Values {
                         values,
                         index: index as u64,
@@ -873,8 +901,8 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             Storage::Values { at, array, keys } => split(keys, at, array),
             Storage::Dict { at, dict } => {
                 self.expect_kind(dict, self.types.dict, TPFLAGS_DICT_SUBCLASS, "dict")?;
-                let keys = self.u64_at(dict + l.dict_keys)?;
-                let values = self.u64_at(dict + l.dict_values)?;
+                let keys = self.u64_at(dict.wrapping_add(l.dict_keys))?;
+                let values = self.u64_at(dict.wrapping_add(l.dict_values))?;
                 if values != 0 {
                     return split(keys, ValuesAt::DictValues { dict_at: at }, values);
                 }
@@ -898,13 +926,13 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     pub fn read_location(&self, obj: u64, location: &AttrLocation) -> Result<Option<u64>> {
         let l = self.layout;
         let value = match *location {
-            AttrLocation::Slot { offset } => self.u64_at(obj + offset)?,
+            AttrLocation::Slot { offset } => self.u64_at(obj.wrapping_add(offset))?,
             AttrLocation::Values { values, index } => {
                 let array = match values {
                     ValuesAt::Inline { offset } => {
-                        let array = obj + offset - l.values_items;
+                        let array = obj.wrapping_add(offset).wrapping_sub(l.values_items);
                         if let ManagedDict::Inline { valid, .. } = l.instance_dict {
-                            if self.u8_at(array + valid)? == 0 {
+                            if self.u8_at(array.wrapping_add(valid))? == 0 {
                                 return Ok(None);
                             }
                         }
@@ -920,13 +948,17 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                     }
                     ValuesAt::DictValues { dict_at } => {
                         let dict = self.u64_at(obj.wrapping_add_signed(dict_at))?;
-                        self.u64_at(dict + l.dict_values)?
+                        self.u64_at(dict.wrapping_add(l.dict_values))?
                     }
                 };
                 if array == 0 {
                     return Ok(None);
                 }
-                self.u64_at(array + l.values_items + index * 8)?
+                self.u64_at(
+                    array
+                        .wrapping_add(l.values_items)
+                        .wrapping_add(index.wrapping_mul(8)),
+                )?
             }
             AttrLocation::DictEntry {
                 dict_at,
@@ -934,15 +966,17 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 key,
             } => {
                 let dict = self.u64_at(obj.wrapping_add_signed(dict_at))?;
-                let keys = self.keys(self.u64_at(dict + l.dict_keys)?)?;
+                let keys = self.keys(self.u64_at(dict.wrapping_add(l.dict_keys))?)?;
                 if entry_index >= keys.nentries {
                     return Ok(None);
                 }
-                let entry = keys.entries + entry_index * keys.entry_size;
-                if self.u64_at(entry + keys.entry_size - 16)? != key {
+                let entry = keys
+                    .entries
+                    .wrapping_add(entry_index.wrapping_mul(keys.entry_size));
+                if self.u64_at(entry.wrapping_add(keys.entry_size).wrapping_sub(16))? != key {
                     return Ok(None);
                 }
-                self.u64_at(entry + keys.entry_size - 8)?
+                self.u64_at(entry.wrapping_add(keys.entry_size).wrapping_sub(8))?
             }
         };
         Ok((value != 0).then_some(value))
@@ -958,7 +992,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             Storage::Values { keys, .. } => keys,
             Storage::Dict { dict, .. } => {
                 self.expect_kind(dict, self.types.dict, TPFLAGS_DICT_SUBCLASS, "dict")?;
-                self.u64_at(dict + self.layout.dict_keys)?
+                self.u64_at(dict.wrapping_add(self.layout.dict_keys))?
             }
         };
         self.key_entry(keys, name)
@@ -968,7 +1002,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// class's cached (shared) keys, which the first instance's attributes filled in
     /// insertion order (and which a combined instance dict starts with, in the same order).
     pub fn class_attr_entry(&self, class: u64, name: &str) -> Result<Option<(u64, u64)>> {
-        let keys = self.u64_at(class + self.layout.heaptype_cached_keys)?;
+        let keys = self.u64_at(class.wrapping_add(self.layout.heaptype_cached_keys))?;
         if keys == 0 {
             return Ok(None);
         }
@@ -1010,7 +1044,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// A module's `__dict__`.
     pub fn module_dict(&self, module: u64) -> Result<u64> {
         self.expect_type(module, self.types.module, "module")?;
-        self.u64_at(module + self.layout.module_dict)
+        self.u64_at(module.wrapping_add(self.layout.module_dict))
     }
 
     /// A class's `__dict__` (its own attributes, not inherited ones).
@@ -1022,20 +1056,20 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
                 expected: "class",
             });
         }
-        self.u64_at(class + self.layout.type_dict)
+        self.u64_at(class.wrapping_add(self.layout.type_dict))
     }
 
     /// A Python function's code object.
     pub fn function_code(&self, func: u64) -> Result<u64> {
         self.expect_type(func, self.types.function, "function")?;
-        self.u64_at(func + self.layout.func_code)
+        self.u64_at(func.wrapping_add(self.layout.func_code))
     }
 
     /// A `bytes` object's contents.
     pub fn bytes(&self, obj: u64) -> Result<Vec<u8>> {
         self.expect_type(obj, self.types.bytes, "bytes")?;
         let n = self.var_size(obj)?;
-        self.bytes_at(obj + self.layout.bytes_data, n as usize)
+        self.bytes_at(obj.wrapping_add(self.layout.bytes_data), n as usize)
     }
 
     pub fn code(&self, addr: u64) -> Result<Code> {
@@ -1045,23 +1079,23 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             Bytecode::Adaptive(offset) => {
                 let units = self.var_size(addr)?;
                 (
-                    addr + offset,
-                    self.bytes_at(addr + offset, units as usize * 2)?,
+                    addr.wrapping_add(offset),
+                    self.bytes_at(addr.wrapping_add(offset), units as usize * 2)?,
                 )
             }
             Bytecode::Bytes(field) => {
-                let bytes = self.u64_at(addr + field)?;
-                (bytes + l.bytes_data, self.bytes(bytes)?)
+                let bytes = self.u64_at(addr.wrapping_add(field))?;
+                (bytes.wrapping_add(l.bytes_data), self.bytes(bytes)?)
             }
         };
         let names = self
-            .tuple(self.u64_at(addr + l.code_names)?)?
+            .tuple(self.u64_at(addr.wrapping_add(l.code_names))?)?
             .into_iter()
             .map(|n| self.str(n))
             .collect::<Result<_>>()?;
-        let qualname = self.u64_at(addr + l.code_qualname.unwrap_or(l.code_name))?;
-        let firstlineno = self.u32_at(addr + l.code_firstlineno)? as i32;
-        let linetable = self.bytes(self.u64_at(addr + l.code_linetable)?)?;
+        let qualname = self.u64_at(addr.wrapping_add(l.code_qualname.unwrap_or(l.code_name)))?;
+        let firstlineno = self.u32_at(addr.wrapping_add(l.code_firstlineno))? as i32;
+        let linetable = self.bytes(self.u64_at(addr.wrapping_add(l.code_linetable))?)?;
         Ok(Code {
             addr,
             qualname: self.str(qualname)?,
@@ -1077,8 +1111,8 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     pub fn local_names(&self, code: u64) -> Result<Vec<String>> {
         self.expect_type(code, self.types.code, "code")?;
         let l = self.layout;
-        let n = u64::from(self.u32_at(code + l.code_nlocalsplus)?);
-        let names = self.tuple(self.u64_at(code + l.code_localsplusnames)?)?;
+        let n = u64::from(self.u32_at(code.wrapping_add(l.code_nlocalsplus))?);
+        let names = self.tuple(self.u64_at(code.wrapping_add(l.code_localsplusnames))?)?;
         if n > names.len() as u64 {
             return Err(corrupt(code, format!("{n} locals, {} names", names.len())));
         }
@@ -1099,9 +1133,9 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// variables are their cell objects.
     pub fn frame_locals(&self, frame: u64) -> Result<Vec<(String, u64)>> {
         let l = self.layout;
-        let code = self.u64_at(frame + l.frame_code)?;
+        let code = self.u64_at(frame.wrapping_add(l.frame_code))?;
         let names = self.local_names(code)?;
-        let values = self.words_at(frame + l.frame_localsplus, names.len() as u64)?;
+        let values = self.words_at(frame.wrapping_add(l.frame_localsplus), names.len() as u64)?;
         Ok(names
             .into_iter()
             .zip(values)
@@ -1110,7 +1144,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     }
 
     fn main_interpreter(&self, runtime: u64) -> Result<u64> {
-        let interp = self.u64_at(runtime + self.layout.runtime_interpreters_head)?;
+        let interp = self.u64_at(runtime.wrapping_add(self.layout.runtime_interpreters_head))?;
         if interp == 0 {
             return Err(corrupt(runtime, "no interpreter"));
         }
@@ -1121,16 +1155,16 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     pub fn threads(&self, runtime: u64) -> Result<Vec<ThreadState>> {
         let l = self.layout;
         let interp = self.main_interpreter(runtime)?;
-        let mut tstate = self.u64_at(interp + l.interp_threads_head)?;
+        let mut tstate = self.u64_at(interp.wrapping_add(l.interp_threads_head))?;
         let mut states = Vec::new();
         while tstate != 0 && states.len() < MAX_THREADS {
             let id = match l.tstate_thread_id {
                 ThreadId::Native(offset) | ThreadId::Pthread(offset) => {
-                    self.u64_at(tstate + offset)?
+                    self.u64_at(tstate.wrapping_add(offset))?
                 }
             };
             states.push((tstate, id));
-            tstate = self.u64_at(tstate + l.tstate_next)?;
+            tstate = self.u64_at(tstate.wrapping_add(l.tstate_next))?;
         }
         let tid_offset = match l.tstate_thread_id {
             ThreadId::Native(_) => None,
@@ -1141,7 +1175,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             .map(|(addr, id)| {
                 let native_thread_id = match tid_offset {
                     None => id,
-                    Some(offset) => u64::from(self.u32_at(id + offset)?),
+                    Some(offset) => u64::from(self.u32_at(id.wrapping_add(offset))?),
                 };
                 Ok(ThreadState {
                     addr,
@@ -1159,12 +1193,12 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             .mem
             .pid()
             .ok_or_else(|| corrupt(runtime, "thread ids need a live process"))?;
-        let main = self.u64_at(runtime + self.layout.runtime_main_thread)?;
+        let main = self.u64_at(runtime.wrapping_add(self.layout.runtime_main_thread))?;
         // Page by page: the descriptor can sit less than the scan's length before the end of
         // its mapping (3 520 bytes here once), and the tid is near its start.
         let mut raw = Vec::with_capacity(MAX_PTHREAD_SCAN);
         while raw.len() < MAX_PTHREAD_SCAN {
-            let at = main + raw.len() as u64;
+            let at = main.wrapping_add(raw.len() as u64);
             let page_left = (0x1000 - (at & 0xfff)) as usize;
             match self.bytes_at(at, page_left.min(MAX_PTHREAD_SCAN - raw.len())) {
                 Ok(chunk) => raw.extend_from_slice(&chunk),
@@ -1181,7 +1215,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// `sys.modules` of the main interpreter.
     pub fn sys_modules(&self, runtime: u64) -> Result<u64> {
         let interp = self.main_interpreter(runtime)?;
-        self.u64_at(interp + self.layout.interp_modules)
+        self.u64_at(interp.wrapping_add(self.layout.interp_modules))
     }
 
     /// A thread's current frame (0 if it runs no Python code).
@@ -1191,7 +1225,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             if frame == 0 {
                 return Ok(0);
             }
-            frame = self.u64_at(frame + offset)?;
+            frame = self.u64_at(frame.wrapping_add(*offset))?;
         }
         Ok(frame)
     }
@@ -1204,9 +1238,9 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         while frame != 0 && frames.len() < MAX_FRAMES {
             frames.push(Frame {
                 addr: frame,
-                code: self.u64_at(frame + l.frame_code)?,
+                code: self.u64_at(frame.wrapping_add(l.frame_code))?,
             });
-            frame = self.u64_at(frame + l.frame_previous)?;
+            frame = self.u64_at(frame.wrapping_add(l.frame_previous))?;
         }
         Ok(frames)
     }

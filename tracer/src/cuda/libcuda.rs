@@ -14,11 +14,13 @@ use std::{
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use super::api::DRIVER_API;
+use crate::{mapped, text::printable};
 
 /// libcuda as one process maps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
-    /// The path in the target's mount namespace, as /proc/PID/maps shows it.
+    /// The path in the target's mount namespace, as /proc/PID/maps shows it, escaped for
+    /// printing (see [`printable`]): for messages only.
     pub path: String,
     /// The same file seen from here, through the target's root.
     pub host_path: PathBuf,
@@ -53,7 +55,7 @@ fn parse_maps_line(pid: u32, line: &str) -> Option<Mapping> {
         return None;
     }
     Some(Mapping {
-        path: path.to_string(),
+        path: printable(path).into_owned(),
         host_path: PathBuf::from(format!("/proc/{pid}/root{path}")),
         file: (dev.to_string(), inode.parse().ok()?),
     })
@@ -108,12 +110,14 @@ fn parse_ppid(stat: &str) -> Option<u32> {
 /// File offsets of [`DRIVER_API`]'s functions in one libcuda file, by table index.
 pub type Offsets = Vec<Option<u64>>;
 
-/// Reads the dynamic symbols of the library (only the headers and symbol tables are read,
-/// not the whole ~100 MB file).
+/// Reads the dynamic symbols of the library: only the headers and symbol tables, within
+/// [`mapped::MAX_FILE_READ`] bytes, not the whole ~100 MB file; a path that is not a
+/// regular file now (a FIFO or symlink put there since the mapping) is refused at once.
 pub fn offsets(path: &Path) -> Result<Offsets, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache).map_err(|e| format!("{}: {e}", path.display()))?;
+    let shown = || printable(&path.to_string_lossy()).into_owned();
+    let file = mapped::open_regular(path).map_err(|e| format!("{}: {e}", shown()))?;
+    let data = mapped::Capped::new(file);
+    let elf = object::File::parse(&data).map_err(|e| format!("{}: {e}", shown()))?;
     let mut offsets = vec![None; DRIVER_API.len()];
     for symbol in elf.dynamic_symbols() {
         if !symbol.is_definition() {
@@ -135,9 +139,9 @@ fn file_offset<'data, R: object::ReadRef<'data>>(
     elf.segments().find_map(|segment| {
         let (offset, size) = segment.file_range();
         let start = segment.address();
-        (start..start + size)
+        (start..start.saturating_add(size))
             .contains(&address)
-            .then(|| offset + (address - start))
+            .then(|| offset.saturating_add(address - start))
     })
 }
 
@@ -168,6 +172,30 @@ mod tests {
         assert_eq!(
             parse_maps_line(1, spaced).unwrap().path,
             "/my dir/libcuda.so"
+        );
+    }
+
+    #[test]
+    fn a_fifo_or_sparse_decoy_named_libcuda_fails_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("libcuda.so.1");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: plain mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = offsets(&fifo).unwrap_err();
+        assert!(e.contains("FIFO"), "{e}");
+        let sparse = dir.path().join("libcuda.so");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(4 << 30)
+            .unwrap();
+        assert!(offsets(&sparse).is_err());
+        // A path holding an escape sequence: escaped for messages, raw for opening.
+        let m = parse_maps_line(1, "7f-7f r-xp 00000000 fd:01 9 /x\u{1b}[31m/libcuda.so").unwrap();
+        assert_eq!(m.path, "/x\\u{1b}[31m/libcuda.so");
+        assert_eq!(
+            m.host_path,
+            PathBuf::from("/proc/1/root/x\u{1b}[31m/libcuda.so")
         );
     }
 

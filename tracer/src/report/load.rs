@@ -153,7 +153,7 @@ impl Run {
         let rows_end = self
             .steps
             .iter()
-            .map(|s| s.start_ns + s.step_ns)
+            .map(|s| s.start_ns.saturating_add(s.step_ns))
             .chain(self.events.iter().map(|e| e.t_ns));
         let start = field("trace_start_ns")
             .into_iter()
@@ -238,4 +238,141 @@ pub fn read_all<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         .deserialize()
         .collect::<Result<_, _>>()
         .with_context(|| format!("reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{capture::tests::Rng, report};
+
+    /// A row type's CSV header and, per column, its default cell and the largest number it
+    /// takes (`None`: not a number).
+    struct Columns {
+        header: String,
+        cells: Vec<(String, Option<&'static str>)>,
+    }
+
+    fn columns<T: serde::Serialize + serde::de::DeserializeOwned + Default>() -> Columns {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.serialize(T::default()).unwrap();
+        let text = String::from_utf8(writer.into_inner().unwrap()).unwrap();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap().to_owned();
+        let defaults: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+        let parses = |row: &[String]| {
+            let text = format!("{header}\n{}\n", row.join(","));
+            csv::Reader::from_reader(text.as_bytes())
+                .deserialize::<T>()
+                .all(|r| r.is_ok())
+        };
+        let cells = (0..defaults.len())
+            .map(|i| {
+                let max = [
+                    "18446744073709551615",
+                    "9223372036854775807",
+                    "4294967295",
+                    "2147483647",
+                ]
+                .into_iter()
+                .find(|max| {
+                    let mut row = defaults.clone();
+                    row[i] = (*max).to_owned();
+                    parses(&row)
+                });
+                (defaults[i].clone(), max)
+            })
+            .collect();
+        Columns { header, cells }
+    }
+
+    /// A cell a hand-edited or damaged CSV could hold.
+    fn garbage(rng: &mut Rng) -> String {
+        const CELLS: [&str; 12] = [
+            "",
+            "-1",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "nan",
+            "inf",
+            "-1e308",
+            "1e308",
+            "running",
+            "token_budget",
+            "\"a,b\"",
+            "x\u{1b}[2J",
+        ];
+        match rng.below(3) {
+            0 => rng.next().to_string(),
+            _ => CELLS[rng.below(CELLS.len() as u64) as usize].to_owned(),
+        }
+    }
+
+    /// Rows of valid cells, numbers from 0 to each column's largest; with `damaged`, some
+    /// cells garbage and some rows short or long.
+    fn rows(rng: &mut Rng, columns: &Columns, damaged: bool) -> String {
+        let mut text = format!("{}\n", columns.header);
+        for _ in 0..rng.below(40) {
+            let mut cells: Vec<String> = columns
+                .cells
+                .iter()
+                .map(|(default, max)| match (max, rng.below(6)) {
+                    _ if damaged && rng.below(8) == 0 => garbage(rng),
+                    (Some(max), 0) => (*max).to_owned(),
+                    (Some(max), 1) => {
+                        let max: u64 = max.parse().unwrap();
+                        (max - rng.below(3)).to_string()
+                    }
+                    (Some(_), 2) => rng.below(3).to_string(),
+                    (Some(_), 3) if default.is_empty() => String::new(),
+                    (Some(_), _) => rng.below(1 << 20).to_string(),
+                    (None, _) => default.clone(),
+                })
+                .collect();
+            if damaged && rng.below(10) == 0 {
+                cells.truncate(rng.below(cells.len() as u64) as usize);
+            }
+            text.push_str(&cells.join(","));
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Random CSV rows under the real headers: loading them, and the report built from what
+    /// loads, fail with an error or succeed, never panic (debug build: overflow checks on).
+    #[test]
+    fn random_csv_rows_never_panic() {
+        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        let files = [
+            ("steps.csv", columns::<StepRow>()),
+            ("requests.csv", columns::<RequestRow>()),
+            ("events.csv", columns::<EventRow>()),
+            ("queues.csv", columns::<QueueRow>()),
+        ];
+        let (mut loaded, mut refused) = (0, 0);
+        for _ in 0..300 {
+            let dir = tempfile::tempdir().unwrap();
+            let damaged = rng.below(4) == 0;
+            for (name, columns) in &files {
+                if *name == "steps.csv" || rng.below(4) != 0 {
+                    let text = rows(&mut rng, columns, damaged);
+                    std::fs::write(dir.path().join(name), text).unwrap();
+                }
+            }
+            match Run::load(dir.path()) {
+                Ok(run) => {
+                    loaded += 1;
+                    let _ = run.window();
+                    let _ = run.label();
+                    let summary = report::summary::summarize(&run);
+                    let _ = report::tables(&summary, &run);
+                    let _ = report::model::fits(&run);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(
+            loaded > 100 && refused > 10,
+            "{loaded} loaded, {refused} refused"
+        );
+    }
 }

@@ -170,13 +170,18 @@ pub fn reason_name(reason: Option<WaitReason>) -> String {
 }
 
 pub fn summarize(run: &Run) -> Summary {
-    let total_step: u64 = run.steps.iter().map(|s| s.step_ns).sum();
+    // Sums of the CSVs' values: saturating (a damaged file must not panic the report).
+    let total_step: u64 = run
+        .steps
+        .iter()
+        .map(|s| s.step_ns)
+        .fold(0, u64::saturating_add);
     let phases = PHASES
         .iter()
         .map(|(name, get)| {
             let mut values: Vec<u64> = run.steps.iter().map(get).collect();
             values.sort_unstable();
-            let total: u64 = values.iter().sum();
+            let total: u64 = values.iter().fold(0, |a, &v| a.saturating_add(v));
             Phase {
                 name,
                 total_ns: total,
@@ -199,7 +204,11 @@ pub fn summarize(run: &Run) -> Summary {
         .into_iter()
         .filter_map(|(name, mut v)| Distribution::of(name, &mut v))
         .collect();
-    let waiting_total: u64 = run.wait_reasons.values().map(|c| c.request_steps).sum();
+    let waiting_total: u64 = run
+        .wait_reasons
+        .values()
+        .map(|c| c.request_steps)
+        .fold(0, u64::saturating_add);
     let mut wait_reasons: Vec<ReasonShare> = run
         .wait_reasons
         .iter()
