@@ -5,7 +5,10 @@
 //! scheduled is the k-th updated, and the same four marks give a batch record: entry of the
 //! call that scheduled it, the return of its `schedule()`, then in a later call the mark
 //! before its `update_from_output()` and that call's return. Its execute phase is the time
-//! between, overlapping the calls in between.
+//! between, overlapping the calls in between. Where on the engine thread the batch was
+//! launched and waited for ([`BatchSpans`]) is what the CUDA fold needs. The engine's queue
+//! length, read at every hit, keeps the FIFO pairing right when the trace starts with batches
+//! in flight (or a mark was lost).
 
 use std::collections::VecDeque;
 
@@ -132,7 +135,12 @@ impl BatchQueue {
                 // The engine popped its oldest batch; `queue_len` are those left. Batches we
                 // hold beyond them plus the popped one lost their update; fewer, and the
                 // popped one was scheduled before the trace started.
-                if let Some(left) = hit.queue_len.map(|n| n as usize) {
+                // A length beyond any pipeline depth is not a queue's: ignored.
+                let left = hit
+                    .queue_len
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n < MAX_IN_FLIGHT);
+                if let Some(left) = left {
                     while self.in_flight.len() > left + 1 {
                         self.in_flight.pop_front();
                         counts.incomplete_steps += 1;
