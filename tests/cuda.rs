@@ -229,8 +229,10 @@ fn late_loaded_libcuda_is_probed_once_seen() {
     let loaded_at = run.truth.iter().position(|t| t.launches > 0).unwrap();
     assert_eq!(loaded_at, 50);
     let loaded_ns = run.steps[loaded_at].start_ns;
-    // A scan period, plus the attach itself and a busy CI machine.
-    let bound = tracer::cuda::SCAN_EVERY + Duration::from_millis(500);
+    // A scan period, plus the attach itself, on a machine that may be busy: with two busy
+    // loops on the 2 cores the tracer's scan came 1.3 s after the load. What is proven is
+    // that the library is found while tracing, not how fast a loaded machine schedules us.
+    let bound = tracer::cuda::SCAN_EVERY + Duration::from_secs(5);
     assert!(
         attached > loaded_ns && attached - loaded_ns < bound.as_nanos() as u64,
         "probes went in {} ms after the load",
