@@ -169,7 +169,7 @@ pub fn write(run_dir: &Path, out_dir: Option<&Path>) -> Result<Written> {
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:1000px;color:#222}\
-table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 10px}\
+table{border-collapse:collapse;margin-bottom:1em;display:block;max-width:100%;overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 10px}\
 td:not(:first-child){text-align:right}th{background:#f0f0f0}.note{color:#666;font-size:90%}\
 .meta td{text-align:left!important}figure{margin:1em 0}svg{max-width:100%;height:auto}";
 
