@@ -154,8 +154,9 @@ impl<'a> ReadRef<'a> for &'a Capped {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use object::Object as _;
+
+    use super::*;
 
     #[test]
     fn a_fifo_is_refused_at_once_and_a_symlink_is_not_followed() {

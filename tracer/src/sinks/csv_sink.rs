@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-
 use serde::Serialize;
 
 use super::OutDir;
