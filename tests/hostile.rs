@@ -218,8 +218,17 @@ fn sixty_kilobyte_request_ids_are_capped() {
     };
     let requests = ids("requests.csv");
     assert!(requests.len() >= 10, "{} requests", requests.len());
+    // A request whose id could be read neither by the kernel side nor live before it left
+    // is named `request@0x<object>` (short too): once in 3 suite runs with two busy loops on
+    // the 2 cores. Rare, and never most of them.
+    let (mut placeholders, mut all) = (0, 0);
     for file in ["requests.csv", "events.csv", "queues.csv"] {
         for id in ids(file) {
+            all += 1;
+            if id.starts_with("request@0x") && id.len() < 40 {
+                placeholders += 1;
+                continue;
+            }
             let (kept, cut) = id.split_once('…').unwrap_or_else(|| panic!("{file}: {id}"));
             // The live request's first 256 bytes, or (gone before its live read) the start
             // of the id the kernel side copied with its facts.
@@ -235,6 +244,10 @@ fn sixty_kilobyte_request_ids_are_capped() {
             );
         }
     }
+    assert!(
+        placeholders * 20 <= all,
+        "{placeholders} of {all} ids unread (request@0x…)"
+    );
     let bytes: u64 = std::fs::read_dir(out.path())
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
