@@ -280,18 +280,13 @@ fn main() -> ExitCode {
             .map_err(Into::into)
             .and_then(|engines| Ok((engines, output_dir(&output)?)))
             .and_then(|(engines, out)| {
-                launch::trace_and_finish(&engines, &out, &labels, quiet, &|engine, out_dir| {
-                    trace::Options {
-                        pid: engine.process.pid,
-                        tid: Some(engine.resolved.tid),
-                        out_dir,
-                        duration,
-                        quiet,
-                        cuda,
-                        snapshots: !phases_only,
-                        ring_bytes: ring_kib * 1024,
-                    }
-                })
+                launch::trace_and_finish(
+                    &engines,
+                    &out,
+                    &labels,
+                    quiet,
+                    &per_engine(duration, quiet, cuda, phases_only, ring_kib),
+                )
             })
             .and_then(|()| write_seed(seed_csv, &output)),
         Command::Run {
@@ -315,16 +310,7 @@ fn main() -> ExitCode {
                     &out,
                     &labels,
                     quiet,
-                    &|engine, out_dir| trace::Options {
-                        pid: engine.process.pid,
-                        tid: Some(engine.resolved.tid),
-                        out_dir,
-                        duration,
-                        quiet,
-                        cuda,
-                        snapshots: !phases_only,
-                        ring_bytes: ring_kib * 1024,
-                    },
+                    &per_engine(duration, quiet, cuda, phases_only, ring_kib),
                 )
             })
             .and_then(|()| write_seed(seed_csv, &output)),
@@ -394,6 +380,26 @@ fn run_probes(pid: u32, json: bool) -> anyhow::Result<()> {
         out(&probes::text(&engines))?;
     }
     Ok(())
+}
+
+/// The trace of one engine of a deployment, from the options `attach` and `run` share.
+fn per_engine(
+    duration: Option<Duration>,
+    quiet: bool,
+    cuda: cuda::Level,
+    phases_only: bool,
+    ring_kib: u32,
+) -> impl Fn(&engines::Engine, OutDir) -> trace::Options + Sync {
+    move |engine, out_dir| trace::Options {
+        pid: engine.process.pid,
+        tid: Some(engine.resolved.tid),
+        out_dir,
+        duration,
+        quiet,
+        cuda,
+        snapshots: !phases_only,
+        ring_bytes: ring_kib * 1024,
+    }
 }
 
 /// `--seed-csv`: the logger's columns next to each engine's CSVs, once labels are in.
