@@ -446,9 +446,11 @@ fn look_at(p: &engines::Process, seen: &mut HashMap<u32, Seen>) -> Option<Engine
                 resolved,
             })
         }
+        // The latest look decides: an earlier one may have failed on an interpreter still
+        // starting (a read error is not a sign of vLLM).
         Err(ResolveError::NoVllm { module, .. }) => {
             let vllm = engines::vllm_version(target);
-            entry.vllm |= vllm.is_some();
+            entry.vllm = vllm.is_some();
             entry.note = match vllm {
                 Some(v) => format!("CPython {version}, vLLM {v} imported, {module} not (yet)"),
                 None => format!("CPython {version}, vLLM not imported"),
@@ -456,8 +458,12 @@ fn look_at(p: &engines::Process, seen: &mut HashMap<u32, Seen>) -> Option<Engine
             None
         }
         Err(e) => {
-            entry.vllm = true;
-            entry.note = format!("CPython {version}, vLLM imported, no engine loop: {e}");
+            entry.vllm = engines::vllm_version(target).is_some();
+            entry.note = if entry.vllm {
+                format!("CPython {version}, vLLM imported, no engine loop: {e}")
+            } else {
+                format!("CPython {version}, no engine loop: {e}")
+            };
             None
         }
     }
