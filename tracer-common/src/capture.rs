@@ -153,6 +153,10 @@ pub struct Plan {
     /// `SchedulerOutput.num_scheduled_tokens`, and the `dict` type it must have.
     pub output_scheduled: Field,
     pub dict_type: u64,
+    /// Nonzero: the first snapshot is a shadow one ([`snap::SHADOW`]): which requests each
+    /// queue holds and the step's frame, no fields and no scheduled tokens; userspace reads
+    /// those from the target while the engine thread executes the batch, off that thread.
+    pub shadow: u64,
 }
 
 /// Flags of a [`SnapshotHeader`] (bits).
@@ -162,6 +166,11 @@ pub mod snap {
     pub const WAITING: u32 = 1 << 1;
     pub const KV_FREE: u32 = 1 << 2;
     pub const SCHEDULED: u32 = 1 << 3;
+    /// A shadow snapshot ([`super::Plan::shadow`]): the fields are for userspace to read.
+    pub const SHADOW: u32 = 1 << 4;
+    /// A shadow snapshot that does not count (its reads ended after the engine thread moved
+    /// on, or failed): emptied, only its header's `copy_ns` stays.
+    pub const DROPPED: u32 = 1 << 5;
     /// A chain link or table could not be read (freed, resized, not what the plan says).
     pub const READ_ERROR: u32 = 1 << 8;
 }
@@ -184,6 +193,9 @@ pub struct SnapshotHeader {
     /// How long the copy held the engine thread (from the hit's stamp to the record's end):
     /// the tracer's own time, which the phases leave out.
     pub copy_ns: u64,
+    /// The step function's frame at the hit (shadow snapshots; 0 otherwise): where userspace
+    /// finds the `scheduler_output` local once the step has stored it.
+    pub frame: u64,
 }
 
 /// One request of a queue.

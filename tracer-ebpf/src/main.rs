@@ -9,7 +9,7 @@ mod cuda;
 mod snapshot;
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, perf_event},
     maps::{Array, PerCpuArray, RingBuf},
@@ -91,17 +91,28 @@ pub fn watch_snapshot(ctx: PerfEventContext) -> u32 {
         return emit(hit);
     };
     bump(Counter::Snapshots);
-    let fields = hit.watch_addr == plan.snapshot_at[0];
-    let scheduled = hit.watch_addr != plan.snapshot_at[2];
-    let Some(record) = snapshot::take(plan, hit, fields, scheduled).and_then(snapshot::record)
-    else {
+    let first = hit.watch_addr == plan.snapshot_at[0];
+    let shadow = first && plan.shadow != 0;
+    let parts = snapshot::Parts {
+        fields: first && !shadow,
+        // A shadow copy leaves the scheduled tokens to userspace too (on the `step` path;
+        // per batch, the step's `scheduler_output` local is a later batch's by then, and the
+        // copy before the batch's update takes them).
+        scheduled: hit.watch_addr != plan.snapshot_at[2] && !shadow,
+        shadow,
+    };
+    let Some(record) = snapshot::take(plan, hit, parts).and_then(snapshot::record) else {
         bump(Counter::SnapshotFailed);
         return emit(hit);
     };
-    if EVENTS
-        .output::<[u8]>(record, BPF_RB_NO_WAKEUP.into())
-        .is_err()
-    {
+    // A shadow snapshot wakes the loader: its reads must end before the engine thread
+    // leaves the execute phase.
+    let flags = if shadow {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<[u8]>(record, flags.into()).is_err() {
         // The step's phases still need the hit.
         bump(Counter::SnapshotRingFull);
         return emit(hit);

@@ -644,13 +644,7 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
     if plan.output_local == u64::MAX {
         return None;
     }
-    let mut frame = plan.tstate;
-    for link in py.tstate_frame {
-        if link != NO_LINK {
-            frame = read(frame + link)?;
-        }
-    }
-    let output = read(frame + py.frame_localsplus + 8 * plan.output_local)?;
+    let output = read(step_frame(plan)? + py.frame_localsplus + 8 * plan.output_local)?;
     let dict = lookup(&table(py, output)?, &plan.output_scheduled)?;
     if read(dict + py.object_type)? != plan.dict_type {
         return None;
@@ -672,16 +666,46 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
     Some(unsafe { (*area).walk.copied } as u32)
 }
 
+/// The engine thread's current frame: the step function's, at its watches.
+#[inline(always)]
+fn step_frame(plan: &Plan) -> Option<u64> {
+    let mut frame = plan.tstate;
+    for link in plan.py.tstate_frame {
+        if link != NO_LINK {
+            frame = read(frame + link)?;
+        }
+    }
+    Some(frame)
+}
+
+/// What a snapshot copies.
+#[derive(Clone, Copy)]
+pub struct Parts {
+    /// The queues' requests with their fields, else which requests each queue holds.
+    pub fields: bool,
+    /// The step's scheduled tokens.
+    pub scheduled: bool,
+    /// The step's frame, for userspace to read the rest ([`snap::SHADOW`]).
+    pub shadow: bool,
+}
+
 /// Builds the record for a snapshot hit in the scratch area; returns its length.
-/// `fields`: the queues' requests with their fields, else which requests each queue holds;
-/// `scheduled`: also the step's scheduled tokens.
-pub fn take(plan: &Plan, hit: WatchHit, fields: bool, scheduled: bool) -> Option<usize> {
+pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Option<usize> {
+    let Parts {
+        fields,
+        scheduled,
+        shadow,
+    } = parts;
     let area = scratch()?;
     // SAFETY: this CPU's slot; a perf_event program does not nest on one CPU.
     unsafe { (*area).plan = *plan };
     // SAFETY: as above.
     let plan = unsafe { &(*area).plan };
     let mut header = SnapshotHeader::default();
+    if shadow {
+        header.flags |= snap::SHADOW;
+        header.frame = step_frame(plan).unwrap_or(0);
+    }
     match copy_queue(area, &plan.running, HEADER_BYTES as u64, !fields) {
         Some((copied, len)) => {
             header.flags |= snap::RUNNING;

@@ -36,10 +36,34 @@ pub enum CaptureError {
     Read(#[from] ReadError),
 }
 
+/// Which watches take the snapshots (see [`Plan::snapshot_at`]), given the addresses of the
+/// watches that end schedule, execute and update.
+///
+/// Synchronous copies: after execute, not schedule, on the `step` path: the queues are as
+/// `schedule()` left them until the update, and the step's `scheduler_output` local is
+/// stored only after the hit that ends schedule (the hit is on that very store). Per batch,
+/// a batch's queues as its `schedule()` left them are gone by the call that updates it:
+/// they are copied when `schedule()` returns, and the batch's scheduled tokens come from
+/// the copy before its update, whose `scheduler_output` is that batch's (that copy needs no
+/// request's fields, which would be a later batch's).
+///
+/// Shadow copies (see `shadow`) start where `schedule()` returns on both paths: the state
+/// holds still from there until the next mark, while the batch executes.
+fn snapshot_at([schedule, execute, update]: [u64; 3], per_batch: bool, shadow: bool) -> [u64; 3] {
+    match (per_batch, shadow) {
+        (true, _) => [schedule, execute, update],
+        (false, false) => [execute, 0, update],
+        (false, true) => [schedule, 0, update],
+    }
+}
+
 /// The plan, and what is needed to read its copies back.
 #[derive(Clone, Debug)]
 pub struct Capture {
     pub plan: Plan,
+    /// The watches that end schedule, execute and update.
+    marks: [u64; 3],
+    per_batch: bool,
     layout: &'static Layout,
     names: &'static StateNames,
     request_class: u64,
@@ -367,36 +391,21 @@ impl Capture {
             let value = path(reader, scheduler, &[name])?;
             u32::try_from(reader.int(value).ok()?).ok()
         };
-        let snapshot_at = |mark| {
+        let watch = |mark| {
             probes
                 .watches
                 .iter()
                 .find(|w| w.mark == mark)
                 .map_or(0, |w| w.addr)
         };
+        let marks = [
+            watch(Mark::ScheduleDone),
+            watch(Mark::ExecuteDone),
+            watch(Mark::UpdateDone),
+        ];
         let plan = Plan {
             py: offsets(reader.layout),
-            // After execute, not schedule: the queues are as `schedule()` left them until the
-            // update, and the step's `scheduler_output` local is stored only after the hit
-            // that ends schedule (the hit is on that very store).
-            snapshot_at: if probes.per_batch {
-                // A batch's queues as its `schedule()` left them are gone by the call that
-                // updates it: they are copied when `schedule()` returns (its output is not
-                // stored yet: the batch's scheduled tokens come from the copy before its
-                // update, whose `scheduler_output` is that batch's; that copy needs no
-                // request's fields, which would be a later batch's).
-                [
-                    snapshot_at(Mark::ScheduleDone),
-                    snapshot_at(Mark::ExecuteDone),
-                    snapshot_at(Mark::UpdateDone),
-                ]
-            } else {
-                [
-                    snapshot_at(Mark::ExecuteDone),
-                    0,
-                    snapshot_at(Mark::UpdateDone),
-                ]
-            },
+            snapshot_at: snapshot_at(marks, probes.per_batch, false),
             running,
             waiting,
             kv_free,
@@ -410,9 +419,12 @@ impl Capture {
             output_local,
             output_scheduled,
             dict_type: reader.types.dict,
+            shadow: 0,
         };
         Ok(Self {
             plan,
+            marks,
+            per_batch: probes.per_batch,
             layout: reader.layout,
             names,
             request_class,
@@ -429,6 +441,28 @@ impl Capture {
                     .map(|blocks| blocks.saturating_sub(1)),
             },
         })
+    }
+
+    pub fn request_class(&self) -> u64 {
+        self.request_class
+    }
+
+    pub fn output_class(&self) -> Option<u64> {
+        self.output_class
+    }
+
+    pub fn per_batch(&self) -> bool {
+        self.per_batch
+    }
+
+    /// Switches the first snapshot of a step between a synchronous copy with every field and
+    /// a shadow one (the fields read by userspace while the batch executes); `true` if the
+    /// plan changed.
+    pub fn set_shadow(&mut self, shadow: bool) -> bool {
+        let before = self.plan;
+        self.plan.shadow = shadow.into();
+        self.plan.snapshot_at = snapshot_at(self.marks, self.per_batch, shadow);
+        before != self.plan
     }
 
     /// Plans the request fields again from `request`, a running one the kernel side listed,
@@ -540,6 +574,8 @@ pub struct LiveRequests<'r, M: ProcessMemory> {
     /// Kernel-side facts not yet asked for, by (request, id string), with the drain that
     /// brought them.
     facts: HashMap<(u64, u64), (wire::RequestFacts, u64)>,
+    /// Facts read from the target while a shadow copy listed the request, likewise.
+    prefetched: HashMap<(u64, u64), (RequestInfo, u64)>,
     drains: u64,
     /// Where the last request kept each attribute: requests set theirs in the same order, so
     /// the next one is read there in a few reads, not found again by walking its class.
@@ -564,6 +600,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             reader,
             names,
             facts: HashMap::new(),
+            prefetched: HashMap::new(),
             drains: 0,
             locations: HashMap::new(),
             errors: 0,
@@ -589,6 +626,39 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         self.drains += 1;
         let oldest = self.drains.saturating_sub(FACTS_KEPT_DRAINS);
         self.facts.retain(|_, (_, drain)| *drain >= oldest);
+        self.prefetched.retain(|_, (_, drain)| *drain >= oldest);
+    }
+
+    /// Reads the facts of a request a shadow copy lists now, while it surely lives (and
+    /// before its first output takes vLLM's queueing stamp); [`RequestSource::info`] hands
+    /// them out later.
+    pub fn prefetch(&mut self, object: u64, id: u64) {
+        if let Some(info) = self.live(object, id) {
+            self.prefetched.insert((object, id), (info, self.drains));
+        }
+    }
+
+    /// Whether `object` still is the request whose id string is at `id` (it may have ended
+    /// and left its memory to another one).
+    fn still(&mut self, object: u64, id: u64) -> bool {
+        let id_name = self.names.request_fields[RequestField::Id as usize];
+        self.pointer(object, id_name) == Some(id)
+    }
+
+    /// vLLM's stamp of `object`'s queueing, if its first event still is it.
+    fn queued_ns(&mut self, object: u64) -> Option<u64> {
+        let reader = self.reader;
+        let names = &crate::vllm::REQUEST_EVENTS;
+        let events = self.pointer(object, names.list)?;
+        let first = *reader.list_items(events).ok()?.first()?;
+        let kind = reader.attr(first, names.kind).ok()??;
+        if reader.int(kind).ok()? != names.queued {
+            return None;
+        }
+        let seconds = reader
+            .float(reader.attr(first, names.timestamp).ok()??)
+            .ok()?;
+        (seconds.is_finite() && seconds > 0.0).then(|| (seconds * 1e9).round() as u64)
     }
 
     /// What the kernel side copied, decoded with this CPython's layout, and whether its id
@@ -627,6 +697,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             arrival_time_s: field(0).map(|words| f64::from_bits(words[0])),
             max_tokens: count(1),
             prompt_tokens: count(2),
+            queued_ns: None,
         };
         Some((info, enough))
     }
@@ -665,8 +736,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         let arrival_time_s = self.attr(object, arrival_time, |v| reader.float(v).ok());
         let max_tokens = self.attr(object, max_tokens, count);
         let prompt_tokens = self.attr(object, prompt_tokens, count);
-        let id_name = self.names.request_fields[RequestField::Id as usize];
-        if self.pointer(object, id_name) != Some(id) {
+        if !self.still(object, id) {
             return None;
         }
         let (text, chars) = reader.str_prefix(id, MAX_ID_CHARS).ok()?;
@@ -675,12 +745,16 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             arrival_time_s,
             max_tokens,
             prompt_tokens,
+            queued_ns: self.queued_ns(object),
         })
     }
 }
 
 impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
     fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
+        if let Some((info, _)) = self.prefetched.remove(&(object, id)) {
+            return Some(info);
+        }
         let copied = self
             .facts
             .remove(&(object, id))
@@ -688,7 +762,14 @@ impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
         // A long id the copy holds only the start of: up to MAX_ID_BYTES from the live
         // request, else the copied start (the request may be gone already).
         let info = match copied {
-            Some((info, true)) => Some(info),
+            // The stamp, if the request still is this one and has not had its first output.
+            Some((info, true)) => Some(RequestInfo {
+                queued_ns: self
+                    .still(object, id)
+                    .then(|| self.queued_ns(object))
+                    .flatten(),
+                ..info
+            }),
             Some((info, false)) => self.live(object, id).or(Some(info)),
             None => self.live(object, id),
         };

@@ -26,6 +26,7 @@ pub mod plan;
 pub mod probes;
 pub mod report;
 pub mod resolve;
+pub mod shadow;
 pub mod sinks;
 pub mod status;
 pub mod text;

@@ -10,7 +10,7 @@ use std::{
 use anyhow::bail;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tracer::{
-    compare, cuda, doctor, engines, export, launch, perfetto, probes, report,
+    compare, cuda, doctor, engines, export, launch, perfetto, probes, report, shadow,
     sinks::{OutDir, TRACE_FILES},
     trace,
 };
@@ -72,6 +72,13 @@ enum Command {
         /// (a few µs per queued request), so this is the lightest trace.
         #[arg(long)]
         phases_only: bool,
+        /// Where each step's scheduler snapshot reads the requests' fields: `sync` in the
+        /// trap (the engine thread waits ~1 µs per queued request), `shadow` from the tracer
+        /// while the batch executes (a fixed few µs on the engine thread; a copy that ends
+        /// after the step moves on is dropped and counted), `auto` sync while execute takes
+        /// under 2 ms (a CPU stand-in), then shadow, and back to sync if copies end late.
+        #[arg(long, value_enum, value_name = "WHERE", default_value_t = shadow::Mode::Auto)]
+        snapshots: shadow::Mode,
         /// Size of the kernel ring buffer that carries probe hits and scheduler snapshots to
         /// the tracer, in KiB: a power of two from 4 to 1048576. Raise it when the tracer
         /// reports lost hits or snapshots (a stalled tracer, or very long queues).
@@ -104,6 +111,9 @@ enum Command {
         /// Phases only, as for `attach`.
         #[arg(long)]
         phases_only: bool,
+        /// Where snapshots read the requests' fields, as for `attach`.
+        #[arg(long, value_enum, value_name = "WHERE", default_value_t = shadow::Mode::Auto)]
+        snapshots: shadow::Mode,
         /// Ring buffer size in KiB, as for `attach`.
         #[arg(long, value_name = "KIB", default_value_t = tracer_common::EVENTS_BYTES / 1024, value_parser = parse_ring_kib)]
         ring_kib: u32,
@@ -275,6 +285,7 @@ fn main() -> ExitCode {
             labels,
             seed_csv,
             phases_only,
+            snapshots,
             ring_kib,
         } => engines::find(pid, tid)
             .map_err(Into::into)
@@ -285,7 +296,7 @@ fn main() -> ExitCode {
                     &out,
                     &labels,
                     quiet,
-                    &per_engine(duration, quiet, cuda, phases_only, ring_kib),
+                    &per_engine(duration, quiet, cuda, phases_only, snapshots, ring_kib),
                 )
             })
             .and_then(|()| write_seed(seed_csv, &output)),
@@ -297,6 +308,7 @@ fn main() -> ExitCode {
             cuda,
             labels,
             phases_only,
+            snapshots,
             ring_kib,
             seed_csv,
             as_root,
@@ -310,7 +322,7 @@ fn main() -> ExitCode {
                     &out,
                     &labels,
                     quiet,
-                    &per_engine(duration, quiet, cuda, phases_only, ring_kib),
+                    &per_engine(duration, quiet, cuda, phases_only, snapshots, ring_kib),
                 )
             })
             .and_then(|()| write_seed(seed_csv, &output)),
@@ -388,6 +400,7 @@ fn per_engine(
     quiet: bool,
     cuda: cuda::Level,
     phases_only: bool,
+    snapshots: shadow::Mode,
     ring_kib: u32,
 ) -> impl Fn(&engines::Engine, OutDir) -> trace::Options + Sync {
     move |engine, out_dir| trace::Options {
@@ -397,7 +410,7 @@ fn per_engine(
         duration,
         quiet,
         cuda,
-        snapshots: !phases_only,
+        snapshots: (!phases_only).then_some(snapshots),
         ring_bytes: ring_kib * 1024,
     }
 }

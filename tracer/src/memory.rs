@@ -40,6 +40,58 @@ pub trait ProcessMemory {
         self.read(addr, &mut buf)?;
         Ok(u32::from_ne_bytes(buf))
     }
+
+    /// Fills every read of `batch` that can be read. One by one here; a live process reads
+    /// them in a few system calls.
+    fn read_batch(&self, batch: &mut Batch) {
+        for i in 0..batch.reads.len() {
+            let (addr, range) = batch.reads[i].clone();
+            batch.ok[i] = self.read(addr, &mut batch.buf[range]).is_ok();
+        }
+    }
+}
+
+/// Many small reads at scattered addresses, made together: a read's cost is the system
+/// call and the page walk, not the bytes (~0.4 µs for 8 B or 4 KiB on the dev VM).
+#[derive(Default, Debug)]
+pub struct Batch {
+    /// Each read's address and its bytes in `buf`.
+    reads: Vec<(u64, std::ops::Range<usize>)>,
+    buf: Vec<u8>,
+    ok: Vec<bool>,
+}
+
+/// A read of a [`Batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadId(usize);
+
+impl Batch {
+    pub fn clear(&mut self) {
+        self.reads.clear();
+        self.buf.clear();
+        self.ok.clear();
+    }
+
+    /// Adds a read of `len` bytes at `addr` (a length over [`MAX_READ`] is never read).
+    pub fn push(&mut self, addr: u64, len: usize) -> ReadId {
+        let len = len.min(MAX_READ);
+        let start = self.buf.len();
+        self.buf.resize(start + len, 0);
+        self.reads.push((addr, start..start + len));
+        self.ok.push(false);
+        ReadId(self.reads.len() - 1)
+    }
+
+    /// The bytes of a read that succeeded.
+    pub fn bytes(&self, id: ReadId) -> Option<&[u8]> {
+        self.ok[id.0].then(|| &self.buf[self.reads[id.0].1.clone()])
+    }
+
+    /// Word `i` of a read that succeeded and holds it.
+    pub fn word(&self, id: ReadId, i: usize) -> Option<u64> {
+        let bytes = self.bytes(id)?.get(i * 8..i * 8 + 8)?;
+        Some(u64::from_ne_bytes(bytes.try_into().ok()?))
+    }
 }
 
 /// A live process, read with `process_vm_readv` (needs ptrace-read permission: root or same user).
@@ -75,6 +127,59 @@ impl ProcessMemory for LiveProcess {
                 format!("short remote read at {addr:#x}: {n} of {} bytes", buf.len()),
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// `process_vm_readv` with one remote iovec per read, up to `IOV_MAX` a call. The kernel
+    /// stops at the first read that faults and returns what it copied before: the faulting
+    /// read is marked failed and the call resumes after it.
+    fn read_batch(&self, batch: &mut Batch) {
+        const IOV_MAX: usize = 1024;
+        let mut next = 0;
+        while next < batch.reads.len() {
+            let chunk = next..batch.reads.len().min(next + IOV_MAX);
+            let base = batch.buf.as_mut_ptr();
+            let (local, remote): (Vec<libc::iovec>, Vec<libc::iovec>) = batch.reads[chunk.clone()]
+                .iter()
+                .map(|(addr, range)| {
+                    (
+                        libc::iovec {
+                            // SAFETY: `range` lies within `buf` (made by `Batch::push`).
+                            iov_base: unsafe { base.add(range.start) }.cast(),
+                            iov_len: range.len(),
+                        },
+                        libc::iovec {
+                            iov_base: *addr as *mut libc::c_void,
+                            iov_len: range.len(),
+                        },
+                    )
+                })
+                .unzip();
+            // SAFETY: each local iovec covers its own part of `buf`, which outlives the call;
+            // the kernel checks the remote ones against the target.
+            let n = unsafe {
+                libc::process_vm_readv(
+                    self.pid as libc::pid_t,
+                    local.as_ptr(),
+                    local.len() as libc::c_ulong,
+                    remote.as_ptr(),
+                    remote.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            // Anything but a fault (the process is gone, no permission) fails the rest too.
+            if n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EFAULT) {
+                return;
+            }
+            let mut copied = n.max(0) as usize;
+            let mut i = chunk.start;
+            while i < chunk.end && copied >= batch.reads[i].1.len() {
+                copied -= batch.reads[i].1.len();
+                batch.ok[i] = true;
+                i += 1;
+            }
+            // `i` is the read the kernel stopped at (it faulted, or was cut short): skip it.
+            next = i + usize::from(i < chunk.end);
         }
     }
 }

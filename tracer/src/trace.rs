@@ -4,7 +4,7 @@
 
 use std::{
     collections::VecDeque,
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::{AsFd as _, FromRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -13,7 +13,7 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
 };
-use tracer_common::Counter;
+use tracer_common::{capture::snap, Counter};
 
 use crate::{
     attach,
@@ -27,7 +27,7 @@ use crate::{
     decode::{Decoder, RawSnapshot},
     discover,
     memory::LiveProcess,
-    plan, resolve,
+    plan, resolve, shadow,
     sinks::{self, OutDir, Outputs, RunInfo, StepRow, Totals},
 };
 
@@ -45,8 +45,9 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub quiet: bool,
     pub cuda: cuda::Level,
-    /// Copy the scheduler's state at each step (batch columns, requests, events, queues).
-    pub snapshots: bool,
+    /// Copy the scheduler's state at each step (batch columns, requests, events, queues), and
+    /// where the requests' fields are read (`None`: phases only).
+    pub snapshots: Option<shadow::Mode>,
     /// Size of the ring buffer of probe hits and snapshots, in bytes.
     pub ring_bytes: u32,
 }
@@ -96,7 +97,7 @@ pub fn run(options: Options) -> Result<Totals> {
     let config = capture::engine_config(&reader, resolved.engine, resolved.names.state);
     let vllm_version = crate::engines::vllm_version(&target);
     // Without a snapshot plan the trace still has every step's phases; say why once.
-    let capture = if options.snapshots {
+    let capture = if options.snapshots.is_some() {
         reader
             .sys_modules(target.python.runtime)
             .map_err(CaptureError::from)
@@ -114,6 +115,9 @@ pub fn run(options: Options) -> Result<Totals> {
             None
         }
     };
+    if let (Some(capture), Some(shadow::Mode::Shadow)) = (&mut capture, options.snapshots) {
+        capture.set_shadow(true);
+    }
     let mut outputs = Outputs::create(&options.out_dir)?;
 
     let trace_start_ns = monotonic_ns();
@@ -146,15 +150,27 @@ pub fn run(options: Options) -> Result<Totals> {
     let mut source = capture
         .as_ref()
         .map(|_| LiveRequests::new(&reader, resolved.names.state));
+    let mut shadow = capture
+        .as_ref()
+        .zip(options.snapshots)
+        .map(|(capture, mode)| shadow::Shadow::new(&reader, resolved.names.state, capture, mode));
     let mut totals = Totals::default();
     let mut write_error = None;
     let mut pending_updates: VecDeque<PendingUpdate> = VecDeque::new();
     let mut drain = |probes: &mut attach::Probes, totals: &mut Totals, outputs: &mut Outputs| {
         let mut steps = Vec::new();
         while let Some(record) = probes.events.next() {
-            if let Some(step) = decoder.decode(&record).and_then(|hit| correlator.push(hit)) {
-                steps.push(step);
-            }
+            let Some(hit) = decoder.decode(&record) else {
+                continue;
+            };
+            let hits = match &mut shadow {
+                Some(shadow) => {
+                    let plan = &capture.as_ref().expect("shadow copies need a plan").plan;
+                    shadow.pass(hit, plan, source.as_mut())
+                }
+                None => vec![hit],
+            };
+            steps.extend(hits.into_iter().filter_map(|hit| correlator.push(hit)));
         }
         // After the watch ring: the facts of every request its snapshots list are in.
         while let Some(record) = probes.facts.next() {
@@ -173,15 +189,24 @@ pub fn run(options: Options) -> Result<Totals> {
             };
             // The scheduler as the step's schedule() left it, with the step's output. Per
             // batch, the copy before the batch's update shows later batches' queues; only
-            // its `scheduler_output` local is the batch's.
-            let state = |raw: &Option<RawSnapshot>| raw.as_ref().map(|r| capture.state(r));
+            // its `scheduler_output` local is the batch's (a shadow copy read it already).
+            let state = |raw: &Option<RawSnapshot>| {
+                raw.as_ref()
+                    .filter(|r| r.header.flags & snap::DROPPED == 0)
+                    .map(|r| capture.state(r))
+            };
             let scheduled = match (plan.per_batch, state(&step.at_schedule)) {
                 (true, Some(at_schedule)) => Some(capture::SchedulerState {
-                    scheduled: state(&step.after_execute).and_then(|s| s.scheduled),
+                    scheduled: at_schedule
+                        .scheduled
+                        .clone()
+                        .or_else(|| state(&step.after_execute).and_then(|s| s.scheduled)),
                     ..at_schedule
                 }),
                 (true, None) => None,
-                (false, _) => state(&step.after_execute),
+                // On the `step` path only shadow copies are taken when `schedule()` returns.
+                (false, Some(shadow_copy)) => Some(shadow_copy),
+                (false, None) => state(&step.after_execute),
             };
             // Schedules and updates are folded in the order they ran. Per batch, the previous
             // batch's update usually ran after this batch's schedule(): not when a call had
@@ -204,15 +229,24 @@ pub fn run(options: Options) -> Result<Totals> {
             let updated = state(&step.after_update);
             // Planned without a live request: the first one listed shows where requests
             // keep their fields; the kernel side reads them there from its next hit on.
-            let listed = step
-                .after_execute
-                .as_ref()
-                .and_then(|raw| raw.running.first().map(|item| item.object));
+            let listed = [&step.after_execute, &step.at_schedule]
+                .into_iter()
+                .flatten()
+                .find_map(|raw| raw.running.first().map(|item| item.object));
             if let Some(request) = listed.filter(|_| !capture.sampled) {
                 if capture.refresh(&reader, request) {
                     if let Err(e) = probes.set_plan(target.pid, &capture.plan) {
                         say(&format!("tracer: warning: request fields stay unread: {e}"));
                     }
+                }
+            }
+            // `auto`: shadow copies once the steps leave time for them, and back if not.
+            if let Some(on) = shadow.as_mut().and_then(|s| s.choose(step.still_ns())) {
+                capture.set_shadow(on);
+                if let Err(e) = probes.set_plan(target.pid, &capture.plan) {
+                    say(&format!(
+                        "tracer: warning: snapshots stay as they were: {e}"
+                    ));
                 }
             }
             pending_updates.push_back(PendingUpdate {
@@ -240,11 +274,23 @@ pub fn run(options: Options) -> Result<Totals> {
         let deadline = tokio::time::sleep(options.duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+        // Shadow snapshots wake the loader at once (other records wait for the tick).
+        // (A duplicate of the ring's fd: the drain needs the ring itself.)
+        let ring = probes.events.as_fd().try_clone_to_owned();
+        // SAFETY: the AsyncFd owns the duplicate, open until it is dropped.
+        let ring = ring
+            .and_then(|fd| unsafe { AsyncFd::register(fd) }.map_err(Into::into))
+            .context("polling the ring buffer")?;
         let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
         let mut status_tick = tokio::time::interval(crate::status::TTY_EVERY);
         let reason = loop {
             tokio::select! {
                 _ = drain_tick.tick() => drain(&mut probes, &mut totals, &mut outputs),
+                guard = ring.readable() => {
+                    // Cleared first: a record that comes during the drain wakes us again.
+                    guard?.clear_ready();
+                    drain(&mut probes, &mut totals, &mut outputs);
+                }
                 _ = flush_tick.tick() => outputs.flush().context("writing the CSV files")?,
                 _ = status_tick.tick() => status.tick(crate::status::Counters {
                     steps: totals.steps,
@@ -315,6 +361,7 @@ pub fn run(options: Options) -> Result<Totals> {
             snapshots: probes.counter(Counter::Snapshots),
             snapshots_failed: probes.counter(Counter::SnapshotFailed),
             snapshots_dropped: probes.counter(Counter::SnapshotRingFull),
+            shadow: shadow.as_ref().map(|s| s.counts),
         },
         scheduler: capture.as_ref().map(|c| c.budgets),
         cuda,

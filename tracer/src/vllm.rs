@@ -259,3 +259,21 @@ pub const ENGINES: &[EngineNames] = &[
     V1_BATCH_QUEUE_0_33,
     V1_BATCH_QUEUE_0_10,
 ];
+
+/// Where a request keeps vLLM's own stamp of its queueing: the first of its `events` (a
+/// list of `EngineCoreEvent`s vLLM fills while it logs stats, and empties at the request's
+/// first output), whose `type` is `EngineCoreEventType.QUEUED` and `timestamp` the
+/// `time.monotonic()` of `Scheduler.add_request`. The same in every V1 release (0.8–0.33).
+pub struct EventNames {
+    pub list: &'static str,
+    pub kind: &'static str,
+    pub timestamp: &'static str,
+    pub queued: i64,
+}
+
+pub const REQUEST_EVENTS: EventNames = EventNames {
+    list: "events",
+    kind: "type",
+    timestamp: "timestamp",
+    queued: 1,
+};

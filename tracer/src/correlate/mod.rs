@@ -32,10 +32,10 @@ pub struct Step {
     /// and could be taken).
     pub after_execute: Option<RawSnapshot>,
     pub after_update: Option<RawSnapshot>,
-    /// Per batch (`step_with_batch_queue`): the scheduler when the batch's `schedule()`
-    /// returned, for its queue columns. The two above are taken in the call that updates the
-    /// batch, after later batches were scheduled; they stay the request lifecycle's view,
-    /// whose snapshots must follow each other in time.
+    /// The scheduler when `schedule()` returned: per batch (`step_with_batch_queue`), for its
+    /// queue columns (the two above are taken in the call that updates the batch, after
+    /// later batches were scheduled; they stay the request lifecycle's view, whose snapshots
+    /// must follow each other in time); on the `step` path, a shadow copy (see `shadow`).
     pub at_schedule: Option<RawSnapshot>,
     /// Per batch: where on the engine thread the batch was launched and waited for.
     pub batch: Option<BatchSpans>,
@@ -88,6 +88,15 @@ impl Step {
     }
     pub fn step_ns(&self) -> u64 {
         self.schedule_ns() + self.execute_ns() + self.update_ns()
+    }
+
+    /// How long the engine thread left the scheduler alone after `schedule()` returned: to
+    /// the batch's next mark per batch, else to the end of execute.
+    pub fn still_ns(&self) -> u64 {
+        match self.batch {
+            Some(batch) => batch.launch_until_ns.saturating_sub(self.schedule_done_ns),
+            None => self.execute_done_ns - self.schedule_done_ns,
+        }
     }
 
     /// Time the tracer's snapshots of this step held the engine thread.
@@ -193,6 +202,7 @@ impl Correlator {
             schedule_done_ns: self.open[1],
             execute_done_ns: self.open[2],
             update_done_ns: self.open[3],
+            at_schedule: self.snapshots[1].take(),
             after_execute: self.snapshots[2].take(),
             after_update: self.snapshots[3].take(),
             ..Step::default()

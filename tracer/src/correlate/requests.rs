@@ -27,6 +27,9 @@ pub struct RequestInfo {
     pub prompt_tokens: Option<u32>,
     pub arrival_time_s: Option<f64>,
     pub max_tokens: Option<u32>,
+    /// vLLM's stamp of the request's queueing (CLOCK_MONOTONIC ns), where it was still there
+    /// to read.
+    pub queued_ns: Option<u64>,
 }
 
 /// Reads a request's immutable facts by address (the live process, or a table in tests).
@@ -256,7 +259,12 @@ impl Requests {
             request_id: info.id.clone(),
             pid: self.pid,
             arrival_time_s: info.arrival_time_s,
-            queued_ns: t_ns,
+            // vLLM's own stamp when it was read: it comes from `add_request`, before the
+            // step in which the tracer first sees the request.
+            queued_ns: info
+                .queued_ns
+                .filter(|&queued| (self.started || fresh) && queued <= t_ns)
+                .unwrap_or(t_ns),
             finish_status: "UNFINISHED".into(),
             prompt_tokens: info.prompt_tokens,
             // Set at first scheduling (−1 before), so known for requests in flight too.

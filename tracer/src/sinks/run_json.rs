@@ -62,6 +62,8 @@ pub struct Counters {
     pub snapshots_failed: u64,
     /// Snapshots lost because the ring buffer was full (their hits were kept).
     pub snapshots_dropped: u64,
+    /// Shadow copies (`--snapshots`), absent with `--phases-only`.
+    pub shadow: Option<crate::shadow::ShadowCounts>,
 }
 
 impl RunInfo {

@@ -1,0 +1,306 @@
+//! Shadow copies: the per-request half of a scheduler snapshot, read by the loader while the
+//! engine thread executes the batch, instead of by the watch program inside the trap.
+//!
+//! From the hit that ends `schedule()` to the next mark the engine thread does not touch the
+//! scheduler (it launches the batch and waits for the GPU; one thread mutates the state), so
+//! a copy made in that window is the state `schedule()` left. The watch program copies only
+//! which requests each queue holds and the step's frame (a fixed handful of reads, whatever
+//! the queues' lengths); this module reads each request's planned fields and the batch's
+//! scheduled tokens, the same words the program would have copied, so everything downstream
+//! reads a shadow snapshot as a synchronous one. The copy counts only if it ended before the
+//! engine thread's next mark ([`Shadow::settle`]); otherwise its snapshot is dropped, as one
+//! the ring buffer lost would be.
+//!
+//! `--snapshots auto` starts with synchronous copies, moves to shadow ones when the steps
+//! leave a window worth reading in (≥ [`AUTO_MIN_STILL_NS`] from `schedule()`'s return to
+//! the next mark, in the median step), and back for good
+//! when too many shadow copies end late.
+
+use std::collections::{HashSet, VecDeque};
+
+use tracer_common::capture::{self as wire, snap, Item, Plan, ScheduledEntry, MAX_SCHEDULED};
+
+mod fields;
+
+use crate::{
+    capture::LiveRequests,
+    cpython::{AttrLocation, PyReader},
+    decode::{Hit, RawSnapshot},
+    memory::ProcessMemory,
+    trace::monotonic_ns,
+    vllm::{RequestField, StateNames},
+};
+
+/// Where the first snapshot of a step is copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Synchronous copies while the batch's steps are short; shadow copies once they leave
+    /// time to read in; back to synchronous if shadow copies keep ending late.
+    Auto,
+    /// In the trap: the engine thread waits for every request's fields (exact always).
+    Sync,
+    /// Off the engine thread, while the batch executes (a late copy loses its step's
+    /// batch columns, counted in run.json).
+    Shadow,
+}
+
+/// Median window from which `auto` reads in the shadow: a GPU step's wait, not a CPU
+/// stand-in's sub-millisecond one.
+pub const AUTO_MIN_STILL_NS: u64 = 2_000_000;
+/// Steps `auto` looks at before choosing, and shadow copies it judges at a time.
+const AUTO_WINDOW: usize = 32;
+/// Late copies in a window of [`AUTO_WINDOW`] after which `auto` goes back to synchronous.
+const AUTO_MAX_LATE: usize = 4;
+
+/// How the shadow copies went (run.json `counters.shadow`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShadowCounts {
+    /// Copies made, and those that ended after the engine thread moved on (dropped).
+    pub copies: u64,
+    pub late: u64,
+    /// Copies whose reads failed (the target changed under them): dropped too.
+    pub failed: u64,
+    /// `auto` switches between synchronous and shadow copies.
+    pub switches: u64,
+}
+
+/// Reads shadow snapshots' fields, and judges them against the engine thread's next mark.
+pub struct Shadow<'r, M: ProcessMemory> {
+    reader: &'r PyReader<'r, M>,
+    names: &'static StateNames,
+    output_class: Option<u64>,
+    output_local: u64,
+    per_batch: bool,
+    scheduled_at: Option<AttrLocation>,
+    /// Requests (object, id) the last copy listed: their facts are read already.
+    listed: HashSet<(u64, u64)>,
+    /// A shadow hit waiting for the next hit of its thread, and when its copy ended.
+    held: Option<(Hit, u64)>,
+    pub mode: Mode,
+    /// `auto`: currently shadow; recent windows (sync) or copy outcomes (shadow).
+    pub shadowing: bool,
+    recent_still: VecDeque<u64>,
+    recent_late: VecDeque<bool>,
+    pub counts: ShadowCounts,
+}
+
+impl<'r, M: ProcessMemory> Shadow<'r, M> {
+    pub fn new(
+        reader: &'r PyReader<'r, M>,
+        names: &'static StateNames,
+        capture: &crate::capture::Capture,
+        mode: Mode,
+    ) -> Self {
+        Self {
+            reader,
+            names,
+            output_class: capture.output_class(),
+            output_local: capture.plan.output_local,
+            per_batch: capture.per_batch(),
+            scheduled_at: None,
+            listed: HashSet::new(),
+            held: None,
+            mode,
+            shadowing: mode == Mode::Shadow,
+            recent_still: VecDeque::new(),
+            recent_late: VecDeque::new(),
+            counts: ShadowCounts::default(),
+        }
+    }
+
+    /// Takes the next decoded hit; gives back the hits that may go on to the correlator, in
+    /// order. A shadow hit's fields are read now, and the hit is held until the next hit
+    /// shows whether the engine thread was still executing when the reads ended.
+    pub fn pass(
+        &mut self,
+        mut hit: Hit,
+        plan: &Plan,
+        source: Option<&mut LiveRequests<'_, M>>,
+    ) -> Vec<Hit> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(held) = self.settle(hit.ktime_ns) {
+            out.push(held);
+        }
+        let shadow = hit
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.header.flags & snap::SHADOW != 0);
+        if !shadow {
+            out.push(hit);
+            return out;
+        }
+        self.counts.copies += 1;
+        let raw = hit.snapshot.as_mut().expect("a shadow hit has a snapshot");
+        if self.fill(raw, plan).is_none() {
+            self.counts.failed += 1;
+            drop_copy(raw);
+            out.push(hit);
+            return out;
+        }
+        let done_ns = monotonic_ns();
+        if let Some(source) = source {
+            self.prefetch(raw, source);
+        }
+        self.held = Some((hit, done_ns));
+        out
+    }
+
+    /// The held shadow hit, judged against `next_ns` (the next hit's stamp; `u64::MAX` at the
+    /// end of the trace, when no later mark came).
+    pub fn settle(&mut self, next_ns: u64) -> Option<Hit> {
+        let (mut hit, done_ns) = self.held.take()?;
+        let late = done_ns >= next_ns;
+        if late {
+            self.counts.late += 1;
+            if let Some(raw) = &mut hit.snapshot {
+                drop_copy(raw);
+            }
+        }
+        if self.mode == Mode::Auto {
+            self.recent_late.push_back(late);
+            if self.recent_late.len() > AUTO_WINDOW {
+                self.recent_late.pop_front();
+            }
+        }
+        Some(hit)
+    }
+
+    /// `auto`: whether to copy in the shadow from now on, given the step's window (see
+    /// [`crate::correlate::Step::still_ns`]);
+    /// `Some` when that changes.
+    pub fn choose(&mut self, still_ns: u64) -> Option<bool> {
+        if self.mode != Mode::Auto {
+            return None;
+        }
+        if self.shadowing {
+            let late = self.recent_late.iter().filter(|&&late| late).count();
+            if late >= AUTO_MAX_LATE {
+                // For good: a workload whose windows are too short stays so.
+                self.mode = Mode::Sync;
+                self.shadowing = false;
+                self.counts.switches += 1;
+                return Some(false);
+            }
+            return None;
+        }
+        self.recent_still.push_back(still_ns);
+        if self.recent_still.len() > AUTO_WINDOW {
+            self.recent_still.pop_front();
+        }
+        let mut window: Vec<u64> = self.recent_still.iter().copied().collect();
+        if window.len() < AUTO_WINDOW {
+            return None;
+        }
+        window.sort_unstable();
+        if window[window.len() / 2] < AUTO_MIN_STILL_NS {
+            return None;
+        }
+        self.shadowing = true;
+        self.counts.switches += 1;
+        self.recent_late.clear();
+        Some(true)
+    }
+
+    /// Reads the fields of every request `raw` lists and the step's scheduled tokens, as the
+    /// watch program would have copied them; `None` if the step's state was unreadable.
+    fn fill(&mut self, raw: &mut RawSnapshot, plan: &Plan) -> Option<()> {
+        let mut items: Vec<&mut Item> = raw
+            .running
+            .iter_mut()
+            .chain(raw.waiting.iter_mut())
+            .collect();
+        fields::fill(self.reader.mem, plan, &mut items);
+        // Per batch the step's `scheduler_output` local is soon the older batch's (the call
+        // pops it into the same name): the copy before the batch's update has its tokens.
+        if !self.per_batch {
+            if let Some(entries) = self.scheduled(raw.header.frame) {
+                raw.header.flags |= snap::SCHEDULED;
+                raw.header.n_scheduled = entries.len() as u32;
+                raw.scheduled = entries;
+            }
+        }
+        (raw.header.flags & snap::READ_ERROR == 0).then_some(())
+    }
+
+    /// Reads the facts of the requests `raw` lists for the first time: immutable, but a
+    /// request may end soon after, so read while it is listed (after the copy's window:
+    /// the facts need none).
+    fn prefetch(&mut self, raw: &RawSnapshot, source: &mut LiveRequests<'_, M>) {
+        let listed: HashSet<(u64, u64)> = raw
+            .running
+            .iter()
+            .chain(&raw.waiting)
+            .filter(|item| item.missing & (1 << RequestField::Id as u64) == 0)
+            .map(|item| (item.object, item.fields[RequestField::Id as usize][0]))
+            .collect();
+        for &(object, id) in listed.difference(&self.listed) {
+            source.prefetch(object, id);
+        }
+        self.listed = listed;
+    }
+
+    /// The 16 bytes after an object's header (an `int`'s size word and digits, a list's
+    /// length), as the watch program copies a followed field.
+    fn value_words(&self, object: u64) -> Option<[u64; 2]> {
+        let mut bytes = [0u8; 16];
+        self.reader
+            .mem
+            .read(object.wrapping_add(self.reader.layout.var_size), &mut bytes)
+            .ok()?;
+        let word = |i: usize| u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+        Some([word(0), word(1)])
+    }
+
+    /// `scheduler_output.num_scheduled_tokens` from the step's frame, stored right after the
+    /// hit (a frame whose local is not what the plan expects gives nothing).
+    fn scheduled(&mut self, frame: u64) -> Option<Vec<ScheduledEntry>> {
+        let reader = self.reader;
+        if frame == 0 || self.output_local == u64::MAX {
+            return None;
+        }
+        let slot = frame
+            .wrapping_add(reader.layout.frame_localsplus)
+            .wrapping_add(8 * self.output_local);
+        let output = reader.mem.read_u64(slot).ok()?;
+        if Some(reader.type_of(output).ok()?) != self.output_class {
+            return None;
+        }
+        let location = match &self.scheduled_at {
+            Some(location) => *location,
+            None => {
+                let location = reader
+                    .attr_location(output, self.names.output_scheduled)
+                    .ok()??;
+                *self.scheduled_at.insert(location)
+            }
+        };
+        let dict = reader.read_location(output, &location).ok()??;
+        let items = reader.dict_items(dict).ok()?;
+        Some(
+            items
+                .into_iter()
+                .take(MAX_SCHEDULED)
+                .filter_map(|(key, value)| {
+                    Some(ScheduledEntry {
+                        key,
+                        value: self.value_words(value)?,
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Empties a shadow copy that does not count, keeping how long its kernel half held the
+/// engine thread.
+fn drop_copy(raw: &mut RawSnapshot) {
+    *raw = RawSnapshot {
+        header: wire::SnapshotHeader {
+            flags: snap::SHADOW | snap::DROPPED,
+            copy_ns: raw.header.copy_ns,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+}
