@@ -347,6 +347,149 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     }
 }
 
+/// Shadow copies (`--snapshots shadow`): the kernel side copies which requests each queue
+/// holds, the tracer reads their fields while the batch executes (8 ms here, the fixture
+/// asleep as an engine thread waiting for a GPU). A copy that ends after the engine thread
+/// moved on is dropped and counted; every other step has the fixture's batch columns, and
+/// each request vLLM's own queueing stamp. Steps soon after a dropped copy are not compared
+/// (a preemption in the dropped step reads as a new request when it resumes).
+fn shadow_copies_match_ground_truth(python: &str) {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth");
+    let out = dir.path().join("out");
+    let mut args: Vec<&str> = LOAD.to_vec();
+    let at = |name: &str| args.iter().position(|a| *a == name).unwrap() + 1;
+    let (steps, execute) = (at("--steps"), at("--execute-ms"));
+    args[steps] = "500";
+    args[execute] = "8";
+    args.extend([
+        "--execute-mode",
+        "sleep",
+        "--truth-dir",
+        truth.to_str().unwrap(),
+    ]);
+    let mut fixture = Fixture::spawn(python, &args);
+    let tracer = Tracer::attach_with(fixture.pid, &out, &["--snapshots", "shadow"]);
+    fixture.go();
+    assert!(fixture.wait().success());
+    let (status, stderr) = tracer.finish(Duration::from_secs(60));
+    assert!(status.success(), "{stderr:?}");
+    let run = read_run_json(&out);
+    assert_eq!(run["counters"]["ring_buffer_drops"], 0);
+    let shadow = &run["counters"]["shadow"];
+    let (copies, late) = (
+        shadow["copies"].as_u64().unwrap(),
+        shadow["late"].as_u64().unwrap(),
+    );
+    assert!(copies >= 500, "{shadow}");
+    // Late copies are a loaded machine's (the fixture's CI runs beside two busy loops).
+    assert!(
+        late * 5 <= copies,
+        "more than 1 in 5 copies ended late: {shadow}"
+    );
+    eprintln!("{python}: shadow copies {shadow}");
+
+    let traced_steps = rows(&out.join("steps.csv"));
+    let truth_steps = rows(&truth.join("steps.csv"));
+    assert_eq!(
+        traced_steps.len(),
+        truth_steps.len(),
+        "steps lost or invented"
+    );
+    let counted = |s: &Row| !s["batch_size"].is_empty();
+    let mut compared = 0;
+    for (i, (t, s)) in truth_steps.iter().zip(&traced_steps).enumerate() {
+        if !traced_steps[i.saturating_sub(3)..=i].iter().all(counted) {
+            continue;
+        }
+        compared += 1;
+        for column in [
+            "batch_size",
+            "scheduled_tokens",
+            "prefill_tokens",
+            "decode_tokens",
+            "new_requests",
+            "resumed_requests",
+            "running",
+            "waiting",
+            "preempted",
+            "finished",
+        ] {
+            assert_eq!(s[column], t[column], "step {}: {column}", t["step"]);
+        }
+        assert_eq!(
+            num(s, "kv_blocks_used"),
+            num(t, "kv_total_blocks") - 1 - num(t, "kv_free_blocks"),
+            "step {}",
+            t["step"]
+        );
+        // The kernel side's part: a few reads, whatever the queues hold.
+        assert!(num(s, "tracer_ns") < 1_000_000, "step {}: {s:?}", t["step"]);
+    }
+    assert!(
+        compared * 2 >= traced_steps.len(),
+        "{compared} steps compared"
+    );
+
+    // Requests: the same counts, and vLLM's queueing stamp (set inside `add_request`, just
+    // before the fixture's own clock read after it returns).
+    let traced_requests: HashMap<String, Row> = rows(&out.join("requests.csv"))
+        .into_iter()
+        .map(|r| (r["request_id"].clone(), r))
+        .collect();
+    let trace_start = run["trace_start_ns"].as_u64().unwrap();
+    let (mut queued, mut stamped) = (0, 0);
+    for t in rows(&truth.join("requests.csv")) {
+        if num(&t, "queued_ns") < trace_start {
+            continue;
+        }
+        let Some(s) = traced_requests.get(&t["request_id"]) else {
+            // Still far back in the waiting queue when the run ended (never copied).
+            assert_eq!(t["finish_status"], "UNFINISHED", "{t:?}");
+            continue;
+        };
+        for column in ["prompt_tokens", "arrival_time"] {
+            let traced = if column == "arrival_time" {
+                "arrival_time_s"
+            } else {
+                column
+            };
+            assert_eq!(s[traced], t[column], "{}: {column}", t["request_id"]);
+        }
+        queued += 1;
+        let early = num(&t, "queued_ns") as i64 - num(s, "queued_ns") as i64;
+        if (0..100_000).contains(&early) {
+            stamped += 1;
+        }
+    }
+    assert!(queued > 150, "{queued} requests");
+    assert!(
+        stamped * 20 >= queued * 19,
+        "{stamped} of {queued} with vLLM's stamp"
+    );
+}
+
+#[test]
+fn shadow_copies_match_ground_truth_pyenv_3_10() {
+    shadow_copies_match_ground_truth(&pyenv("3.10.13"));
+}
+
+#[test]
+fn shadow_copies_match_ground_truth_pyenv_3_11() {
+    shadow_copies_match_ground_truth(&pyenv("3.11.7"));
+}
+
+#[test]
+fn shadow_copies_match_ground_truth_pyenv_3_12() {
+    shadow_copies_match_ground_truth(&pyenv("3.12.1"));
+}
+
+#[test]
+fn shadow_copies_match_ground_truth_pyenv_3_13() {
+    shadow_copies_match_ground_truth(&pyenv("3.13.0"));
+}
+
 #[test]
 fn batches_and_reasons_match_ground_truth_pyenv_3_10() {
     lifecycles_match_ground_truth(&pyenv("3.10.13"), false);

@@ -154,6 +154,12 @@ pub fn run(options: Options) -> Result<Totals> {
         .as_ref()
         .zip(options.snapshots)
         .map(|(capture, mode)| shadow::Shadow::new(&reader, resolved.names.state, capture, mode));
+    if shadow
+        .as_ref()
+        .is_some_and(|s| s.mode != shadow::Mode::Sync)
+    {
+        shadow::hurry();
+    }
     let mut totals = Totals::default();
     let mut write_error = None;
     let mut pending_updates: VecDeque<PendingUpdate> = VecDeque::new();
