@@ -334,7 +334,17 @@ fn async_batches_get_their_own_launches_and_waits() {
         ],
     );
     let pid = fixture.pid.to_string();
-    let mut tracer = Tracer::spawn(&["attach", "--pid", &pid, "-o", out.to_str().unwrap()]);
+    // Copies in the trap: this test is about rows and CUDA calls (tests/requests.rs has the
+    // shadow copies, which a loaded machine may make late).
+    let mut tracer = Tracer::spawn(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-o",
+        out.to_str().unwrap(),
+        "--snapshots",
+        "sync",
+    ]);
     tracer
         .stderr
         .wait_for("tracer: attached", Duration::from_secs(30));

@@ -80,6 +80,8 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     let run = read_run_json(&out);
     assert_eq!(run["counters"]["ring_buffer_drops"], 0);
     assert_eq!(run["counters"]["snapshots_failed"], 0);
+    // `auto` keeps its copies in the trap: 0.3 ms steps leave no time to read in.
+    assert_eq!(run["counters"]["shadow"]["copies"], 0);
     // The engine's settings, read from the target, are the ones LOAD gave it.
     assert_eq!(run["vllm_version"], "0.0.0+fixture");
     let config = &run["config"];
@@ -353,7 +355,7 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
 /// moved on is dropped and counted; every other step has the fixture's batch columns, and
 /// each request vLLM's own queueing stamp. Steps soon after a dropped copy are not compared
 /// (a preemption in the dropped step reads as a new request when it resumes).
-fn shadow_copies_match_ground_truth(python: &str) {
+fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let truth = dir.path().join("truth");
@@ -370,7 +372,7 @@ fn shadow_copies_match_ground_truth(python: &str) {
         truth.to_str().unwrap(),
     ]);
     let mut fixture = Fixture::spawn(python, &args);
-    let tracer = Tracer::attach_with(fixture.pid, &out, &["--snapshots", "shadow"]);
+    let tracer = Tracer::attach_with(fixture.pid, &out, &["--snapshots", snapshots]);
     fixture.go();
     assert!(fixture.wait().success());
     let (status, stderr) = tracer.finish(Duration::from_secs(60));
@@ -382,7 +384,12 @@ fn shadow_copies_match_ground_truth(python: &str) {
         shadow["copies"].as_u64().unwrap(),
         shadow["late"].as_u64().unwrap(),
     );
-    assert!(copies >= 500, "{shadow}");
+    // `auto` copies in the trap until it has seen the windows of 32 steps (and the plan
+    // it then writes reaches the kernel side by the next drain).
+    assert!(copies >= 500 - 64, "{shadow}");
+    if snapshots == "auto" {
+        assert!(shadow["switches"].as_u64().unwrap() >= 1, "{shadow}");
+    }
     // Late copies are a loaded machine's (the fixture's CI runs beside two busy loops).
     assert!(
         late * 5 <= copies,
@@ -472,22 +479,23 @@ fn shadow_copies_match_ground_truth(python: &str) {
 
 #[test]
 fn shadow_copies_match_ground_truth_pyenv_3_10() {
-    shadow_copies_match_ground_truth(&pyenv("3.10.13"));
+    shadow_copies_match_ground_truth(&pyenv("3.10.13"), "shadow");
 }
 
 #[test]
 fn shadow_copies_match_ground_truth_pyenv_3_11() {
-    shadow_copies_match_ground_truth(&pyenv("3.11.7"));
+    shadow_copies_match_ground_truth(&pyenv("3.11.7"), "shadow");
 }
 
+/// `auto` goes from copies in the trap to shadow ones on steps this long.
 #[test]
 fn shadow_copies_match_ground_truth_pyenv_3_12() {
-    shadow_copies_match_ground_truth(&pyenv("3.12.1"));
+    shadow_copies_match_ground_truth(&pyenv("3.12.1"), "auto");
 }
 
 #[test]
 fn shadow_copies_match_ground_truth_pyenv_3_13() {
-    shadow_copies_match_ground_truth(&pyenv("3.13.0"));
+    shadow_copies_match_ground_truth(&pyenv("3.13.0"), "shadow");
 }
 
 #[test]

@@ -574,8 +574,8 @@ pub struct LiveRequests<'r, M: ProcessMemory> {
     /// Kernel-side facts not yet asked for, by (request, id string), with the drain that
     /// brought them.
     facts: HashMap<(u64, u64), (wire::RequestFacts, u64)>,
-    /// Facts read from the target while a shadow copy listed the request, likewise.
-    prefetched: HashMap<(u64, u64), (RequestInfo, u64)>,
+    /// vLLM's queueing stamps read while a shadow copy first listed the request, likewise.
+    queued: HashMap<(u64, u64), (u64, u64)>,
     drains: u64,
     /// Where the last request kept each attribute: requests set theirs in the same order, so
     /// the next one is read there in a few reads, not found again by walking its class.
@@ -600,7 +600,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             reader,
             names,
             facts: HashMap::new(),
-            prefetched: HashMap::new(),
+            queued: HashMap::new(),
             drains: 0,
             locations: HashMap::new(),
             errors: 0,
@@ -626,15 +626,20 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         self.drains += 1;
         let oldest = self.drains.saturating_sub(FACTS_KEPT_DRAINS);
         self.facts.retain(|_, (_, drain)| *drain >= oldest);
-        self.prefetched.retain(|_, (_, drain)| *drain >= oldest);
+        self.queued.retain(|_, (_, drain)| *drain >= oldest);
     }
 
-    /// Reads the facts of a request a shadow copy lists now, while it surely lives (and
-    /// before its first output takes vLLM's queueing stamp); [`RequestSource::info`] hands
-    /// them out later.
-    pub fn prefetch(&mut self, object: u64, id: u64) {
-        if let Some(info) = self.live(object, id) {
-            self.prefetched.insert((object, id), (info, self.drains));
+    /// Takes in facts a shadow copy read, as [`LiveRequests::learn`] those of the kernel side.
+    pub fn know(&mut self, facts: wire::RequestFacts) {
+        self.facts
+            .insert((facts.object, facts.id), (facts, self.drains));
+    }
+
+    /// Reads vLLM's queueing stamp of a request a shadow copy lists for the first time: its
+    /// first output, soon, takes it away.
+    pub fn stamp_queued(&mut self, object: u64, id: u64) {
+        if let Some(ns) = self.queued_ns(object).filter(|_| self.still(object, id)) {
+            self.queued.insert((object, id), (ns, self.drains));
         }
     }
 
@@ -752,9 +757,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
 
 impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
     fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
-        if let Some((info, _)) = self.prefetched.remove(&(object, id)) {
-            return Some(info);
-        }
+        let stamped = self.queued.remove(&(object, id)).map(|(ns, _)| ns);
         let copied = self
             .facts
             .remove(&(object, id))
@@ -764,10 +767,11 @@ impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
         let info = match copied {
             // The stamp, if the request still is this one and has not had its first output.
             Some((info, true)) => Some(RequestInfo {
-                queued_ns: self
-                    .still(object, id)
-                    .then(|| self.queued_ns(object))
-                    .flatten(),
+                queued_ns: stamped.or_else(|| {
+                    self.still(object, id)
+                        .then(|| self.queued_ns(object))
+                        .flatten()
+                }),
                 ..info
             }),
             Some((info, false)) => self.live(object, id).or(Some(info)),

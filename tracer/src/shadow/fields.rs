@@ -4,7 +4,9 @@
 //! header, its dict, the dict's keys, the entries, the followed values), each batch a few
 //! system calls whatever the queues' lengths.
 
-use tracer_common::capture::{storage, Field, Item, Plan, PyOffsets, REQUEST_FIELDS};
+use tracer_common::capture::{
+    storage, Field, Item, Plan, PyOffsets, RequestFacts, FACT_FIELDS, ID_BYTES, REQUEST_FIELDS,
+};
 
 use crate::memory::{Batch, ProcessMemory, ReadId};
 
@@ -49,24 +51,31 @@ enum Holder {
 }
 
 /// Fills `items` (objects of a snapshot taken without fields) with the planned fields of
-/// those that are `request_class` objects, as the watch program would have.
-pub fn fill<M: ProcessMemory + ?Sized>(mem: &M, plan: &Plan, items: &mut [&mut Item]) {
+/// those that are `request_class` objects, as the watch program would have; returns the
+/// facts of those `known` does not know (by object and id string), as the watch program's
+/// [`RequestFacts`] records.
+pub fn fill<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    plan: &Plan,
+    items: &mut [&mut Item],
+    known: impl Fn(u64, u64) -> bool,
+) -> Vec<RequestFacts> {
     let py = &plan.py;
-    let planned: Vec<(usize, Field)> = plan
-        .request_fields
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, f)| f.key != 0)
-        .collect();
-    let (Some(lo), Some(hi)) = (
-        planned.iter().map(|(_, f)| f.index).min(),
-        planned.iter().map(|(_, f)| f.index + 1).max(),
-    ) else {
-        return;
+    let planned = |fields: &[Field]| -> Vec<(usize, Field)> {
+        fields
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, f)| f.key != 0)
+            .collect()
+    };
+    let (planned, facts_planned) = (planned(&plan.request_fields), planned(&plan.fact_fields));
+    let all = || planned.iter().chain(&facts_planned).map(|(_, f)| f.index);
+    let (Some(lo), Some(hi)) = (all().min(), all().map(|i| i + 1).max()) else {
+        return Vec::new();
     };
     let Some(class) = class(mem, py, plan.request_type) else {
-        return;
+        return Vec::new();
     };
     let mut batch = Batch::default();
 
@@ -174,9 +183,9 @@ pub fn fill<M: ProcessMemory + ?Sized>(mem: &M, plan: &Plan, items: &mut [&mut I
         })
         .collect();
     mem.read_batch(&mut batch);
-    let mut pointers: Vec<[Option<u64>; REQUEST_FIELDS]> =
-        vec![[None; REQUEST_FIELDS]; items.len()];
-    for (span, found) in spans.iter().zip(pointers.iter_mut()) {
+    let mut pointers = vec![[None; REQUEST_FIELDS]; items.len()];
+    let mut fact_pointers = vec![[None; FACT_FIELDS]; items.len()];
+    for ((span, found), facts) in spans.iter().zip(&mut pointers).zip(&mut fact_pointers) {
         let Some((entries, values, t)) = span else {
             continue;
         };
@@ -187,27 +196,42 @@ pub fn fill<M: ProcessMemory + ?Sized>(mem: &M, plan: &Plan, items: &mut [&mut I
         if t.values != 0 && values.is_none() {
             continue;
         }
-        for &(i, field) in &planned {
-            let at = ((field.index - lo) * t.entry_size) as usize;
-            // Every entry kind ends in `key, value` (the value unused when split).
+        // The value of a planned field, if its entry still holds its name.
+        let value_of = |field: Field| {
             let word = |bytes: &[u8], at: usize| {
                 bytes
                     .get(at..at + 8)
                     .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
             };
-            let key_at = at + t.entry_size as usize - 16;
+            // Every entry kind ends in `key, value` (the value unused when split).
+            let key_at = ((field.index - lo + 1) * t.entry_size - 16) as usize;
             if word(entries, key_at) != Some(field.key) {
-                continue;
+                return None;
             }
-            let value = match values {
+            match values {
                 Some(values) => word(values, ((field.index - lo) * 8) as usize),
                 None => word(entries, key_at + 8),
-            };
-            found[i] = value.filter(|&v| v != 0);
+            }
+            .filter(|&v| v != 0)
+        };
+        for &(i, field) in &planned {
+            found[i] = value_of(field);
+        }
+        for &(i, field) in &facts_planned {
+            facts[i] = value_of(field);
         }
     }
+    // Requests first listed now: their facts are copied too.
+    let fresh: Vec<Option<u64>> = items
+        .iter()
+        .zip(&pointers)
+        .map(|(item, found)| {
+            let id = *found.get(plan.id_field as usize)?;
+            id.filter(|&id| !known(item.object, id))
+        })
+        .collect();
 
-    // 5. Followed fields: the 16 bytes after the value's header.
+    // 5. Followed fields: the 16 bytes after the value's header; new requests' facts.
     batch.clear();
     let followed: Vec<[Option<ReadId>; REQUEST_FIELDS]> = pointers
         .iter()
@@ -218,7 +242,40 @@ pub fn fill<M: ProcessMemory + ?Sized>(mem: &M, plan: &Plan, items: &mut [&mut I
             })
         })
         .collect();
+    let fact_reads: Vec<Option<([Option<ReadId>; FACT_FIELDS], ReadId)>> = fresh
+        .iter()
+        .zip(&fact_pointers)
+        .map(|(id, facts)| {
+            let id = (*id)?;
+            let fields = std::array::from_fn(|i| Some(batch.push(facts[i]? + py.var_size, 16)));
+            Some((fields, batch.push(id, ID_BYTES)))
+        })
+        .collect();
     mem.read_batch(&mut batch);
+    let mut facts = Vec::new();
+    for ((item, id), reads) in items.iter().zip(&fresh).zip(&fact_reads) {
+        let (Some(id), Some((fields, id_bytes))) = (id, reads) else {
+            continue;
+        };
+        let mut copied = RequestFacts {
+            object: item.object,
+            id: *id,
+            missing: 0,
+            fields: [[0; 2]; FACT_FIELDS],
+            id_bytes: [0; ID_BYTES],
+        };
+        for (i, read) in fields.iter().enumerate() {
+            match read.and_then(|r| batch.word(r, 0).zip(batch.word(r, 1))) {
+                Some((a, b)) => copied.fields[i] = [a, b],
+                None => copied.missing |= 1 << i,
+            }
+        }
+        match batch.bytes(*id_bytes) {
+            Some(bytes) => copied.id_bytes.copy_from_slice(bytes),
+            None => copied.missing |= 1 << FACT_FIELDS,
+        }
+        facts.push(copied);
+    }
     for ((item, found), followed) in items.iter_mut().zip(&pointers).zip(&followed) {
         for i in 0..REQUEST_FIELDS {
             let Some(pointer) = found[i] else { continue };
@@ -233,6 +290,7 @@ pub fn fill<M: ProcessMemory + ?Sized>(mem: &M, plan: &Plan, items: &mut [&mut I
             item.missing &= !(1 << i);
         }
     }
+    facts
 }
 
 /// The request class's type words.

@@ -13,12 +13,14 @@
 //!
 //! `--snapshots auto` starts with synchronous copies, moves to shadow ones when the steps
 //! leave a window worth reading in (≥ [`AUTO_MIN_STILL_NS`] from `schedule()`'s return to
-//! the next mark, in the median step), and back for good
+//! the next mark in the median step, half that in the 10th percentile), and back for good
 //! when too many shadow copies end late.
 
 use std::collections::{HashSet, VecDeque};
 
-use tracer_common::capture::{self as wire, snap, Item, Plan, ScheduledEntry, MAX_SCHEDULED};
+use tracer_common::capture::{
+    self as wire, snap, Item, Plan, RequestFacts, ScheduledEntry, MAX_SCHEDULED,
+};
 
 mod fields;
 
@@ -73,7 +75,7 @@ pub struct Shadow<'r, M: ProcessMemory> {
     output_local: u64,
     per_batch: bool,
     scheduled_at: Option<AttrLocation>,
-    /// Requests (object, id) the last copy listed: their facts are read already.
+    /// Requests (object, id) the last copy listed: their facts are copied already.
     listed: HashSet<(u64, u64)>,
     /// A shadow hit waiting for the next hit of its thread, and when its copy ended.
     held: Option<(Hit, u64)>,
@@ -132,15 +134,20 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
         }
         self.counts.copies += 1;
         let raw = hit.snapshot.as_mut().expect("a shadow hit has a snapshot");
-        if self.fill(raw, plan).is_none() {
+        let Some(facts) = self.fill(raw, plan) else {
             self.counts.failed += 1;
             drop_copy(raw);
             out.push(hit);
             return out;
-        }
+        };
         let done_ns = monotonic_ns();
+        // After the window (facts are immutable), before the request's first output takes
+        // vLLM's queueing stamp.
         if let Some(source) = source {
-            self.prefetch(raw, source);
+            for facts in facts {
+                source.stamp_queued(facts.object, facts.id);
+                source.know(facts);
+            }
         }
         self.held = Some((hit, done_ns));
         out
@@ -193,7 +200,11 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
             return None;
         }
         window.sort_unstable();
-        if window[window.len() / 2] < AUTO_MIN_STILL_NS {
+        // Most windows long, and few short ones (a batch whose GPU work ended before its
+        // launch did leaves next to none).
+        if window[window.len() / 2] < AUTO_MIN_STILL_NS
+            || window[window.len() / 10] < AUTO_MIN_STILL_NS / 2
+        {
             return None;
         }
         self.shadowing = true;
@@ -203,14 +214,18 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
     }
 
     /// Reads the fields of every request `raw` lists and the step's scheduled tokens, as the
-    /// watch program would have copied them; `None` if the step's state was unreadable.
-    fn fill(&mut self, raw: &mut RawSnapshot, plan: &Plan) -> Option<()> {
+    /// watch program would have copied them, and the facts of requests listed for the first
+    /// time; `None` if the step's state was unreadable.
+    fn fill(&mut self, raw: &mut RawSnapshot, plan: &Plan) -> Option<Vec<RequestFacts>> {
         let mut items: Vec<&mut Item> = raw
             .running
             .iter_mut()
             .chain(raw.waiting.iter_mut())
             .collect();
-        fields::fill(self.reader.mem, plan, &mut items);
+        let listed = &self.listed;
+        let facts = fields::fill(self.reader.mem, plan, &mut items, |object, id| {
+            listed.contains(&(object, id))
+        });
         // Per batch the step's `scheduler_output` local is soon the older batch's (the call
         // pops it into the same name): the copy before the batch's update has its tokens.
         if !self.per_batch {
@@ -220,24 +235,14 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
                 raw.scheduled = entries;
             }
         }
-        (raw.header.flags & snap::READ_ERROR == 0).then_some(())
-    }
-
-    /// Reads the facts of the requests `raw` lists for the first time: immutable, but a
-    /// request may end soon after, so read while it is listed (after the copy's window:
-    /// the facts need none).
-    fn prefetch(&mut self, raw: &RawSnapshot, source: &mut LiveRequests<'_, M>) {
-        let listed: HashSet<(u64, u64)> = raw
+        self.listed = raw
             .running
             .iter()
             .chain(&raw.waiting)
             .filter(|item| item.missing & (1 << RequestField::Id as u64) == 0)
             .map(|item| (item.object, item.fields[RequestField::Id as usize][0]))
             .collect();
-        for &(object, id) in listed.difference(&self.listed) {
-            source.prefetch(object, id);
-        }
-        self.listed = listed;
+        (raw.header.flags & snap::READ_ERROR == 0).then_some(facts)
     }
 
     /// The 16 bytes after an object's header (an `int`'s size word and digits, a list's
