@@ -442,9 +442,11 @@ fn tensor_parallel_ranks_are_folded_per_rank_with_the_slowest() {
         clear > STEPS / 2,
         "only {clear} steps with a clear straggler"
     );
-    // A host-delayed rank is the one the other waits for: it waits least.
+    // A host-delayed rank is mostly the one the other waits for (not always: on a busy
+    // machine the other rank can be descheduled for longer; 88-95 % seen at load 6-7), and
+    // waits least.
     assert!(
-        delayed_last * 10 >= delayed * 9,
+        delayed_last * 4 >= delayed * 3,
         "{delayed_last} of {delayed}"
     );
     assert!(percentile(&mut straggler_wait, 50.0) + 100_000 < percentile(&mut others_wait, 50.0));
