@@ -395,7 +395,7 @@ impl Active {
                 RankStats::new(rank, level, &share)
             })
             .collect();
-        ranks.sort_by(|a, b| rank_order(&a.rank).cmp(&rank_order(&b.rank)));
+        ranks.sort_by_key(|r| rank_order(&r.rank));
         ranks
     }
 
