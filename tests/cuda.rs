@@ -450,6 +450,26 @@ fn tensor_parallel_ranks_are_folded_per_rank_with_the_slowest() {
         "{delayed_last} of {delayed}"
     );
     assert!(percentile(&mut straggler_wait, 50.0) + 100_000 < percentile(&mut others_wait, 50.0));
+
+    // trace.json: a process per rank holding its waits, one per step.
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/trace.json")).unwrap())
+            .unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    for (rank, pid) in &named {
+        let name = format!("rank {rank} (worker {pid} of engine {engine})");
+        assert!(
+            events
+                .iter()
+                .any(|e| e["name"] == "process_name" && e["args"]["name"] == name),
+            "no process {name:?}"
+        );
+        let waits = events
+            .iter()
+            .filter(|e| e["name"] == "GPU wait" && e["ph"] == "B" && e["pid"] == *pid)
+            .count();
+        assert_eq!(waits, STEPS, "{rank}'s waits in trace.json");
+    }
 }
 
 /// libcuda loaded after the tracer attached (as frameworks do on first GPU use) is found
