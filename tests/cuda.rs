@@ -330,6 +330,11 @@ fn tensor_parallel_ranks_are_folded_per_rank_with_the_slowest() {
         .map(|p| (p["rank"].as_str().unwrap(), p["pid"].as_u64().unwrap()))
         .collect();
     assert_eq!(named.len(), 2, "the engine loads no libcuda: {processes:?}");
+    // Every step had both ranks waiting, so one of them was the slowest.
+    let count =
+        |key: &str| -> Vec<u64> { processes.iter().map(|p| p[key].as_u64().unwrap()).collect() };
+    assert_eq!(count("rank_steps"), [STEPS as u64; 2]);
+    assert_eq!(count("slowest_steps").iter().sum::<u64>(), STEPS as u64);
 
     let truth: Vec<RankTruth> = read_csv(&rank_truth_path);
     let ranks: Vec<RankRow> = read_csv(&dir.path().join("out/ranks.csv"));

@@ -154,6 +154,11 @@ pub struct ProcessReport {
     /// A worker's rank as ranks.csv names it (`TP1`, or `pid<N>` for a worker without a
     /// vLLM title); `null` for the engine process itself.
     pub rank: Option<String>,
+    /// A worker's rows in ranks.csv, the steps it was the slowest rank of, and its
+    /// `gpu_wait_ns` summed over them (0 for the engine process).
+    pub rank_steps: u64,
+    pub slowest_steps: u64,
+    pub gpu_wait_ns: u64,
     /// The libcuda file, as the process maps it.
     pub libcuda: String,
     /// CLOCK_MONOTONIC ns when its probes were in; its calls before then are not seen.
@@ -192,9 +197,21 @@ pub struct CudaReport {
 
 impl CudaReport {
     pub fn summary(&self) -> String {
+        let mut slowest: Vec<String> = self
+            .processes
+            .iter()
+            .filter(|p| p.slowest_steps > 0)
+            .map(|p| {
+                let rank = p.rank.as_deref().unwrap_or_default();
+                format!("{rank} in {} of {} steps", p.slowest_steps, p.rank_steps)
+            })
+            .collect();
+        if !slowest.is_empty() {
+            slowest[0].insert_str(0, "; slowest rank: ");
+        }
         format!(
             "CUDA ({:?}): {} processes probed; in steps {} kernel launches, {} graph launches, \
-             {} syncs; outside steps {} calls",
+             {} syncs; outside steps {} calls{}",
             self.level,
             self.processes.iter().filter(|p| p.error.is_none()).count(),
             self.in_steps.launches,
@@ -204,6 +221,7 @@ impl CudaReport {
                 + self.outside_steps.graph_launches
                 + self.outside_steps.syncs
                 + self.outside_steps.d2h_copies,
+            slowest.join(", "),
         )
     }
 }
@@ -311,6 +329,15 @@ impl CudaTracer {
         }
         let ranks = active.ranks(self.level, step.start_ns, &calls.processes);
         let slowest = slowest(&ranks);
+        for rank in &ranks {
+            if let Some(report) = active.processes.get_mut(&rank.pid) {
+                report.rank_steps += 1;
+                report.gpu_wait_ns += rank.gpu_wait_ns;
+                if slowest.is_some_and(|(name, _)| name == rank.rank) {
+                    report.slowest_steps += 1;
+                }
+            }
+        }
         let t = calls.totals;
         let stats = CudaStepStats {
             launches: (self.level == Level::Launches).then_some(t.launches),
@@ -462,6 +489,9 @@ impl Active {
                         ProcessReport {
                             pid,
                             rank: None,
+                            rank_steps: 0,
+                            slowest_steps: 0,
+                            gpu_wait_ns: 0,
                             libcuda: String::new(),
                             attached_ns: 0,
                             attach_ms: 0.0,
@@ -505,6 +535,9 @@ impl Active {
         let mut report = ProcessReport {
             pid,
             rank: None,
+            rank_steps: 0,
+            slowest_steps: 0,
+            gpu_wait_ns: 0,
             libcuda: mapping.path.clone(),
             attached_ns: 0,
             attach_ms: 0.0,
