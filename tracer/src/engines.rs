@@ -126,10 +126,13 @@ pub fn worker_rank(title: &str) -> Option<String> {
         .skip(1)
         .filter(|part| {
             let digits = part.trim_start_matches(|c: char| c.is_ascii_uppercase());
-            digits.len() < part.len()
+            part.len() <= 16
+                && digits.len() < part.len()
                 && !digits.is_empty()
                 && digits.bytes().all(|b| b.is_ascii_digit())
         })
+        // The process chose its title: a few groups, at most ~140 bytes in every row.
+        .take(8)
         .collect();
     (!ranks.is_empty()).then(|| ranks.join("_"))
 }
@@ -348,6 +351,8 @@ mod tests {
         assert_eq!(worker_rank("VLLM::EngineCore_DP1"), None);
         assert_eq!(worker_rank("python3 worker.py"), None);
         assert_eq!(worker_rank("VLLM::Worker_TPx"), None);
+        let long = format!("VLLM::Worker{}", "_TP1".repeat(10_000));
+        assert_eq!(worker_rank(&long).unwrap().len(), 8 * 4 - 1);
     }
 
     #[test]
