@@ -318,6 +318,34 @@ fn tensor_parallel_ranks_are_folded_per_rank_with_the_slowest() {
         |engine| {
             let workers = children(engine);
             assert_eq!(workers.len(), 2, "the fixture's workers: {workers:?}");
+            // `tracer probes` from a worker finds the engine and lists its CUDA processes.
+            let out = Command::new(tracer_bin())
+                .args(["probes", "--pid", &workers[1].to_string(), "--json"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let probes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(probes[0]["pid"], engine);
+            let listed: Vec<(u64, &str, &str)> = probes[0]["cuda_processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let title = p["title"].as_str().unwrap();
+                    (
+                        p["pid"].as_u64().unwrap(),
+                        p["rank"].as_str().unwrap(),
+                        title,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                listed,
+                [
+                    (workers[0] as u64, "TP0", "VLLM::Worker_TP0"),
+                    (workers[1] as u64, "TP1", "VLLM::Worker_TP1")
+                ]
+            );
             workers[1]
         },
     );

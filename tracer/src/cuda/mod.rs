@@ -226,6 +226,38 @@ impl CudaReport {
     }
 }
 
+/// A process under an engine that maps libcuda now: what `--cuda` would probe.
+#[derive(Clone, Debug, Serialize)]
+pub struct CudaProcess {
+    pub pid: u32,
+    /// The worker's rank as ranks.csv would name it; `null` for the engine itself.
+    pub rank: Option<String>,
+    pub title: String,
+    pub libcuda: String,
+}
+
+/// The engine `root` and its descendants that map libcuda now, engine first, then workers
+/// in rank order.
+pub fn processes(root: u32) -> Vec<CudaProcess> {
+    let mut found: Vec<CudaProcess> = libcuda::process_tree(root)
+        .into_iter()
+        .filter_map(|pid| {
+            let mapping = libcuda::find(pid).ok()??;
+            let title = engines::Process::read(pid)?.title;
+            let rank = (pid != root)
+                .then(|| engines::worker_rank(&title).unwrap_or_else(|| format!("pid{pid}")));
+            Some(CudaProcess {
+                pid,
+                rank,
+                title,
+                libcuda: mapping.path,
+            })
+        })
+        .collect();
+    found.sort_by_key(|p| p.rank.as_deref().map(rank_order));
+    found
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("loading the CUDA probes failed: {0}\n  hint: --cuda off traces without them")]
 pub struct CudaError(String);
