@@ -18,7 +18,9 @@ use std::{
 
 use serde_json::Value;
 use support::*;
-use tracer::sinks::rows::{EventKind, EventRow, Queue, QueueRow, RequestRow, StepRow, WaitReason};
+use tracer::sinks::rows::{
+    EventKind, EventRow, Queue, QueueRow, RankRow, RequestRow, StepRow, WaitReason,
+};
 
 // ---------------------------------------------------------------------------------------
 // A synthetic run: a small deterministic engine simulation, written as the tracer would.
@@ -1396,6 +1398,7 @@ fn readme_column_reference_names_every_column() {
         ("requests.csv", header::<RequestRow>()),
         ("events.csv", header::<EventRow>()),
         ("queues.csv", header::<QueueRow>()),
+        ("ranks.csv", header::<RankRow>()),
     ] {
         let table = section
             .split_once(&format!("`{file}`"))

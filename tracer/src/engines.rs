@@ -111,6 +111,32 @@ pub fn title_role(title: &str) -> Option<(Role, Option<u32>)> {
     Some((role, rank))
 }
 
+/// A worker's place in the deployment, from its title: `VLLM::Worker_TP1` → `TP1`,
+/// `VLLM::Worker_DP1_PP0_TP3` → `DP1_PP0_TP3` (vLLM 0.10+ names the parallel groups a worker
+/// belongs to with more than one member: DP, PP, PCP, TP, DCP, EP, in that order). `None`
+/// for a bare `Worker` (before its groups are set up), or a process that is not a worker.
+pub fn worker_rank(title: &str) -> Option<String> {
+    if title_role(title)?.0 != Role::Worker {
+        return None;
+    }
+    let name = title.split_whitespace().next()?;
+    let name = name.rsplit_once("::").map_or(name, |(_, n)| n);
+    let ranks: Vec<&str> = name
+        .split(['_', '-', ' '])
+        .skip(1)
+        .filter(|part| {
+            let digits = part.trim_start_matches(|c: char| c.is_ascii_uppercase());
+            part.len() <= 16
+                && digits.len() < part.len()
+                && !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+        })
+        // The process chose its title: a few groups, at most ~140 bytes in every row.
+        .take(8)
+        .collect();
+    (!ranks.is_empty()).then(|| ranks.join("_"))
+}
+
 /// An engine process found, resolved and ready to plan.
 #[derive(Debug)]
 pub struct Engine {
@@ -308,6 +334,25 @@ mod tests {
         );
         assert_eq!(title_role("/usr/bin/python3 -m vllm.entrypoints"), None);
         assert_eq!(title_role(""), None);
+    }
+
+    #[test]
+    fn worker_ranks_from_titles() {
+        assert_eq!(worker_rank("VLLM::Worker_TP1").as_deref(), Some("TP1"));
+        assert_eq!(
+            worker_rank("VLLM::Worker_DP1_PP0_TP3").as_deref(),
+            Some("DP1_PP0_TP3")
+        );
+        assert_eq!(
+            worker_rank("MYPREFIX::Worker_TP12_EP3 junk").as_deref(),
+            Some("TP12_EP3")
+        );
+        assert_eq!(worker_rank("VLLM::Worker"), None);
+        assert_eq!(worker_rank("VLLM::EngineCore_DP1"), None);
+        assert_eq!(worker_rank("python3 worker.py"), None);
+        assert_eq!(worker_rank("VLLM::Worker_TPx"), None);
+        let long = format!("VLLM::Worker{}", "_TP1".repeat(10_000));
+        assert_eq!(worker_rank(&long).unwrap().len(), 8 * 4 - 1);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! `schedule` / `execute` / `update` slices nested inside (step details and CUDA counters
 //! as args), and counter tracks for the queues, scheduled tokens, KV blocks and every
 //! `cuda_*` column; per engine, a process `requests` with one track per request showing its
-//! `waiting` / `running` / `preempted` spans and a `first token` instant.
+//! `waiting` / `running` / `preempted` spans and a `first token` instant; with tensor
+//! parallelism (ranks.csv), per worker rank a process `rank TP<n>` whose `GPU wait` slices
+//! are each step's last wait of that rank, so a straggler shows as the rank whose waits start
+//! last (and the others' as the longer ones).
 //!
 //! Slices are written as B/E pairs, not X: a viewer turns µs floats into ns by truncating,
 //! so an X child could end a nanosecond after its parent and be dropped as misnested;
@@ -22,7 +25,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     report::{load::Run, spans::lifecycles},
-    sinks::{out_dir, OutDir},
+    sinks::{out_dir, rows::RankRow, OutDir},
 };
 
 /// Request tracks of engine `pid` live in process `REQUESTS_PID_BASE + pid` (Linux pids
@@ -106,6 +109,7 @@ pub fn export_into(run_dir: &Path, dir: &OutDir, name: &str) -> Result<Exported>
     w.out
         .write_all(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n")?;
     write_engines(&mut w, &run)?;
+    write_ranks(&mut w, &run)?;
     write_requests(&mut w, &run, end_ns)?;
     let meta = json!({
         "tracer": run.label(),
@@ -174,6 +178,10 @@ fn write_engines(w: &mut Writer, run: &Run) -> Result<()> {
         for (name, value) in cuda {
             args.insert(name.clone(), json!(value));
         }
+        if let (Some(rank), Some(skew)) = (&step.slowest_rank, step.rank_skew_ns) {
+            args.insert("slowest_rank".into(), json!(rank));
+            args.insert("rank_skew_ns".into(), json!(skew));
+        }
         let t0 = step.start_ns;
         let t1 = t0 + step.schedule_ns;
         let t2 = t1 + step.execute_ns;
@@ -219,6 +227,42 @@ fn write_engines(w: &mut Writer, run: &Run) -> Result<()> {
             w.event(
                 &json!({"name": name, "ph": "C", "pid": pid, "ts": ts, "args": {"value": value}}),
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// Per worker rank (ranks.csv of each engine directory, streamed): a process holding one
+/// `GPU wait` slice per step, from the start to the end of its last wait in the step.
+fn write_ranks(w: &mut Writer, run: &Run) -> Result<()> {
+    let mut named = Vec::new();
+    for dir in &run.engine_dirs {
+        let path = dir.join("ranks.csv");
+        if !path.exists() {
+            continue;
+        }
+        let mut reader =
+            csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+        for row in reader.deserialize::<RankRow>() {
+            let row = row.with_context(|| format!("reading {}", path.display()))?;
+            let pid = row.worker_pid;
+            if !named.contains(&pid) {
+                named.push(pid);
+                let name = format!("rank {} (worker {pid} of engine {})", row.rank, row.pid);
+                w.metadata("process_name", pid, None, json!({ "name": name }))?;
+                w.metadata("thread_name", pid, Some(pid), json!({"name": "CUDA waits"}))?;
+            }
+            let (Some(start), Some(end)) = (row.wait_start_ns, row.wait_end_ns) else {
+                continue;
+            };
+            let args = json!({
+                "step": row.step,
+                "cuda_launches": row.cuda_launches,
+                "cuda_graph_launches": row.cuda_graph_launches,
+                "gpu_wait_ns": row.gpu_wait_ns,
+            });
+            w.slice("B", "GPU wait", pid, pid, start, Some(args))?;
+            w.slice("E", "GPU wait", pid, pid, end.max(start), None)?;
         }
     }
     Ok(())

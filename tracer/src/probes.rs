@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{engines, plan, text::printable};
+use crate::{cuda, engines, plan, text::printable};
 
 #[derive(Debug, Serialize)]
 pub struct EngineProbes {
@@ -22,6 +22,9 @@ pub struct EngineProbes {
     pub step_function: String,
     pub code_object: String,
     pub watches: Vec<WatchInfo>,
+    /// The engine's processes that map libcuda now (with TP > 1 its worker ranks): where
+    /// `--cuda` puts its uprobes.
+    pub cuda_processes: Vec<cuda::CudaProcess>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +60,7 @@ pub fn list(pid: u32) -> Result<Vec<EngineProbes>> {
                     address: format!("{:#x}", w.addr),
                 })
                 .collect(),
+            cuda_processes: cuda::processes(engine.process.pid),
         });
     }
     Ok(out)
@@ -94,6 +98,20 @@ pub fn text(engines: &[EngineProbes]) -> String {
                 out,
                 "    {:<16} bytecode +{:<5} {}",
                 w.mark, w.bytecode_offset, w.address
+            );
+        }
+        if e.cuda_processes.is_empty() {
+            let _ = writeln!(out, "  CUDA: no process of the engine maps libcuda yet");
+        }
+        for p in &e.cuda_processes {
+            let who = match &p.rank {
+                None => "the engine".to_owned(),
+                Some(rank) => format!("worker rank {rank}"),
+            };
+            let _ = writeln!(
+                out,
+                "  CUDA: pid {} ({who}, {}) maps {}",
+                p.pid, p.title, p.libcuda
             );
         }
     }

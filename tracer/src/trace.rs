@@ -28,7 +28,7 @@ use crate::{
     discover,
     memory::LiveProcess,
     plan, resolve, shadow,
-    sinks::{self, OutDir, Outputs, RunInfo, StepRow, Totals},
+    sinks::{self, rows::RankRow, OutDir, Outputs, RunInfo, StepRow, Totals},
 };
 
 /// How often the ring buffers are drained (the eBPF side does not wake us per hit). Short,
@@ -187,8 +187,13 @@ pub fn run(options: Options) -> Result<Totals> {
         // After the watch ring: every CUDA call made before these steps ended is in.
         cuda.poll();
         for step in steps {
-            let mut row =
-                StepRow::new(&step, target.pid, trace_start_ns).with_cuda(&cuda.fold(&step));
+            let (step_cuda, ranks) = cuda.fold(&step);
+            let mut row = StepRow::new(&step, target.pid, trace_start_ns).with_cuda(&step_cuda);
+            for rank in &ranks {
+                if let Err(e) = outputs.ranks.write(&RankRow::new(&step, target.pid, rank)) {
+                    write_error.get_or_insert(e);
+                }
+            }
             let (Some(capture), Some(source)) = (&mut capture, &mut source) else {
                 write_step(&row, totals, outputs, &mut write_error);
                 continue;

@@ -18,6 +18,10 @@
 //!
 //! Calls no step claims (between steps, before the first, during steps that did not
 //! complete) are counted as outside steps, never dropped.
+//!
+//! Each call carries its process, so a step's calls also add up per process
+//! ([`ProcessCalls`]): with tensor parallelism, per rank. The same spans decide for every
+//! process, so the per-process shares of a step sum to its totals.
 
 use serde::Serialize;
 
@@ -31,6 +35,8 @@ pub const HORIZON_NS: u64 = 10_000_000_000;
 /// One decoded call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Call {
+    /// The process that made it.
+    pub pid: u32,
     pub start_ns: u64,
     /// When it was recorded: at return for timed calls, at entry (= start) for the others.
     pub end_ns: u64,
@@ -105,8 +111,21 @@ impl From<&Step> for Window {
     }
 }
 
-/// What one step's calls add up to.
+/// One process's share of a step's calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessCalls {
+    pub pid: u32,
+    pub totals: CallTotals,
+    /// Time within the step's launch and wait stretches during which this process was
+    /// blocked in a sync or a device-to-host copy (the union of its calls' intervals).
+    pub blocked_ns: u64,
+    /// Entry and return of its last sync or copy in the step (the last to begin): where it
+    /// had launched its share and started waiting for the result, and where that ended.
+    pub last_wait: Option<(u64, u64)>,
+}
+
+/// What one step's calls add up to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StepCalls {
     pub totals: CallTotals,
     /// Length of the stretch in which the step's work was launched: its whole execute phase
@@ -118,6 +137,8 @@ pub struct StepCalls {
     /// calls' intervals, so parallel workers' waits count once.
     pub launch_blocked_ns: u64,
     pub wait_blocked_ns: u64,
+    /// Per process that made calls in the step, by pid.
+    pub processes: Vec<ProcessCalls>,
 }
 
 /// Calls waiting for their step, and the counts of those that got none.
@@ -219,16 +240,39 @@ impl Folder {
             ..Default::default()
         };
         let (mut launch_blocked, mut wait_blocked) = (Vec::new(), Vec::new());
+        // Per process: its share, and its blocked intervals in the launch and wait stretches.
+        let mut processes: Vec<(ProcessCalls, Vec<Span>)> = Vec::new();
         let clip = |c: &Call, (a, b): Span| (c.start_ns.max(a), c.end_ns.min(b));
         let mut kept = Vec::with_capacity(self.pending.len());
         let horizon = window.next_start_bound();
         for call in self.pending.drain(..) {
             if in_step(&call) {
                 step.totals.add(&call);
+                let i = match processes.iter().position(|(p, _)| p.pid == call.pid) {
+                    Some(i) => i,
+                    None => {
+                        let share = ProcessCalls {
+                            pid: call.pid,
+                            ..Default::default()
+                        };
+                        processes.push((share, Vec::new()));
+                        processes.len() - 1
+                    }
+                };
+                let (share, blocked) = &mut processes[i];
+                share.totals.add(&call);
                 if call.class.timed() {
                     launch_blocked.push(clip(&call, launch));
+                    blocked.push(clip(&call, launch));
                     if let Some(wait) = wait {
                         wait_blocked.push(clip(&call, wait));
+                        blocked.push(clip(&call, wait));
+                    }
+                    if share
+                        .last_wait
+                        .is_none_or(|(start, _)| call.start_ns >= start)
+                    {
+                        share.last_wait = Some((call.start_ns, call.end_ns));
                     }
                 }
             } else if call.end_ns < horizon {
@@ -240,6 +284,15 @@ impl Folder {
         self.pending = kept;
         step.launch_blocked_ns = union_length(&mut launch_blocked);
         step.wait_blocked_ns = union_length(&mut wait_blocked);
+        step.processes = processes
+            .into_iter()
+            .map(|(share, mut blocked)| ProcessCalls {
+                // One union over both stretches: a call in both counts once.
+                blocked_ns: union_length(&mut blocked),
+                ..share
+            })
+            .collect();
+        step.processes.sort_unstable_by_key(|p| p.pid);
         self.in_steps.add_all(&step.totals);
         self.folded_until = self.folded_until.max(horizon);
         let folded_until = self.folded_until;
@@ -290,6 +343,7 @@ mod tests {
 
     fn launch(at: u64) -> Call {
         Call {
+            pid: 1,
             start_ns: at,
             end_ns: at,
             class: Class::Launch,
@@ -298,6 +352,7 @@ mod tests {
 
     fn timed(class: Class, start_ns: u64, end_ns: u64) -> Call {
         Call {
+            pid: 1,
             start_ns,
             end_ns,
             class,
@@ -327,20 +382,27 @@ mod tests {
             timed(Class::Sync, 310, 330),
         ]);
         let first = folder.fold(window(100, 105, 195, 200));
+        let totals = CallTotals {
+            launches: 2,
+            syncs: 1,
+            sync_ns: 50,
+            d2h_copies: 1,
+            d2h_ns: 10,
+            ..Default::default()
+        };
         assert_eq!(
             first,
             StepCalls {
-                totals: CallTotals {
-                    launches: 2,
-                    syncs: 1,
-                    sync_ns: 50,
-                    d2h_copies: 1,
-                    d2h_ns: 10,
-                    ..Default::default()
-                },
+                totals,
                 launch_ns: 90,
                 launch_blocked_ns: 60,
                 wait_blocked_ns: 0,
+                processes: vec![ProcessCalls {
+                    pid: 1,
+                    totals,
+                    blocked_ns: 60,
+                    last_wait: Some((180, 190)),
+                }],
             }
         );
         let second = folder.fold(window(300, 305, 320, 340));
@@ -373,6 +435,7 @@ mod tests {
             timed(Class::Sync, 150, 180),
             launch(215),
             Call {
+                pid: 1,
                 start_ns: 220,
                 end_ns: 220,
                 class: Class::GraphLaunch,
@@ -445,6 +508,48 @@ mod tests {
         let step = folder.fold(window(0, 10, 100, 110));
         assert_eq!(step.totals.sync_ns, 40 + 40 + 5);
         assert_eq!(step.launch_blocked_ns, 60 + 5);
+    }
+
+    #[test]
+    fn each_process_gets_its_share_and_its_last_wait() {
+        let mut folder = Folder::default();
+        let of = |pid, call: Call| Call { pid, ..call };
+        // Rank 7 launches late and waits least; rank 5 waits for it. The engine (3) makes a
+        // launch of its own; rank 5's copy before its sync is not its last wait.
+        folder.push([
+            of(5, launch(20)),
+            of(5, timed(Class::CopyDtoH, 22, 25)),
+            of(5, timed(Class::Sync, 30, 90)),
+            of(7, launch(60)),
+            of(7, launch(61)),
+            of(7, timed(Class::Sync, 70, 92)),
+            of(3, launch(15)),
+            of(7, launch(150)), // after the step
+        ]);
+        let step = folder.fold(window(0, 10, 100, 110));
+        let share = |pid| *step.processes.iter().find(|p| p.pid == pid).unwrap();
+        assert_eq!(
+            step.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            [3, 5, 7]
+        );
+        assert_eq!(share(3).totals.launches, 1);
+        assert_eq!(share(3).last_wait, None);
+        assert_eq!(
+            (
+                share(5).totals.launches,
+                share(5).totals.syncs,
+                share(5).totals.d2h_copies
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(share(5).blocked_ns, 3 + 60);
+        assert_eq!(share(5).last_wait, Some((30, 90)));
+        assert_eq!((share(7).totals.launches, share(7).blocked_ns), (2, 22));
+        assert_eq!(share(7).last_wait, Some((70, 92)));
+        let launches: u64 = step.processes.iter().map(|p| p.totals.launches).sum();
+        assert_eq!(launches, step.totals.launches);
+        // Both ranks' waits overlap: the step's blocked time counts them once.
+        assert_eq!(step.launch_blocked_ns, 3 + 62);
     }
 
     #[test]

@@ -6,6 +6,15 @@
 //! engine (the traced pid and its descendants) that maps libcuda, found in their memory
 //! maps and re-checked every [`SCAN_EVERY`] for processes that load it later. Calls are
 //! attributed to steps by time ([`fold`]).
+//!
+//! With tensor parallelism (TP > 1) vLLM runs the model in worker processes, children of the
+//! EngineCore, and the engine thread waits in `execute_model` while they work: their calls
+//! land in the step by time like the engine's own. Each call keeps its process, so every
+//! step also gets one [`RankStats`] per worker (ranks.csv), named by the worker's title
+//! (`VLLM::Worker_TP1` → `TP1`), and the step's slowest rank: the one that began its last
+//! wait last. The ranks of a TP group meet in all-reduces on the GPU, so a rank late on the
+//! host makes every other rank wait for it: they show the longer GPU wait, it shows the
+//! latest start of its wait.
 
 mod api;
 mod fold;
@@ -23,11 +32,11 @@ use serde::Serialize;
 use tracer_common::cuda::{CudaCall, CudaCounter};
 
 use self::{
-    fold::{Call, Folder, Window},
+    fold::{Call, Folder, ProcessCalls, Window},
     libcuda::Offsets,
     probes::CudaProbes,
 };
-use crate::{correlate::Step, trace::monotonic_ns};
+use crate::{correlate::Step, engines, trace::monotonic_ns};
 
 /// How often the engine's processes are re-checked for a newly loaded libcuda.
 pub const SCAN_EVERY: Duration = Duration::from_millis(200);
@@ -58,7 +67,7 @@ impl Level {
 
 /// A step's CUDA columns in steps.csv; `None` where the level does not probe it, or the
 /// step began before any CUDA probe was in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CudaStepStats {
     pub launches: Option<u64>,
     pub graph_launches: Option<u64>,
@@ -72,12 +81,84 @@ pub struct CudaStepStats {
     pub exec_launch_host_ns: Option<u64>,
     /// Execute-phase time during which a traced thread was blocked in a sync or a copy.
     pub exec_gpu_wait_ns: Option<u64>,
+    /// With two or more worker ranks waiting in the step: the rank that began its last wait
+    /// last ([`RankStats::wait_start_ns`]), and how much later than the first rank.
+    pub slowest_rank: Option<String>,
+    pub rank_skew_ns: Option<u64>,
+}
+
+/// One worker process's share of a step (a row of ranks.csv).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RankStats {
+    pub pid: u32,
+    /// From the process title (`TP1`), else `pid<N>`.
+    pub rank: String,
+    /// `None` at `--cuda sync` (kernel launches not probed).
+    pub launches: Option<u64>,
+    pub graph_launches: u64,
+    pub syncs: u64,
+    pub sync_ns: u64,
+    pub d2h_copies: u64,
+    pub d2h_ns: u64,
+    /// Time within the step's execute stretches during which it was blocked in a sync or
+    /// a copy.
+    pub gpu_wait_ns: u64,
+    /// Entry and return of its last sync or copy in the step: where it had launched its
+    /// share and started waiting for the GPU, and where that wait ended. `None` without one.
+    pub wait_start_ns: Option<u64>,
+    pub wait_end_ns: Option<u64>,
+}
+
+impl RankStats {
+    fn new(rank: String, level: Level, share: &ProcessCalls) -> Self {
+        let t = share.totals;
+        Self {
+            pid: share.pid,
+            rank,
+            launches: (level == Level::Launches).then_some(t.launches),
+            graph_launches: t.graph_launches,
+            syncs: t.syncs,
+            sync_ns: t.sync_ns,
+            d2h_copies: t.d2h_copies,
+            d2h_ns: t.d2h_ns,
+            gpu_wait_ns: share.blocked_ns,
+            wait_start_ns: share.last_wait.map(|(start, _)| start),
+            wait_end_ns: share.last_wait.map(|(_, end)| end),
+        }
+    }
+}
+
+/// The rank that began its last wait last, and by how much after the first: `None` with
+/// fewer than two ranks waiting.
+fn slowest(ranks: &[RankStats]) -> Option<(&str, u64)> {
+    let waits = || ranks.iter().filter_map(|r| Some((r.wait_start_ns?, r)));
+    if waits().count() < 2 {
+        return None;
+    }
+    let (first, _) = waits().min_by_key(|(start, _)| *start)?;
+    // The first of equal starts, in rank order.
+    let (last, rank) = waits().fold(
+        None,
+        |best: Option<(u64, &RankStats)>, (start, r)| match best {
+            Some((b, _)) if b >= start => best,
+            _ => Some((start, r)),
+        },
+    )?;
+    Some((&rank.rank, last - first))
 }
 
 /// One traced process, for run.json.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProcessReport {
     pub pid: u32,
+    /// A worker's rank as ranks.csv names it (`TP1`, or `pid<N>` for a worker without a
+    /// vLLM title); `null` for the engine process itself.
+    pub rank: Option<String>,
+    /// A worker's rows in ranks.csv, the steps it was the slowest rank of, and its
+    /// `gpu_wait_ns` summed over them (0 for the engine process).
+    pub rank_steps: u64,
+    pub slowest_steps: u64,
+    pub gpu_wait_ns: u64,
     /// The libcuda file, as the process maps it.
     pub libcuda: String,
     /// CLOCK_MONOTONIC ns when its probes were in; its calls before then are not seen.
@@ -116,9 +197,21 @@ pub struct CudaReport {
 
 impl CudaReport {
     pub fn summary(&self) -> String {
+        let mut slowest: Vec<String> = self
+            .processes
+            .iter()
+            .filter(|p| p.slowest_steps > 0)
+            .map(|p| {
+                let rank = p.rank.as_deref().unwrap_or_default();
+                format!("{rank} in {} of {} steps", p.slowest_steps, p.rank_steps)
+            })
+            .collect();
+        if !slowest.is_empty() {
+            slowest[0].insert_str(0, "; slowest rank: ");
+        }
         format!(
             "CUDA ({:?}): {} processes probed; in steps {} kernel launches, {} graph launches, \
-             {} syncs; outside steps {} calls",
+             {} syncs; outside steps {} calls{}",
             self.level,
             self.processes.iter().filter(|p| p.error.is_none()).count(),
             self.in_steps.launches,
@@ -128,8 +221,41 @@ impl CudaReport {
                 + self.outside_steps.graph_launches
                 + self.outside_steps.syncs
                 + self.outside_steps.d2h_copies,
+            slowest.join(", "),
         )
     }
+}
+
+/// A process under an engine that maps libcuda now: what `--cuda` would probe.
+#[derive(Clone, Debug, Serialize)]
+pub struct CudaProcess {
+    pub pid: u32,
+    /// The worker's rank as ranks.csv would name it; `null` for the engine itself.
+    pub rank: Option<String>,
+    pub title: String,
+    pub libcuda: String,
+}
+
+/// The engine `root` and its descendants that map libcuda now, engine first, then workers
+/// in rank order.
+pub fn processes(root: u32) -> Vec<CudaProcess> {
+    let mut found: Vec<CudaProcess> = libcuda::process_tree(root)
+        .into_iter()
+        .filter_map(|pid| {
+            let mapping = libcuda::find(pid).ok()??;
+            let title = engines::Process::read(pid)?.title;
+            let rank = (pid != root)
+                .then(|| engines::worker_rank(&title).unwrap_or_else(|| format!("pid{pid}")));
+            Some(CudaProcess {
+                pid,
+                rank,
+                title,
+                libcuda: mapping.path,
+            })
+        })
+        .collect();
+    found.sort_by_key(|p| p.rank.as_deref().map(rank_order));
+    found
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +275,8 @@ struct Active {
     quiet: bool,
     /// Every process looked at and found mapping libcuda, probed or not.
     processes: BTreeMap<u32, ProcessReport>,
+    /// When a probed worker was found gone (its later steps get no row for it).
+    gone: BTreeMap<u32, u64>,
     /// Symbol offsets by libcuda file (device, inode).
     offsets: HashMap<(String, u64), Result<Offsets, String>>,
     /// When the first probe went in: earlier steps get no CUDA columns.
@@ -176,6 +304,7 @@ impl CudaTracer {
             root_pid,
             quiet,
             processes: BTreeMap::new(),
+            gone: BTreeMap::new(),
             offsets: HashMap::new(),
             first_attach_ns: None,
             next_scan: Instant::now(),
@@ -216,20 +345,33 @@ impl CudaTracer {
         }
     }
 
-    /// The CUDA columns of a completed step. Steps must come in time order.
-    pub fn fold(&mut self, step: &Step) -> CudaStepStats {
+    /// The CUDA columns of a completed step, and its rows of ranks.csv: one per worker
+    /// process probed since before the step began (none when the engine process makes
+    /// every call, TP = 1). Steps must come in time order.
+    pub fn fold(&mut self, step: &Step) -> (CudaStepStats, Vec<RankStats>) {
         let Some(active) = &mut self.active else {
-            return CudaStepStats::default();
+            return Default::default();
         };
         let calls = active.folder.fold(Window::from(step));
         if active
             .first_attach_ns
             .is_none_or(|attached| step.start_ns < attached)
         {
-            return CudaStepStats::default();
+            return Default::default();
+        }
+        let ranks = active.ranks(self.level, step.start_ns, &calls.processes);
+        let slowest = slowest(&ranks);
+        for rank in &ranks {
+            if let Some(report) = active.processes.get_mut(&rank.pid) {
+                report.rank_steps += 1;
+                report.gpu_wait_ns += rank.gpu_wait_ns;
+                if slowest.is_some_and(|(name, _)| name == rank.rank) {
+                    report.slowest_steps += 1;
+                }
+            }
         }
         let t = calls.totals;
-        CudaStepStats {
+        let stats = CudaStepStats {
             launches: (self.level == Level::Launches).then_some(t.launches),
             graph_launches: Some(t.graph_launches),
             syncs: Some(t.syncs),
@@ -243,7 +385,10 @@ impl CudaTracer {
                     .saturating_sub(step.at_schedule.as_ref().map_or(0, |s| s.header.copy_ns)),
             ),
             exec_gpu_wait_ns: Some(calls.launch_blocked_ns + calls.wait_blocked_ns),
-        }
+            slowest_rank: slowest.map(|(rank, _)| rank.to_owned()),
+            rank_skew_ns: slowest.map(|(_, skew)| skew),
+        };
+        (stats, ranks)
     }
 
     /// Ends the trace (after the last steps were folded). The probes stay attached until
@@ -287,6 +432,32 @@ impl CudaTracer {
 }
 
 impl Active {
+    /// A row per worker probed before `start_ns` and not gone by then, by rank name.
+    fn ranks(&self, level: Level, start_ns: u64, shares: &[ProcessCalls]) -> Vec<RankStats> {
+        let mut ranks: Vec<RankStats> = self
+            .processes
+            .values()
+            .filter(|p| p.pid != self.root_pid && p.error.is_none())
+            .filter(|p| p.attached_ns <= start_ns)
+            .filter(|p| self.gone.get(&p.pid).is_none_or(|&gone| start_ns < gone))
+            .map(|p| {
+                let share =
+                    shares
+                        .iter()
+                        .find(|s| s.pid == p.pid)
+                        .copied()
+                        .unwrap_or(ProcessCalls {
+                            pid: p.pid,
+                            ..Default::default()
+                        });
+                let rank = p.rank.clone().unwrap_or_else(|| format!("pid{}", p.pid));
+                RankStats::new(rank, level, &share)
+            })
+            .collect();
+        ranks.sort_by_key(|r| rank_order(&r.rank));
+        ranks
+    }
+
     fn drain(&mut self) {
         let mut calls = Vec::new();
         while let Some(record) = self.probes.ring.next() {
@@ -306,6 +477,7 @@ impl Active {
                 continue;
             }
             calls.push(Call {
+                pid: (raw.pid_tgid >> 32) as u32,
                 start_ns: raw.start_ns,
                 end_ns: raw.end_ns,
                 class: function.class,
@@ -314,8 +486,27 @@ impl Active {
         self.folder.push(calls);
     }
 
-    /// Probes every process of the tree that maps libcuda and is not probed yet.
+    /// Probes every process of the tree that maps libcuda and is not probed yet; names the
+    /// workers whose title had no rank yet, and notes the workers gone.
     fn scan(&mut self, level: Level) {
+        let now = monotonic_ns();
+        for report in self.processes.values_mut() {
+            if report.pid == self.root_pid || self.gone.contains_key(&report.pid) {
+                continue;
+            }
+            match engines::Process::read(report.pid) {
+                None => {
+                    self.gone.insert(report.pid, now);
+                }
+                Some(process) if report.rank.as_ref().is_none_or(|r| r.starts_with("pid")) => {
+                    report.rank = Some(
+                        engines::worker_rank(&process.title)
+                            .unwrap_or_else(|| format!("pid{}", report.pid)),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
         for pid in libcuda::process_tree(self.root_pid) {
             if self.processes.contains_key(&pid) {
                 continue;
@@ -329,6 +520,10 @@ impl Active {
                         pid,
                         ProcessReport {
                             pid,
+                            rank: None,
+                            rank_steps: 0,
+                            slowest_steps: 0,
+                            gpu_wait_ns: 0,
                             libcuda: String::new(),
                             attached_ns: 0,
                             attach_ms: 0.0,
@@ -340,10 +535,23 @@ impl Active {
                     continue;
                 }
             };
-            let report = self.attach(level, pid, mapping);
+            let mut report = self.attach(level, pid, mapping);
+            if pid != self.root_pid {
+                let title = engines::Process::read(pid).map(|p| p.title);
+                report.rank = Some(
+                    title
+                        .as_deref()
+                        .and_then(engines::worker_rank)
+                        .unwrap_or_else(|| format!("pid{pid}")),
+                );
+            }
+            let rank = report
+                .rank
+                .as_ref()
+                .map_or(String::new(), |rank| format!(", rank {rank}"));
             self.notes.push(match &report.error {
                 None => format!(
-                    "tracer: CUDA probes on pid {pid} ({}): {} functions in {:.1} ms",
+                    "tracer: CUDA probes on pid {pid}{rank} ({}): {} functions in {:.1} ms",
                     report.libcuda,
                     report.functions.len(),
                     report.attach_ms
@@ -358,6 +566,10 @@ impl Active {
         let started = Instant::now();
         let mut report = ProcessReport {
             pid,
+            rank: None,
+            rank_steps: 0,
+            slowest_steps: 0,
+            gpu_wait_ns: 0,
             libcuda: mapping.path.clone(),
             attached_ns: 0,
             attach_ms: 0.0,
@@ -404,5 +616,51 @@ impl Active {
             self.first_attach_ns.get_or_insert(report.attached_ns);
         }
         report
+    }
+}
+
+/// Ranks in their natural order: `TP2` before `TP10`, `pid<N>` names last.
+fn rank_order(rank: &str) -> (bool, Vec<(String, u64)>) {
+    let parts = rank
+        .split('_')
+        .map(|part| {
+            let digits = part.trim_start_matches(|c: char| !c.is_ascii_digit());
+            let name = &part[..part.len() - digits.len()];
+            (name.to_owned(), digits.parse().unwrap_or(u64::MAX))
+        })
+        .collect();
+    (rank.starts_with("pid"), parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rank(name: &str, wait_start_ns: Option<u64>) -> RankStats {
+        RankStats {
+            rank: name.into(),
+            wait_start_ns,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_slowest_rank_began_its_wait_last() {
+        let ranks = [
+            rank("TP0", Some(100)),
+            rank("TP1", Some(350)),
+            rank("TP2", None),
+            rank("TP3", Some(350)),
+        ];
+        assert_eq!(slowest(&ranks), Some(("TP1", 250)));
+        assert_eq!(slowest(&ranks[1..3]), None, "one rank waiting");
+        assert_eq!(slowest(&[]), None);
+    }
+
+    #[test]
+    fn ranks_sort_naturally() {
+        let mut names = ["pid12", "TP10", "TP2", "DP1_TP0", "DP0_TP1"];
+        names.sort_by_key(|n| rank_order(n));
+        assert_eq!(names, ["DP0_TP1", "DP1_TP0", "TP2", "TP10", "pid12"]);
     }
 }

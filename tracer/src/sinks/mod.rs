@@ -8,7 +8,7 @@ pub mod run_json;
 mod steps_csv;
 
 pub use out_dir::OutDir;
-use rows::{EventRow, QueueRow, RequestRow};
+use rows::{EventRow, QueueRow, RankRow, RequestRow};
 pub use run_json::RunInfo;
 pub use steps_csv::{StepRow, StepsCsv};
 
@@ -22,6 +22,7 @@ pub const TRACE_FILES: &[&str] = &[
     "requests.csv",
     "events.csv",
     "queues.csv",
+    "ranks.csv",
     "run.json",
     "trace.json",
     "seed.csv",
@@ -36,6 +37,7 @@ pub struct Outputs {
     pub requests: CsvSink<RequestRow>,
     pub events: CsvSink<EventRow>,
     pub queues: CsvSink<QueueRow>,
+    pub ranks: CsvSink<RankRow>,
 }
 
 impl Outputs {
@@ -47,6 +49,7 @@ impl Outputs {
             requests: CsvSink::create(dir, "requests.csv")?,
             events: CsvSink::create(dir, "events.csv")?,
             queues: CsvSink::create(dir, "queues.csv")?,
+            ranks: CsvSink::create(dir, "ranks.csv")?,
         })
     }
 
@@ -67,7 +70,8 @@ impl Outputs {
         self.steps.flush()?;
         self.requests.flush()?;
         self.events.flush()?;
-        self.queues.flush()
+        self.queues.flush()?;
+        self.ranks.flush()
     }
 }
 

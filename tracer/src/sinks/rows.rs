@@ -67,6 +67,13 @@ pub struct StepRow {
     /// (or inside its launch); the other batches' work inside its execute span is in theirs.
     pub exec_launch_host_ns: Option<u64>,
     pub exec_gpu_wait_ns: Option<u64>,
+    /// With tensor parallelism: the worker rank (ranks.csv `rank`) that began its last wait
+    /// for the GPU last, the one the other ranks waited for, and how much later than the
+    /// first rank it began. Empty with fewer than two ranks waiting.
+    #[serde(default)]
+    pub slowest_rank: Option<String>,
+    #[serde(default)]
+    pub rank_skew_ns: Option<u64>,
 }
 
 /// `requests.csv`: one row per request seen, written when it finishes (or at trace end).
@@ -182,4 +189,30 @@ pub struct QueueRow {
     pub computed_tokens: Option<u32>,
     pub scheduled_tokens: u32,
     pub reason: Option<WaitReason>,
+}
+
+/// `ranks.csv`: with tensor parallelism, one row per step and worker process (rank) probed
+/// since before the step began: its share of the step's CUDA calls. Empty when the engine
+/// process makes every call (TP = 1).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankRow {
+    /// The step (steps.csv `step`) and the engine process.
+    pub step: u64,
+    pub pid: u32,
+    /// vLLM's name for the rank from the worker's title (`TP1`, `DP0_TP1`), else `pid<N>`.
+    pub rank: String,
+    pub worker_pid: u32,
+    pub cuda_launches: Option<u64>,
+    pub cuda_graph_launches: u64,
+    pub cuda_syncs: u64,
+    pub cuda_sync_ns: u64,
+    pub cuda_d2h_copies: u64,
+    pub cuda_d2h_ns: u64,
+    /// Time in the step's execute phase during which the worker was blocked in a sync or a
+    /// device-to-host copy.
+    pub gpu_wait_ns: u64,
+    /// Entry and return (CLOCK_MONOTONIC ns) of its last sync or copy in the step: when it
+    /// had launched its share and began waiting for the GPU, and when the wait ended.
+    pub wait_start_ns: Option<u64>,
+    pub wait_end_ns: Option<u64>,
 }

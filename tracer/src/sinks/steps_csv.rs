@@ -1,8 +1,11 @@
 //! `steps.csv`: one row per engine step (the row type is [`StepRow`]).
 
-use super::csv_sink::CsvSink;
 pub use super::rows::StepRow;
-use crate::{correlate::Step, cuda::CudaStepStats};
+use super::{csv_sink::CsvSink, rows::RankRow};
+use crate::{
+    correlate::Step,
+    cuda::{CudaStepStats, RankStats},
+};
 
 impl StepRow {
     pub fn new(step: &Step, pid: u32, trace_start_ns: u64) -> Self {
@@ -33,7 +36,29 @@ impl StepRow {
             cuda_d2h_ns: cuda.d2h_ns,
             exec_launch_host_ns: cuda.exec_launch_host_ns,
             exec_gpu_wait_ns: cuda.exec_gpu_wait_ns,
+            slowest_rank: cuda.slowest_rank.clone(),
+            rank_skew_ns: cuda.rank_skew_ns,
             ..self
+        }
+    }
+}
+
+impl RankRow {
+    pub fn new(step: &Step, pid: u32, rank: &RankStats) -> Self {
+        Self {
+            step: step.index,
+            pid,
+            rank: rank.rank.clone(),
+            worker_pid: rank.pid,
+            cuda_launches: rank.launches,
+            cuda_graph_launches: rank.graph_launches,
+            cuda_syncs: rank.syncs,
+            cuda_sync_ns: rank.sync_ns,
+            cuda_d2h_copies: rank.d2h_copies,
+            cuda_d2h_ns: rank.d2h_ns,
+            gpu_wait_ns: rank.gpu_wait_ns,
+            wait_start_ns: rank.wait_start_ns,
+            wait_end_ns: rank.wait_end_ns,
         }
     }
 }
@@ -67,6 +92,8 @@ mod tests {
             d2h_ns: Some(50),
             exec_launch_host_ns: Some(250),
             exec_gpu_wait_ns: Some(750),
+            slowest_rank: Some("TP1".into()),
+            rank_skew_ns: Some(40),
             ..Default::default()
         });
         let mut csv = StepsCsv::create(&dir, "steps.csv").unwrap();
@@ -84,9 +111,9 @@ mod tests {
                  context_tokens_max,running,waiting,preempted,finished,kv_blocks_used,\
                  kv_blocks_total,\
                  cuda_launches,cuda_graph_launches,cuda_syncs,cuda_sync_ns,cuda_d2h_copies,\
-                 cuda_d2h_ns,exec_launch_host_ns,exec_gpu_wait_ns\n\
-                 3,10,11,1000,600,40,1000,20,1060,0,,{batch},,,,,,,,\n\
-                 3,10,11,1000,600,40,1000,20,1060,0,,{batch},,1,1,700,1,50,250,750\n"
+                 cuda_d2h_ns,exec_launch_host_ns,exec_gpu_wait_ns,slowest_rank,rank_skew_ns\n\
+                 3,10,11,1000,600,40,1000,20,1060,0,,{batch},,,,,,,,,,\n\
+                 3,10,11,1000,600,40,1000,20,1060,0,,{batch},,1,1,700,1,50,250,750,TP1,40\n"
             )
         );
         let back: Vec<StepRow> = csv::Reader::from_path(&path)
