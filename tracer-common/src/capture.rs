@@ -171,12 +171,16 @@ pub mod snap {
     /// A shadow snapshot that does not count (its reads ended after the engine thread moved
     /// on, or failed): emptied, only its header's `copy_ns` stays.
     pub const DROPPED: u32 = 1 << 5;
+    /// The queues' items are request addresses (`u64`s), not [`super::Item`]s: a copy
+    /// without fields.
+    pub const COMPACT: u32 = 1 << 6;
     /// A chain link or table could not be read (freed, resized, not what the plan says).
     pub const READ_ERROR: u32 = 1 << 8;
 }
 
 /// Follows a [`crate::WatchHit`] in the same record when the hit took a snapshot; then
-/// `n_running + n_waiting` [`Item`]s and `n_scheduled` [`ScheduledEntry`]s.
+/// `n_running + n_waiting` [`Item`]s (or their addresses, [`snap::COMPACT`]) and
+/// `n_scheduled` [`ScheduledEntry`]s.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotHeader {
@@ -208,6 +212,18 @@ pub struct Item {
     pub missing: u64,
     /// Per field: `[pointer, 0]` or the 16 bytes after the pointed-to object's header.
     pub fields: [[u64; 2]; REQUEST_FIELDS],
+}
+
+impl Item {
+    /// A request with no field copied (yet).
+    #[inline(always)]
+    pub fn bare(object: u64) -> Self {
+        Self {
+            object,
+            missing: (1 << REQUEST_FIELDS) - 1,
+            fields: [[0; 2]; REQUEST_FIELDS],
+        }
+    }
 }
 
 /// Bytes of a request id `str` copied from its start: the header and, on every supported

@@ -48,7 +48,8 @@ pub struct Scratch {
     record: [u8; MAX_RECORD],
 }
 
-/// Item pointers read at once by an objects-only walk: a deque block's worth.
+/// Item pointers read at once by an objects-only walk: a deque block's worth (written
+/// straight into the record, [`snap::COMPACT`]).
 const CHUNK: usize = 64;
 
 /// Bytes of `MAX_SPAN` entries of the widest kind (hash, key, value).
@@ -271,9 +272,8 @@ struct Walk {
     /// 1: the current request's planned entries are in the scratch area (`read_span`).
     spanned: u64,
     item: Item,
-    /// Objects-only walks: items left to copy, and the current chunk of item pointers.
+    /// Objects-only walks: items left to copy.
     left: u64,
-    chunk: [u64; CHUNK],
 }
 
 /// The next item pointer of the walk's list or deque.
@@ -304,16 +304,6 @@ fn repeat(n: u64, callback: Callback) {
     unsafe { bpf_loop(n as u32, callback as *mut c_void, core::ptr::null_mut(), 0) };
 }
 
-/// A queue item with no field copied yet.
-#[inline(always)]
-fn bare_item(object: u64) -> Item {
-    Item {
-        object,
-        missing: (1 << REQUEST_FIELDS) - 1,
-        fields: [[0; 2]; REQUEST_FIELDS],
-    }
-}
-
 extern "C" fn queue_step(index: u64, _: *mut c_void) -> i64 {
     let Some(area) = scratch() else { return 1 };
     // SAFETY: this CPU's slot; `take` copied the plan in and set up the walk.
@@ -321,7 +311,7 @@ extern "C" fn queue_step(index: u64, _: *mut c_void) -> i64 {
     let Some(object) = next_item(walk, index) else {
         return 1;
     };
-    walk.item = bare_item(object);
+    walk.item = Item::bare(object);
     if read(object + plan.py.object_type) != Some(plan.request_type) {
         return if write_item(area) { 0 } else { 1 };
     }
@@ -534,10 +524,15 @@ extern "C" fn chunk_step(_: u64, _: *mut c_void) -> i64 {
     if n == 0 || n > CHUNK as u64 {
         return 1;
     }
-    // SAFETY: at most CHUNK words into this CPU's chunk array; a fault returns an error.
+    let offset = core::hint::black_box(walk.start + 8 * walk.copied);
+    if offset > (MAX_RECORD - 8 * CHUNK) as u64 {
+        return 1;
+    }
+    // SAFETY: at most CHUNK words from `offset`, which leaves room for them in this CPU's
+    // record; a fault in user memory returns an error.
     if unsafe {
         probe_read_user_raw(
-            walk.chunk.as_mut_ptr() as *mut c_void,
+            (*area).record.as_mut_ptr().add(offset as usize) as *mut c_void,
             (n * 8) as u32,
             from as *const c_void,
         )
@@ -547,25 +542,8 @@ extern "C" fn chunk_step(_: u64, _: *mut c_void) -> i64 {
     }
     walk.position += n;
     walk.left -= n;
-    repeat(n, chunk_item_step);
+    walk.copied += n;
     0
-}
-
-/// Item `index` of the chunk [`chunk_step`] read.
-extern "C" fn chunk_item_step(index: u64, _: *mut c_void) -> i64 {
-    let Some(area) = scratch() else { return 1 };
-    // SAFETY: this CPU's slot; `chunk_step` filled the chunk.
-    let walk = unsafe { &mut (*area).walk };
-    let i = core::hint::black_box(index) as usize;
-    if i >= CHUNK {
-        return 1;
-    }
-    walk.item = bare_item(walk.chunk[i]);
-    if write_item(area) {
-        0
-    } else {
-        1
-    }
 }
 
 /// Copies a queue's requests into the record from byte `start` on (`objects_only`: their
@@ -702,6 +680,13 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Option<usize> {
     // SAFETY: as above.
     let plan = unsafe { &(*area).plan };
     let mut header = SnapshotHeader::default();
+    // Which requests each queue holds, as their addresses: 8 bytes an item, not an Item.
+    let item_bytes = if fields {
+        size_of::<Item>()
+    } else {
+        header.flags |= snap::COMPACT;
+        8
+    };
     if shadow {
         header.flags |= snap::SHADOW;
         header.frame = step_frame(plan).unwrap_or(0);
@@ -714,7 +699,7 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Option<usize> {
         }
         None => header.flags |= snap::READ_ERROR,
     }
-    let waiting_start = HEADER_BYTES + header.n_running as usize * size_of::<Item>();
+    let waiting_start = HEADER_BYTES + header.n_running as usize * item_bytes;
     match copy_queue(area, &plan.waiting, waiting_start as u64, !fields) {
         Some((copied, len)) => {
             header.flags |= snap::WAITING;
@@ -733,7 +718,7 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Option<usize> {
         }
     }
     let items = (header.n_running + header.n_waiting) as usize;
-    let start = HEADER_BYTES + items * size_of::<Item>();
+    let start = HEADER_BYTES + items * item_bytes;
     if start > ITEMS_END {
         return None;
     }

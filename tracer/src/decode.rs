@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use tracer_common::{
-    capture::{Item, ScheduledEntry, SnapshotHeader},
+    capture::{snap, Item, ScheduledEntry, SnapshotHeader},
     WatchHit, NO_QUEUE_LEN,
 };
 
@@ -62,8 +62,15 @@ impl RawSnapshot {
     /// Parses the bytes after the `WatchHit`; `None` if the lengths do not add up.
     fn parse(bytes: &[u8]) -> Option<Self> {
         let (header, rest) = read_pod::<SnapshotHeader>(bytes)?;
-        let (running, rest) = read_many::<Item>(rest, header.n_running as usize)?;
-        let (waiting, rest) = read_many::<Item>(rest, header.n_waiting as usize)?;
+        let items = |rest, n: u32| -> Option<(Vec<Item>, &[u8])> {
+            if header.flags & snap::COMPACT == 0 {
+                return read_many::<Item>(rest, n as usize);
+            }
+            let (objects, rest) = read_many::<u64>(rest, n as usize)?;
+            Some((objects.into_iter().map(Item::bare).collect(), rest))
+        };
+        let (running, rest) = items(rest, header.n_running)?;
+        let (waiting, rest) = items(rest, header.n_waiting)?;
         let (scheduled, rest) = read_many::<ScheduledEntry>(rest, header.n_scheduled as usize)?;
         rest.is_empty().then_some(Self {
             header,

@@ -2,13 +2,13 @@
 //! queues grow. For running R × waiting W, one fixture process holds a steady state of R
 //! requests decoding and W waiting (a burst of R + W requests, `--max-num-seqs` R, outputs
 //! longer than the run, KV blocks for all R: the rest wait for a seat, reason `max_num_seqs`),
-//! and untraced half-second windows alternate with traced ones at `--phases-only` and at the
-//! default level. Per point and level: the engine-thread hold per step (steps.csv
+//! and untraced half-second windows alternate with traced ones at `--phases-only`, with
+//! snapshots copied in the trap (`--snapshots sync`) and in the shadow (`--snapshots shadow`). Per point and level: the engine-thread hold per step (steps.csv
 //! `tracer_ns`, p50 and p99 over the steps of the traced windows), the mean `step()` time
 //! traced ÷ untraced (the fixture's own `rate` lines) with its spread over windows, and the
 //! queue lengths steps.csv saw. Also what one user-memory read costs on this machine
-//! (`process_vm_readv` from the fixture) and, fitted over the points, what the default level
-//! costs per request it copies. Results: stdout and out/bench/queues.csv.
+//! (`process_vm_readv` from the fixture) and, fitted over the points, what copies in the
+//! trap cost per request. Results: stdout and out/bench/queues.csv.
 
 use std::{
     fmt::Write as _,
@@ -51,8 +51,12 @@ const LEVELS: &[Level] = &[
         options: &["--phases-only"],
     },
     Level {
-        name: "default",
-        options: &[],
+        name: "sync",
+        options: &["--snapshots", "sync"],
+    },
+    Level {
+        name: "shadow",
+        options: &["--snapshots", "shadow"],
     },
 ];
 
@@ -439,7 +443,7 @@ pub fn run(points: &[String]) -> Result<()> {
         "window range",
         "p50/req"
     );
-    // (requests copied per snapshot, hold p50) at the default level.
+    // (requests copied per snapshot, hold p50) with copies in the trap.
     let mut fit: Vec<(f64, f64)> = Vec::new();
     let mut read_cost = None;
     for &running in RUNNING {
@@ -501,7 +505,7 @@ pub fn run(points: &[String]) -> Result<()> {
                     result.traced.mean_ns() / 1e3,
                     opt(per_request),
                 )?;
-                if let (Some(p50), Some(r), Some(w)) = (p50, seen_r, seen_w) {
+                if let (Some(p50), Some(r), Some(w), "sync") = (p50, seen_r, seen_w, level.name) {
                     let copied = r.min(MAX_QUEUE_ITEMS as f64) + w.min(MAX_QUEUE_ITEMS as f64);
                     fit.push((copied, p50 as f64));
                 }
@@ -530,7 +534,7 @@ pub fn run(points: &[String]) -> Result<()> {
         per_request.iter().copied().reduce(f64::max),
     ) {
         println!(
-            "default level: hold p50 ÷ requests copied = {lo:.0}–{hi:.0} ns per request per \
+            "--snapshots sync: hold p50 ÷ requests copied = {lo:.0}–{hi:.0} ns per request per \
              step over the points (each queue copied up to {MAX_QUEUE_ITEMS} places)"
         );
     }
