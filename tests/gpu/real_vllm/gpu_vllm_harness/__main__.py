@@ -50,6 +50,11 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=32, help="requests served before ready")
     p.add_argument("--wait-go", help="start the workload once this file exists")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-monitor", action="store_true",
+                   help="no ground truth in the EngineCore (throughput windows: sys.monitoring "
+                        "costs the engine time of its own)")
+    p.add_argument("--progress", type=float, metavar="SECONDS",
+                   help="print `tokens <monotonic_ns> <output tokens so far>` this often")
     return p.parse_args(argv)
 
 
@@ -70,7 +75,8 @@ def main(argv):
     a = parse_args(argv)
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
-    os.environ["GPU_GT_DIR"] = out
+    if not a.no_monitor:
+        os.environ["GPU_GT_DIR"] = out
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -123,6 +129,7 @@ def main(argv):
         t += rng.expovariate(a.rate) if a.rate else 0.0
         arrivals.append(t)
     states, finals, sent = {}, {}, 0
+    produced, lengths, next_progress = 0, {}, 0.0
     start = time.monotonic()
     while sent < len(work) or engine.has_unfinished_requests():
         now = time.monotonic() - start
@@ -140,8 +147,16 @@ def main(argv):
             time.sleep(max(0.0, arrivals[sent] - (time.monotonic() - start)))
             continue
         for o in engine.step():
+            if a.progress:
+                n = len(o.outputs[0].token_ids)
+                produced += n - lengths.get(o.request_id, 0)
+                lengths[o.request_id] = n
             if o.finished:
                 finals[o.request_id] = o
+                lengths.pop(o.request_id, None)
+        if a.progress and time.monotonic() >= next_progress:
+            print(f"tokens {time.monotonic_ns()} {produced}", flush=True)
+            next_progress = time.monotonic() + a.progress
     run_s = time.monotonic() - start
     with open(os.path.join(out, "stats.csv"), "w", newline="") as f:
         w = csv.writer(f)
