@@ -2,7 +2,9 @@
 # Overhead on the real engine: one vLLM process under a steady closed loop, windows of W
 # seconds untraced and traced at each level, in a rotating order, R rounds; throughput per
 # window from the harness's own token count (no ground-truth monitor in the engine).
-#   windows.sh TRACER OUTDIR W R [harness options…]
+#   [LEVELS="untraced phases-only default sync"] windows.sh TRACER OUTDIR W R [harness options…]
+# Fixed prompt and output lengths keep the closed loop's mix steady (with U(100,1000) and
+# U(50,300), 12 s windows of one level varied ±15 % on the H200).
 set -euo pipefail
 TRACER=$(realpath "$1"); OUT=$(realpath -m "$2"); W=$3; R=$4; shift 4
 HERE=$(dirname "$(realpath "$0")")
@@ -17,7 +19,7 @@ done
 HPID=$(grep '^ready ' "$OUT/harness.log" | sed 's/.*"harness_pid": \([0-9]*\).*/\1/')
 touch "$OUT/go"; sleep 15  # the closed loop fills up
 now() { python3 -c 'import time; print(time.monotonic_ns())'; }
-LEVELS=(untraced phases-only default sync)
+read -ra LEVELS <<< "${LEVELS:-untraced phases-only default sync}"
 : > "$OUT/windows.txt"
 for r in $(seq "$R"); do
   for i in "${!LEVELS[@]}"; do
@@ -34,5 +36,5 @@ for r in $(seq "$R"); do
     echo "$r $level $t0 $t1 $dir" >> "$OUT/windows.txt"
   done
 done
-kill $H; wait $H 2>/dev/null || true
+sleep 1; kill $H; wait $H 2>/dev/null || true  # a progress line after the last window
 python3 "$HERE/windows.py" "$OUT"

@@ -123,28 +123,32 @@ def main(argv):
         while not os.path.exists(a.wait_go):
             time.sleep(0.01)
 
-    work = [request(i) for i in range(a.requests)]
-    arrivals, t = [], 0.0
-    for _ in work:
-        t += rng.expovariate(a.rate) if a.rate else 0.0
-        arrivals.append(t)
-    states, finals, sent = {}, {}, 0
+    # Made as they are sent: a long closed loop (windows.sh) would first build them all.
+    def arrivals():
+        t = 0.0
+        for i in range(a.requests):
+            t += rng.expovariate(a.rate) if a.rate else 0.0
+            yield t, i
+
+    upcoming = arrivals()
+    following = next(upcoming, None)
+    states, finals = {}, {}
     produced, lengths, next_progress = 0, {}, 0.0
     start = time.monotonic()
-    while sent < len(work) or engine.has_unfinished_requests():
+    while following is not None or engine.has_unfinished_requests():
         now = time.monotonic() - start
-        while sent < len(work) and (
-            (a.rate and arrivals[sent] <= now)
+        while following is not None and (
+            (a.rate and following[0] <= now)
             or a.burst
             or (not a.rate and len(states) - len(finals) < a.in_flight)
         ):
-            rid, prompt, params = work[sent]
+            rid, prompt, params = request(following[1])
+            following = next(upcoming, None)
             internal = engine.add_request(rid, {"prompt_token_ids": prompt}, params) or rid
             states[rid] = (internal, engine.output_processor.request_states[internal].stats,
                            params.max_tokens, len(prompt))
-            sent += 1
         if not engine.has_unfinished_requests():
-            time.sleep(max(0.0, arrivals[sent] - (time.monotonic() - start)))
+            time.sleep(max(0.0, following[0] - (time.monotonic() - start)))
             continue
         for o in engine.step():
             if a.progress:
