@@ -136,7 +136,7 @@ pub fn run(options: Options) -> Result<Totals> {
     let mut status =
         crate::status::Status::new(target.pid, options.out_dir.path().into(), options.quiet);
 
-    let mut decoder = Decoder::new(&plan, target.python.eval_loop.clone());
+    let mut decoder = Decoder::new(&plan, target.python.eval_code.clone());
     let mut correlator = Correlator::new(plan.per_batch);
     let mut requests = Requests::new(
         target.pid,

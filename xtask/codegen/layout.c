@@ -98,6 +98,13 @@ int main(void) {
   F("frame_previous", offsetof(PyFrameObject, f_back));
   F("frame_localsplus", offsetof(PyFrameObject, f_localsplus));
 #endif
+  /* 3.14: frames hold `_PyStackRef`s (f_executable, localsplus), pointers whose low bits
+   * may carry a tag (deferred or borrowed references); earlier, plain pointers. */
+#ifdef Py_TAG_BITS
+  F("stackref_tag_bits", Py_TAG_BITS);
+#else
+  F("stackref_tag_bits", 0);
+#endif
   F("code_name", offsetof(PyCodeObject, co_name));
 #if PY_VERSION_HEX >= 0x030B0000
   printf("        code_qualname: Some(%zu),\n", offsetof(PyCodeObject, co_qualname));

@@ -27,6 +27,9 @@ pub struct Layout {
     pub frame_previous: u64,
     /// The frame's local variables, cells and free variables, then its value stack.
     pub frame_localsplus: u64,
+    /// Tag bits of the `_PyStackRef`s a frame holds (`f_executable` and `localsplus`, 3.14:
+    /// `Py_TAG_BITS`), cleared to get the object pointer; 0 where they are plain pointers.
+    pub stackref_tag_bits: u64,
     pub code_name: u64,
     /// `co_qualname` (3.11+; 3.10 code objects have only `co_name`).
     pub code_qualname: Option<u64>,
