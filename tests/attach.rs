@@ -310,7 +310,21 @@ fn unsupported_python_version() {
     let idle = IdlePython::spawn(&pyenv("3.9.18"));
     assert_fails_with(
         &["attach", "--pid", &idle.pid()],
-        "runs CPython 3.9, which this tracer does not support",
+        "runs CPython 3.9, which this tracer does not support (supported: 3.10 to 3.14)",
+    );
+}
+
+#[test]
+fn unsupported_newer_python_version() {
+    // A CPython newer than the newest row: Debian's 3.15 (`cargo xtask python 3.15`).
+    let Some(python) = built_python("3.15", "python3.15") else {
+        return;
+    };
+    let idle = IdlePython::spawn(&python);
+    assert_fails_with(&["attach", "--pid", &idle.pid()], "runs CPython 3.15.");
+    assert_fails_with(
+        &["attach", "--pid", &idle.pid()],
+        "which this tracer does not support (supported: 3.10 to 3.14)",
     );
 }
 

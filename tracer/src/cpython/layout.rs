@@ -378,18 +378,33 @@ pub fn for_version(version: (u8, u8)) -> Option<&'static Layout> {
     LAYOUTS.iter().find(|layout| layout.version == version)
 }
 
-/// The versions we have rows for, for error messages.
+/// The versions we have rows for, for error messages: `3.10 to 3.14` where they follow
+/// each other, else each one.
 pub fn supported_versions() -> String {
-    LAYOUTS
-        .iter()
-        .map(|l| format!("{}.{}", l.version.0, l.version.1))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let versions: Vec<(u8, u8)> = LAYOUTS.iter().map(|l| l.version).collect();
+    let name = |(major, minor): (u8, u8)| format!("{major}.{minor}");
+    let contiguous = versions
+        .windows(2)
+        .all(|w| w[0].0 == w[1].0 && w[0].1 + 1 == w[1].1);
+    match versions.as_slice() {
+        [first, .., last] if contiguous => format!("{} to {}", name(*first), name(*last)),
+        _ => versions
+            .into_iter()
+            .map(name)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supported_versions_name_the_range() {
+        assert_eq!(supported_versions(), "3.10 to 3.14");
+        assert!(for_version((3, 15)).is_none() && for_version((3, 9)).is_none());
+    }
 
     #[test]
     fn every_debug_offset_names_a_field() {
