@@ -44,6 +44,34 @@ pub fn built_python(minor: &str) -> PathBuf {
         .join(format!("bin/python{minor}"))
 }
 
+/// Minor versions whose interpreters `cargo xtask test` makes (if it can) for the CPython
+/// matrix; 3.15 is made only by hand (`cargo xtask python 3.15`), for the refusal test.
+const FOR_TESTS: &[&str] = &["3.14"];
+
+/// Makes the matrix's interpreters where missing; one line per version for the test
+/// summary: which interpreter its rows run on, or why they are skipped.
+pub fn for_tests() -> Vec<String> {
+    FOR_TESTS
+        .iter()
+        .map(|minor| {
+            let prefix = workspace_root().join(".pythons").join(minor);
+            match ensure(minor) {
+                Ok(()) => {
+                    let how = std::fs::read_to_string(prefix.join("BUILD")).unwrap_or_default();
+                    format!(
+                        "CPython {minor} rows: ran on .pythons/{minor} ({})",
+                        how.lines().next().unwrap_or("made earlier")
+                    )
+                }
+                Err(e) => format!(
+                    "CPython {minor} rows: SKIPPED, .pythons/{minor} could not be made \
+                     (`cargo xtask python {minor}`): {e:#}"
+                ),
+            }
+        })
+        .collect()
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let minor = args.first().map(String::as_str).unwrap_or("3.14");
     ensure(minor)
