@@ -89,6 +89,24 @@ pub enum EvalCode {
 }
 
 impl EvalCode {
+    /// For run.json: how hits are told from rewrites in this target.
+    pub fn describe(&self) -> String {
+        match self {
+            EvalCode::Functions { ranges, tail_call } => format!(
+                "hits from outside {} function(s) executing bytecode are rewrites{}",
+                ranges.len(),
+                if *tail_call {
+                    " (tail-call interpreter: one function per instruction handler)"
+                } else {
+                    ""
+                }
+            ),
+            EvalCode::Unknown(why) => {
+                format!("off: {why}; a rewrite of a watched instruction counts as a repeated mark")
+            }
+        }
+    }
+
     /// Whether a hit at `ip` may be an instruction being executed (true where unknown).
     pub fn executes(&self, ip: u64) -> bool {
         match self {

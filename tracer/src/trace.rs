@@ -288,6 +288,7 @@ pub fn run(options: Options) -> Result<Totals> {
         vllm_version,
         config,
         python_binary: target.python.binary.display().to_string(),
+        rewrite_filter: target.python.eval_code.describe(),
         engine_shape: resolved.names.releases,
         step_function: format!("{}.{}", resolved.names.core_module, resolved.step.qualname),
         probes: plan
