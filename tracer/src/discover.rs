@@ -102,7 +102,7 @@ impl EvalCode {
                 }
             ),
             EvalCode::Unknown(why) => {
-                format!("off: {why}; a rewrite of a watched instruction counts as a repeated mark")
+                format!("off: {why}; a rewrite of a watched instruction is then a second hit on it, which the step assembly absorbs")
             }
         }
     }
