@@ -262,6 +262,12 @@ int main(void) {
   D("unicode_state", unicode_object.state);
   D("unicode_length", unicode_object.length);
   D("unicode_ascii_data", unicode_object.asciiobject_size);
+#if PY_VERSION_HEX >= 0x030E0000
+  /* 3.14 states the set's offsets too. */
+  D("set_used", set_object.used);
+  D("set_table", set_object.table);
+  D("set_mask", set_object.mask);
+#endif
   printf("            ],\n        }),\n");
 #else
   printf("        debug_offsets: None,\n");

@@ -176,6 +176,9 @@ impl Layout {
             "unicode_state" => self.unicode_state,
             "unicode_length" => self.unicode_length,
             "unicode_ascii_data" => self.unicode_ascii_data,
+            "set_used" => self.set_used,
+            "set_table" => self.set_table,
+            "set_mask" => self.set_mask,
             _ => return None,
         })
     }
@@ -230,6 +233,9 @@ impl Layout {
             "unicode_state" => &mut self.unicode_state,
             "unicode_length" => &mut self.unicode_length,
             "unicode_ascii_data" => &mut self.unicode_ascii_data,
+            "set_used" => &mut self.set_used,
+            "set_table" => &mut self.set_table,
+            "set_mask" => &mut self.set_mask,
             _ => return,
         };
         *field = value;
