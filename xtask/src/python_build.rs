@@ -322,7 +322,17 @@ fn unpack_debian(debs: &Path, root: &Path, prefix: &Path) -> Result<()> {
 fn link_debian(minor: &str, prefix: &Path) -> Result<()> {
     if Command::new("patchelf").arg("--version").output().is_err() {
         eprintln!("python: installing patchelf (apt)");
-        exec(Command::new("apt-get").args(["install", "-y", "-q", "patchelf"]))?;
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "patchelf"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // A fresh machine's apt has no package lists yet.
+        if !install() {
+            exec(Command::new("apt-get").args(["-q", "update"]))?;
+            exec(Command::new("apt-get").args(["install", "-y", "-q", "patchelf"]))?;
+        }
     }
     let prefix = prefix.canonicalize()?;
     let libdir = prefix.join("lib/x86_64-linux-gnu");
