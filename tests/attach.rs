@@ -145,6 +145,22 @@ fn steps_match_ground_truth_pyenv_3_13() {
     traced_steps_match_ground_truth(&pyenv("3.13.0"));
 }
 
+#[test]
+fn steps_match_ground_truth_debian_3_14_static() {
+    // Debian's 3.14 (`cargo xtask python 3.14`): static, stripped, its loop split by PGO.
+    if let Some(python) = built_python("3.14", "python3.14") {
+        traced_steps_match_ground_truth(&python);
+    }
+}
+
+#[test]
+fn steps_match_ground_truth_debian_3_14_shared() {
+    // The same interpreter as Debian's libpython3.14.so, under CPython's own main.
+    if let Some(python) = built_python("3.14", "python3.14-shared") {
+        traced_steps_match_ground_truth(&python);
+    }
+}
+
 /// The usual case: attach to an engine that is already busy, stop with Ctrl-C. Every step
 /// the fixture ran between the first and the last traced step must be in steps.csv.
 #[test]
@@ -294,7 +310,21 @@ fn unsupported_python_version() {
     let idle = IdlePython::spawn(&pyenv("3.9.18"));
     assert_fails_with(
         &["attach", "--pid", &idle.pid()],
-        "runs CPython 3.9, which this tracer does not support",
+        "runs CPython 3.9, which this tracer does not support (supported: 3.10 to 3.14)",
+    );
+}
+
+#[test]
+fn unsupported_newer_python_version() {
+    // A CPython newer than the newest row: Debian's 3.15 (`cargo xtask python 3.15`).
+    let Some(python) = built_python("3.15", "python3.15") else {
+        return;
+    };
+    let idle = IdlePython::spawn(&python);
+    assert_fails_with(&["attach", "--pid", &idle.pid()], "runs CPython 3.15.");
+    assert_fails_with(
+        &["attach", "--pid", &idle.pid()],
+        "which this tracer does not support (supported: 3.10 to 3.14)",
     );
 }
 

@@ -519,6 +519,21 @@ fn batches_and_reasons_match_ground_truth_pyenv_3_13() {
 }
 
 #[test]
+fn batches_and_reasons_match_ground_truth_debian_3_14() {
+    // Frames hold tagged `_PyStackRef`s from 3.14: the kernel side reads a local through one.
+    if let Some(python) = built_python("3.14", "python3.14") {
+        lifecycles_match_ground_truth(&python, false);
+    }
+}
+
+#[test]
+fn lifecycles_match_ground_truth_debian_3_14() {
+    if let Some(python) = built_python("3.14", "python3.14") {
+        lifecycles_match_ground_truth(&python, true);
+    }
+}
+
+#[test]
 fn lifecycles_match_ground_truth_pyenv_3_11() {
     lifecycles_match_ground_truth(&pyenv("3.11.7"), true);
 }

@@ -43,6 +43,23 @@ pub fn pyenv(version: &str) -> String {
     path
 }
 
+/// An interpreter that `cargo xtask python <minor>` put into `.pythons/<minor>/bin/<exe>`
+/// (e.g. `built_python("3.14", "python3.14")`), or `None` if it is not there: a fresh
+/// machine that cannot make it skips these rows (the test passes, and says so on stderr
+/// with `SKIPPED`; `cargo xtask test` prints the reason in its summary).
+pub fn built_python(minor: &str, exe: &str) -> Option<String> {
+    let path = root().join(".pythons").join(minor).join("bin").join(exe);
+    if path.exists() {
+        Some(path.to_str().unwrap().to_owned())
+    } else {
+        eprintln!(
+            "SKIPPED: {} is not there (`cargo xtask python {minor}` makes it)",
+            path.display()
+        );
+        None
+    }
+}
+
 /// Lines of a child's stream, readable with a timeout.
 pub struct Lines {
     rx: mpsc::Receiver<String>,

@@ -89,6 +89,8 @@ pub struct PyOffsets {
     /// a real offset: 3.12's `cframe->current_frame`).
     pub tstate_frame: [u64; 2],
     pub frame_localsplus: u64,
+    /// Tag bits of a `localsplus` entry (3.14's `_PyStackRef`), cleared for the pointer.
+    pub stackref_tag_bits: u64,
 }
 
 /// An attribute of an object: the entry of its key table (the class's shared keys, or the

@@ -139,6 +139,7 @@ fn offsets(layout: &Layout) -> PyOffsets {
         deque_leftindex: layout.deque.leftindex,
         tstate_frame,
         frame_localsplus: layout.frame_localsplus,
+        stackref_tag_bits: layout.stackref_tag_bits,
     }
 }
 
@@ -953,7 +954,7 @@ pub(crate) mod tests {
             per_batch: false,
             queue_len_addr: 0,
         };
-        let mut decoder = Decoder::new(&probes, None);
+        let mut decoder = Decoder::new(&probes, crate::discover::EvalCode::Unknown("test".into()));
         let mut requests = Requests::new(1, 0, false);
         let (mut t, mut snapshots, mut rows) = (0u64, 0, 0);
         for index in 0..20_000 {

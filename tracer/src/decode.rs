@@ -2,14 +2,15 @@
 //! that some hits carry split into its parts (still raw words: what they mean is decided
 //! with the CPython layout in `correlate::state`).
 
-use std::ops::Range;
-
 use tracer_common::{
     capture::{snap, Item, ScheduledEntry, SnapshotHeader},
     WatchHit, NO_QUEUE_LEN,
 };
 
-use crate::plan::{Mark, ProbePlan};
+use crate::{
+    discover::EvalCode,
+    plan::{Mark, ProbePlan},
+};
 
 /// A genuine read of a watched instruction by the interpreter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,17 +96,17 @@ pub struct DecodeCounts {
 
 pub struct Decoder {
     marks: Vec<(u64, Mark)>,
-    eval_loop: Option<Range<u64>>,
+    eval_code: EvalCode,
     pub counts: DecodeCounts,
 }
 
 impl Decoder {
-    /// `eval_loop`: the interpreter loop's code range in the target, if known.
-    pub fn new(plan: &ProbePlan, eval_loop: Option<Range<u64>>) -> Self {
+    /// `eval_code`: where the target's interpreter executes instructions.
+    pub fn new(plan: &ProbePlan, eval_code: EvalCode) -> Self {
         let marks = plan.watches.iter().map(|w| (w.addr, w.mark)).collect();
         Self {
             marks,
-            eval_loop,
+            eval_code,
             counts: DecodeCounts::default(),
         }
     }
@@ -126,11 +127,7 @@ impl Decoder {
             self.counts.unknown_watch += 1;
             return None;
         };
-        if self
-            .eval_loop
-            .as_ref()
-            .is_some_and(|range| !range.contains(&raw.ip))
-        {
+        if !self.eval_code.executes(raw.ip) {
             self.counts.rewrites += 1;
             return None;
         }
@@ -186,7 +183,12 @@ mod tests {
             per_batch: false,
             queue_len_addr: 0,
         };
-        let mut decoder = Decoder::new(&plan, Some(0x5000..0x6000));
+        // A tail-call build: the loop's entry and two instruction handlers apart.
+        let eval_code = EvalCode::Functions {
+            ranges: vec![0x5000..0x5100, 0x5400..0x5600, 0x8000..0x8100],
+            tail_call: true,
+        };
+        let mut decoder = Decoder::new(&plan, eval_code);
         assert_eq!(
             decoder.decode(&record(0x1010, 0x5500)),
             Some(Hit {
@@ -197,6 +199,7 @@ mod tests {
                 queue_len: None,
             })
         );
+        assert!(decoder.decode(&record(0x1000, 0x8080)).is_some());
         assert_eq!(decoder.decode(&record(0x1000, 0x7000)), None);
         assert_eq!(decoder.decode(&record(0x2000, 0x5500)), None);
         assert_eq!(decoder.decode(&[0u8; 5]), None);

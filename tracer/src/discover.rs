@@ -68,9 +68,99 @@ pub struct PythonRuntime {
     pub runtime: u64,
     pub runtime_found_by: RuntimeSource,
     pub types: TypeAddrs,
-    /// The interpreter loop's code in the target, where hits of genuine instruction reads
-    /// come from (None if the symbol is absent).
-    pub eval_loop: Option<Range<u64>>,
+    /// Where the code that executes bytecode is, which tells a hit that reads a watched
+    /// instruction from one that rewrites it.
+    pub eval_code: EvalCode,
+}
+
+/// The code that reads instructions to execute them, in the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EvalCode {
+    /// These functions, sorted: `_PyEval_EvalFrameDefault` (with its compiler-split parts
+    /// where the symbol table names them), or in a tail-call build (3.14's
+    /// `--with-tail-call-interp`) that and every instruction handler `_TAIL_CALL_<op>`, each
+    /// a function of its own. Hits from elsewhere are rewrites (quickening).
+    Functions {
+        ranges: Vec<Range<u64>>,
+        tail_call: bool,
+    },
+    /// Not known from the file: why. Hits are then not told apart by where they come from.
+    Unknown(String),
+}
+
+impl EvalCode {
+    /// For run.json: how hits are told from rewrites in this target.
+    pub fn describe(&self) -> String {
+        match self {
+            EvalCode::Functions { ranges, tail_call } => format!(
+                "hits from outside {} function(s) executing bytecode are rewrites{}",
+                ranges.len(),
+                if *tail_call {
+                    " (tail-call interpreter: one function per instruction handler)"
+                } else {
+                    ""
+                }
+            ),
+            EvalCode::Unknown(why) => {
+                format!("off: {why}; a rewrite of a watched instruction is then a second hit on it, which the step assembly absorbs")
+            }
+        }
+    }
+
+    /// Whether a hit at `ip` may be an instruction being executed (true where unknown).
+    pub fn executes(&self, ip: u64) -> bool {
+        match self {
+            EvalCode::Functions { ranges, .. } => {
+                let i = ranges.partition_point(|r| r.end <= ip);
+                ranges.get(i).is_some_and(|r| r.contains(&ip))
+            }
+            EvalCode::Unknown(_) => true,
+        }
+    }
+}
+
+/// `_PyEval_EvalFrameDefault` of a computed-goto or switch build holds every instruction
+/// handler: 38-73 kB in the builds we test (pyenv 3.10-3.13, Debian 3.11, libpython3.14). Smaller, it is the entry of a tail-call build
+/// whose handler symbols were stripped, or the visible part of a function the compiler
+/// split (Debian's PGO + LTO static 3.14: 1 184 bytes, its handlers elsewhere).
+const MIN_EVAL_LOOP: u64 = 16 << 10;
+
+/// Finds the interpreter's bytecode-executing code among an ELF file's symbols
+/// (`(name, link-time address, size)`), and moves it by `bias`.
+pub fn eval_code<'a>(symbols: impl Iterator<Item = (&'a str, u64, u64)>, bias: u64) -> EvalCode {
+    let mut main = None;
+    let mut parts = Vec::new();
+    let mut tail_call = false;
+    for (name, addr, size) in symbols {
+        if size == 0 {
+            continue;
+        }
+        let range = bias.wrapping_add(addr)..bias.wrapping_add(addr).saturating_add(size);
+        if name == "_PyEval_EvalFrameDefault" {
+            main = Some(range);
+        } else if name.starts_with("_PyEval_EvalFrameDefault.") {
+            // GCC's split-off parts and clones: `.cold`, `.part.0`, `.lto_priv.0`.
+            parts.push(range);
+        } else if name.starts_with("_TAIL_CALL_") {
+            tail_call = true;
+            parts.push(range);
+        }
+    }
+    let Some(main) = main else {
+        return EvalCode::Unknown("no _PyEval_EvalFrameDefault symbol".into());
+    };
+    let size = main.end - main.start;
+    if !tail_call && size < MIN_EVAL_LOOP && parts.is_empty() {
+        return EvalCode::Unknown(format!(
+            "_PyEval_EvalFrameDefault is {size} bytes and no symbol names the rest of the \
+             interpreter (a tail-call build stripped of its handler symbols, or a split one)"
+        ));
+    }
+    let mut ranges = parts;
+    ranges.push(main);
+    ranges.sort_by_key(|r| r.start);
+    ranges.dedup();
+    EvalCode::Functions { ranges, tail_call }
 }
 
 pub fn discover(pid: u32) -> Result<Target, DiscoverError> {
@@ -295,12 +385,13 @@ fn runtime_in(
             true_: at("_Py_TrueStruct"),
             false_: at("_Py_FalseStruct"),
         },
-        eval_loop: symbol("_PyEval_EvalFrameDefault")
-            .filter(|&(_, size)| size > 0)
-            .map(|(addr, size)| {
-                let start = bias.wrapping_add(addr);
-                start..start.saturating_add(size)
-            }),
+        eval_code: eval_code(
+            elf.dynamic_symbols()
+                .chain(elf.symbols())
+                .filter(|s| s.kind() == object::SymbolKind::Text)
+                .filter_map(|s| Some((s.name().ok()?, s.address(), s.size()))),
+            bias,
+        ),
     }))
 }
 
@@ -393,6 +484,58 @@ mod tests {
             Some("3.12")
         );
         assert_eq!(version_from_name("/usr/bin/node"), None);
+    }
+
+    #[test]
+    fn eval_code_of_each_kind_of_build() {
+        let bias = 0x1000;
+        // Computed gotos: one big function (plus GCC's cold part where named).
+        let plain = [
+            ("_PyEval_EvalFrameDefault", 0x10000, 60_000),
+            ("_PyEval_EvalFrameDefault.cold", 0x500, 900),
+            ("PyObject_GetAttr", 0x40000, 300),
+        ];
+        let code = eval_code(plain.into_iter(), bias);
+        assert_eq!(
+            code,
+            EvalCode::Functions {
+                ranges: vec![0x1500..0x1500 + 900, 0x11000..0x11000 + 60_000],
+                tail_call: false
+            }
+        );
+        assert!(code.executes(0x11000 + 59_999) && code.executes(0x1600));
+        assert!(!code.executes(0x41000) && !code.executes(0x11000 + 60_000));
+        // Tail calls (clang --with-tail-call-interp): a small entry, a function per handler.
+        let tail = [
+            ("_PyEval_EvalFrameDefault", 0x20000, 700),
+            ("_TAIL_CALL_RESUME_CHECK", 0x30000, 120),
+            ("_TAIL_CALL_LOAD_FAST", 0x30100, 80),
+            ("_TAIL_CALL_error", 0x30200, 300),
+            ("_Py_Specialize_LoadAttr", 0x50000, 2000),
+        ];
+        let code = eval_code(tail.into_iter(), bias);
+        assert!(
+            matches!(&code, EvalCode::Functions { ranges, tail_call: true } if ranges.len() == 4)
+        );
+        assert!(
+            code.executes(0x31000 + 10) && code.executes(0x31100 + 79) && code.executes(0x21000)
+        );
+        assert!(
+            !code.executes(0x51000 + 10),
+            "the specializer rewrites, never executes"
+        );
+        // Stripped to dynamic symbols, and the exported function is not the loop: unknown.
+        let stripped = [("_PyEval_EvalFrameDefault", 0x20000, 1184)];
+        let code = eval_code(stripped.into_iter(), bias);
+        assert!(
+            matches!(&code, EvalCode::Unknown(why) if why.contains("1184 bytes")),
+            "{code:?}"
+        );
+        assert!(code.executes(0x99999));
+        assert!(matches!(
+            eval_code([].into_iter(), bias),
+            EvalCode::Unknown(_)
+        ));
     }
 
     #[test]

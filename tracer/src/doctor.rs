@@ -404,8 +404,17 @@ fn check_engine(ctx: &Context) -> Outcome {
 fn check_python(ctx: &Context) -> Outcome {
     ctx.each_engine(|e| {
         let py = &e.target.python;
+        let interpreter = match &py.eval_code {
+            crate::discover::EvalCode::Functions {
+                tail_call: true, ..
+            } => "; tail-call interpreter",
+            crate::discover::EvalCode::Functions { .. } => "",
+            crate::discover::EvalCode::Unknown(_) => {
+                "; its bytecode loop is not one named function: rewrites not filtered by address"
+            }
+        };
         Outcome::Ok(format!(
-            "CPython {} ({})",
+            "CPython {} ({}){interpreter}",
             py.version,
             printable(&py.binary.to_string_lossy())
         ))

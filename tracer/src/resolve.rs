@@ -9,7 +9,7 @@ use crate::{
         PyReader, ReadError,
     },
     discover::Target,
-    memory::{LiveProcess, ProcessMemory as _},
+    memory::LiveProcess,
     vllm::{EngineNames, ENGINES},
 };
 
@@ -280,8 +280,7 @@ fn engine_object(
             return None;
         };
         let this = reader
-            .mem
-            .read_u64(frame.addr + reader.layout.frame_localsplus + 8 * slot)
+            .frame_ref(frame.addr + reader.layout.frame_localsplus + 8 * slot)
             .ok()?;
         (this != 0).then(|| engine_of(this)).flatten()
     })

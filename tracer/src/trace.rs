@@ -140,7 +140,7 @@ pub fn run(options: Options) -> Result<Totals> {
     let mut status =
         crate::status::Status::new(target.pid, options.out_dir.path().into(), options.quiet);
 
-    let mut decoder = Decoder::new(&plan, target.python.eval_loop.clone());
+    let mut decoder = Decoder::new(&plan, target.python.eval_code.clone());
     let mut correlator = Correlator::new(plan.per_batch);
     let mut requests = Requests::new(
         target.pid,
@@ -345,6 +345,7 @@ pub fn run(options: Options) -> Result<Totals> {
         vllm_version,
         config,
         python_binary: target.python.binary.display().to_string(),
+        rewrite_filter: target.python.eval_code.describe(),
         engine_shape: resolved.names.releases,
         step_function: format!("{}.{}", resolved.names.core_module, resolved.step.qualname),
         probes: plan

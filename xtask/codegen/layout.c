@@ -98,6 +98,13 @@ int main(void) {
   F("frame_previous", offsetof(PyFrameObject, f_back));
   F("frame_localsplus", offsetof(PyFrameObject, f_localsplus));
 #endif
+  /* 3.14: frames hold `_PyStackRef`s (f_executable, localsplus), pointers whose low bits
+   * may carry a tag (deferred or borrowed references); earlier, plain pointers. */
+#ifdef Py_TAG_BITS
+  F("stackref_tag_bits", Py_TAG_BITS);
+#else
+  F("stackref_tag_bits", 0);
+#endif
   F("code_name", offsetof(PyCodeObject, co_name));
 #if PY_VERSION_HEX >= 0x030B0000
   printf("        code_qualname: Some(%zu),\n", offsetof(PyCodeObject, co_qualname));
@@ -255,6 +262,12 @@ int main(void) {
   D("unicode_state", unicode_object.state);
   D("unicode_length", unicode_object.length);
   D("unicode_ascii_data", unicode_object.asciiobject_size);
+#if PY_VERSION_HEX >= 0x030E0000
+  /* 3.14 states the set's offsets too. */
+  D("set_used", set_object.used);
+  D("set_table", set_object.table);
+  D("set_mask", set_object.mask);
+#endif
   printf("            ],\n        }),\n");
 #else
   printf("        debug_offsets: None,\n");

@@ -11,7 +11,7 @@ use crate::{cmd_output, workspace_root};
 /// Interpreters whose headers and `opcode` module define a row: a pyenv version, or a minor
 /// version built by `cargo xtask python <minor>` into `.pythons/<minor>`. Each needs
 /// `include/pythonX.Y/internal`.
-const INTERPRETERS: &[&str] = &["3.10.13", "3.11.7", "3.12.1", "3.13.0"];
+const INTERPRETERS: &[&str] = &["3.10.13", "3.11.7", "3.12.1", "3.13.0", "3.14"];
 
 pub fn run() -> Result<()> {
     let root = workspace_root();

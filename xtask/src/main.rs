@@ -40,8 +40,11 @@ fn main() -> Result<()> {
             // Tools only: the test build compiles everything itself (a separate release
             // build first would compile the eBPF object twice).
             setup::tools()?;
+            // The CPython matrix's rows that `cargo xtask python` makes (~25 s from nothing
+            // here); best effort: where it cannot, those rows skip and the summary says why.
+            let pythons = python_build::for_tests();
             // Default members only: tracer-ebpf builds for the BPF target, inside tracer's build.rs.
-            test_run::run(&args[1..])
+            test_run::run(&args[1..], &pythons)
         }
         Some("bench") => {
             setup::run()?;

@@ -177,7 +177,8 @@ fn counts(text: &str) -> Option<Counts> {
 
 /// `cargo test --release --no-fail-fast ARGS`, output passed through, then the summary.
 /// Fails if a test failed, a binary crashed, or cargo itself failed (e.g. a compile error).
-pub fn run(args: &[String]) -> Result<()> {
+/// `notes`: lines printed under the summary (which optional interpreters the matrix ran on).
+pub fn run(args: &[String], notes: &[String]) -> Result<()> {
     let (reader, writer) = std::io::pipe()?;
     let mut cmd = cargo();
     cmd.args(["test", "--release"]);
@@ -206,7 +207,12 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let status = child.wait()?;
     let (text, all_passed) = summary.render();
-    println!("\n{text}");
+    // Above the table, so that the run still ends on the totals line.
+    println!();
+    for note in notes {
+        println!("{note}");
+    }
+    println!("{text}");
     if summary.binaries.is_empty() || (!status.success() && all_passed) {
         anyhow::bail!(
             "cargo test failed ({status}) before or outside the test binaries: see above"

@@ -27,6 +27,9 @@ pub struct Layout {
     pub frame_previous: u64,
     /// The frame's local variables, cells and free variables, then its value stack.
     pub frame_localsplus: u64,
+    /// Tag bits of the `_PyStackRef`s a frame holds (`f_executable` and `localsplus`, 3.14:
+    /// `Py_TAG_BITS`), cleared to get the object pointer; 0 where they are plain pointers.
+    pub stackref_tag_bits: u64,
     pub code_name: u64,
     /// `co_qualname` (3.11+; 3.10 code objects have only `co_name`).
     pub code_qualname: Option<u64>,
@@ -173,6 +176,9 @@ impl Layout {
             "unicode_state" => self.unicode_state,
             "unicode_length" => self.unicode_length,
             "unicode_ascii_data" => self.unicode_ascii_data,
+            "set_used" => self.set_used,
+            "set_table" => self.set_table,
+            "set_mask" => self.set_mask,
             _ => return None,
         })
     }
@@ -227,6 +233,9 @@ impl Layout {
             "unicode_state" => &mut self.unicode_state,
             "unicode_length" => &mut self.unicode_length,
             "unicode_ascii_data" => &mut self.unicode_ascii_data,
+            "set_used" => &mut self.set_used,
+            "set_table" => &mut self.set_table,
+            "set_mask" => &mut self.set_mask,
             _ => return,
         };
         *field = value;
@@ -375,18 +384,33 @@ pub fn for_version(version: (u8, u8)) -> Option<&'static Layout> {
     LAYOUTS.iter().find(|layout| layout.version == version)
 }
 
-/// The versions we have rows for, for error messages.
+/// The versions we have rows for, for error messages: `3.10 to 3.14` where they follow
+/// each other, else each one.
 pub fn supported_versions() -> String {
-    LAYOUTS
-        .iter()
-        .map(|l| format!("{}.{}", l.version.0, l.version.1))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let versions: Vec<(u8, u8)> = LAYOUTS.iter().map(|l| l.version).collect();
+    let name = |(major, minor): (u8, u8)| format!("{major}.{minor}");
+    let contiguous = versions
+        .windows(2)
+        .all(|w| w[0].0 == w[1].0 && w[0].1 + 1 == w[1].1);
+    match versions.as_slice() {
+        [first, .., last] if contiguous => format!("{} to {}", name(*first), name(*last)),
+        _ => versions
+            .into_iter()
+            .map(name)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supported_versions_name_the_range() {
+        assert_eq!(supported_versions(), "3.10 to 3.14");
+        assert!(for_version((3, 15)).is_none() && for_version((3, 9)).is_none());
+    }
 
     #[test]
     fn every_debug_offset_names_a_field() {

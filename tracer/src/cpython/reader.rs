@@ -1133,14 +1133,20 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
     /// variables are their cell objects.
     pub fn frame_locals(&self, frame: u64) -> Result<Vec<(String, u64)>> {
         let l = self.layout;
-        let code = self.u64_at(frame.wrapping_add(l.frame_code))?;
+        let code = self.frame_ref(frame.wrapping_add(l.frame_code))?;
         let names = self.local_names(code)?;
         let values = self.words_at(frame.wrapping_add(l.frame_localsplus), names.len() as u64)?;
         Ok(names
             .into_iter()
-            .zip(values)
+            .zip(values.into_iter().map(|v| v & !l.stackref_tag_bits))
             .filter(|&(_, v)| v != 0)
             .collect())
+    }
+
+    /// The object a frame's slot at `addr` refers to (`f_executable`, a `localsplus`
+    /// entry): a plain pointer, or from 3.14 a `_PyStackRef` whose tag bits are cleared.
+    pub fn frame_ref(&self, addr: u64) -> Result<u64> {
+        Ok(self.u64_at(addr)? & !self.layout.stackref_tag_bits)
     }
 
     fn main_interpreter(&self, runtime: u64) -> Result<u64> {
@@ -1238,7 +1244,7 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         while frame != 0 && frames.len() < MAX_FRAMES {
             frames.push(Frame {
                 addr: frame,
-                code: self.u64_at(frame.wrapping_add(l.frame_code))?,
+                code: self.frame_ref(frame.wrapping_add(l.frame_code))?,
             });
             frame = self.u64_at(frame.wrapping_add(l.frame_previous))?;
         }

@@ -269,7 +269,7 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
         let slot = frame
             .wrapping_add(reader.layout.frame_localsplus)
             .wrapping_add(8 * self.output_local);
-        let output = reader.mem.read_u64(slot).ok()?;
+        let output = reader.mem.read_u64(slot).ok()? & !reader.layout.stackref_tag_bits;
         if Some(reader.type_of(output).ok()?) != self.output_class {
             return None;
         }

@@ -21,6 +21,8 @@ pub struct RunInfo {
     /// The engine's settings read from the target (`null`: not readable in this release).
     pub config: serde_json::Map<String, serde_json::Value>,
     pub python_binary: String,
+    /// How hits that execute a watched instruction are told from ones that rewrite it.
+    pub rewrite_filter: String,
     pub engine_shape: &'static str,
     pub step_function: String,
     pub probes: Vec<ProbeInfo>,
