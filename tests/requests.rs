@@ -487,6 +487,14 @@ fn shadow_copies_match_ground_truth_pyenv_3_11() {
     shadow_copies_match_ground_truth(&pyenv("3.11.7"), "shadow");
 }
 
+#[test]
+fn shadow_copies_match_ground_truth_debian_3_14() {
+    // The shadow copy reads the step's `scheduler_output` local through a tagged stackref.
+    if let Some(python) = built_python("3.14", "python3.14") {
+        shadow_copies_match_ground_truth(&python, "shadow");
+    }
+}
+
 /// `auto` goes from copies in the trap to shadow ones on steps this long.
 #[test]
 fn shadow_copies_match_ground_truth_pyenv_3_12() {
