@@ -397,6 +397,15 @@ pub fn run(options: Options) -> Result<Totals> {
             info.counters.snapshots_dropped
         ));
     }
+    if let Some(c) = info.counters.shadow.filter(|c| c.late + c.failed > 0) {
+        say(&format!(
+            "tracer: warning: {} of {} shadow snapshot copies ended after the engine thread moved \
+             on (their steps have phases but no batch columns); see run.json (--snapshots sync \
+             copies in the trap)",
+            c.late + c.failed,
+            c.copies
+        ));
+    }
     if options.cuda != cuda::Level::Off {
         note(format!("tracer: {}", info.cuda.summary()));
     }
