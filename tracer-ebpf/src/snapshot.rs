@@ -622,8 +622,8 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
     if plan.output_local == u64::MAX {
         return None;
     }
-    let output =
-        read(step_frame(plan)? + py.frame_localsplus + 8 * plan.output_local)? & !py.stackref_tag_bits;
+    let output = read(step_frame(plan)? + py.frame_localsplus + 8 * plan.output_local)?
+        & !py.stackref_tag_bits;
     let dict = lookup(&table(py, output)?, &plan.output_scheduled)?;
     if read(dict + py.object_type)? != plan.dict_type {
         return None;

@@ -850,6 +850,7 @@ pub(crate) mod tests {
                 prompt_tokens: u32::try_from(id.wrapping_mul(object)).ok(),
                 max_tokens: u32::try_from(object).ok(),
                 arrival_time_s: None,
+                queued_ns: None,
             })
         }
     }
@@ -873,6 +874,7 @@ pub(crate) mod tests {
             n_scheduled: count(rng),
             kv_free: [rng.word(), rng.word()],
             copy_ns: rng.below(1000),
+            frame: rng.word(),
         };
         let hit = WatchHit {
             ktime_ns: rng.next(),
@@ -885,6 +887,11 @@ pub(crate) mod tests {
         out.extend_from_slice(bytes_of(&header));
         let items = header.n_running.min(8) + header.n_waiting.min(8);
         for _ in 0..items {
+            // Copies without fields hold the requests' addresses only.
+            if header.flags & wire::snap::COMPACT != 0 {
+                out.extend_from_slice(&(1 + rng.below(5)).to_ne_bytes());
+                continue;
+            }
             let mut fields = [[0; 2]; wire::REQUEST_FIELDS];
             for f in &mut fields {
                 *f = [rng.word(), rng.word()];
@@ -927,6 +934,8 @@ pub(crate) mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let capture = Capture {
             plan,
+            marks: [1, 2, 3],
+            per_batch: false,
             layout,
             names: &V1_STATE,
             request_class: 0,

@@ -208,3 +208,37 @@ impl ProcessMemory for Snapshot {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch whose reads fault in its middle and at its end: the kernel stops at the first
+    /// fault, the batch resumes after it, and every good read still lands in its place.
+    #[test]
+    fn a_faulting_read_fails_alone() {
+        let words: Vec<u64> = (0..3000).map(|i| i * 7 + 1).collect();
+        let base = words.as_ptr() as u64;
+        let me = LiveProcess {
+            pid: std::process::id(),
+        };
+        let mut batch = Batch::default();
+        // More reads than one call takes (1 024), faults at 5, 1 500 and the last.
+        let ids: Vec<(ReadId, Option<u64>)> = (0..2000u64)
+            .map(|i| match i {
+                5 | 1500 | 1999 => (batch.push(8 + i * 64, 8), None),
+                _ => (batch.push(base + 8 * i, 16), Some(i)),
+            })
+            .collect();
+        me.read_batch(&mut batch);
+        for (id, expected) in ids {
+            match expected {
+                Some(i) => {
+                    assert_eq!(batch.word(id, 0), Some(words[i as usize]));
+                    assert_eq!(batch.word(id, 1), Some(words[i as usize + 1]));
+                }
+                None => assert_eq!(batch.bytes(id), None),
+            }
+        }
+    }
+}
