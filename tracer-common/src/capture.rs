@@ -155,6 +155,9 @@ pub struct Plan {
     /// `SchedulerOutput.num_scheduled_tokens`, and the `dict` type it must have.
     pub output_scheduled: Field,
     pub dict_type: u64,
+    /// `[first, end)` of the interpreter's array of small ints (−5 to 256, one object each,
+    /// immutable): an `int` there needs no read (`[0, 0]`: unknown).
+    pub small_ints: [u64; 2],
     /// Nonzero: the first snapshot is a shadow one ([`snap::SHADOW`]): which requests each
     /// queue holds and the step's frame, no fields and no scheduled tokens; userspace reads
     /// those from the target while the engine thread executes the batch, off that thread.
@@ -255,6 +258,10 @@ pub struct RequestFacts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScheduledEntry {
     pub key: u64,
+    /// The `int` object: one of the interpreter's small ints ([`Plan::small_ints`]) stands
+    /// for its value, and `value` is then not read (zero).
+    pub object: u64,
+    /// The 16 bytes after the int's header.
     pub value: [u64; 2],
 }
 

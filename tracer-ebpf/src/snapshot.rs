@@ -45,8 +45,13 @@ pub struct Scratch {
     span_values: [u64; MAX_SPAN],
     /// The facts of the request being listed for the first time.
     facts: RequestFacts,
+    /// The scheduled-tokens dict's entries, read in one go.
+    scheduled: [u8; SCHEDULED_BYTES],
     record: [u8; MAX_RECORD],
 }
+
+/// Bytes of `MAX_SCHEDULED` dict entries of the widest kind (hash, key, value).
+const SCHEDULED_BYTES: usize = MAX_SCHEDULED * 24;
 
 /// Item pointers read at once by an objects-only walk: a deque block's worth (written
 /// straight into the record, [`snap::COMPACT`]).
@@ -588,18 +593,34 @@ fn copy_queue(
 /// its entries hold key and value).
 extern "C" fn scheduled_step(index: u64, _: *mut c_void) -> i64 {
     let Some(area) = scratch() else { return 1 };
-    // SAFETY: this CPU's slot; `copy_scheduled_tokens` set up the walk.
-    let (py, walk) = unsafe { (&(*area).plan.py, &mut (*area).walk) };
-    let entry = walk.table.entries + index * walk.table.entry_size;
-    let Some([key, value]) = read2(entry + walk.table.entry_size - 16) else {
+    // SAFETY: this CPU's slot; `copy_scheduled_tokens` set up the walk and read the entries.
+    let (plan, walk) = unsafe { (&(*area).plan, &mut (*area).walk) };
+    // Every entry kind ends in `key, value`.
+    let at = core::hint::black_box(index * walk.table.entry_size + walk.table.entry_size - 16);
+    if at > (SCHEDULED_BYTES - 16) as u64 {
         return 1;
+    }
+    // SAFETY: `at + 16` ≤ SCHEDULED_BYTES: inside the scratch array.
+    let (key, value) = unsafe {
+        let entry = (*area).scheduled.as_ptr().add(at as usize);
+        (
+            (entry as *const u64).read_unaligned(),
+            (entry.add(8) as *const u64).read_unaligned(),
+        )
     };
     // A deleted entry has no value.
     if key == 0 || value == 0 {
         return 0;
     }
-    let Some(words) = read_value(py, value) else {
-        return 0;
+    // A small int (a decode step's 1) is told by its address; others are read.
+    let [lo, hi] = plan.small_ints;
+    let words = if lo <= value && value < hi {
+        [0; 2]
+    } else {
+        match read_value(&plan.py, value) {
+            Some(words) => words,
+            None => return 0,
+        }
     };
     let offset = walk.start + walk.copied * size_of::<ScheduledEntry>() as u64;
     if offset > (MAX_RECORD - size_of::<ScheduledEntry>()) as u64 {
@@ -607,8 +628,13 @@ extern "C" fn scheduled_step(index: u64, _: *mut c_void) -> i64 {
     }
     // SAFETY: `offset` keeps the write inside `record`.
     unsafe {
-        ((*area).record.as_mut_ptr().add(offset as usize) as *mut ScheduledEntry)
-            .write_unaligned(ScheduledEntry { key, value: words });
+        ((*area).record.as_mut_ptr().add(offset as usize) as *mut ScheduledEntry).write_unaligned(
+            ScheduledEntry {
+                key,
+                object: value,
+                value: words,
+            },
+        );
     }
     walk.copied += 1;
     0
@@ -640,6 +666,23 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
     } else {
         walk.table.nentries
     };
+    // All the entries in one read (the loop then reads user memory only for ints that are
+    // not small: a prefill chunk's).
+    let bytes = core::hint::black_box(n * walk.table.entry_size);
+    if bytes == 0 || bytes > SCHEDULED_BYTES as u64 {
+        return (bytes == 0).then_some(0);
+    }
+    // SAFETY: at most SCHEDULED_BYTES into this CPU's scratch array; a fault returns an error.
+    if unsafe {
+        probe_read_user_raw(
+            (*area).scheduled.as_mut_ptr() as *mut c_void,
+            bytes as u32,
+            walk.table.entries as *const c_void,
+        )
+    } != 0
+    {
+        return None;
+    }
     repeat(n, scheduled_step);
     // SAFETY: this CPU's slot; the loop has returned.
     Some(unsafe { (*area).walk.copied } as u32)

@@ -232,6 +232,42 @@ pub fn engine_config<M: ProcessMemory>(
         .collect()
 }
 
+/// The interpreter's small ints (−5 to 256, one immutable object each, in an array): the
+/// smallest and how many, the size of one object. A value in that range is always that
+/// object, so the kernel side need not read a decode step's token count.
+const SMALL_INT_MIN: i64 = -5;
+const SMALL_INTS: u64 = 262;
+const SMALL_INT_BYTES: u64 = 32;
+
+/// `[first, end)` of the small-int array, found from `known`, an `int` object in it (a
+/// scheduler budget), and checked whole; `[0, 0]` when it cannot be.
+fn small_ints<M: ProcessMemory>(reader: &PyReader<M>, known: Option<u64>) -> [u64; 2] {
+    let found = || -> Option<[u64; 2]> {
+        let known = known?;
+        let value = reader.int(known).ok()?;
+        let index = u64::try_from(value - SMALL_INT_MIN)
+            .ok()
+            .filter(|&i| i < SMALL_INTS)?;
+        let first = known.checked_sub(index * SMALL_INT_BYTES)?;
+        let bytes = reader
+            .mem
+            .read_bytes(first, (SMALL_INTS * SMALL_INT_BYTES) as usize)
+            .ok()?;
+        let word = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap());
+        let layout = reader.layout;
+        (0..SMALL_INTS as usize)
+            .all(|k| {
+                let at = k * SMALL_INT_BYTES as usize;
+                let value = at + layout.var_size as usize;
+                word(at + layout.object_type as usize) == reader.types.int
+                    && small_int(layout, [word(value), word(value + 8)])
+                        == Some(k as i64 + SMALL_INT_MIN)
+            })
+            .then_some([first, first + SMALL_INTS * SMALL_INT_BYTES])
+    };
+    found().unwrap_or_default()
+}
+
 /// An `int` from the 16 bytes after its header (size word, then two 30-bit digits);
 /// `None` for values beyond two digits (never a token count).
 fn small_int(layout: &Layout, words: [u64; 2]) -> Option<i64> {
@@ -420,6 +456,7 @@ impl Capture {
             output_local,
             output_scheduled,
             dict_type: reader.types.dict,
+            small_ints: small_ints(reader, path(reader, scheduler, &[names.block_size])),
             shadow: 0,
         };
         Ok(Self {
@@ -492,6 +529,17 @@ impl Capture {
         small_int(self.layout, words)
     }
 
+    /// A scheduled-tokens entry's count: by its object's place among the small ints, else
+    /// from its words.
+    fn tokens(&self, entry: &wire::ScheduledEntry) -> Option<i64> {
+        let [first, end] = self.plan.small_ints;
+        if (first..end).contains(&entry.object) {
+            let index = (entry.object - first) / SMALL_INT_BYTES;
+            return Some(index as i64 + SMALL_INT_MIN);
+        }
+        self.int(entry.value)
+    }
+
     fn request(&self, item: &Item) -> RequestState {
         let field = |f: RequestField| {
             (item.missing & (1 << f as u64) == 0 && self.plan.request_fields[f as usize].key != 0)
@@ -531,7 +579,7 @@ impl Capture {
             scheduled: (flags & wire::snap::SCHEDULED != 0).then(|| {
                 raw.scheduled
                     .iter()
-                    .filter_map(|e| Some((e.key, u32::try_from(self.int(e.value)?).ok()?)))
+                    .filter_map(|e| Some((e.key, u32::try_from(self.tokens(e)?).ok()?)))
                     .collect()
             }),
             read_error: flags & wire::snap::READ_ERROR != 0,
@@ -909,6 +957,7 @@ pub(crate) mod tests {
         for _ in 0..header.n_scheduled.min(8) {
             let entry = ScheduledEntry {
                 key: rng.below(6),
+                object: rng.word(),
                 value: [rng.word(), rng.word()],
             };
             out.extend_from_slice(bytes_of(&entry));

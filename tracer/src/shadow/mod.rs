@@ -291,6 +291,7 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
                 .filter_map(|(key, value)| {
                     Some(ScheduledEntry {
                         key,
+                        object: value,
                         value: self.value_words(value)?,
                     })
                 })
