@@ -34,7 +34,7 @@ const PROMPT: u32 = 4;
 /// Output tokens of every request: more than any point runs steps, so none finishes.
 const MAX_TOKENS: u32 = 50_000;
 const BLOCK_SIZE: u32 = 16;
-/// Alternations per point; each round measures both levels (their order swapped every round).
+/// Alternations per point; each round measures every level (their order reversed every other round).
 const ROUNDS: usize = 4;
 /// Half-second windows measured per side per level per round.
 const WINDOWS: usize = 2;
