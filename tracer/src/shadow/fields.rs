@@ -170,13 +170,16 @@ pub fn fill<M: ProcessMemory + ?Sized>(
     let spans: Vec<Option<(ReadId, Option<ReadId>, Table)>> = holders
         .iter()
         .map(|h| match *h {
-            Holder::Table(t) if hi <= t.nentries => {
+            // A request that has not set its later attributes yet (0.33's `num_cached_tokens`,
+            // set at scheduling) has fewer entries: the fields it has are still read.
+            Holder::Table(t) if lo < t.nentries => {
+                let end = hi.min(t.nentries);
                 let entries = batch.push(
                     t.entries + lo * t.entry_size,
-                    ((hi - lo) * t.entry_size) as usize,
+                    ((end - lo) * t.entry_size) as usize,
                 );
                 let values = (t.values != 0)
-                    .then(|| batch.push(t.values + lo * 8, ((hi - lo) * 8) as usize));
+                    .then(|| batch.push(t.values + lo * 8, ((end - lo) * 8) as usize));
                 Some((entries, values, t))
             }
             _ => None,
@@ -203,7 +206,8 @@ pub fn fill<M: ProcessMemory + ?Sized>(
                     .get(at..at + 8)
                     .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
             };
-            // Every entry kind ends in `key, value` (the value unused when split).
+            // Every entry kind ends in `key, value` (the value unused when split); an entry
+            // past the table's end was not read (`get` finds no bytes).
             let key_at = ((field.index - lo + 1) * t.entry_size - 16) as usize;
             if word(entries, key_at) != Some(field.key) {
                 return None;

@@ -55,6 +55,9 @@ const AUTO_WINDOW: usize = 32;
 /// Late copies in a window of [`AUTO_WINDOW`] after which `auto` goes back to synchronous.
 const AUTO_MAX_LATE: usize = 4;
 
+/// Longest wait for the step's `scheduler_output` local to be stored after its hit.
+const STORE_WAIT_NS: u64 = 200_000;
+
 /// How the shadow copies went (run.json `counters.shadow`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ShadowCounts {
@@ -269,7 +272,17 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
         let slot = frame
             .wrapping_add(reader.layout.frame_localsplus)
             .wrapping_add(8 * self.output_local);
-        let output = reader.mem.read_u64(slot).ok()? & !reader.layout.stackref_tag_bits;
+        // The hit is on the instruction that stores the local: a tracer woken fast enough
+        // reads the slot before the engine thread is back from the trap (still NULL; it
+        // happened in 1 copy of 14 on the dev VM). The store comes within microseconds.
+        let deadline = monotonic_ns() + STORE_WAIT_NS;
+        let output = loop {
+            let output = reader.mem.read_u64(slot).ok()? & !reader.layout.stackref_tag_bits;
+            if output != 0 || monotonic_ns() > deadline {
+                break output;
+            }
+            std::thread::yield_now();
+        };
         if Some(reader.type_of(output).ok()?) != self.output_class {
             return None;
         }
