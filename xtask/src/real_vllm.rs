@@ -24,7 +24,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::{exec, tracer_bin, workspace_root};
 
 /// vLLM releases we install, newest first (the default). Each has the V1 engine.
-const VERSIONS: &[&str] = &["0.33.0", "0.11.0", "0.10.2"];
+const VERSIONS: &[&str] = &["0.34.0", "0.33.0", "0.11.0", "0.10.2"];
 
 /// Requirements of vLLM left out: GPU kernels, CUDA-only tooling and Ray, none of which the
 /// engine loop with a stand-in executor imports. Names as vLLM's METADATA spells them.

@@ -91,6 +91,10 @@ def main(argv) -> int:
     # No network here: don't let Hugging Face or vLLM's usage stats try to reach it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    # 0.34's CPU platform refuses x86 unless Triton has a CPU backend, or CUDA_VISIBLE_DEVICES
+    # is set and empty (vllm/triton_utils/importing.py: "distributed environment"); no GPU is
+    # used here, so empty hides nothing.
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     if a.facts and not a.in_process:
         sys.exit("--facts needs --in-process (it inspects the live EngineCore)")
 
