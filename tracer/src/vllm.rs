@@ -3,6 +3,11 @@
 //! A row covers a range of vLLM releases whose engine step has the same shape; supporting a
 //! new shape is adding a row.
 
+/// vLLM releases whose engine the tracer was checked on (the real-vLLM sweep: steps and
+/// every batch and request cell equal to the ground truth). Another release is traced by
+/// the row its step fits and told as unknown (run.json `unknown_release`).
+pub const MEASURED: &[&str] = &["0.10.2", "0.11.0", "0.33.0", "0.34.0"];
+
 /// The names the tracer looks up in a vLLM V1 engine.
 #[derive(Debug)]
 pub struct EngineNames {

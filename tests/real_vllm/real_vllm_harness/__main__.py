@@ -13,6 +13,7 @@ stats.csv (vLLM's own per-request stats, read from the front end's request state
 import argparse
 import bisect
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -91,6 +92,7 @@ def main(argv) -> int:
     # No network here: don't let Hugging Face or vLLM's usage stats try to reach it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_USE_V1", "1")  # 0.8.x picks V0 or V1 by itself
     # 0.34's CPU platform refuses x86 unless Triton has a CPU backend, or CUDA_VISIBLE_DEVICES
     # is set and empty (vllm/triton_utils/importing.py: "distributed environment"); no GPU is
     # used here, so empty hides nothing.
@@ -104,7 +106,7 @@ def main(argv) -> int:
     from vllm.v1.engine.llm_engine import LLMEngine
 
     model = write_model_config(a.model_dir or os.path.join(out, "model"))
-    engine_args = EngineArgs(
+    kwargs = dict(
         model=model,
         skip_tokenizer_init=True,
         max_model_len=a.max_model_len,
@@ -120,6 +122,12 @@ def main(argv) -> int:
         enforce_eager=True,
         seed=a.seed,
     )
+    # Releases differ in their EngineArgs: pass what this one has; a shape it cannot run is
+    # "unsupported" (exit 3, the reason in unsupported.txt), not a failure.
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    if a.async_scheduling and "async_scheduling" not in known:
+        return unsupported(out, f"vLLM {vllm.__version__} has no EngineArgs.async_scheduling")
+    engine_args = EngineArgs(**{k: v for k, v in kwargs.items() if k in known or v})
     t0 = time.monotonic()
     engine = LLMEngine.from_engine_args(engine_args)
     startup_s = time.monotonic() - t0
@@ -211,6 +219,16 @@ def main(argv) -> int:
     for p in problems:
         print(f"check failed: {p}", file=sys.stderr)
     return 1 if problems else 0
+
+
+UNSUPPORTED = 3
+
+
+def unsupported(out: str, why: str) -> int:
+    with open(os.path.join(out, "unsupported.txt"), "w") as f:
+        f.write(why + "\n")
+    print(f"unsupported: {why}", file=sys.stderr)
+    return UNSUPPORTED
 
 
 STATS_COLUMNS = [
