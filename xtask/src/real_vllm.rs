@@ -249,6 +249,7 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<Outcome> 
         .env("PYTHONPATH", root.join("tests/real_vllm"))
         .current_dir(&root)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0);
     if harness.is_empty() {
         // The harness defaults (200 requests, 128 KV blocks) are sized to preempt.
@@ -256,6 +257,22 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<Outcome> 
     }
     let mut child = Kill(cmd.spawn().context("starting the harness")?);
     let _watchdog = Watchdog::new(child.0.id(), RUN_LIMIT);
+    // Echoed; the last line (an exception's, when it fails) goes into the error.
+    let last_err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = BufReader::new(child.0.stderr.take().expect("piped"));
+    let last = last_err.clone();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if !line.trim().is_empty() {
+                *last.lock().unwrap() = line;
+            }
+        }
+    });
+    let last_err = move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        last_err.lock().unwrap().clone()
+    };
     let mut lines = BufReader::new(child.0.stdout.take().expect("piped")).lines();
     let ready = loop {
         let Some(line) = lines.next().transpose()? else {
@@ -265,7 +282,10 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<Outcome> 
                     .unwrap_or_else(|_| "the harness said unsupported".into());
                 return Ok(Outcome::Unsupported(why.trim().to_owned()));
             }
-            bail!("the harness exited before `ready` ({status})");
+            bail!(
+                "the harness exited before `ready` ({status}): {}",
+                last_err()
+            );
         };
         if let Some(json) = line.strip_prefix("ready ") {
             break json.to_owned();
@@ -342,7 +362,7 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<Outcome> 
     let tracer_status = tracer.wait_for(std::time::Duration::from_secs(60))?;
     let _ = tracer_log.join();
     if !status.success() {
-        bail!("the harness failed ({status})");
+        bail!("the harness failed ({status}): {}", last_err());
     }
     if !tracer_status.success() {
         bail!("the tracer failed ({tracer_status})");
@@ -436,7 +456,9 @@ fn sweep(versions: &[String], keep: bool) -> Result<()> {
     let started = Instant::now();
     let mut rows: Vec<SweepRow> = Vec::new();
     let mut releases: Vec<serde_json::Value> = Vec::new();
-    let date = crate::cmd_output(Command::new("date").arg("+%Y-%m-%d %H:%M %Z"))?;
+    let date = crate::cmd_output(Command::new("date").arg("+%Y-%m-%d %H:%M %Z"))?
+        .trim()
+        .to_owned();
     for version in versions {
         let venv = venvs_dir().join(format!("vllm-{version}"));
         let existed = venv.join(MARKER).exists();

@@ -129,7 +129,16 @@ def main(argv) -> int:
         return unsupported(out, f"vLLM {vllm.__version__} has no EngineArgs.async_scheduling")
     engine_args = EngineArgs(**{k: v for k, v in kwargs.items() if k in known or v})
     t0 = time.monotonic()
-    engine = LLMEngine.from_engine_args(engine_args)
+    try:
+        engine = LLMEngine.from_engine_args(engine_args)
+    except ValueError as e:
+        # 0.8/0.9 take a custom executor as the class itself, not its dotted path.
+        if "distributed executor backend" not in str(e):
+            raise
+        from .executor import StandInExecutor
+
+        engine_args.distributed_executor_backend = StandInExecutor
+        engine = LLMEngine.from_engine_args(engine_args)
     startup_s = time.monotonic() - t0
     for i in range(a.warmup):
         engine.add_request(
