@@ -295,6 +295,15 @@ pub fn run(options: Options) -> Result<Totals> {
     } else {
         Vec::new()
     };
+    let empty_columns: Vec<String> = empty_columns
+        .into_iter()
+        .chain(
+            config
+                .iter()
+                .filter(|(_, value)| value.is_null())
+                .map(|(key, _)| format!("run.json:config.{key}")),
+        )
+        .collect();
 
     let info = RunInfo {
         tracer_version: env!("CARGO_PKG_VERSION"),

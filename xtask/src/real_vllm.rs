@@ -190,13 +190,23 @@ pub fn setup(version: &str) -> Result<PathBuf> {
         &requirements,
         requirements_of(&installed_metadata(&venv, version)?),
     )?;
-    exec(
-        uv_cmd(&uv)
-            .args(["pip", "install", "--python"])
-            .arg(&python)
-            .arg("-r")
-            .arg(&requirements),
-    )?;
+    // Its requirements as they were a week after the release: most are lower bounds only,
+    // and today's versions break old releases (0.8.5 with transformers 5: no
+    // `all_special_tokens_extended`).
+    let mut install = uv_cmd(&uv);
+    install
+        .args(["pip", "install", "--python"])
+        .arg(&python)
+        .arg("-r")
+        .arg(&requirements);
+    match exclude_newer(version) {
+        Ok(date) => {
+            eprintln!("real-vllm: vllm {version}'s requirements as of {date}");
+            install.args(["--exclude-newer", &date]);
+        }
+        Err(e) => eprintln!("real-vllm: today's requirements (no release date: {e:#})"),
+    }
+    exec(&mut install)?;
     std::fs::write(venv.join(MARKER), format!("vllm {version}\n"))?;
     eprintln!(
         "real-vllm: vllm {version} installed in {:.0} s",
@@ -442,6 +452,8 @@ struct SweepRow {
     batch_differ: Option<u64>,
     request_differ: Option<u64>,
     run_s: f64,
+    /// The first attempt's failure, when the row is a second attempt.
+    retry: Option<String>,
 }
 
 /// Runs every release of `versions` in every shape of [`SHAPES`]: a venv per release (set up
@@ -465,10 +477,14 @@ fn sweep(versions: &[String], keep: bool) -> Result<()> {
         let t0 = Instant::now();
         let setup_result = setup(version);
         let setup_s = t0.elapsed().as_secs_f64();
-        let disk = disk_kib(&[venvs_dir().join("cache"), venv.clone()]);
+        // The venv alone counts every file it holds (hard links into the cache included):
+        // what this release occupies; the cache is the shared store around it.
+        let gib = |kib: u64| (kib as f64 / (1 << 20) as f64 * 10.0).round() / 10.0;
+        let venv_gib = gib(disk_kib(std::slice::from_ref(&venv)));
+        let cache_gib = gib(disk_kib(&[venvs_dir().join("cache")]));
         eprintln!(
-            "real-vllm sweep: {version}: setup {setup_s:.0} s, venv + cache {:.1} GiB",
-            disk as f64 / (1 << 20) as f64
+            "real-vllm sweep: {version}: setup {setup_s:.0} s, venv {venv_gib} GiB, uv cache \
+             {cache_gib} GiB"
         );
         for (shape, args) in SHAPES {
             let t = Instant::now();
@@ -481,12 +497,29 @@ fn sweep(versions: &[String], keep: bool) -> Result<()> {
                 batch_differ: None,
                 request_differ: None,
                 run_s: 0.0,
+                retry: None,
             };
             match &setup_result {
                 Err(e) => row.note = format!("setup failed: {}", one_line(e)),
                 Ok(_) => {
                     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-                    match run(version, false, &args) {
+                    // A failed run is run once more (the timing bounds can fail on a loaded
+                    // 2-core machine); the first attempt's reason stays in the note.
+                    let mut outcome = run(version, false, &args);
+                    if !matches!(
+                        outcome,
+                        Ok(Outcome::Checked { passed: true, .. }) | Ok(Outcome::Unsupported(_))
+                    ) {
+                        let first = match &outcome {
+                            Err(e) => one_line(e),
+                            Ok(Outcome::Checked { check, .. }) => check["problems"].to_string(),
+                            Ok(Outcome::Unsupported(why)) => why.clone(),
+                        };
+                        eprintln!("real-vllm sweep: {version} {shape} failed ({first}); once more");
+                        outcome = run(version, false, &args);
+                        row.retry = Some(first.chars().take(300).collect());
+                    }
+                    match outcome {
                         Err(e) => {
                             row.result = "fail";
                             row.note = one_line(&e);
@@ -503,6 +536,9 @@ fn sweep(versions: &[String], keep: bool) -> Result<()> {
                 }
             }
             row.run_s = t.elapsed().as_secs_f64();
+            if let Some(first) = &row.retry {
+                row.note = format!("{} (2nd attempt; 1st: {first})", row.note);
+            }
             eprintln!(
                 "real-vllm sweep: {version} {shape}: {} {}",
                 row.result, row.note
@@ -526,9 +562,9 @@ fn sweep(versions: &[String], keep: bool) -> Result<()> {
             "version": version,
             "setup_s": (setup_s * 10.0).round() / 10.0,
             "total_s": (t0.elapsed().as_secs_f64()).round(),
-            "venv_and_cache_gib": (disk as f64 / (1 << 20) as f64 * 10.0).round() / 10.0,
-            "cache_after_gib": (disk_kib(&[venvs_dir().join("cache")]) as f64
-                / (1 << 20) as f64 * 10.0).round() / 10.0,
+            "venv_gib": venv_gib,
+            "cache_gib": cache_gib,
+            "cache_after_gib": gib(disk_kib(&[venvs_dir().join("cache")])),
             "venv_removed": removed,
         }));
         write_sweep(
@@ -614,15 +650,17 @@ fn write_sweep(
             r.note.replace('|', "\\|")
         );
     }
-    md += "\n| vLLM | setup s | release total s | venv + cache GiB | cache after GiB | venv removed |\n\
-           |---|---|---|---|---|---|\n";
+    md +=
+        "\n| vLLM | setup s | release total s | venv GiB | uv cache GiB | cache after clean GiB | \
+           venv removed |\n|---|---|---|---|---|---|---|\n";
     for r in releases {
         md += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             r["version"].as_str().unwrap_or(""),
             r["setup_s"],
             r["total_s"],
-            r["venv_and_cache_gib"],
+            r["venv_gib"],
+            r["cache_gib"],
             r["cache_after_gib"],
             r["venv_removed"]
         );
@@ -635,7 +673,7 @@ fn write_sweep(
             "version": r.version, "shape": r.shape, "result": r.result, "note": r.note,
             "tracer_steps": r.steps.map(|s| s.1), "gt_steps": r.steps.map(|s| s.0),
             "batch_cells_differ": r.batch_differ, "request_cells_differ": r.request_differ,
-            "run_s": r.run_s.round(),
+            "run_s": r.run_s.round(), "first_attempt_failed": r.retry,
         })).collect::<Vec<_>>(),
         "releases": releases,
     });
@@ -761,6 +799,38 @@ fn uv_cmd(uv: &Path) -> Command {
     let mut cmd = Command::new(uv);
     cmd.env("UV_CACHE_DIR", venvs_dir().join("cache"));
     cmd
+}
+
+/// A week after the upload of `vllm==version`'s x86-64 wheel (PyPI's JSON simple index), as
+/// YYYY-MM-DD.
+fn exclude_newer(version: &str) -> Result<String> {
+    let index = crate::cmd_output(Command::new("curl").args([
+        "-sf",
+        "-H",
+        "Accept: application/vnd.pypi.simple.v1+json",
+        "https://pypi.org/simple/vllm/",
+    ]))?;
+    let index: serde_json::Value = serde_json::from_str(&index)?;
+    let prefix = format!("vllm-{version}-");
+    let uploaded = index["files"]
+        .as_array()
+        .context("no files in the index")?
+        .iter()
+        .find(|f| {
+            f["filename"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with("x86_64.whl"))
+        })
+        .and_then(|f| f["upload-time"].as_str())
+        .context("no x86-64 wheel with an upload time")?
+        .to_owned();
+    let date = crate::cmd_output(Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("{} + 7 days", &uploaded[..10]),
+        "+%Y-%m-%d",
+    ]))?;
+    Ok(date.trim().to_owned())
 }
 
 fn installed_metadata(venv: &Path, version: &str) -> Result<String> {

@@ -18,7 +18,11 @@ def async_scheduling_requested() -> bool:
 class StandInCpuPlatform(CpuPlatform):
     @classmethod
     def check_and_update_config(cls, vllm_config) -> None:
+        parallel = vllm_config.parallel_config
+        backend = parallel.distributed_executor_backend
         super().check_and_update_config(vllm_config)
+        # 0.8's CPU platform replaces any executor but its own ("mp"): keep the stand-in.
+        parallel.distributed_executor_backend = backend
         if async_scheduling_requested():
             vllm_config.scheduler_config.async_scheduling = True
 

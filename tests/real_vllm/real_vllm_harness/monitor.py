@@ -173,7 +173,7 @@ class Monitor:
     def _freed(self, r, t):
         self.reqs.writerow(
             [
-                r.request_id, t, r.status.name, r.arrival_time, r.num_prompt_tokens,
+                r.request_id, t, r.status.name, getattr(r, "arrival_time", ""), r.num_prompt_tokens,
                 len(r._output_token_ids), r.num_computed_tokens, getattr(r, "num_cached_tokens", ""),
                 getattr(r, "num_preemptions", ""),
                 self.preemptions.pop(r.request_id, 0),
