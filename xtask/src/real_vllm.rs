@@ -58,7 +58,7 @@ const SHAPES: &[(&str, &[&str])] = &[
 const HARNESS_UNSUPPORTED: i32 = 3;
 
 /// One harness run may take this long, start-up included (then its process group is killed).
-const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(900);
+const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(420);
 
 /// Installed distributions at least this large are cleaned from the uv cache when the sweep
 /// removes a venv (torch, the CUDA libraries, triton): the rest is small and shared.
