@@ -138,18 +138,23 @@ def main(argv) -> int:
     known = {f.name for f in dataclasses.fields(EngineArgs)}
     if a.async_scheduling and "async_scheduling" not in known:
         return unsupported(out, f"vLLM {vllm.__version__} has no EngineArgs.async_scheduling")
-    engine_args = EngineArgs(**{k: v for k, v in kwargs.items() if k in known or v})
+
+    def build(**override):
+        args = {k: v for k, v in {**kwargs, **override}.items() if k in known or v}
+        return LLMEngine.from_engine_args(EngineArgs(**args))
+
     t0 = time.monotonic()
     try:
-        engine = LLMEngine.from_engine_args(engine_args)
-    except ValueError as e:
-        # 0.8/0.9 take a custom executor as the class itself, not its dotted path.
-        if "distributed executor backend" not in str(e):
+        engine = build()
+    except Exception as e:
+        # 0.8 and 0.9 take a custom executor as the class itself, not its dotted path (0.9:
+        # pydantic's "Input should be a type", raised by EngineArgs or its config).
+        said = str(e).replace("_", " ")
+        if "distributed executor backend" not in said and "StandInExecutor" not in str(e):
             raise
         from .executor import StandInExecutor
 
-        engine_args.distributed_executor_backend = StandInExecutor
-        engine = LLMEngine.from_engine_args(engine_args)
+        engine = build(distributed_executor_backend=StandInExecutor)
     startup_s = time.monotonic() - t0
     for i in range(a.warmup):
         engine.add_request(
