@@ -80,10 +80,18 @@ class _Worker:
     def _noop(self, *args, **kwargs):
         return None
 
+    def compile_or_warm_up_model(self):
+        # 0.2x's initialize_from_config takes each worker's compile times (CompilationTimes,
+        # a NamedTuple) and reads `.language_model`; earlier releases want nothing back.
+        try:
+            from vllm.v1.worker.worker_base import CompilationTimes
+        except ImportError:
+            return None
+        return CompilationTimes(*[0.0] * len(CompilationTimes._fields))
+
     # Calls whose GPU work (allocating caches, warm-up, profiling) has no stand-in equivalent.
     initialize_cache = _noop
     initialize_from_config = _noop
-    compile_or_warm_up_model = _noop
     set_kv_cache_layout = _noop
     check_health = _noop
     shutdown = _noop
