@@ -106,6 +106,7 @@ pub fn main(args: &[String]) -> Result<()> {
     let mut all = false;
     let mut phases_only = false;
     let mut keep = false;
+    let mut shapes: Vec<String> = SHAPES.iter().map(|(s, _)| s.to_string()).collect();
     let mut versions: Vec<String> = SWEEP.iter().map(|v| v.to_string()).collect();
     let mut rest = ours.iter().skip(1);
     while let Some(arg) = rest.next() {
@@ -121,6 +122,14 @@ pub fn main(args: &[String]) -> Result<()> {
             }
             "--all" => all = true,
             "--keep" => keep = true,
+            "--shapes" => {
+                shapes = rest
+                    .next()
+                    .context("--shapes needs a value")?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect()
+            }
             "--phases-only" => phases_only = true,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -142,14 +151,14 @@ pub fn main(args: &[String]) -> Result<()> {
             Outcome::Unsupported(why) => bail!("not run: {why}"),
             Outcome::Checked { .. } => Ok(()),
         },
-        Some("sweep") => sweep(&versions, keep),
+        Some("sweep") => sweep(&versions, &shapes, keep),
         _ => bail!("{USAGE}"),
     }
 }
 
 const USAGE: &str = "usage: cargo xtask real-vllm setup [--version V | --all]\n       \
                      cargo xtask real-vllm run [--version V] [--phases-only] [-- harness args]\n       \
-                     cargo xtask real-vllm sweep [--versions V,V,...] [--keep]";
+                     cargo xtask real-vllm sweep [--versions V,V,...] [--shapes S,S,...] [--keep]";
 
 fn venvs_dir() -> PathBuf {
     workspace_root().join(".venvs")
@@ -461,7 +470,7 @@ struct SweepRow {
 /// before: those are kept) the venv removed and its large packages cleaned from the shared uv
 /// cache, so one release's gigabytes are on disk at a time. A failure is a row, not the end.
 /// Writes `out/real-vllm/sweep.json` and `sweep.md` after every row.
-fn sweep(versions: &[String], keep: bool) -> Result<()> {
+fn sweep(versions: &[String], shapes: &[String], keep: bool) -> Result<()> {
     let root = workspace_root();
     let out = root.join("out/real-vllm");
     std::fs::create_dir_all(&out)?;
@@ -486,7 +495,7 @@ fn sweep(versions: &[String], keep: bool) -> Result<()> {
             "real-vllm sweep: {version}: setup {setup_s:.0} s, venv {venv_gib} GiB, uv cache \
              {cache_gib} GiB"
         );
-        for (shape, args) in SHAPES {
+        for (shape, args) in SHAPES.iter().filter(|(s, _)| shapes.iter().any(|w| w == s)) {
             let t = Instant::now();
             let mut row = SweepRow {
                 version: version.clone(),

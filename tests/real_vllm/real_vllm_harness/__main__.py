@@ -150,11 +150,21 @@ def main(argv) -> int:
         # 0.8 and 0.9 take a custom executor as the class itself, not its dotted path (0.9:
         # pydantic's "Input should be a type", raised by EngineArgs or its config).
         said = str(e).replace("_", " ")
-        if "distributed executor backend" not in said and "StandInExecutor" not in str(e):
-            raise
-        from .executor import StandInExecutor
+        if "async scheduling only supports" in said:
+            os.environ["REAL_VLLM_STANDIN_VIA_PLATFORM"] = "1"
+            engine = build(distributed_executor_backend="uni")
+        elif "distributed executor backend" in said or "StandInExecutor" in str(e):
+            from .executor import StandInExecutor
 
-        engine = build(distributed_executor_backend=StandInExecutor)
+            try:
+                engine = build(distributed_executor_backend=StandInExecutor)
+            except Exception as e2:
+                if "async scheduling only supports" not in str(e2):
+                    raise
+                os.environ["REAL_VLLM_STANDIN_VIA_PLATFORM"] = "1"
+                engine = build(distributed_executor_backend="uni")
+        else:
+            raise
     startup_s = time.monotonic() - t0
     for i in range(a.warmup):
         engine.add_request(
@@ -216,6 +226,11 @@ def main(argv) -> int:
             _, rid, prompt, max_tokens = pending.pop()
             params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, detokenize=False)
             internal = engine.add_request(rid, {"prompt_token_ids": prompt}, params) or rid
+            if internal not in engine.output_processor.request_states:
+                # 0.14 adds a suffix to the id inside the engine and returns None.
+                internal = next(
+                    k for k in engine.output_processor.request_states if k.startswith(rid + "-")
+                )
             # vLLM's own per-request stats object; the output processor updates it in place.
             # None where the release keeps none (0.8's LLMEngine: log_stats=False, FIXME).
             states[rid] = (
