@@ -23,13 +23,6 @@ class StandInCpuPlatform(CpuPlatform):
         super().check_and_update_config(vllm_config)
         # 0.8's CPU platform replaces any executor but its own ("mp"): keep the stand-in.
         parallel.distributed_executor_backend = backend
-        if os.environ.get("REAL_VLLM_STANDIN_VIA_PLATFORM") == "1":
-            # 0.12-0.18 refuse a custom executor with async scheduling (VllmConfig allows
-            # mp, uni, external_launcher) before asking the platform: the harness passes
-            # "uni" and the stand-in goes in here, after that check.
-            from .executor import StandInExecutor
-
-            parallel.distributed_executor_backend = StandInExecutor
         if async_scheduling_requested():
             vllm_config.scheduler_config.async_scheduling = True
 
