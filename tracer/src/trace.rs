@@ -285,12 +285,11 @@ pub fn run(options: Options) -> Result<Totals> {
         return Err(e).context("writing the CSV files");
     }
     outputs.flush().context("writing the CSV files")?;
-    // Columns no row filled, among those this trace was asked to fill (CUDA columns need
-    // --cuda, snapshot columns need snapshots): what this release's engine did not show us.
+    // Columns no row filled, among those this trace was asked to fill (snapshot columns need
+    // snapshots; the CUDA columns have their own report): what this engine did not show us.
     let empty_columns = if options.snapshots {
         sinks::run_json::empty_columns(options.out_dir.path(), |column| {
-            options.cuda != cuda::Level::Off
-                || !(column.starts_with("cuda_") || column.starts_with("exec_"))
+            !(column.starts_with("cuda_") || column.starts_with("exec_"))
         })
     } else {
         Vec::new()
