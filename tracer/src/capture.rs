@@ -219,7 +219,10 @@ pub fn engine_config<M: ProcessMemory>(
         .config
         .iter()
         .map(|&(name, attrs)| {
-            let value = path(reader, engine, attrs).and_then(|obj| reader.value(obj, 0).ok());
+            // 0.8 and 0.9's engine keeps no `vllm_config`; its executor does, in every release.
+            let value = path(reader, engine, attrs)
+                .or_else(|| path(reader, path(reader, engine, &["model_executor"])?, attrs))
+                .and_then(|obj| reader.value(obj, 0).ok());
             let json = match value {
                 Some(Value::Bool(b)) => Json::from(b),
                 Some(Value::Int(i)) => Json::from(i),

@@ -87,8 +87,11 @@ pub fn plan(resolved: &Resolved, layout: &Layout) -> Result<ProbePlan, PlanError
         (names.execute, Mark::ExecuteDone),
         (names.update, Mark::UpdateDone),
     ] {
-        let offset = bytecode::after_call(&instrs, &code.names, method, ops)
-            .ok_or_else(|| missing(format!("the call of {method}()")))?;
+        let offset = match &resolved.fallback {
+            Some(fallback) if mark == Mark::ExecuteDone => Some(fallback.execute_offset),
+            _ => bytecode::after_call(&instrs, &code.names, method, ops),
+        }
+        .ok_or_else(|| missing(format!("the call of {method}()")))?;
         watches.push(Watch {
             addr: 0,
             mark,

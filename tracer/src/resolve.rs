@@ -58,6 +58,20 @@ pub struct Resolved {
     pub engine: u64,
     /// The engine's batch queue (a deque) when it steps per batch, else 0.
     pub batch_queue: u64,
+    /// Set when no row of the tables fits the step: `names` is the nearest row (its
+    /// schedule and update calls are in the step) and execute ends where this says.
+    pub fallback: Option<Fallback>,
+}
+
+/// How a step no row fits is traced anyway: phases by the nearest row's schedule and update
+/// calls, execute ending at the return of the last method call before the update.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    /// Why no row fit, one line per row tried.
+    pub tried: String,
+    /// The method whose return ends execute, and the byte offset after its call.
+    pub execute: String,
+    pub execute_offset: usize,
 }
 
 pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveError> {
@@ -229,6 +243,37 @@ pub fn resolve_with(
             absent.join(", ")
         ));
     }
+    // No row fits: a release the tables do not know. Its phases are still traced when the
+    // step calls a row's schedule and update: execute then ends at the last method call
+    // before the update (what every measured row's execute call is).
+    let mut fallback = None;
+    if fit.is_none() {
+        for row in ENGINES
+            .iter()
+            .filter(|e| e.core_module == core_module && e.per_batch == per_batch)
+        {
+            let step = code_of(row.step)?;
+            let has = |m: &str| step.names.iter().any(|n| n == m);
+            if !(has(row.schedule) && has(row.update)) {
+                continue;
+            }
+            let instrs = crate::cpython::bytecode::instructions(&step.bytecode, py.layout.opcodes);
+            if let Some((execute, execute_offset)) = crate::cpython::bytecode::last_call_before(
+                &instrs,
+                &step.names,
+                row.update,
+                py.layout.opcodes,
+            ) {
+                fallback = Some(Fallback {
+                    tried: tried.join("\n"),
+                    execute,
+                    execute_offset,
+                });
+                fit = Some((row, step));
+                break;
+            }
+        }
+    }
     let Some((names, step)) = fit else {
         return Err(ResolveError::NoRow {
             pid,
@@ -253,6 +298,7 @@ pub fn resolve_with(
                         .is_ok_and(|name| name == "collections.deque")
             })
             .unwrap_or(0),
+        fallback,
     })
 }
 

@@ -96,6 +96,12 @@ pub fn run(options: Options) -> Result<Totals> {
     let reader = PyReader::new(&memory, target.python.layout, target.python.types);
     let config = capture::engine_config(&reader, resolved.engine, resolved.names.state);
     let vllm_version = crate::engines::vllm_version(&target);
+    // A release the tables were not measured on, or a step no row fits, is traced anyway
+    // (phases by the nearest row); what it cannot fill is named at the end.
+    let unknown = unknown_release(vllm_version.as_deref(), &resolved);
+    if let Some(why) = &unknown {
+        say(&format!("tracer: warning: {why}"));
+    }
     // Without a snapshot plan the trace still has every step's phases; say why once.
     let capture = if options.snapshots.is_some() {
         reader
@@ -106,12 +112,14 @@ pub fn run(options: Options) -> Result<Totals> {
     } else {
         Ok(None)
     };
+    let mut capture_error = None;
     let mut capture = match capture {
         Ok(capture) => capture,
         Err(e) => {
             say(&format!(
                 "tracer: warning: batch and request columns are off: {e}"
             ));
+            capture_error = Some(e.to_string());
             None
         }
     };
@@ -334,6 +342,24 @@ pub fn run(options: Options) -> Result<Totals> {
         return Err(e).context("writing the CSV files");
     }
     outputs.flush().context("writing the CSV files")?;
+    // Columns no row filled, among those this trace was asked to fill (snapshot columns need
+    // snapshots; the CUDA columns have their own report): what this engine did not show us.
+    let empty_columns = if options.snapshots {
+        sinks::run_json::empty_columns(options.out_dir.path(), |column| {
+            !(column.starts_with("cuda_") || column.starts_with("exec_"))
+        })
+    } else {
+        Vec::new()
+    };
+    let empty_columns: Vec<String> = empty_columns
+        .into_iter()
+        .chain(
+            config
+                .iter()
+                .filter(|(_, value)| value.is_null())
+                .map(|(key, _)| format!("run.json:config.{key}")),
+        )
+        .collect();
 
     let info = RunInfo {
         tracer_version: env!("CARGO_PKG_VERSION"),
@@ -347,6 +373,14 @@ pub fn run(options: Options) -> Result<Totals> {
         python_binary: target.python.binary.display().to_string(),
         rewrite_filter: target.python.eval_code.describe(),
         engine_shape: resolved.names.releases,
+        unknown_release: unknown.clone(),
+        execute_ends_at: resolved
+            .fallback
+            .as_ref()
+            .map(|f| format!("{}()", f.execute))
+            .unwrap_or_else(|| format!("{}()", resolved.names.execute)),
+        snapshots_off: capture_error,
+        empty_columns,
         step_function: format!("{}.{}", resolved.names.core_module, resolved.step.qualname),
         probes: plan
             .watches
@@ -406,11 +440,49 @@ pub fn run(options: Options) -> Result<Totals> {
             c.copies
         ));
     }
+    if !info.empty_columns.is_empty() {
+        say(&format!(
+            "tracer: warning: {} columns were left empty in every row ({}): {}; see run.json \
+             empty_columns",
+            info.empty_columns.len(),
+            match &unknown {
+                Some(_) => "a release the tables do not know",
+                None => "not shown by this engine",
+            },
+            info.empty_columns.join(", ")
+        ));
+    }
     if options.cuda != cuda::Level::Off {
         note(format!("tracer: {}", info.cuda.summary()));
     }
     note(format!("tracer: {end_reason}; {}", totals.summary()));
     Ok(totals)
+}
+
+/// Why this engine is outside what the tables were measured on, if it is: a vLLM release no
+/// row was read from, or a step no row fits (then traced by the nearest row).
+fn unknown_release(version: Option<&str>, resolved: &resolve::Resolved) -> Option<String> {
+    let version = version.unwrap_or("of unknown version");
+    if let Some(fallback) = &resolved.fallback {
+        return Some(format!(
+            "vLLM {version}: no row of the tracer's tables fits its step ({}); phases traced \
+             by the row of {}, execute ending at the return of {}() (the last call before {}())",
+            fallback.tried.trim().replace('\n', ";"),
+            resolved.names.releases,
+            fallback.execute,
+            resolved.names.update
+        ));
+    }
+    // The bundled fixture engine (`0.0.0+fixture`) is what the fixture row was read from.
+    let known = crate::vllm::MEASURED.contains(&version) || version.ends_with("+fixture");
+    (!known).then(|| {
+        format!(
+            "vLLM {version} is not a release the tracer's tables were measured on ({}); its \
+             step fits the row of {}: traced by it, columns it leaves empty are named at the end",
+            crate::vllm::MEASURED.join(", "),
+            resolved.names.releases
+        )
+    })
 }
 
 /// A step whose update is still to be folded into the request lifecycles, and its row, written

@@ -3,6 +3,25 @@
 //! A row covers a range of vLLM releases whose engine step has the same shape; supporting a
 //! new shape is adding a row.
 
+/// vLLM releases whose engine the tracer was checked on (`cargo xtask real-vllm sweep`,
+/// 2026-12-04: in every shape that ran, steps and every batch and request cell equal to the
+/// ground truth). Another release is traced by the row its step fits and told as unknown
+/// (run.json `unknown_release`).
+pub const MEASURED: &[&str] = &[
+    "0.8.5.post1",
+    "0.9.2",
+    "0.10.2",
+    "0.11.0",
+    "0.12.0",
+    "0.14.1",
+    "0.18.1",
+    "0.22.1",
+    "0.26.0",
+    "0.30.0",
+    "0.33.0",
+    "0.34.0",
+];
+
 /// The names the tracer looks up in a vLLM V1 engine.
 #[derive(Debug)]
 pub struct EngineNames {
@@ -183,7 +202,7 @@ impl EngineNames {
 /// `update_from_output()`, so its return ends the execute phase (plus the context-manager
 /// exits and the abort check, which the real-vLLM harness measures).
 pub const V1_STEP_0_33: EngineNames = EngineNames {
-    releases: "vLLM 0.33.0 (measured)",
+    releases: "vLLM 0.14.1, 0.18.1, 0.22.1, 0.26.0, 0.30.0, 0.33.0, 0.34.0 (measured)",
     core_module: "vllm.v1.engine.core",
     step: "EngineCore.step",
     per_batch: false,
@@ -214,9 +233,11 @@ pub const V1_STEP_0_10: EngineNames = EngineNames {
     state: &V1_STATE,
 };
 
-/// `EngineCore.step` calling `execute_model` itself: the bundled fixture engine.
+/// `EngineCore.step` calling `execute_model` itself: vLLM 0.8, 0.9 and 0.12 (their config
+/// through the executor where the engine keeps none), and the bundled fixture engine.
 pub const V1_STEP: EngineNames = EngineNames {
-    releases: "the fixture engine (tests/fixtures/engine)",
+    releases:
+        "vLLM 0.8.5.post1, 0.9.2, 0.12.0 (measured); the fixture engine (tests/fixtures/engine)",
     core_module: "vllm.v1.engine.core",
     step: "EngineCore.step",
     per_batch: false,
@@ -234,7 +255,7 @@ pub const V1_STEP: EngineNames = EngineNames {
 /// those of its `step` row; the one that schedules also launches the batch and returns early
 /// while the queue has room (DESIGN §3).
 pub const V1_BATCH_QUEUE_0_33: EngineNames = EngineNames {
-    releases: "vLLM 0.33.0, step_with_batch_queue (measured)",
+    releases: "vLLM 0.22.1, 0.26.0, 0.30.0, 0.33.0, 0.34.0, step_with_batch_queue (measured)",
     step: "EngineCore.step_with_batch_queue",
     per_batch: true,
     ..V1_STEP_0_33

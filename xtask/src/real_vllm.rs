@@ -5,6 +5,8 @@
 //! - `cargo xtask real-vllm run [--version V] [--phases-only] [-- harness args]`  setup, then
 //!   run the harness with `tracer attach` on it and check the trace (see [`run`]); with no
 //!   harness args, 200 requests whose KV blocks run out (preemption required)
+//! - `cargo xtask real-vllm sweep [--versions V,V,…] [--keep]`  every release of [`SWEEP`] in
+//!   every engine shape (see [`sweep`]): a table in `out/real-vllm/sweep.md`
 //!
 //! `pip install vllm==V` does not work here: 0.33.0 pins a `certifi` newer than any on PyPI and
 //! pulls GPU-only packages. So each venv gets vLLM with `--no-deps`, then vLLM's own requirements
@@ -14,6 +16,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::Instant,
@@ -24,7 +27,42 @@ use anyhow::{bail, Context as _, Result};
 use crate::{exec, tracer_bin, workspace_root};
 
 /// vLLM releases we install, newest first (the default). Each has the V1 engine.
-const VERSIONS: &[&str] = &["0.33.0", "0.11.0", "0.10.2"];
+const VERSIONS: &[&str] = &["0.34.0", "0.33.0", "0.11.0", "0.10.2"];
+
+/// The release sweep (issue 20): the latest patch of each release line users run, in the
+/// order it runs them (newest and oldest first, then inwards).
+const SWEEP: &[&str] = &[
+    "0.34.0",
+    "0.8.5.post1",
+    "0.33.0",
+    "0.9.2",
+    "0.30.0",
+    "0.10.2",
+    "0.26.0",
+    "0.11.0",
+    "0.22.1",
+    "0.12.0",
+    "0.18.1",
+    "0.14.1",
+];
+
+/// Engine shapes the sweep runs: name and harness arguments.
+const SHAPES: &[(&str, &[&str])] = &[
+    ("multiprocess", &[]),
+    ("in-process", &["--in-process"]),
+    ("async-scheduling", &["--async-scheduling"]),
+];
+
+/// The harness's exit status when the release lacks what an option asks for (e.g.
+/// `--async-scheduling` before vLLM had it): the shape does not exist there.
+const HARNESS_UNSUPPORTED: i32 = 3;
+
+/// One harness run may take this long, start-up included (then its process group is killed).
+const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(420);
+
+/// Installed distributions at least this large are cleaned from the uv cache when the sweep
+/// removes a venv (torch, the CUDA libraries, triton): the rest is small and shared.
+const CLEAN_BYTES: u64 = 50 << 20;
 
 /// Requirements of vLLM left out: GPU kernels, CUDA-only tooling and Ray, none of which the
 /// engine loop with a stand-in executor imports. Names as vLLM's METADATA spells them.
@@ -67,32 +105,60 @@ pub fn main(args: &[String]) -> Result<()> {
     let mut version = VERSIONS[0].to_owned();
     let mut all = false;
     let mut phases_only = false;
+    let mut keep = false;
+    let mut shapes: Vec<String> = SHAPES.iter().map(|(s, _)| s.to_string()).collect();
+    let mut versions: Vec<String> = SWEEP.iter().map(|v| v.to_string()).collect();
     let mut rest = ours.iter().skip(1);
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--version" => version = rest.next().context("--version needs a value")?.clone(),
+            "--versions" => {
+                versions = rest
+                    .next()
+                    .context("--versions needs a value")?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect()
+            }
             "--all" => all = true,
+            "--keep" => keep = true,
+            "--shapes" => {
+                shapes = rest
+                    .next()
+                    .context("--shapes needs a value")?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect()
+            }
             "--phases-only" => phases_only = true,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    if !VERSIONS.contains(&version.as_str()) {
-        bail!(
-            "vLLM {version} is not one we install; known: {}",
-            VERSIONS.join(", ")
-        );
+    for v in std::iter::once(&version).chain(&versions) {
+        if !VERSIONS.contains(&v.as_str()) && !SWEEP.contains(&v.as_str()) {
+            bail!(
+                "vLLM {v} is not one we install; known: {}",
+                SWEEP.join(", ")
+            );
+        }
     }
     match ours.first().map(String::as_str) {
         Some("setup") if all => VERSIONS.iter().try_for_each(|v| setup(v).map(drop)),
         Some("setup") => setup(&version).map(drop),
         Some("run") if all => bail!("run takes one --version, not --all"),
-        Some("run") => run(&version, phases_only, harness),
+        Some("run") => match run(&version, phases_only, harness)? {
+            Outcome::Checked { passed: false, .. } => bail!("the trace check failed"),
+            Outcome::Unsupported(why) => bail!("not run: {why}"),
+            Outcome::Checked { .. } => Ok(()),
+        },
+        Some("sweep") => sweep(&versions, &shapes, keep),
         _ => bail!("{USAGE}"),
     }
 }
 
 const USAGE: &str = "usage: cargo xtask real-vllm setup [--version V | --all]\n       \
-                     cargo xtask real-vllm run [--version V] [--phases-only] [-- harness args]";
+                     cargo xtask real-vllm run [--version V] [--phases-only] [-- harness args]\n       \
+                     cargo xtask real-vllm sweep [--versions V,V,...] [--shapes S,S,...] [--keep]";
 
 fn venvs_dir() -> PathBuf {
     workspace_root().join(".venvs")
@@ -133,13 +199,23 @@ pub fn setup(version: &str) -> Result<PathBuf> {
         &requirements,
         requirements_of(&installed_metadata(&venv, version)?),
     )?;
-    exec(
-        uv_cmd(&uv)
-            .args(["pip", "install", "--python"])
-            .arg(&python)
-            .arg("-r")
-            .arg(&requirements),
-    )?;
+    // Its requirements as they were a week after the release: most are lower bounds only,
+    // and today's versions break old releases (0.8.5 with transformers 5: no
+    // `all_special_tokens_extended`).
+    let mut install = uv_cmd(&uv);
+    install
+        .args(["pip", "install", "--python"])
+        .arg(&python)
+        .arg("-r")
+        .arg(&requirements);
+    match exclude_newer(version) {
+        Ok(date) => {
+            eprintln!("real-vllm: vllm {version}'s requirements as of {date}");
+            install.args(["--exclude-newer", &date]);
+        }
+        Err(e) => eprintln!("real-vllm: today's requirements (no release date: {e:#})"),
+    }
+    exec(&mut install)?;
     std::fs::write(venv.join(MARKER), format!("vllm {version}\n"))?;
     eprintln!(
         "real-vllm: vllm {version} installed in {:.0} s",
@@ -148,13 +224,25 @@ pub fn setup(version: &str) -> Result<PathBuf> {
     Ok(python)
 }
 
+/// What a run found.
+pub enum Outcome {
+    /// The release lacks what the shape needs (the harness said why).
+    Unsupported(String),
+    /// check_trace ran: its `check` JSON (null if it printed none) and whether it passed.
+    Checked {
+        passed: bool,
+        check: serde_json::Value,
+    },
+}
+
 /// Sets up the venv and the tracer, starts the harness (`--wait-go`, after a warm-up), attaches
 /// `tracer attach --pid <harness pid>` (the tracer finds the EngineCore child itself, or the
 /// harness process for `--in-process`, where the load starts first), lets the load go, and
 /// checks the trace against the ground truth (check_trace.py). Outputs under
 /// `out/real-vllm/<V>/{harness,trace}`. `--async-scheduling` runs `step_with_batch_queue`
-/// (per-batch records).
-fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<()> {
+/// (per-batch records). The harness runs in its own process group, killed after
+/// [`RUN_LIMIT`] (a release whose engine never finishes a request must not hang a sweep).
+fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<Outcome> {
     let python = setup(version)?;
     crate::setup::run()?;
     let root = workspace_root();
@@ -167,6 +255,7 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<()> {
     }
     let _ = std::fs::remove_file(&go);
     std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(venvs_dir().join("model"))?;
     let started = Instant::now();
     let mut cmd = Command::new(&python);
     cmd.args(["-m", "real_vllm_harness", "--warmup", "2", "--wait-go"])
@@ -178,17 +267,45 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<()> {
         .args(harness)
         .env("PYTHONPATH", root.join("tests/real_vllm"))
         .current_dir(&root)
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     if harness.is_empty() {
         // The harness defaults (200 requests, 128 KV blocks) are sized to preempt.
         cmd.arg("--expect-preemption");
     }
     let mut child = Kill(cmd.spawn().context("starting the harness")?);
+    let _watchdog = Watchdog::new(child.0.id(), RUN_LIMIT);
+    // Echoed; the last line (an exception's, when it fails) goes into the error.
+    let last_err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = BufReader::new(child.0.stderr.take().expect("piped"));
+    let last = last_err.clone();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if !line.trim().is_empty() {
+                *last.lock().unwrap() = line;
+            }
+        }
+    });
+    let last_err = move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        last_err.lock().unwrap().clone()
+    };
     let mut lines = BufReader::new(child.0.stdout.take().expect("piped")).lines();
     let ready = loop {
-        let line = lines
-            .next()
-            .context("the harness exited before `ready`")??;
+        let Some(line) = lines.next().transpose()? else {
+            let status = child.0.wait()?;
+            if status.code() == Some(HARNESS_UNSUPPORTED) {
+                let why = std::fs::read_to_string(harness_out.join("unsupported.txt"))
+                    .unwrap_or_else(|_| "the harness said unsupported".into());
+                return Ok(Outcome::Unsupported(why.trim().to_owned()));
+            }
+            bail!(
+                "the harness exited before `ready` ({status}): {}",
+                last_err()
+            );
+        };
         if let Some(json) = line.strip_prefix("ready ") {
             break json.to_owned();
         }
@@ -264,7 +381,7 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<()> {
     let tracer_status = tracer.wait_for(std::time::Duration::from_secs(60))?;
     let _ = tracer_log.join();
     if !status.success() {
-        bail!("the harness failed ({status})");
+        bail!("the harness failed ({status}): {}", last_err());
     }
     if !tracer_status.success() {
         bail!("the tracer failed ({tracer_status})");
@@ -275,16 +392,343 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<()> {
         .arg(&harness_out)
         .arg("--trace")
         .arg(&trace_out)
-        .env("PYTHONPATH", root.join("tests/real_vllm"));
+        .env("PYTHONPATH", root.join("tests/real_vllm"))
+        .stdout(Stdio::piped());
     if phases_only {
         check.arg("--phases-only");
     }
-    exec(&mut check)?;
+    let checked = check.output().context("running check_trace")?;
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    print!("{stdout}");
+    let check_json = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("check "))
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or(serde_json::Value::Null);
     eprintln!(
-        "real-vllm: vllm {version} traced and checked in {:.0} s",
-        started.elapsed().as_secs_f64()
+        "real-vllm: vllm {version} traced and checked in {:.0} s ({})",
+        started.elapsed().as_secs_f64(),
+        if checked.status.success() {
+            "pass"
+        } else {
+            "FAIL"
+        }
     );
+    Ok(Outcome::Checked {
+        passed: checked.status.success(),
+        check: check_json,
+    })
+}
+
+/// Kills a process group (SIGKILL) once `limit` has passed, unless dropped first.
+struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Watchdog {
+    fn new(pgid: u32, limit: std::time::Duration) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let until = Instant::now() + limit;
+            while Instant::now() < until {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            eprintln!("real-vllm: {limit:?} passed: killing the harness's process group");
+            // SAFETY: kill(2) on the process group of our own child.
+            unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
+        });
+        Self(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One release × shape of a sweep.
+struct SweepRow {
+    version: String,
+    shape: &'static str,
+    /// "pass", "fail", "not run" or "n/a" (the release has no such shape).
+    result: &'static str,
+    /// Why it failed or did not run; the tracer's row (engine_shape) when it ran.
+    note: String,
+    steps: Option<(u64, u64)>,
+    batch_differ: Option<u64>,
+    request_differ: Option<u64>,
+    run_s: f64,
+    /// The first attempt's failure, when the row is a second attempt.
+    retry: Option<String>,
+}
+
+/// Runs every release of `versions` in every shape of [`SHAPES`]: a venv per release (set up
+/// unless present), each shape traced and checked, then (unless `keep`, or the venv was there
+/// before: those are kept) the venv removed and its large packages cleaned from the shared uv
+/// cache, so one release's gigabytes are on disk at a time. A failure is a row, not the end.
+/// Writes `out/real-vllm/sweep.json` and `sweep.md` after every row.
+fn sweep(versions: &[String], shapes: &[String], keep: bool) -> Result<()> {
+    let root = workspace_root();
+    let out = root.join("out/real-vllm");
+    std::fs::create_dir_all(&out)?;
+    let started = Instant::now();
+    let mut rows: Vec<SweepRow> = Vec::new();
+    let mut releases: Vec<serde_json::Value> = Vec::new();
+    let date = crate::cmd_output(Command::new("date").arg("+%Y-%m-%d %H:%M %Z"))?
+        .trim()
+        .to_owned();
+    for version in versions {
+        let venv = venvs_dir().join(format!("vllm-{version}"));
+        let existed = venv.join(MARKER).exists();
+        let t0 = Instant::now();
+        let setup_result = setup(version);
+        let setup_s = t0.elapsed().as_secs_f64();
+        // The venv alone counts every file it holds (hard links into the cache included):
+        // what this release occupies; the cache is the shared store around it.
+        let gib = |kib: u64| (kib as f64 / (1 << 20) as f64 * 10.0).round() / 10.0;
+        let venv_gib = gib(disk_kib(std::slice::from_ref(&venv)));
+        let cache_gib = gib(disk_kib(&[venvs_dir().join("cache")]));
+        eprintln!(
+            "real-vllm sweep: {version}: setup {setup_s:.0} s, venv {venv_gib} GiB, uv cache \
+             {cache_gib} GiB"
+        );
+        for (shape, args) in SHAPES.iter().filter(|(s, _)| shapes.iter().any(|w| w == s)) {
+            let t = Instant::now();
+            let mut row = SweepRow {
+                version: version.clone(),
+                shape,
+                result: "not run",
+                note: String::new(),
+                steps: None,
+                batch_differ: None,
+                request_differ: None,
+                run_s: 0.0,
+                retry: None,
+            };
+            match &setup_result {
+                Err(e) => row.note = format!("setup failed: {}", one_line(e)),
+                Ok(_) => {
+                    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+                    // A failed run is run once more (the timing bounds can fail on a loaded
+                    // 2-core machine); the first attempt's reason stays in the note.
+                    let mut outcome = run(version, false, &args);
+                    if !matches!(
+                        outcome,
+                        Ok(Outcome::Checked { passed: true, .. }) | Ok(Outcome::Unsupported(_))
+                    ) {
+                        let first = match &outcome {
+                            Err(e) => one_line(e),
+                            Ok(Outcome::Checked { check, .. }) => check["problems"].to_string(),
+                            Ok(Outcome::Unsupported(why)) => why.clone(),
+                        };
+                        eprintln!("real-vllm sweep: {version} {shape} failed ({first}); once more");
+                        outcome = run(version, false, &args);
+                        row.retry = Some(first.chars().take(300).collect());
+                    }
+                    match outcome {
+                        Err(e) => {
+                            row.result = "fail";
+                            row.note = one_line(&e);
+                        }
+                        Ok(Outcome::Unsupported(why)) => {
+                            row.result = "n/a";
+                            row.note = why;
+                        }
+                        Ok(Outcome::Checked { passed, check }) => {
+                            row.result = if passed { "pass" } else { "fail" };
+                            fill(&mut row, &check);
+                        }
+                    }
+                }
+            }
+            row.run_s = t.elapsed().as_secs_f64();
+            if let Some(first) = &row.retry {
+                row.note = format!("{} (2nd attempt; 1st: {first})", row.note);
+            }
+            eprintln!(
+                "real-vllm sweep: {version} {shape}: {} {}",
+                row.result, row.note
+            );
+            rows.push(row);
+            write_sweep(
+                &out,
+                &rows,
+                &releases,
+                &date,
+                started.elapsed().as_secs_f64(),
+            )?;
+        }
+        let removed = !keep && !existed && venv.exists() && !venv.is_symlink();
+        if removed {
+            clean_cache(&venv);
+            std::fs::remove_dir_all(&venv)
+                .with_context(|| format!("removing {}", venv.display()))?;
+        }
+        releases.push(serde_json::json!({
+            "version": version,
+            "setup_s": (setup_s * 10.0).round() / 10.0,
+            "total_s": (t0.elapsed().as_secs_f64()).round(),
+            "venv_gib": venv_gib,
+            "cache_gib": cache_gib,
+            "cache_after_gib": gib(disk_kib(&[venvs_dir().join("cache")])),
+            "venv_removed": removed,
+        }));
+        write_sweep(
+            &out,
+            &rows,
+            &releases,
+            &date,
+            started.elapsed().as_secs_f64(),
+        )?;
+    }
+    print!("{}", std::fs::read_to_string(out.join("sweep.md"))?);
+    let failed = rows.iter().filter(|r| r.result == "fail").count();
+    if failed > 0 {
+        bail!("{failed} release × shape runs failed");
+    }
     Ok(())
+}
+
+/// Counts from check_trace's `check` JSON.
+fn fill(row: &mut SweepRow, check: &serde_json::Value) {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    row.note = check["engine_shape"].as_str().unwrap_or("").to_owned();
+    let steps = &check["steps"];
+    if let (Some(gt), Some(tracer)) = (
+        steps["gt_steps_in_window"].as_u64(),
+        steps["tracer_steps"].as_u64(),
+    ) {
+        row.steps = Some((gt, tracer));
+    }
+    if let Some(batch) = check["batch"].as_object() {
+        row.batch_differ = Some(batch.values().map(|c| n(&c["differ"])).sum());
+    }
+    let req = &check["requests"];
+    if req.is_object() {
+        row.request_differ = Some(
+            [
+                "prompt_tokens",
+                "output_tokens",
+                "cached_tokens",
+                "preemptions",
+                "finish_status",
+            ]
+            .iter()
+            .map(|k| n(&req[*k]["differ"]))
+            .sum::<u64>()
+                + n(&req["missing"]),
+        );
+    }
+    if let Some(problems) = check["problems"].as_array().filter(|p| !p.is_empty()) {
+        let problems: Vec<_> = problems.iter().filter_map(|p| p.as_str()).collect();
+        row.note = format!("{}; {}", row.note, problems.join("; "));
+    }
+}
+
+fn write_sweep(
+    out: &Path,
+    rows: &[SweepRow],
+    releases: &[serde_json::Value],
+    date: &str,
+    total_s: f64,
+) -> Result<()> {
+    let opt = |v: Option<u64>| v.map_or("—".to_owned(), |v| v.to_string());
+    let mut md = format!(
+        "Sweep of {date} ({:.0} min so far)\n\n\
+         | vLLM | engine shape | steps equal (tracer / ground truth) | batch cells differing | \
+         request cells differing | result | note |\n|---|---|---|---|---|---|---|\n",
+        total_s / 60.0
+    );
+    for r in rows {
+        let steps = r.steps.map_or("—".to_owned(), |(gt, tracer)| {
+            format!(
+                "{} ({tracer} / {gt})",
+                if gt == tracer { "yes" } else { "no" }
+            )
+        });
+        md += &format!(
+            "| {} | {} | {steps} | {} | {} | {} | {} |\n",
+            r.version,
+            r.shape,
+            opt(r.batch_differ),
+            opt(r.request_differ),
+            r.result,
+            r.note.replace('|', "\\|")
+        );
+    }
+    md +=
+        "\n| vLLM | setup s | release total s | venv GiB | uv cache GiB | cache after clean GiB | \
+           venv removed |\n|---|---|---|---|---|---|---|\n";
+    for r in releases {
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r["version"].as_str().unwrap_or(""),
+            r["setup_s"],
+            r["total_s"],
+            r["venv_gib"],
+            r["cache_gib"],
+            r["cache_after_gib"],
+            r["venv_removed"]
+        );
+    }
+    std::fs::write(out.join("sweep.md"), &md)?;
+    let json = serde_json::json!({
+        "date": date.trim(),
+        "total_s": total_s.round(),
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "version": r.version, "shape": r.shape, "result": r.result, "note": r.note,
+            "tracer_steps": r.steps.map(|s| s.1), "gt_steps": r.steps.map(|s| s.0),
+            "batch_cells_differ": r.batch_differ, "request_cells_differ": r.request_differ,
+            "run_s": r.run_s.round(), "first_attempt_failed": r.retry,
+        })).collect::<Vec<_>>(),
+        "releases": releases,
+    });
+    std::fs::write(out.join("sweep.json"), serde_json::to_vec_pretty(&json)?)?;
+    Ok(())
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    text.chars().take(300).collect()
+}
+
+/// KiB on disk under `paths`, hard links counted once (`du -sck`).
+fn disk_kib(paths: &[PathBuf]) -> u64 {
+    let existing: Vec<_> = paths.iter().filter(|p| p.exists()).collect();
+    if existing.is_empty() {
+        return 0;
+    }
+    crate::cmd_output(Command::new("du").arg("-sck").args(existing))
+        .ok()
+        .and_then(|out| out.lines().last()?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Cleans the uv cache of the venv's distributions of [`CLEAN_BYTES`] or more.
+fn clean_cache(venv: &Path) {
+    let script = format!(
+        "import importlib.metadata as m\n\
+         for d in m.distributions():\n    \
+         n = sum((f.size or 0) for f in (d.files or []))\n    \
+         if n >= {CLEAN_BYTES}: print(d.metadata['Name'])\n"
+    );
+    let big = crate::cmd_output(Command::new(venv.join("bin/python")).args(["-c", &script]))
+        .unwrap_or_default();
+    let big: Vec<&str> = big.split_whitespace().collect();
+    if big.is_empty() {
+        return;
+    }
+    eprintln!(
+        "real-vllm sweep: cleaning from the uv cache: {}",
+        big.join(" ")
+    );
+    if let Ok(uv) = uv() {
+        let _ = exec(uv_cmd(&uv).args(["cache", "clean"]).args(&big));
+    }
 }
 
 /// A top-level unsigned integer of a flat JSON object, by key.
@@ -319,7 +763,13 @@ impl Kill {
 
 impl Drop for Kill {
     fn drop(&mut self) {
+        let pid = self.0.id() as libc::pid_t;
         if let Ok(None) = self.0.try_wait() {
+            // SAFETY: getpgid(2)/kill(2) on our own child: the harness leads its own group,
+            // whose EngineCore child goes with it.
+            if unsafe { libc::getpgid(pid) } == pid {
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
@@ -358,6 +808,38 @@ fn uv_cmd(uv: &Path) -> Command {
     let mut cmd = Command::new(uv);
     cmd.env("UV_CACHE_DIR", venvs_dir().join("cache"));
     cmd
+}
+
+/// A week after the upload of `vllm==version`'s x86-64 wheel (PyPI's JSON simple index), as
+/// YYYY-MM-DD.
+fn exclude_newer(version: &str) -> Result<String> {
+    let index = crate::cmd_output(Command::new("curl").args([
+        "-sf",
+        "-H",
+        "Accept: application/vnd.pypi.simple.v1+json",
+        "https://pypi.org/simple/vllm/",
+    ]))?;
+    let index: serde_json::Value = serde_json::from_str(&index)?;
+    let prefix = format!("vllm-{version}-");
+    let uploaded = index["files"]
+        .as_array()
+        .context("no files in the index")?
+        .iter()
+        .find(|f| {
+            f["filename"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with("x86_64.whl"))
+        })
+        .and_then(|f| f["upload-time"].as_str())
+        .context("no x86-64 wheel with an upload time")?
+        .to_owned();
+    let date = crate::cmd_output(Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("{} + 7 days", &uploaded[..10]),
+        "+%Y-%m-%d",
+    ]))?;
+    Ok(date.trim().to_owned())
 }
 
 fn installed_metadata(venv: &Path, version: &str) -> Result<String> {

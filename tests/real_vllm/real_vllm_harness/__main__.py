@@ -13,6 +13,7 @@ stats.csv (vLLM's own per-request stats, read from the front end's request state
 import argparse
 import bisect
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -75,6 +76,17 @@ def write_model_config(path: str) -> str:
         )  # fmt: skip
         cfg.architectures = ["LlamaForCausalLM"]
         cfg.save_pretrained(path)
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        # 0.8's V1 LLMEngine loads a tokenizer even with skip_tokenizer_init: one word per id.
+        # Written by hand: what transformers would save names its own version's classes.
+        from tokenizers import Tokenizer, models
+
+        vocab = {f"t{i}": i for i in range(1024)}
+        Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0")).save(
+            os.path.join(path, "tokenizer.json")
+        )
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "t0"}, f)
     return path
 
 
@@ -91,6 +103,11 @@ def main(argv) -> int:
     # No network here: don't let Hugging Face or vLLM's usage stats try to reach it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_USE_V1", "1")  # 0.8.x picks V0 or V1 by itself
+    # 0.34's CPU platform refuses x86 unless Triton has a CPU backend, or CUDA_VISIBLE_DEVICES
+    # is set and empty (vllm/triton_utils/importing.py: "distributed environment"); no GPU is
+    # used here, so empty hides nothing.
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     if a.facts and not a.in_process:
         sys.exit("--facts needs --in-process (it inspects the live EngineCore)")
 
@@ -100,7 +117,7 @@ def main(argv) -> int:
     from vllm.v1.engine.llm_engine import LLMEngine
 
     model = write_model_config(a.model_dir or os.path.join(out, "model"))
-    engine_args = EngineArgs(
+    kwargs = dict(
         model=model,
         skip_tokenizer_init=True,
         max_model_len=a.max_model_len,
@@ -116,8 +133,36 @@ def main(argv) -> int:
         enforce_eager=True,
         seed=a.seed,
     )
+    # Releases differ in their EngineArgs: pass what this one has; a shape it cannot run is
+    # "unsupported" (exit 3, the reason in unsupported.txt), not a failure.
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    if a.async_scheduling and "async_scheduling" not in known:
+        return unsupported(out, f"vLLM {vllm.__version__} has no EngineArgs.async_scheduling")
+
+    def build(**override):
+        args = {k: v for k, v in {**kwargs, **override}.items() if k in known or v}
+        return LLMEngine.from_engine_args(EngineArgs(**args))
+
     t0 = time.monotonic()
-    engine = LLMEngine.from_engine_args(engine_args)
+    try:
+        engine = build()
+    except Exception as e:
+        # 0.8 and 0.9 take a custom executor as the class itself, not its dotted path (0.9:
+        # pydantic's "Input should be a type", raised by EngineArgs or its config).
+        said = str(e).replace("_", " ")
+        refused = "async scheduling only supports"
+        if refused in said:
+            return async_refused(out, vllm.__version__)
+        if "distributed executor backend" not in said and "StandInExecutor" not in str(e):
+            raise
+        from .executor import StandInExecutor
+
+        try:
+            engine = build(distributed_executor_backend=StandInExecutor)
+        except Exception as e2:
+            if refused not in str(e2):
+                raise
+            return async_refused(out, vllm.__version__)
     startup_s = time.monotonic() - t0
     for i in range(a.warmup):
         engine.add_request(
@@ -179,11 +224,18 @@ def main(argv) -> int:
             _, rid, prompt, max_tokens = pending.pop()
             params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, detokenize=False)
             internal = engine.add_request(rid, {"prompt_token_ids": prompt}, params) or rid
+            if internal not in engine.output_processor.request_states:
+                # 0.14 adds a suffix to the id inside the engine and returns None.
+                internal = next(
+                    k for k in engine.output_processor.request_states if k.startswith(rid + "-")
+                )
             # vLLM's own per-request stats object; the output processor updates it in place.
+            # None where the release keeps none (0.8's LLMEngine: log_stats=False, FIXME).
             states[rid] = (
                 internal,
                 engine.output_processor.request_states[internal].stats,
                 max_tokens,
+                time.monotonic(),
             )
         if not engine.has_unfinished_requests():
             time.sleep(max(0.0, pending[-1][0] - (time.monotonic() - start)))
@@ -200,7 +252,7 @@ def main(argv) -> int:
         with open(a.facts, "w") as f:
             json.dump(live_facts(engine), f, indent=1)
     info["threads"] = thread_names(info["pid"])
-    engine.engine_core.shutdown()
+    shutdown(engine)
     summary = summarize(out, a, run_s, info)
     print("summary " + json.dumps(summary), flush=True)
     problems = check(summary, a)
@@ -209,10 +261,46 @@ def main(argv) -> int:
     return 1 if problems else 0
 
 
+UNSUPPORTED = 3
+SHUTDOWN_TIMEOUT_S = 30
+
+
+def async_refused(out: str, version: str) -> int:
+    # Passing "uni" and swapping the stand-in in later (platform plugin) does not help: the
+    # EngineCore child validates its config again (0.14.1, measured).
+    return unsupported(
+        out,
+        f"vLLM {version} refuses async scheduling with any executor but mp, uni or"
+        " external_launcher (VllmConfig), so not with the stand-in",
+    )
+_shutdown_hung = False
+
+
+def shutdown(engine) -> None:
+    """Shuts the engine down, waiting at most SHUTDOWN_TIMEOUT_S: 0.8.5's multiprocess client
+    once never returned from shutdown() although its EngineCore had exited (1 run in 3)."""
+    global _shutdown_hung
+    import threading
+
+    t = threading.Thread(target=engine.engine_core.shutdown, daemon=True)
+    t.start()
+    t.join(SHUTDOWN_TIMEOUT_S)
+    if t.is_alive():
+        _shutdown_hung = True
+        print(f"engine shutdown() still running after {SHUTDOWN_TIMEOUT_S} s", file=sys.stderr)
+
+
+def unsupported(out: str, why: str) -> int:
+    with open(os.path.join(out, "unsupported.txt"), "w") as f:
+        f.write(why + "\n")
+    print(f"unsupported: {why}", file=sys.stderr)
+    return UNSUPPORTED
+
+
 STATS_COLUMNS = [
     "request_id", "engine_request_id", "arrival_time", "queued_ts", "scheduled_ts",
     "first_token_ts", "last_token_ts", "num_prompt_tokens", "num_output_tokens",
-    "num_cached_tokens", "num_preemptions", "finish_reason", "max_tokens",
+    "num_cached_tokens", "num_preemptions", "finish_reason", "max_tokens", "added_ts",
 ]  # fmt: skip
 
 
@@ -220,16 +308,20 @@ def write_stats(path, states, finals):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(STATS_COLUMNS)
-        for rid, (internal, s, max_tokens) in states.items():
+        for rid, (internal, s, max_tokens, added) in states.items():
             o = finals.get(rid)
             done = o.outputs[0] if o else None
+            times = (
+                [s.arrival_time, s.queued_ts, s.scheduled_ts, s.first_token_ts, s.last_token_ts]
+                if s is not None
+                else [""] * 5
+            )
             w.writerow(
                 [
-                    rid, internal, s.arrival_time, s.queued_ts, s.scheduled_ts,
-                    s.first_token_ts, s.last_token_ts,
+                    rid, internal, *times,
                     len(o.prompt_token_ids) if o else "", len(done.token_ids) if done else "",
                     o.num_cached_tokens if o else "", getattr(s, "num_preemptions", ""),
-                    done.finish_reason if done else "", max_tokens,
+                    done.finish_reason if done else "", max_tokens, added,
                 ]
             )  # fmt: skip
 
@@ -298,8 +390,10 @@ def summarize(out, a, run_s, info):
         "output_tokens_gt": sum(int(r["num_output_tokens"]) for r in freed),
         "expected_output_tokens": sum(int(r["max_tokens"]) for r in stats),
         "scheduled_ts_outside_schedule": sum(
-            not in_schedule_call(float(r["scheduled_ts"])) for r in stats
+            not in_schedule_call(float(r["scheduled_ts"])) for r in stats if r["scheduled_ts"]
         ),
+        # Releases whose LLMEngine keeps no per-request stats (0.8): times not compared.
+        "requests_without_stats": sum(not r["queued_ts"] for r in stats),
     }
 
 
@@ -332,4 +426,9 @@ def check(s, a) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    if _shutdown_hung:  # its threads would hold the interpreter's exit too
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -27,6 +27,9 @@ from . import monitor
 # vLLM's own executors have sample_tokens (forward in execute_model, sampling there) from ~0.12.
 SPLIT_SAMPLING = hasattr(Executor, "sample_tokens")
 
+# What this release's ModelRunnerOutput has (fields come and go between releases).
+OUTPUT_FIELDS = {f.name for f in dataclasses.fields(type(EMPTY_MODEL_RUNNER_OUTPUT))}
+
 # Bytes reported free for KV cache: plenty; the block count is fixed by num_gpu_blocks_override.
 KV_MEMORY_BYTES = 1 << 30
 
@@ -77,10 +80,18 @@ class _Worker:
     def _noop(self, *args, **kwargs):
         return None
 
+    def compile_or_warm_up_model(self):
+        # 0.2x's initialize_from_config takes each worker's compile times (CompilationTimes,
+        # a NamedTuple) and reads `.language_model`; earlier releases want nothing back.
+        try:
+            from vllm.v1.worker.worker_base import CompilationTimes
+        except ImportError:
+            return None
+        return CompilationTimes(*[0.0] * len(CompilationTimes._fields))
+
     # Calls whose GPU work (allocating caches, warm-up, profiling) has no stand-in equivalent.
     initialize_cache = _noop
     initialize_from_config = _noop
-    compile_or_warm_up_model = _noop
     set_kv_cache_layout = _noop
     check_health = _noop
     shutdown = _noop
@@ -168,7 +179,14 @@ class StandInExecutor(Executor):
             self.num_tokens.pop(rid, None)
         computed = {}
         for new in so.scheduled_new_reqs:
-            self.num_tokens.setdefault(new.req_id, len(new.prompt_token_ids))
+            # 0.34 sends a resumed (preempted) request as a new one, with the prompt and the
+            # tokens sampled before in prefill_token_ids (0.33: set only on resume; before:
+            # absent, resumed requests come as cached ones and keep our count).
+            prefill = getattr(new, "prefill_token_ids", None)
+            if prefill is not None:
+                self.num_tokens[new.req_id] = len(prefill)
+            else:
+                self.num_tokens.setdefault(new.req_id, len(new.prompt_token_ids))
             computed[new.req_id] = new.num_computed_tokens
         cached = so.scheduled_cached_reqs
         if isinstance(cached, list):  # before 0.10: one object per request
@@ -189,12 +207,10 @@ class StandInExecutor(Executor):
             else:
                 sampled.append([])
         time.sleep(self.forward_s + self.per_token_s * so.total_num_scheduled_tokens)
-        return dataclasses.replace(
-            EMPTY_MODEL_RUNNER_OUTPUT,
-            req_ids=req_ids,
-            req_id_to_index={rid: i for i, rid in enumerate(req_ids)},
-            sampled_token_ids=sampled,
-        )
+        fields = dict(req_ids=req_ids, sampled_token_ids=sampled)
+        if "req_id_to_index" in OUTPUT_FIELDS:  # gone in 0.34
+            fields["req_id_to_index"] = {rid: i for i, rid in enumerate(req_ids)}
+        return dataclasses.replace(EMPTY_MODEL_RUNNER_OUTPUT, **fields)
 
 
 def _done(value) -> Future:

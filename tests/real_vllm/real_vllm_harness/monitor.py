@@ -81,6 +81,9 @@ class Monitor:
         self.row = None
         self.prev_running = []
         self.preemptions: dict[str, int] = {}
+        # Ids scheduled before: from 0.34 a resumed request comes back in scheduled_new_reqs,
+        # and new_reqs counts first schedulings only (the tracer's new_requests), as before.
+        self.seen: set[str] = set()
         self.steps_file = open(os.path.join(out_dir, "gt_steps.csv"), "w", buffering=1)
         self.steps = csv.writer(self.steps_file)
         self.steps.writerow(STEP_COLUMNS)
@@ -155,17 +158,22 @@ class Monitor:
         self.row.update(
             scheduled_reqs=len(so.num_scheduled_tokens),
             scheduled_tokens=so.total_num_scheduled_tokens,
-            new_reqs=len(so.scheduled_new_reqs),
+            new_reqs=self._first_scheduled(so.scheduled_new_reqs),
             running=len(scheduler.running),
             waiting=len(scheduler.waiting),
             preempted=len(preempted),
             kv_free_blocks=_free_blocks(scheduler),
         )
 
+    def _first_scheduled(self, new_reqs) -> int:
+        first = [n.req_id for n in new_reqs if n.req_id not in self.seen]
+        self.seen.update(first)
+        return len(first)
+
     def _freed(self, r, t):
         self.reqs.writerow(
             [
-                r.request_id, t, r.status.name, r.arrival_time, r.num_prompt_tokens,
+                r.request_id, t, r.status.name, getattr(r, "arrival_time", ""), r.num_prompt_tokens,
                 len(r._output_token_ids), r.num_computed_tokens, getattr(r, "num_cached_tokens", ""),
                 getattr(r, "num_preemptions", ""),
                 self.preemptions.pop(r.request_id, 0),

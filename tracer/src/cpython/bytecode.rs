@@ -75,27 +75,69 @@ pub fn after_call(
         };
         names.get(index as usize).map(String::as_str)
     };
-    // 3.12+ marks a method load by LOAD_ATTR's low oparg bit; before, it is LOAD_METHOD.
-    let is_method_load = |i: &Instr| {
-        Some(i.op) == ops.load_method
-            || (ops.load_attr_name_shift == 1 && Some(i.op) == ops.load_attr && i.arg & 1 == 1)
-    };
     let load = instrs.iter().position(|i| name_of(i) == Some(method))?;
-    let mut nested = 0;
-    let call = load
-        + 1
-        + instrs[load + 1..].iter().position(|i| {
-            if is_method_load(i) {
-                nested += 1;
-            } else if ops.calls.contains(&i.op) {
-                if nested == 0 {
-                    return true;
-                }
-                nested -= 1;
-            }
-            false
-        })?;
+    let call = call_of(instrs, load, ops)?;
     instrs.get(call + 1).map(|i| i.offset)
+}
+
+/// 3.12+ marks a method load by LOAD_ATTR's low oparg bit; before, it is LOAD_METHOD.
+fn is_method_load(i: &Instr, ops: &Opcodes) -> bool {
+    Some(i.op) == ops.load_method
+        || (ops.load_attr_name_shift == 1 && Some(i.op) == ops.load_attr && i.arg & 1 == 1)
+}
+
+/// Index of the call instruction of the method loaded at `load`, skipping the calls of
+/// methods loaded in between (its arguments).
+fn call_of(instrs: &[Instr], load: usize, ops: &Opcodes) -> Option<usize> {
+    let mut nested = 0;
+    Some(
+        load + 1
+            + instrs[load + 1..].iter().position(|i| {
+                if is_method_load(i, ops) {
+                    nested += 1;
+                } else if ops.calls.contains(&i.op) {
+                    if nested == 0 {
+                        return true;
+                    }
+                    nested -= 1;
+                }
+                false
+            })?,
+    )
+}
+
+/// The method call that returns last before method `method` is loaded: its name and the byte
+/// offset of the instruction after it. For a step no row of the tables fits, this call's
+/// return ends the execute phase (it is the row's own execute call in every release measured:
+/// 0.10–0.11 `execute_model_with_error_logging`, 0.33–0.34 `_process_aborts_queue`).
+pub fn last_call_before(
+    instrs: &[Instr],
+    names: &[String],
+    method: &str,
+    ops: &Opcodes,
+) -> Option<(String, usize)> {
+    let name_at = |i: &Instr| -> Option<&str> {
+        let index = if Some(i.op) == ops.load_attr {
+            i.arg >> ops.load_attr_name_shift
+        } else if Some(i.op) == ops.load_method {
+            i.arg
+        } else {
+            return None;
+        };
+        names.get(index as usize).map(String::as_str)
+    };
+    let target = instrs.iter().position(|i| name_at(i) == Some(method))?;
+    (0..target)
+        .filter(|&load| is_method_load(&instrs[load], ops))
+        .filter_map(|load| Some((call_of(instrs, load, ops)?, load)))
+        .filter(|&(call, _)| call < target)
+        .max_by_key(|&(call, _)| call)
+        .and_then(|(call, load)| {
+            Some((
+                name_at(&instrs[load])?.to_owned(),
+                instrs.get(call + 1)?.offset,
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -243,6 +285,33 @@ mod tests {
                 after_call(&b, &names(), method, ops)
             );
         }
+    }
+
+    /// With no table row, execute ends where the last method call before the update returns:
+    /// `execute_model` in `step_bytecode`, found for `schedule`'s successor too.
+    #[test]
+    fn last_call_before_a_method() {
+        let ops = ops_3_11();
+        let code = step_bytecode(
+            ops,
+            ops.load_attr.unwrap(),
+            ops.load_method.unwrap(),
+            ops.calls[0],
+            ops.resume.unwrap(),
+        );
+        let instrs = instructions(&code, ops);
+        let mut names = names();
+        names.push("update_from_output".into());
+        // No update call in this bytecode: nothing before a method never loaded.
+        assert_eq!(
+            last_call_before(&instrs, &names, "update_from_output", ops),
+            None
+        );
+        assert_eq!(
+            last_call_before(&instrs, &names, "execute_model", ops),
+            Some(("schedule".into(), 50))
+        );
+        assert_eq!(last_call_before(&instrs, &names, "schedule", ops), None);
     }
 
     #[test]

@@ -24,6 +24,16 @@ pub struct RunInfo {
     /// How hits that execute a watched instruction are told from ones that rewrite it.
     pub rewrite_filter: String,
     pub engine_shape: &'static str,
+    /// Why the release is outside the tables (not measured, or no row fits its step), if it
+    /// is; the trace goes on by the nearest row.
+    pub unknown_release: Option<String>,
+    /// The call whose return ends the execute phase.
+    pub execute_ends_at: String,
+    /// Why batch, request and queue columns are off, when snapshots were asked for but could
+    /// not be planned.
+    pub snapshots_off: Option<String>,
+    /// `file:column` of every column that no row filled although this trace was to fill it.
+    pub empty_columns: Vec<String>,
     pub step_function: String,
     pub probes: Vec<ProbeInfo>,
     /// CLOCK_MONOTONIC ns when the probes went in and when the trace ended.
@@ -66,6 +76,39 @@ pub struct Counters {
     pub snapshots_dropped: u64,
     /// Shadow copies (`--snapshots`), absent with `--phases-only`.
     pub shadow: Option<crate::shadow::ShadowCounts>,
+}
+
+/// `file:column` for each column of steps.csv and requests.csv that is empty in every row of
+/// a file that has rows, among the columns `wanted` accepts.
+pub fn empty_columns(dir: &std::path::Path, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for file in ["steps.csv", "requests.csv"] {
+        let Ok(mut reader) = csv::Reader::from_path(dir.join(file)) else {
+            continue;
+        };
+        let Ok(header) = reader.headers().cloned() else {
+            continue;
+        };
+        let mut filled = vec![false; header.len()];
+        let mut rows = 0u64;
+        for record in reader.records().map_while(Result::ok) {
+            rows += 1;
+            for (seen, cell) in filled.iter_mut().zip(record.iter()) {
+                *seen |= !cell.is_empty();
+            }
+        }
+        if rows == 0 {
+            continue;
+        }
+        out.extend(
+            header
+                .iter()
+                .zip(&filled)
+                .filter(|(column, seen)| !**seen && wanted(column))
+                .map(|(column, _)| format!("{file}:{column}")),
+        );
+    }
+    out
 }
 
 impl RunInfo {
