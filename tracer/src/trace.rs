@@ -343,10 +343,13 @@ pub fn run(options: Options) -> Result<Totals> {
     }
     outputs.flush().context("writing the CSV files")?;
     // Columns no row filled, among those this trace was asked to fill (snapshot columns need
-    // snapshots; the CUDA columns have their own report): what this engine did not show us.
+    // snapshots; the CUDA columns, per-rank ones included, have their own report): what this
+    // engine did not show us.
     let empty_columns = if options.snapshots.is_some() {
         sinks::run_json::empty_columns(options.out_dir.path(), |column| {
-            !(column.starts_with("cuda_") || column.starts_with("exec_"))
+            !["cuda_", "exec_", "slowest_rank", "rank_"]
+                .iter()
+                .any(|prefix| column.starts_with(prefix))
         })
     } else {
         Vec::new()
