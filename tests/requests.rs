@@ -54,6 +54,34 @@ fn num(row: &Row, column: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{column}: {:?}", row[column]))
 }
 
+/// A traced step's batch columns and KV blocks against the fixture's row for it.
+fn assert_batch_matches(s: &Row, t: &Row) {
+    for column in [
+        "batch_size",
+        "scheduled_tokens",
+        "prefill_tokens",
+        "decode_tokens",
+        "prefill_requests",
+        "decode_requests",
+        "new_requests",
+        "resumed_requests",
+        "running",
+        "waiting",
+        "preempted",
+        "finished",
+    ] {
+        assert_eq!(s[column], t[column], "step {}: {column}", t["step"]);
+    }
+    // The fixture counts free blocks of the whole pool; the tracer, blocks in use of those
+    // requests can get (the pool less vLLM's null block).
+    assert_eq!(
+        num(s, "kv_blocks_used"),
+        num(t, "kv_total_blocks") - 1 - num(t, "kv_free_blocks"),
+        "step {}",
+        t["step"]
+    );
+}
+
 fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
@@ -106,30 +134,7 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
             traced_start <= start && start < traced_start + num(s, "step_ns") + num(s, "tracer_ns")
         );
         step_of.insert(t["step"].clone(), s["step"].clone());
-        for column in [
-            "batch_size",
-            "scheduled_tokens",
-            "prefill_tokens",
-            "decode_tokens",
-            "prefill_requests",
-            "decode_requests",
-            "new_requests",
-            "resumed_requests",
-            "running",
-            "waiting",
-            "preempted",
-            "finished",
-        ] {
-            assert_eq!(s[column], t[column], "step {}: {column}", t["step"]);
-        }
-        // The fixture counts free blocks of the whole pool; the tracer, blocks in use of
-        // those requests can get (the pool less vLLM's null block).
-        assert_eq!(
-            num(s, "kv_blocks_used"),
-            num(t, "kv_total_blocks") - 1 - num(t, "kv_free_blocks"),
-            "step {}",
-            t["step"]
-        );
+        assert_batch_matches(s, t);
     }
     // seed.csv: the in-process logger's columns, the same steps.
     let seed = rows(&out.join("seed.csv"));
@@ -411,26 +416,7 @@ fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
             continue;
         }
         compared += 1;
-        for column in [
-            "batch_size",
-            "scheduled_tokens",
-            "prefill_tokens",
-            "decode_tokens",
-            "new_requests",
-            "resumed_requests",
-            "running",
-            "waiting",
-            "preempted",
-            "finished",
-        ] {
-            assert_eq!(s[column], t[column], "step {}: {column}", t["step"]);
-        }
-        assert_eq!(
-            num(s, "kv_blocks_used"),
-            num(t, "kv_total_blocks") - 1 - num(t, "kv_free_blocks"),
-            "step {}",
-            t["step"]
-        );
+        assert_batch_matches(s, t);
         // The kernel side's part: a few reads, whatever the queues hold.
         assert!(num(s, "tracer_ns") < 1_000_000, "step {}: {s:?}", t["step"]);
     }

@@ -118,23 +118,19 @@ pub fn fill<M: ProcessMemory + ?Sized>(
 
     // 2. Dicts: their keys and values pointers.
     batch.clear();
-    let dicts: Vec<Option<ReadId>> = holders
+    let dicts: Vec<Option<(ReadId, ReadId)>> = holders
         .iter()
         .map(|h| match *h {
-            Holder::Dict(dict) if dict != 0 => Some(batch.push(dict + py.dict_keys, 8)),
-            _ => None,
-        })
-        .collect();
-    let dict_values: Vec<Option<ReadId>> = holders
-        .iter()
-        .map(|h| match *h {
-            Holder::Dict(dict) if dict != 0 => Some(batch.push(dict + py.dict_values, 8)),
+            Holder::Dict(dict) if dict != 0 => Some((
+                batch.push(dict + py.dict_keys, 8),
+                batch.push(dict + py.dict_values, 8),
+            )),
             _ => None,
         })
         .collect();
     mem.read_batch(&mut batch);
-    for ((holder, keys), values) in holders.iter_mut().zip(&dicts).zip(&dict_values) {
-        if let (Some(keys), Some(values)) = (keys, values) {
+    for (holder, reads) in holders.iter_mut().zip(&dicts) {
+        if let Some((keys, values)) = reads {
             *holder = match (batch.word(*keys, 0), batch.word(*values, 0)) {
                 (Some(keys), Some(values)) => Holder::Split { keys, values },
                 _ => Holder::None,
