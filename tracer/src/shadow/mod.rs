@@ -47,8 +47,8 @@ pub enum Mode {
     Shadow,
 }
 
-/// Median window from which `auto` reads in the shadow: a GPU step's wait, not a CPU
-/// stand-in's sub-millisecond one.
+/// Median window from which `auto` reads in the shadow (and half of it in the 10th
+/// percentile): a GPU step's wait, not a CPU stand-in's sub-millisecond one.
 pub const AUTO_MIN_STILL_NS: u64 = 2_000_000;
 /// Steps `auto` looks at before choosing, and shadow copies it judges at a time.
 const AUTO_WINDOW: usize = 32;
@@ -61,8 +61,8 @@ const STORE_WAIT_NS: u64 = 200_000;
 /// How the shadow copies went (run.json `counters.shadow`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ShadowCounts {
-    /// Copies made, and those that ended after the engine thread moved on (dropped).
     pub copies: u64,
+    /// Copies that ended after the engine thread moved on (dropped).
     pub late: u64,
     /// Copies whose reads failed (the target changed under them): dropped too.
     pub failed: u64,
@@ -84,7 +84,7 @@ pub struct Shadow<'r, M: ProcessMemory> {
     held: Option<(Hit, u64)>,
     pub mode: Mode,
     /// `auto`: currently shadow; recent windows (sync) or copy outcomes (shadow).
-    pub shadowing: bool,
+    shadowing: bool,
     recent_still: VecDeque<u64>,
     recent_late: VecDeque<bool>,
     pub counts: ShadowCounts,
@@ -177,15 +177,15 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
     }
 
     /// `auto`: whether to copy in the shadow from now on, given the step's window (see
-    /// [`crate::correlate::Step::still_ns`]);
-    /// `Some` when that changes.
+    /// [`crate::correlate::Step::still_ns`]); `Some` when that changes.
     pub fn choose(&mut self, still_ns: u64) -> Option<bool> {
         if self.mode != Mode::Auto {
             return None;
         }
         if self.shadowing {
-            // Judged over a full window: the first copies after the switch read every
-            // listed request's facts (H200: once, 12 of the first 13 ended late, then none).
+            // Judged over a full window (H200: in one of six windows 12 of the first 13
+            // copies ended late and a partial window sent it back; the others had 0–5 late
+            // of ~2 000).
             let late = self.recent_late.iter().filter(|&&late| late).count();
             if self.recent_late.len() >= AUTO_WINDOW && late >= AUTO_MAX_LATE {
                 // For good: a workload whose windows are too short stays so.
