@@ -484,10 +484,6 @@ impl Capture {
         })
     }
 
-    pub fn request_class(&self) -> u64 {
-        self.request_class
-    }
-
     pub fn output_class(&self) -> Option<u64> {
         self.output_class
     }
