@@ -1245,7 +1245,8 @@ fn run_launches_the_fixture_and_traces_every_measured_step() {
     assert!(stderr.contains("target exited"), "{stderr}");
     let truth: Vec<TruthRow> = read_csv(&truth_path);
     let traced: Vec<StepRow> = read_csv(&out.join("steps.csv"));
-    assert_eq!(truth.len(), 1500);
+    // (Once in CI's loaded runs the fixture logged only 494: the tracer's account of it.)
+    assert_eq!(truth.len(), 1500, "{stderr}");
     // Every measured step is in the trace (the measured ones are the last 1500 traced).
     assert!(traced.len() >= truth.len(), "{} traced", traced.len());
     // Each measured step is matched by time: the fixture's own first timestamp in `step()`
