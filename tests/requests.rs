@@ -360,6 +360,11 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
 /// moved on is dropped and counted; every other step has the fixture's batch columns, and
 /// each request vLLM's own queueing stamp. Steps soon after a dropped copy are not compared
 /// (a preemption in the dropped step reads as a new request when it resumes).
+/// Steps by which `auto` copies in the shadow on these steps: it copies in the trap until it
+/// has seen the windows of 32 steps (and the plan it then writes reaches the kernel side by
+/// the next drain).
+const AUTO_SHADOW_BY: usize = 64;
+
 fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
@@ -389,9 +394,7 @@ fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
         shadow["copies"].as_u64().unwrap(),
         shadow["late"].as_u64().unwrap(),
     );
-    // `auto` copies in the trap until it has seen the windows of 32 steps (and the plan
-    // it then writes reaches the kernel side by the next drain).
-    assert!(copies >= 500 - 64, "{shadow}");
+    assert!(copies >= 500 - AUTO_SHADOW_BY as u64, "{shadow}");
     if snapshots == "auto" {
         assert!(shadow["switches"].as_u64().unwrap() >= 1, "{shadow}");
     }
@@ -417,8 +420,12 @@ fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
         }
         compared += 1;
         assert_batch_matches(s, t);
-        // The kernel side's part: a few reads, whatever the queues hold.
-        assert!(num(s, "tracer_ns") < 1_000_000, "step {}: {s:?}", t["step"]);
+        // The kernel side's part of a shadow copy: a few reads, whatever the queues hold.
+        // (`auto` copies its first steps in the trap, which under two busy loops held the
+        // thread 1.3-2.3 ms at step 0: judged from where its copies are surely shadow ones.)
+        if snapshots == "shadow" || i >= AUTO_SHADOW_BY {
+            assert!(num(s, "tracer_ns") < 1_000_000, "step {}: {s:?}", t["step"]);
+        }
     }
     assert!(
         compared * 2 >= traced_steps.len(),
