@@ -664,8 +664,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         // SAFETY: `RequestFacts` is repr(C) of integers (any bit pattern is valid) and the
         // record holds exactly its bytes.
         let facts: wire::RequestFacts = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-        self.facts
-            .insert((facts.object, facts.id), (facts, self.drains));
+        self.know(facts);
         true
     }
 

@@ -112,24 +112,10 @@ pub fn main(args: &[String]) -> Result<()> {
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--version" => version = rest.next().context("--version needs a value")?.clone(),
-            "--versions" => {
-                versions = rest
-                    .next()
-                    .context("--versions needs a value")?
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect()
-            }
+            "--versions" => versions = comma_list(rest.next(), "--versions")?,
             "--all" => all = true,
             "--keep" => keep = true,
-            "--shapes" => {
-                shapes = rest
-                    .next()
-                    .context("--shapes needs a value")?
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect()
-            }
+            "--shapes" => shapes = comma_list(rest.next(), "--shapes")?,
             "--phases-only" => phases_only = true,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -159,6 +145,12 @@ pub fn main(args: &[String]) -> Result<()> {
 const USAGE: &str = "usage: cargo xtask real-vllm setup [--version V | --all]\n       \
                      cargo xtask real-vllm run [--version V] [--phases-only] [-- harness args]\n       \
                      cargo xtask real-vllm sweep [--versions V,V,...] [--shapes S,S,...] [--keep]";
+
+/// The value of a comma-list option (`--versions 0.33.0,0.34.0`).
+fn comma_list(value: Option<&String>, option: &str) -> Result<Vec<String>> {
+    let value = value.with_context(|| format!("{option} needs a value"))?;
+    Ok(value.split(',').map(str::to_owned).collect())
+}
 
 fn venvs_dir() -> PathBuf {
     workspace_root().join(".venvs")

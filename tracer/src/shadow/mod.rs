@@ -28,7 +28,7 @@ use crate::{
     capture::LiveRequests,
     cpython::{AttrLocation, PyReader},
     decode::{Hit, RawSnapshot},
-    memory::ProcessMemory,
+    memory::{Batch, ProcessMemory, ReadId},
     trace::monotonic_ns,
     vllm::{RequestField, StateNames},
 };
@@ -250,18 +250,6 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
         (raw.header.flags & snap::READ_ERROR == 0).then_some(facts)
     }
 
-    /// The 16 bytes after an object's header (an `int`'s size word and digits, a list's
-    /// length), as the watch program copies a followed field.
-    fn value_words(&self, object: u64) -> Option<[u64; 2]> {
-        let mut bytes = [0u8; 16];
-        self.reader
-            .mem
-            .read(object.wrapping_add(self.reader.layout.var_size), &mut bytes)
-            .ok()?;
-        let word = |i: usize| u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
-        Some([word(0), word(1)])
-    }
-
     /// `scheduler_output.num_scheduled_tokens` from the step's frame, stored right after the
     /// hit (a frame whose local is not what the plan expects gives nothing).
     fn scheduled(&mut self, frame: u64) -> Option<Vec<ScheduledEntry>> {
@@ -297,15 +285,22 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
         };
         let dict = reader.read_location(output, &location).ok()??;
         let items = reader.dict_items(dict).ok()?;
+        // Every count's 16 bytes after its header, in one batch.
+        let mut batch = Batch::default();
+        let reads: Vec<(u64, u64, ReadId)> = items
+            .into_iter()
+            .take(MAX_SCHEDULED)
+            .map(|(key, value)| (key, value, batch.push(value + reader.layout.var_size, 16)))
+            .collect();
+        reader.mem.read_batch(&mut batch);
         Some(
-            items
+            reads
                 .into_iter()
-                .take(MAX_SCHEDULED)
-                .filter_map(|(key, value)| {
+                .filter_map(|(key, object, read)| {
                     Some(ScheduledEntry {
                         key,
-                        object: value,
-                        value: self.value_words(value)?,
+                        object,
+                        value: [batch.word(read, 0)?, batch.word(read, 1)?],
                     })
                 })
                 .collect(),
