@@ -270,6 +270,8 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     }
     let mut traced: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut time_errors = Vec::new();
+    // Per first-token or finished event: at vLLM's stamp of the outputs (to float rounding).
+    let mut token_stamps = Vec::new();
     for e in rows(&out.join("events.csv")) {
         // Requests already in the engine at the start "arrive" at its first step for the
         // tracer; the fixture logged their arrival before.
@@ -289,6 +291,9 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
                 "{key:?}: traced at {traced_t}, step {start}..{end}"
             );
             time_errors.push(traced_t as i64 - t as i64);
+            if key.1 == "first_token" || key.1 == "finished" {
+                token_stamps.push(traced_t.abs_diff(t) <= 1_000);
+            }
         }
         traced.entry(key).or_default().push(e["step"].clone());
     }
@@ -307,6 +312,12 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     assert!(
         extra.is_empty(),
         "events the fixture did not log: {extra:?}"
+    );
+    let exact = token_stamps.iter().filter(|&&e| e).count();
+    assert!(
+        token_stamps.len() > 100 && exact * 100 >= token_stamps.len() * 99,
+        "{python}: {exact} of {} first-token and finished events at the outputs' stamp",
+        token_stamps.len()
     );
     let p99 = percentile(&mut time_errors, 99.0);
     eprintln!(

@@ -128,8 +128,8 @@ pub struct Plan {
     /// Watched addresses whose hits take a snapshot (0 = unused). The first copies every
     /// queued request's fields and the step's scheduled tokens; the second the scheduled
     /// tokens and which requests each queue holds (items with no fields); the last (after
-    /// the update) only which requests each queue still holds and the KV count: what the
-    /// update's outputs were, the next step's first snapshot shows.
+    /// the update) only which requests each queue still holds, the KV count and vLLM's stamp
+    /// of the outputs: what the outputs were, the next step's first snapshot shows.
     pub snapshot_at: [u64; 3],
     pub running: Source,
     pub waiting: Source,
@@ -162,6 +162,23 @@ pub struct Plan {
     /// queue holds and the step's frame, no fields and no scheduled tokens; userspace reads
     /// those from the target while the engine thread executes the batch, off that thread.
     pub shadow: u64,
+    /// vLLM's stamp of the step's outputs, copied by the snapshot after the update.
+    pub outputs: OutputsStamp,
+}
+
+/// Where vLLM stamps a step's outputs (`EngineCoreOutputs.timestamp`, its `time.monotonic()`
+/// when it built them: the first-token and last-token times of its request stats). At the
+/// hit that ends the update, the dict `update_from_output()` returned is the step frame's
+/// only value on its stack: `localsplus[slot]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputsStamp {
+    /// Index in `localsplus` of the value stack's first slot (`u64::MAX`: not planned).
+    pub slot: u64,
+    /// The outputs' class: a dict value of another type gives no stamp.
+    pub class: u64,
+    /// Offset in an instance of the `float` timestamp (a `__slots__` member).
+    pub member: u64,
 }
 
 /// Flags of a [`SnapshotHeader`] (bits).
@@ -179,6 +196,8 @@ pub mod snap {
     /// The queues' items are request addresses (`u64`s), not [`super::Item`]s: a copy
     /// without fields.
     pub const COMPACT: u32 = 1 << 6;
+    /// [`super::SnapshotHeader::outputs_stamp`] holds vLLM's stamp of the step's outputs.
+    pub const OUTPUTS: u32 = 1 << 7;
     /// A chain link or table could not be read (freed, resized, not what the plan says).
     pub const READ_ERROR: u32 = 1 << 8;
 }
@@ -205,6 +224,8 @@ pub struct SnapshotHeader {
     /// The step function's frame at the hit (shadow snapshots; 0 otherwise): where userspace
     /// finds the `scheduler_output` local once the step has stored it.
     pub frame: u64,
+    /// The bits of the `f64` seconds vLLM stamped the step's outputs with ([`snap::OUTPUTS`]).
+    pub outputs_stamp: u64,
 }
 
 /// One request of a queue.

@@ -100,6 +100,7 @@ pub fn watch_snapshot(ctx: PerfEventContext) -> u32 {
         // copy before the batch's update takes them).
         scheduled: hit.watch_addr != plan.snapshot_at[2] && !shadow,
         shadow,
+        outputs: hit.watch_addr == plan.snapshot_at[2],
     };
     let Some(record) = snapshot::take(plan, hit, parts).and_then(snapshot::record) else {
         bump(Counter::SnapshotFailed);

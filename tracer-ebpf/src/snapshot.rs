@@ -688,6 +688,34 @@ fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
     Some(unsafe { (*area).walk.copied } as u32)
 }
 
+/// vLLM's stamp of the step's outputs ([`tracer_common::capture::OutputsStamp`]), as `f64`
+/// bits: the first value of the dict on the step frame's stack, if it is an outputs object.
+#[inline(always)]
+fn outputs_stamp(plan: &Plan) -> Option<u64> {
+    let (py, at) = (&plan.py, &plan.outputs);
+    if at.slot == u64::MAX {
+        return None;
+    }
+    let dict = read(step_frame(plan)? + py.frame_localsplus + 8 * at.slot)? & !py.stackref_tag_bits;
+    if read(dict + py.object_type)? != plan.dict_type {
+        return None;
+    }
+    let (keys, values) = dict_table(py, dict)?;
+    if values != 0 {
+        return None;
+    }
+    let table = keys_table(py, keys, 0)?;
+    if table.nentries == 0 {
+        return None;
+    }
+    // Every entry kind ends in `key, value`.
+    let outputs = read(table.entries + table.entry_size - 8)?;
+    if outputs == 0 || read(outputs + py.object_type)? != at.class {
+        return None;
+    }
+    Some(read_value(py, read(outputs + at.member)?)?[0])
+}
+
 /// The engine thread's current frame: the step function's, at its watches.
 #[inline(always)]
 fn step_frame(plan: &Plan) -> Option<u64> {
@@ -709,6 +737,8 @@ pub struct Parts {
     pub scheduled: bool,
     /// The step's frame, for userspace to read the rest ([`snap::SHADOW`]).
     pub shadow: bool,
+    /// vLLM's stamp of the outputs `update_from_output()` just returned.
+    pub outputs: bool,
 }
 
 /// Builds the record for a snapshot hit in the scratch area; returns its length.
@@ -717,6 +747,7 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Option<usize> {
         fields,
         scheduled,
         shadow,
+        outputs,
     } = parts;
     let area = scratch()?;
     // SAFETY: this CPU's slot; a perf_event program does not nest on one CPU.
@@ -770,6 +801,12 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Option<usize> {
         if let Some(copied) = copy_scheduled_tokens(area, start as u64) {
             header.flags |= snap::SCHEDULED;
             header.n_scheduled = copied;
+        }
+    }
+    if outputs {
+        if let Some(stamp) = outputs_stamp(plan) {
+            header.flags |= snap::OUTPUTS;
+            header.outputs_stamp = stamp;
         }
     }
     // SAFETY: a plain helper call without arguments.

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use tracer_common::capture::{
-    self as wire, container, storage, Field, Item, Plan, PyOffsets, Source,
+    self as wire, container, storage, Field, Item, OutputsStamp, Plan, PyOffsets, Source,
 };
 
 use crate::{
@@ -159,6 +159,31 @@ fn class<M: ProcessMemory>(
         return Ok(None);
     };
     reader.dict_get(reader.module_dict(module)?, class)
+}
+
+/// Where the update-done snapshot finds vLLM's stamp of the step's outputs; not planned
+/// (`slot` `u64::MAX`) where the class or its stamp member is not found.
+fn outputs_plan<M: ProcessMemory>(
+    reader: &PyReader<M>,
+    modules: u64,
+    names: &StateNames,
+    step_code: u64,
+) -> Result<OutputsStamp, ReadError> {
+    let unplanned = OutputsStamp {
+        slot: u64::MAX,
+        ..OutputsStamp::default()
+    };
+    let Some(class) = class(reader, modules, names.outputs_class)? else {
+        return Ok(unplanned);
+    };
+    let Some(member) = reader.class_slot_offset(class, names.outputs_stamp)? else {
+        return Ok(unplanned);
+    };
+    Ok(OutputsStamp {
+        slot: reader.stack_base(step_code)?,
+        class,
+        member,
+    })
 }
 
 fn missing(what: &str, names: &[&str]) -> CaptureError {
@@ -411,6 +436,8 @@ impl Capture {
         let output_class = class(reader, modules, names.output_class)?;
         let output_scheduled = output_field(reader, names, output_class);
 
+        let outputs = outputs_plan(reader, modules, names, resolved.step.addr)?;
+
         let statuses = match class(reader, modules, names.status_enum)? {
             Some(status) => {
                 let members = reader
@@ -461,6 +488,7 @@ impl Capture {
             dict_type: reader.types.dict,
             small_ints: small_ints(reader, path(reader, scheduler, &[names.block_size])),
             shadow: 0,
+            outputs,
         };
         Ok(Self {
             plan,
@@ -921,6 +949,7 @@ pub(crate) mod tests {
             kv_free: [rng.word(), rng.word()],
             copy_ns: rng.below(1000),
             frame: rng.word(),
+            outputs_stamp: rng.next(),
         };
         let hit = WatchHit {
             ktime_ns: rng.next(),

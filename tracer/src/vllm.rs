@@ -80,6 +80,11 @@ pub struct StateNames {
     pub output_local: &'static str,
     pub output_class: (&'static str, &'static str),
     pub output_scheduled: &'static str,
+    /// `(module, class)` of what `update_from_output()` returns per client, and its member
+    /// holding vLLM's `time.monotonic()` when it built them (the first-token and last-token
+    /// times of vLLM's request stats: requests.csv takes them from there).
+    pub outputs_class: (&'static str, &'static str),
+    pub outputs_stamp: &'static str,
     /// run.json `config`: name → attribute path from the engine object.
     pub config: &'static [(&'static str, &'static [&'static str])],
     /// Scheduler attributes with the budgets that explain waiting.
@@ -138,6 +143,8 @@ pub const V1_STATE: StateNames = StateNames {
     output_local: "scheduler_output",
     output_class: ("vllm.v1.core.sched.output", "SchedulerOutput"),
     output_scheduled: "num_scheduled_tokens",
+    outputs_class: ("vllm.v1.engine", "EngineCoreOutputs"),
+    outputs_stamp: "timestamp",
     config: &[
         ("model", &["vllm_config", "model_config", "model"]),
         (

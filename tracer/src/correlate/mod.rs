@@ -12,6 +12,8 @@ pub mod batch_queue;
 pub mod reasons;
 pub mod requests;
 
+use tracer_common::capture::snap;
+
 use crate::{
     decode::{Hit, RawSnapshot},
     plan::Mark,
@@ -97,6 +99,18 @@ impl Step {
             Some(batch) => batch.launch_until_ns.saturating_sub(self.schedule_done_ns),
             None => self.execute_done_ns - self.schedule_done_ns,
         }
+    }
+
+    /// When vLLM stamped the outputs this step's update returned (its request stats'
+    /// first-token and last-token times): the stamp the snapshot after the update read, if
+    /// it falls inside the update; else the update's return.
+    pub fn outputs_ns(&self) -> u64 {
+        self.after_update
+            .as_ref()
+            .filter(|s| s.header.flags & snap::OUTPUTS != 0)
+            .map(|s| f64::from_bits(s.header.outputs_stamp) * 1e9)
+            .filter(|ns| (self.execute_done_ns as f64..=self.update_done_ns as f64).contains(ns))
+            .map_or(self.update_done_ns, |ns| ns.round() as u64)
     }
 
     /// Time the tracer's snapshots of this step held the engine thread.
@@ -245,6 +259,30 @@ mod tests {
     }
 
     use Mark::*;
+
+    /// vLLM's stamp counts only inside the update it was read after (a stale or foreign
+    /// value in the slot must not move a request's times).
+    #[test]
+    fn outputs_stamp_inside_the_update_is_taken() {
+        let step = |stamp_s: Option<f64>| Step {
+            execute_done_ns: 2_000_000_000,
+            update_done_ns: 2_000_300_000,
+            after_update: stamp_s.map(|s| RawSnapshot {
+                header: tracer_common::capture::SnapshotHeader {
+                    flags: snap::OUTPUTS,
+                    outputs_stamp: s.to_bits(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            ..Step::default()
+        };
+        assert_eq!(step(Some(2.000_1)).outputs_ns(), 2_000_100_000);
+        assert_eq!(step(None).outputs_ns(), 2_000_300_000);
+        for outside in [1.999_9, 2.000_4, f64::NAN, -1.0, 0.0] {
+            assert_eq!(step(Some(outside)).outputs_ns(), 2_000_300_000, "{outside}");
+        }
+    }
 
     #[test]
     fn four_marks_make_a_step() {

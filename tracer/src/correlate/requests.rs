@@ -129,7 +129,7 @@ pub struct Requests {
     /// A snapshot has been folded in (or the queues were empty at the start): requests
     /// listed from now on arrived during the trace.
     started: bool,
-    /// The last update folded in: its step and when it ended.
+    /// The last update folded in: its step and when vLLM stamped its outputs.
     last_update: Option<(u64, u64)>,
     /// The queues of the last `schedule()` folded in, less what updates since ended: what
     /// an update can finish.
@@ -651,7 +651,9 @@ impl Requests {
         // Two updates with no schedule() folded between (the trace ended while the batch
         // scheduled between them ran): no snapshot showed the first one's tokens.
         self.count_unseen_outputs(&mut out);
-        self.last_update = Some((index, step.update_done_ns));
+        // Tokens are stamped as vLLM stamps them: when it built this update's outputs.
+        let outputs_ns = step.outputs_ns();
+        self.last_update = Some((index, outputs_ns));
         let Some(running_after) = updated.and_then(|u| u.running.as_ref()) else {
             return out;
         };
@@ -693,11 +695,16 @@ impl Requests {
                 let track = self.tracks.get_mut(&k).expect("checked above");
                 track.output = track.output.saturating_add(1);
                 if track.output == 1 {
-                    self.first_token(k, index, step.update_done_ns, &mut out);
+                    self.first_token(k, index, outputs_ns, &mut out);
                 }
             }
             let ended = was_running || made_token;
-            self.end(k, index, step.update_done_ns, ended, &mut out);
+            let end_ns = if made_token {
+                outputs_ns
+            } else {
+                step.update_done_ns
+            };
+            self.end(k, index, end_ns, ended, &mut out);
             finished += u32::from(ended);
         }
         row.finished = Some(finished);

@@ -805,11 +805,16 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
         }
     }
 
-    /// The `__slots__` member named `name` of `obj`'s class, as its offset in the object:
-    /// the first class in the MRO that defines `name` must define it as a member.
+    /// The `__slots__` member named `name` of `obj`'s class, as its offset in the object.
     fn slot_offset(&self, obj: u64, name: &str) -> Result<Option<u64>> {
+        self.class_slot_offset(self.type_of(obj)?, name)
+    }
+
+    /// The `__slots__` member named `name` of instances of `ty`, as its offset in them: the
+    /// first class in the MRO that defines `name` must define it as a member.
+    pub fn class_slot_offset(&self, ty: u64, name: &str) -> Result<Option<u64>> {
         let l = self.layout;
-        for class in self.slotted_classes(self.type_of(obj)?)? {
+        for class in self.slotted_classes(ty)? {
             let dict = self.u64_at(class.wrapping_add(l.type_dict))?;
             let Some(found) = self.dict_get(dict, name)? else {
                 continue;
@@ -1117,6 +1122,13 @@ impl<'a, M: ProcessMemory> PyReader<'a, M> {
             return Err(corrupt(code, format!("{n} locals, {} names", names.len())));
         }
         names[..n as usize].iter().map(|&k| self.str(k)).collect()
+    }
+
+    /// The slot in frames of `code` where their value stack starts: past the locals (on 3.10
+    /// also past cell and free variables, which this does not count: a function with those
+    /// gets a slot that holds no stack value).
+    pub fn stack_base(&self, code: u64) -> Result<u64> {
+        Ok(self.local_names(code)?.len() as u64)
     }
 
     /// The slot of local variable `name` in frames of `code`: its value pointer is at
