@@ -514,9 +514,10 @@ fn tensor_parallel_ranks_are_folded_per_rank_with_the_slowest() {
 #[test]
 fn late_loaded_libcuda_is_probed_once_seen() {
     let _serial = exclusive();
-    // Load at the 50th measured step.
+    // Load at the 50th measured step; 2 700 steps after it (~1.5 s idle, 4.5 s with two busy
+    // loops on the 2 cores, where the tracer's scan once came 1.3 s after the load).
     let run = traced_run(
-        1000,
+        3000,
         &["--warmup", "200", "--fake-cuda-load-at", "250"],
         &[],
     );
@@ -546,7 +547,7 @@ fn late_loaded_libcuda_is_probed_once_seen() {
         }
     }
     assert!(
-        probed >= 300,
+        probed >= 100,
         "only {probed} steps after the probes went in"
     );
 }
