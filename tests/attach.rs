@@ -6,7 +6,7 @@ mod support;
 use std::{path::Path, time::Duration};
 
 use support::*;
-use tracer::sinks::StepRow;
+use tracer::live::sinks::StepRow;
 
 /// Measured steps per run: the issue asks for ≥ 2 000.
 const STEPS: usize = 2_000;

@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::Value;
 use support::*;
-use tracer::sinks::rows::{
+use tracer::schema::rows::{
     EventKind, EventRow, Queue, QueueRow, RankRow, RequestRow, StepRow, WaitReason,
 };
 
@@ -1387,7 +1387,7 @@ fn write_synthetic_run() {
 
 #[test]
 fn readme_column_reference_names_every_column() {
-    use tracer::sinks::csv_sink::header;
+    use tracer::live::sinks::csv_sink::header;
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let section = readme
         .split_once("## Output columns")

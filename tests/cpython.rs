@@ -14,12 +14,14 @@ use std::{
 use serde_json::{json, Value as Json};
 use support::*;
 use tracer::{
-    cpython::{
-        bytecode, layout::LayoutCheck, reader::ThreadState, AttrLocation, PyReader, ReadError,
-        Value,
+    inspect::{
+        cpython::{
+            bytecode, layout::LayoutCheck, reader::ThreadState, AttrLocation, PyReader, ReadError,
+            Value,
+        },
+        memory::{LiveProcess, ProcessMemory},
     },
-    discover::{self, RuntimeSource, Target},
-    memory::{LiveProcess, ProcessMemory},
+    live::discover::{self, RuntimeSource, Target},
 };
 
 /// `tests/fixtures/objects/graph.py` running in one mode, killed when dropped.
@@ -416,7 +418,7 @@ fn probes(python: &str) {
     let tid = graph.addr("/native_id") as u32;
     let code_of = |name: &str| r.code(graph.addr(&format!("/{name}"))).unwrap();
     let (target_code, step_code) = (code_of("target"), code_of("step"));
-    let entry = |code: &tracer::cpython::reader::Code| {
+    let entry = |code: &tracer::inspect::cpython::reader::Code| {
         let instrs = bytecode::instructions(&code.bytecode, ops);
         code.bytecode_addr + bytecode::entry_point(&instrs, ops).unwrap() as u64
     };

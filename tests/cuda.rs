@@ -202,7 +202,11 @@ fn fake_cuda_calls_fold_into_each_step() {
     let cuda = &run.run["cuda"];
     // Every driver-API name of the table was called (the fixture rotates through them).
     let functions = cuda["processes"][0]["functions"].as_array().unwrap();
-    assert_eq!(functions.len(), tracer::cuda::DRIVER_API.len(), "{cuda}");
+    assert_eq!(
+        functions.len(),
+        tracer::live::cuda::DRIVER_API.len(),
+        "{cuda}"
+    );
     // Launches in the busy loop between steps are counted outside steps, not dropped.
     let outside: u64 = run.truth.iter().map(|t| t.outside_launches).sum();
     assert_eq!(outside, 2 * STEPS as u64);
@@ -530,7 +534,7 @@ fn late_loaded_libcuda_is_probed_once_seen() {
     // A scan period, plus the attach itself, on a machine that may be busy: with two busy
     // loops on the 2 cores the tracer's scan came 1.3 s after the load. What is proven is
     // that the library is found while tracing, not how fast a loaded machine schedules us.
-    let bound = tracer::cuda::SCAN_EVERY + Duration::from_secs(5);
+    let bound = tracer::live::cuda::SCAN_EVERY + Duration::from_secs(5);
     assert!(
         attached > loaded_ns && attached - loaded_ns < bound.as_nanos() as u64,
         "probes went in {} ms after the load",

@@ -14,7 +14,7 @@ use std::{collections::HashMap, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use support::*;
-use tracer::sinks::rows::{RequestRow, StepRow};
+use tracer::schema::rows::{RequestRow, StepRow};
 
 fn s(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -414,7 +414,7 @@ fn go_parse_bool(cell: &str) -> bool {
 /// detecting the optional columns by name.
 fn parse_blis_data(path: &Path) -> Vec<BlisRecord> {
     let (header, rows) = cells(path);
-    assert_eq!(header, tracer::export::blis::COLUMNS);
+    assert_eq!(header, tracer::offline::export::blis::COLUMNS);
     for optional in [
         "vllm_priority",
         "slo_target_us",

@@ -15,7 +15,7 @@ use support::{
     exclusive, pyenv, read_csv, read_run_json, root, run_tracer, tracer_bin, wait_for_rows,
     Fixture, Lines, Tracer,
 };
-use tracer::sinks::StepRow;
+use tracer::live::sinks::StepRow;
 
 /// Exit status of a run that failed on bad input or a fault (clap's usage errors are 2).
 const FAILED: i32 = 1;

@@ -17,7 +17,7 @@ use std::{
 };
 
 use support::{exclusive, pyenv, read_csv, read_run_json, root, tracer_bin, Lines};
-use tracer::sinks::StepRow;
+use tracer::live::sinks::StepRow;
 
 /// The sudo user the tests play.
 const NOBODY: u32 = 65534;

@@ -10,9 +10,12 @@ use std::{
 use anyhow::bail;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tracer::{
-    compare, cuda, doctor, engines, export, launch, perfetto, probes, report, shadow,
-    sinks::{OutDir, TRACE_FILES},
-    trace,
+    live::{
+        cuda, engines, launch, session, shadow,
+        sinks::{OutDir, TRACE_FILES},
+    },
+    offline::{compare, export, perfetto, report},
+    tools::{doctor, probes},
 };
 
 /// Trace an unmodified, running vLLM engine with eBPF: for every engine step, how long
@@ -356,7 +359,7 @@ fn main() -> ExitCode {
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             // Errors quote the target's text (titles, mapped paths): escaped.
-            trace::say(&tracer::text::printable_lines(&format!(
+            session::say(&tracer::text::printable_lines(&format!(
                 "tracer: error: {error:#}"
             )));
             ExitCode::FAILURE
@@ -402,8 +405,8 @@ fn per_engine(
     phases_only: bool,
     snapshots: shadow::Mode,
     ring_kib: u32,
-) -> impl Fn(&engines::Engine, OutDir) -> trace::Options + Sync {
-    move |engine, out_dir| trace::Options {
+) -> impl Fn(&engines::Engine, OutDir) -> session::Options + Sync {
+    move |engine, out_dir| session::Options {
         pid: engine.process.pid,
         tid: Some(engine.resolved.tid),
         out_dir,

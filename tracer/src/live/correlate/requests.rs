@@ -1,0 +1,1153 @@
+//! Request lifecycles from successive scheduler snapshots.
+//!
+//! A request is identified by its object address and its request-id `str` address (both
+//! change when a freed request's memory is reused). A snapshot may list a request without
+//! its id (not planned yet at the first snapshot, or torn): it is tracked by its object
+//! alone, named `request@0x<object>` until its id can be read, and one request still, not
+//! two, when a later snapshot shows the id. At each step: requests seen for the
+//! first time arrived; tokens in the step's `num_scheduled_tokens` mean it ran (a prefill
+//! chunk while its computed tokens are below its prompt); a `PREEMPTED` status in the
+//! waiting queue after `schedule()` means it was preempted; a request gone from the queues
+//! after `update_from_output()` finished, one gone between steps was aborted. Times are the
+//! marks at which the change became visible: arrival at the step's start, scheduling and
+//! preemption when `schedule()` returned, tokens and finishing when the update returned.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{reasons, Step};
+use crate::{
+    live::snapshot::{Budgets, RequestState, SchedulerState},
+    schema::rows::{EventKind, EventRow, Queue, QueueRow, RequestRow, StepRow},
+};
+
+/// What is read once per request, from the live request object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestInfo {
+    pub id: String,
+    pub prompt_tokens: Option<u32>,
+    pub arrival_time_s: Option<f64>,
+    pub max_tokens: Option<u32>,
+    /// vLLM's stamp of the request's queueing (CLOCK_MONOTONIC ns), where it was still there
+    /// to read.
+    pub queued_ns: Option<u64>,
+}
+
+/// Reads a request's immutable facts by address (the live process, or a table in tests).
+pub trait RequestSource {
+    /// `None` when the id cannot be read (yet): asked again when the request is listed
+    /// with an id later.
+    fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo>;
+}
+
+/// Most bytes of a request id kept. vLLM takes ids from the client (`X-Request-Id`), and
+/// every events.csv and queues.csv row repeats one: 60 kB ids made gigabytes of output.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Characters of an id read from the target: enough for [`MAX_ID_BYTES`] bytes.
+pub const MAX_ID_CHARS: u64 = MAX_ID_BYTES as u64;
+
+/// `text`, the first characters of an id `total_chars` long, cut to at most
+/// [`MAX_ID_BYTES`] bytes (at a character boundary) and marked `…[+N chars]` when
+/// anything was cut.
+pub fn capped_id(text: String, total_chars: u64) -> String {
+    let mut cut = text.len().min(MAX_ID_BYTES);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let kept = text[..cut].chars().count() as u64;
+    if kept >= total_chars {
+        return text;
+    }
+    format!("{}…[+{} chars]", &text[..cut], total_chars - kept)
+}
+
+/// Times a request listed with an id its facts could not be read for is tried again.
+const ID_TRIES: u8 = 16;
+
+type Key = (u64, u64);
+
+fn key(r: &RequestState) -> Key {
+    (r.object, r.id)
+}
+
+struct Track {
+    info: RequestInfo,
+    /// Whether `info` came from the target; else its id is `request@0x<object>`, and it is
+    /// read again (up to [`ID_TRIES`] times) when the request is listed with an id.
+    id_known: bool,
+    id_tries: u8,
+    row: RequestRow,
+    waiting_since: Option<u64>,
+    preempted: bool,
+    /// Already in the engine when the trace started: when it was first scheduled is unknown.
+    in_flight_at_start: bool,
+    /// Computed tokens and output tokens when last seen.
+    computed: i32,
+    output: u32,
+    /// Tokens scheduled since its first scheduling, while its prefix-cache hit is still to be
+    /// told from a computed count (first scheduled before the plan named that attribute).
+    cached_pending: Option<u32>,
+}
+
+/// What a step's `schedule()` half hands to its update half: the requests whose scheduled
+/// tokens complete their known tokens, so the update gives each a new token.
+pub struct Scheduled {
+    produced: HashSet<Key>,
+}
+
+/// What one step adds to the outputs.
+#[derive(Default)]
+pub struct StepOutput {
+    pub events: Vec<EventRow>,
+    pub queues: Vec<QueueRow>,
+    pub finished: Vec<RequestRow>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    pub requests_seen: u64,
+    pub finished: u64,
+    pub aborted: u64,
+    /// Steps without a usable snapshot after `schedule()` (their batch columns are empty).
+    pub steps_without_snapshot: u64,
+    /// Requests in a queue beyond what a snapshot copies (`MAX_QUEUE_ITEMS`).
+    pub queue_items_not_copied: u64,
+    /// Scheduled requests whose token count was not in `num_scheduled_tokens` and came
+    /// from the change of their computed tokens instead.
+    pub scheduled_from_computed: u64,
+}
+
+pub struct Requests {
+    pid: u32,
+    trace_start_ns: u64,
+    tracks: HashMap<Key, Track>,
+    /// Keys seen for a request tracked under another (its object first listed without an
+    /// id) → the key it is tracked under.
+    aliases: HashMap<Key, Key>,
+    /// The key each object was last tracked under.
+    by_object: HashMap<u64, Key>,
+    /// A snapshot has been folded in (or the queues were empty at the start): requests
+    /// listed from now on arrived during the trace.
+    started: bool,
+    /// The last update folded in: its step and when vLLM stamped its outputs.
+    last_update: Option<(u64, u64)>,
+    /// The queues of the last `schedule()` folded in, less what updates since ended: what
+    /// an update can finish.
+    last_running: Vec<Key>,
+    last_waiting: Vec<Key>,
+    /// Requests of the last update that produced a token and still run: their count is
+    /// known only from the next `schedule()`'s snapshot.
+    produced_last: HashSet<Key>,
+    pub counts: RequestCounts,
+}
+
+impl Requests {
+    /// `idle_at_start`: the scheduler's queues were empty when the trace started, so every
+    /// request it lists arrived since (its first snapshot need not tell, from its status).
+    pub fn new(pid: u32, trace_start_ns: u64, idle_at_start: bool) -> Self {
+        Self {
+            pid,
+            trace_start_ns,
+            tracks: HashMap::new(),
+            aliases: HashMap::new(),
+            by_object: HashMap::new(),
+            started: idle_at_start,
+            last_update: None,
+            last_running: Vec::new(),
+            last_waiting: Vec::new(),
+            produced_last: HashSet::new(),
+            counts: RequestCounts::default(),
+        }
+    }
+
+    fn event(&self, out: &mut StepOutput, step: u64, t_ns: u64, key: Key, event: EventKind) {
+        self.event_with(out, step, t_ns, key, event, None, String::new());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event_with(
+        &self,
+        out: &mut StepOutput,
+        step: u64,
+        t_ns: u64,
+        key: Key,
+        event: EventKind,
+        tokens: Option<u32>,
+        detail: String,
+    ) {
+        out.events.push(EventRow {
+            step,
+            pid: self.pid,
+            t_ns,
+            t_rel_ns: (t_ns as i64).saturating_sub(self.trace_start_ns as i64),
+            request_id: self.tracks[&key].info.id.clone(),
+            event,
+            tokens,
+            detail,
+        });
+    }
+
+    /// The key request `r` is tracked under: its own, or that of the track of its object
+    /// when one of the two sightings lacks the id (one request, listed before its id could
+    /// be read, or in a torn copy since). A track whose id is still unknown is given it
+    /// here, when `r` shows one that reads.
+    fn resolve(&mut self, source: &mut dyn RequestSource, r: &RequestState) -> Key {
+        let seen = key(r);
+        let k = if self.tracks.contains_key(&seen) {
+            seen
+        } else if let Some(&k) = self
+            .aliases
+            .get(&seen)
+            .filter(|k| self.tracks.contains_key(k))
+        {
+            k
+        } else {
+            match self.by_object.get(&r.object) {
+                Some(&k) if self.tracks.contains_key(&k) && (k.1 == 0 || r.id == 0) => {
+                    if r.id != 0 {
+                        self.aliases.insert(seen, k);
+                    }
+                    k
+                }
+                _ => seen,
+            }
+        };
+        if r.id != 0 {
+            if let Some(track) = self
+                .tracks
+                .get_mut(&k)
+                .filter(|t| !t.id_known && t.id_tries < ID_TRIES)
+            {
+                track.id_tries += 1;
+                if let Some(info) = source.info(r.object, r.id) {
+                    track.row.request_id = info.id.clone();
+                    track.row.arrival_time_s = info.arrival_time_s;
+                    track.row.prompt_tokens = info.prompt_tokens;
+                    track.info = info;
+                    track.id_known = true;
+                }
+            }
+        }
+        k
+    }
+
+    /// Starts tracking request `r`, under key `k`, first seen in the step starting at `t_ns`.
+    #[allow(clippy::too_many_arguments)]
+    fn arrive(
+        &mut self,
+        source: &mut dyn RequestSource,
+        k: Key,
+        r: &RequestState,
+        fresh: bool,
+        step: u64,
+        t_ns: u64,
+        out: &mut StepOutput,
+    ) {
+        if self.tracks.contains_key(&k) {
+            return;
+        }
+        // Without an id there is nothing to read it by: named after the object until a
+        // later snapshot shows the id (see `resolve`).
+        let read = (r.id != 0).then(|| source.info(r.object, r.id)).flatten();
+        let id_known = read.is_some();
+        let info = read.unwrap_or_else(|| RequestInfo {
+            id: format!("request@{:#x}", r.object),
+            ..RequestInfo::default()
+        });
+        self.counts.requests_seen += 1;
+        let row = RequestRow {
+            request_id: info.id.clone(),
+            pid: self.pid,
+            arrival_time_s: info.arrival_time_s,
+            // vLLM's own stamp when it was read: it comes from `add_request`, before the
+            // step in which the tracer first sees the request.
+            queued_ns: info
+                .queued_ns
+                .filter(|&queued| (self.started || fresh) && queued <= t_ns)
+                .unwrap_or(t_ns),
+            finish_status: "UNFINISHED".into(),
+            prompt_tokens: info.prompt_tokens,
+            // Set at first scheduling (−1 before), so known for requests in flight too.
+            cached_tokens: r.cached_tokens.and_then(|c| u32::try_from(c).ok()),
+            preemptions: 0,
+            ..RequestRow::default()
+        };
+        self.by_object.insert(r.object, k);
+        self.tracks.insert(
+            k,
+            Track {
+                info,
+                id_known,
+                id_tries: u8::from(r.id != 0),
+                row,
+                waiting_since: Some(t_ns),
+                // In the first snapshot a preempted request's preemption may be older than
+                // the trace: it is not counted.
+                preempted: !self.started && r.status.as_deref() == Some(reasons::PREEMPTED),
+                // Running or preempted: scheduled before the trace (the `WAITING*` statuses
+                // are those of requests never scheduled), unless `fresh`.
+                in_flight_at_start: !self.started
+                    && !fresh
+                    && !r
+                        .status
+                        .as_deref()
+                        .is_some_and(|s| s.starts_with("WAITING")),
+                computed: r.computed_tokens.unwrap_or(0),
+                output: r.output_tokens.unwrap_or(0).max(0) as u32,
+                cached_pending: None,
+            },
+        );
+        self.event(out, step, t_ns, k, EventKind::Arrived);
+    }
+
+    /// Request `k`'s first output came from the update of `step`, ending at `t_ns`.
+    fn first_token(&mut self, k: Key, step: u64, t_ns: u64, out: &mut StepOutput) {
+        let track = self.tracks.get_mut(&k).expect("tracked");
+        track.row.first_token_ns = Some(t_ns);
+        track.row.ttft_ns = Some(t_ns.saturating_sub(track.row.queued_ns));
+        let output = track.output;
+        self.event_with(
+            out,
+            step,
+            t_ns,
+            k,
+            EventKind::FirstToken,
+            Some(output),
+            String::new(),
+        );
+    }
+
+    fn close_wait(track: &mut Track, t_ns: u64) {
+        if let Some(since) = track.waiting_since.take() {
+            let wait = t_ns.saturating_sub(since);
+            track.row.waiting_ns = track.row.waiting_ns.saturating_add(wait);
+            track.row.longest_wait_ns = track.row.longest_wait_ns.max(wait);
+        }
+    }
+
+    /// Ends a request that left the queues: its row, with the end filled in.
+    fn end(&mut self, k: Key, step: u64, t_ns: u64, finished: bool, out: &mut StepOutput) {
+        let Some(track) = self.tracks.get(&k) else {
+            return;
+        };
+        let output = track.output;
+        let status = if !finished {
+            "FINISHED_ABORTED"
+        } else if track.info.max_tokens.is_some_and(|max| output >= max) {
+            "FINISHED_LENGTH_CAPPED"
+        } else {
+            "FINISHED_STOPPED"
+        };
+        let kind = if finished {
+            self.counts.finished += 1;
+            EventKind::Finished
+        } else {
+            self.counts.aborted += 1;
+            EventKind::Aborted
+        };
+        self.event_with(out, step, t_ns, k, kind, Some(output), status.into());
+        let mut track = self.tracks.remove(&k).expect("checked above");
+        self.forget(k);
+        Self::close_wait(&mut track, t_ns);
+        let row = &mut track.row;
+        row.finished_ns = Some(t_ns);
+        row.finish_status = status.into();
+        row.output_tokens = output;
+        row.e2e_ns = Some(t_ns.saturating_sub(row.queued_ns));
+        if let Some(first) = row.first_token_ns.filter(|_| output > 1) {
+            row.tpot_ns = Some(t_ns.saturating_sub(first) / u64::from(output - 1));
+        }
+        out.finished.push(track.row);
+    }
+
+    /// Drops the lookups that lead to the ended track `k`.
+    fn forget(&mut self, k: Key) {
+        if self.by_object.get(&k.0) == Some(&k) {
+            self.by_object.remove(&k.0);
+        }
+        if !self.aliases.is_empty() {
+            self.aliases.retain(|_, to| *to != k);
+        }
+    }
+
+    /// Folds in the scheduler as a step's `schedule()` left it, with the step's output
+    /// (`s.scheduled`); fills the step row's batch and queue columns. Schedules and updates
+    /// are folded in the order they ran: per batch, a batch's schedule comes before the
+    /// previous batch's update.
+    pub fn schedule(
+        &mut self,
+        source: &mut dyn RequestSource,
+        step: &Step,
+        scheduled: Option<&SchedulerState>,
+        budgets: &Budgets,
+        row: &mut StepRow,
+    ) -> (StepOutput, Option<Scheduled>) {
+        let mut out = StepOutput::default();
+        let index = step.index;
+        let (Some(s), Some(running), Some(waiting)) = (
+            scheduled,
+            scheduled.and_then(|s| s.running.as_ref()),
+            scheduled.and_then(|s| s.waiting.as_ref()),
+        ) else {
+            self.counts.steps_without_snapshot += 1;
+            return (out, None);
+        };
+        // The lengths are the target's: a copy longer than its queue reads as whole.
+        let not_copied = |len: u32, copied: usize| u64::from(len).saturating_sub(copied as u64);
+        self.counts.queue_items_not_copied +=
+            not_copied(s.running_len, running.len()) + not_copied(s.waiting_len, waiting.len());
+        // Every listed request's key, running ones first, in queue order.
+        let keys: Vec<Key> = running
+            .iter()
+            .chain(waiting)
+            .map(|r| self.resolve(source, r))
+            .collect();
+        let (running_keys, waiting_keys) = keys.split_at(running.len());
+        let now: HashSet<Key> = keys.iter().copied().collect();
+        // Gone between the last update and this schedule: aborted (finishing happens in
+        // update_from_output, which the previous snapshot already saw). Only told from a
+        // whole copy: past MAX_QUEUE_ITEMS a request is out of view, not gone.
+        let whole =
+            s.running_len as usize == running.len() && s.waiting_len as usize == waiting.len();
+        if whole {
+            let gone: Vec<Key> = self
+                .tracks
+                .keys()
+                .filter(|k| !now.contains(k))
+                .copied()
+                .collect();
+            for k in gone {
+                self.end(k, index, step.start_ns, false, &mut out);
+            }
+        }
+        for (&k, r) in keys.iter().zip(running.iter().chain(waiting)) {
+            // Running in the first snapshot with no output, and nothing computed before this
+            // step but its prefix-cache hit: scheduled for the first time by this very step.
+            let fresh = r.output_tokens == Some(0)
+                && r.computed_tokens
+                    .zip(s.scheduled.as_ref().and_then(|m| m.get(&r.id)))
+                    .is_some_and(|(computed, &tokens)| {
+                        i64::from(computed) - i64::from(tokens)
+                            == i64::from(r.cached_tokens.unwrap_or(0).max(0))
+                    });
+            self.arrive(source, k, r, fresh, index, step.start_ns, &mut out);
+        }
+        // Outputs as the last update left them. They survive preemption: the first token
+        // is the first output ever, produced by the previous step's update.
+        for (&k, r) in keys.iter().zip(running.iter().chain(waiting)) {
+            let output = r.output_tokens.unwrap_or(0).max(0) as u32;
+            let track = self.tracks.get_mut(&k).expect("arrived above");
+            let first_token = track.output == 0 && output > 0;
+            track.output = output;
+            if let (true, Some((update_step, update_ns))) = (first_token, self.last_update) {
+                self.first_token(k, update_step, update_ns, &mut out);
+            }
+        }
+
+        let mut batch = Batch::default();
+        let mut produced: HashSet<Key> = HashSet::new();
+        // Counts below are the target's (any i32 or u32): summed and compared as i64.
+        for (position, (&k, r)) in running_keys.iter().zip(running).enumerate() {
+            let computed = r.computed_tokens.unwrap_or(0);
+            // Tokens the step's output names, else told from the computed count.
+            let from_output = s.scheduled.as_ref().and_then(|m| m.get(&r.id).copied());
+            let tokens = from_output.unwrap_or_else(|| {
+                let before = self.tracks[&k].computed;
+                let n = u32::try_from((i64::from(computed) - i64::from(before)).max(0))
+                    .unwrap_or(u32::MAX);
+                if n > 0 {
+                    self.counts.scheduled_from_computed += 1;
+                }
+                n
+            });
+            let before = i64::from(computed) - i64::from(tokens);
+            let prompt = self.tracks[&k].row.prompt_tokens;
+            // Its tokens so far (prompt and outputs, as the last update left them).
+            let known = prompt.map(|p| i64::from(p) + i64::from(self.tracks[&k].output));
+            if tokens > 0 {
+                // A decode computes the newest token of a request past its prompt (with async
+                // scheduling, the one after it: its newest is not out of the update yet);
+                // anything else (a prompt chunk, recomputing after preemption) is prefill.
+                let decode = prompt
+                    .zip(known)
+                    .is_some_and(|(p, known)| before >= i64::from(p) && before >= known - 1);
+                let prefill = !decode;
+                batch.add(
+                    tokens,
+                    prefill,
+                    u32::try_from(before.max(0)).unwrap_or(u32::MAX),
+                );
+                let track = self.tracks.get_mut(&k).expect("arrived above");
+                Self::close_wait(track, step.schedule_done_ns);
+                track.row.iterations += 1;
+                track.row.execution_ns = track.row.execution_ns.saturating_add(step.step_ns());
+                let first = track.row.first_scheduled_ns.is_none() && !track.in_flight_at_start;
+                let resumed = track.preempted;
+                track.preempted = false;
+                if first {
+                    track.row.first_scheduled_ns = Some(step.schedule_done_ns);
+                    // Releases without the attribute (0.33 keeps the count in its prefill
+                    // stats): what was computed before this first scheduling came from the
+                    // prefix cache.
+                    let computed_before = (from_output.is_some() && r.computed_tokens.is_some())
+                        .then_some(before)
+                        .and_then(|b| u32::try_from(b).ok());
+                    track.row.cached_tokens = r
+                        .cached_tokens
+                        .and_then(|c| u32::try_from(c).ok())
+                        .or(computed_before);
+                    // Its computed count not planned yet (the plan is completed from the first
+                    // running request): told at its next scheduling, less what ran since.
+                    track.cached_pending = (track.row.cached_tokens.is_none()
+                        && r.cached_tokens.is_none())
+                    .then_some(tokens);
+                    batch.new_requests += 1;
+                } else if let Some(since) = track.cached_pending {
+                    if resumed {
+                        track.cached_pending = None;
+                    } else if from_output.is_some() && r.computed_tokens.is_some() {
+                        track.row.cached_tokens = u32::try_from(before - i64::from(since)).ok();
+                        track.cached_pending = None;
+                    } else {
+                        track.cached_pending = Some(since.saturating_add(tokens));
+                    }
+                }
+                if known.is_some_and(|known| i64::from(computed) >= known) {
+                    produced.insert(k);
+                }
+                let t = step.schedule_done_ns;
+                if first {
+                    self.event_with(
+                        &mut out,
+                        index,
+                        t,
+                        k,
+                        EventKind::Scheduled,
+                        Some(tokens),
+                        String::new(),
+                    );
+                } else if resumed {
+                    batch.resumed_requests += 1;
+                    self.event_with(
+                        &mut out,
+                        index,
+                        t,
+                        k,
+                        EventKind::Resumed,
+                        Some(tokens),
+                        String::new(),
+                    );
+                }
+                if prefill {
+                    self.event_with(
+                        &mut out,
+                        index,
+                        t,
+                        k,
+                        EventKind::PrefillChunk,
+                        Some(tokens),
+                        String::new(),
+                    );
+                }
+            }
+            self.tracks.get_mut(&k).expect("arrived above").computed = computed;
+            out.queues.push(QueueRow {
+                step: index,
+                pid: self.pid,
+                t_ns: step.schedule_done_ns,
+                request_id: self.tracks[&k].info.id.clone(),
+                queue: Queue::Running,
+                position: position as u32,
+                computed_tokens: u32::try_from(before).ok(),
+                scheduled_tokens: tokens,
+                reason: None,
+            });
+        }
+
+        let mut preempted_now = HashSet::new();
+        for (&k, r) in waiting_keys.iter().zip(waiting) {
+            let track = self.tracks.get_mut(&k).expect("arrived above");
+            if r.status.as_deref() == Some(reasons::PREEMPTED) && !track.preempted {
+                track.preempted = true;
+                track.row.preemptions += 1;
+                track.waiting_since = Some(step.schedule_done_ns);
+                track.computed = r.computed_tokens.unwrap_or(0);
+                preempted_now.insert(k);
+                self.event(
+                    &mut out,
+                    index,
+                    step.schedule_done_ns,
+                    k,
+                    EventKind::Preempted,
+                );
+            }
+        }
+        let context = reasons::Context {
+            budgets,
+            running: s.running_len,
+            scheduled_tokens: batch.scheduled_tokens,
+            kv_free: s.kv_free,
+            any_preempted: !preempted_now.is_empty(),
+        };
+        let queue: Vec<reasons::Waiting> = waiting_keys
+            .iter()
+            .zip(waiting)
+            .map(|(k, r)| reasons::Waiting {
+                state: r,
+                prompt_tokens: self.tracks[k].row.prompt_tokens,
+                preempted_now: preempted_now.contains(k),
+            })
+            .collect();
+        let reasons = reasons::classify(&context, &queue);
+        for (position, ((k, r), reason)) in
+            waiting_keys.iter().zip(waiting).zip(reasons).enumerate()
+        {
+            out.queues.push(QueueRow {
+                step: index,
+                pid: self.pid,
+                t_ns: step.schedule_done_ns,
+                request_id: self.tracks[k].info.id.clone(),
+                queue: Queue::Waiting,
+                position: position as u32,
+                computed_tokens: r.computed_tokens.and_then(|c| u32::try_from(c).ok()),
+                scheduled_tokens: 0,
+                reason: Some(reason),
+            });
+        }
+        self.started = true;
+        self.last_running = running_keys.to_vec();
+        self.last_waiting = waiting_keys.to_vec();
+        // This snapshot shows the outputs of the updates before it.
+        self.produced_last.clear();
+
+        row.batch_size = Some(batch.size);
+        row.scheduled_tokens = Some(batch.scheduled_tokens);
+        row.prefill_tokens = Some(batch.prefill_tokens);
+        row.decode_tokens = Some(batch.decode_tokens);
+        row.prefill_requests = Some(batch.prefill_requests);
+        row.decode_requests = Some(batch.decode_requests);
+        row.new_requests = Some(batch.new_requests);
+        row.resumed_requests = Some(batch.resumed_requests);
+        row.context_tokens_sum = Some(batch.context_sum);
+        row.context_tokens_max = Some(batch.context_max);
+        row.preempted = Some(preempted_now.len() as u32);
+        queue_columns(row, s, budgets);
+        (out, Some(Scheduled { produced }))
+    }
+
+    /// Folds in the scheduler as the step's `update_from_output()` left it (`updated`: which
+    /// requests each queue holds): requests of the last `schedule()` it no longer lists
+    /// finished, or were aborted. Fills the row's `finished`.
+    pub fn update(
+        &mut self,
+        step: &Step,
+        scheduled: Option<Scheduled>,
+        updated: Option<&SchedulerState>,
+        row: &mut StepRow,
+    ) -> StepOutput {
+        let mut out = StepOutput::default();
+        let produced = scheduled.map(|s| s.produced).unwrap_or_default();
+        let index = step.index;
+        // Two updates with no schedule() folded between (the trace ended while the batch
+        // scheduled between them ran): no snapshot showed the first one's tokens.
+        self.count_unseen_outputs(&mut out);
+        // Tokens are stamped as vLLM stamps them: when it built this update's outputs.
+        let outputs_ns = step.outputs_ns();
+        self.last_update = Some((index, outputs_ns));
+        let Some(running_after) = updated.and_then(|u| u.running.as_ref()) else {
+            return out;
+        };
+        // What the requests still running produced, the next schedule's snapshot shows.
+        let after: HashSet<u64> = running_after.iter().map(|r| r.object).collect();
+        self.produced_last = produced
+            .iter()
+            .filter(|k| after.contains(&k.0))
+            .copied()
+            .collect();
+        let waiting_after: Option<HashSet<u64>> = updated
+            .and_then(|u| u.waiting.as_ref())
+            .map(|w| w.iter().map(|r| r.object).collect());
+        let (running_gone, still_running): (Vec<Key>, Vec<Key>) =
+            std::mem::take(&mut self.last_running)
+                .into_iter()
+                .partition(|k| !after.contains(&k.0));
+        self.last_running = still_running;
+        // A request preempted after its batch was scheduled (per batch) can be finished by
+        // that batch's update while it waits; without a token there it was aborted.
+        let mut waiting_gone = Vec::new();
+        if let Some(waiting_after) = waiting_after {
+            (waiting_gone, self.last_waiting) = std::mem::take(&mut self.last_waiting)
+                .into_iter()
+                .partition(|k| !after.contains(&k.0) && !waiting_after.contains(&k.0));
+        }
+        let mut finished = 0;
+        for (k, was_running) in running_gone
+            .into_iter()
+            .map(|k| (k, true))
+            .chain(waiting_gone.into_iter().map(|k| (k, false)))
+        {
+            if !self.tracks.contains_key(&k) {
+                continue;
+            }
+            // Its last token came from this update; the request is gone before we see it.
+            let made_token = produced.contains(&k);
+            if made_token {
+                let track = self.tracks.get_mut(&k).expect("checked above");
+                track.output = track.output.saturating_add(1);
+                if track.output == 1 {
+                    self.first_token(k, index, outputs_ns, &mut out);
+                }
+            }
+            let ended = was_running || made_token;
+            let end_ns = if made_token {
+                outputs_ns
+            } else {
+                step.update_done_ns
+            };
+            self.end(k, index, end_ns, ended, &mut out);
+            finished += u32::from(ended);
+        }
+        row.finished = Some(finished);
+        out
+    }
+
+    /// The tokens of the last update that no `schedule()` snapshot showed, counted as
+    /// finishing ones are.
+    fn count_unseen_outputs(&mut self, out: &mut StepOutput) {
+        let Some((step, update_ns)) = self.last_update else {
+            return;
+        };
+        for k in std::mem::take(&mut self.produced_last) {
+            let Some(track) = self.tracks.get_mut(&k) else {
+                continue;
+            };
+            track.output = track.output.saturating_add(1);
+            if track.output == 1 {
+                self.first_token(k, step, update_ns, out);
+            }
+        }
+    }
+
+    /// Ends the trace: rows for the requests still in the engine, and the tokens of the last
+    /// update (no later snapshot showed them).
+    pub fn finish(&mut self, end_ns: u64) -> StepOutput {
+        let mut out = StepOutput::default();
+        self.count_unseen_outputs(&mut out);
+        self.aliases.clear();
+        self.by_object.clear();
+        out.finished = self
+            .tracks
+            .drain()
+            .map(|(_, mut track)| {
+                Self::close_wait(&mut track, end_ns);
+                track.row.output_tokens = track.output;
+                track.row
+            })
+            .collect();
+        out.finished.sort_by_key(|r| r.queued_ns);
+        out
+    }
+}
+
+/// A step's batch, summed over its scheduled requests.
+#[derive(Default)]
+struct Batch {
+    size: u32,
+    scheduled_tokens: u32,
+    prefill_tokens: u32,
+    decode_tokens: u32,
+    prefill_requests: u32,
+    decode_requests: u32,
+    new_requests: u32,
+    resumed_requests: u32,
+    context_sum: u64,
+    context_max: u32,
+}
+
+impl Batch {
+    fn add(&mut self, tokens: u32, prefill: bool, context: u32) {
+        self.size += 1;
+        self.scheduled_tokens = self.scheduled_tokens.saturating_add(tokens);
+        if prefill {
+            self.prefill_tokens = self.prefill_tokens.saturating_add(tokens);
+            self.prefill_requests += 1;
+        } else {
+            self.decode_tokens = self.decode_tokens.saturating_add(tokens);
+            self.decode_requests += 1;
+        }
+        self.context_sum += u64::from(context);
+        self.context_max = self.context_max.max(context);
+    }
+}
+
+/// A step row's queue lengths and KV blocks used, from the scheduler state `s`.
+fn queue_columns(row: &mut StepRow, s: &SchedulerState, budgets: &Budgets) {
+    row.running = Some(s.running_len);
+    row.waiting = Some(s.waiting_len);
+    row.kv_blocks_total = budgets.kv_blocks_total;
+    row.kv_blocks_used = budgets
+        .kv_blocks_total
+        .zip(s.kv_free)
+        .map(|(total, free)| total.saturating_sub(free));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OnePrompt;
+    impl RequestSource for OnePrompt {
+        fn info(&mut self, _: u64, _: u64) -> Option<RequestInfo> {
+            Some(RequestInfo {
+                id: "req-0".into(),
+                prompt_tokens: Some(200),
+                ..RequestInfo::default()
+            })
+        }
+    }
+
+    /// The scheduler with request (1, 10) running: `computed` tokens (as `schedule()`
+    /// advanced them), `output` tokens, `tokens` scheduled in the step.
+    fn scheduled(computed: Option<i32>, output: i32, tokens: u32) -> SchedulerState {
+        SchedulerState {
+            running: Some(vec![RequestState {
+                object: 1,
+                id: 10,
+                status: Some("RUNNING".into()),
+                computed_tokens: computed,
+                output_tokens: Some(output),
+                ..RequestState::default()
+            }]),
+            waiting: Some(Vec::new()),
+            running_len: 1,
+            scheduled: Some(HashMap::from([(10, tokens)])),
+            ..SchedulerState::default()
+        }
+    }
+
+    /// After an update: which requests still run (objects only).
+    fn updated(running: &[u64]) -> SchedulerState {
+        SchedulerState {
+            running: Some(
+                running
+                    .iter()
+                    .map(|&object| RequestState {
+                        object,
+                        ..RequestState::default()
+                    })
+                    .collect(),
+            ),
+            ..SchedulerState::default()
+        }
+    }
+
+    fn step(index: u64) -> Step {
+        let t = 1000 * index;
+        Step {
+            index,
+            start_ns: t,
+            schedule_done_ns: t + 100,
+            execute_done_ns: t + 800,
+            update_done_ns: t + 900,
+            ..Step::default()
+        }
+    }
+
+    /// Facts by id address; reads of `unreadable` ids fail (a torn or freed string).
+    struct Ids {
+        unreadable: Vec<u64>,
+        asked: Vec<(u64, u64)>,
+    }
+    impl RequestSource for Ids {
+        fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
+            self.asked.push((object, id));
+            (!self.unreadable.contains(&id)).then(|| RequestInfo {
+                id: format!("req-{id}"),
+                prompt_tokens: Some(200),
+                ..RequestInfo::default()
+            })
+        }
+    }
+
+    /// Real vLLM 0.33: the first snapshot listed the first request before its id field was
+    /// planned (id 0), the next ones with its id; requests.csv had an extra
+    /// `request@0x…` FINISHED_ABORTED row next to the real one.
+    #[test]
+    fn a_request_listed_first_without_its_id_is_one_request() {
+        let mut requests = Requests::new(1, 0, true);
+        let mut source = Ids {
+            unreadable: vec![20],
+            asked: Vec::new(),
+        };
+        let mut rows = Vec::new();
+        let mut events = Vec::new();
+        // Request A (object 1, id 10): no id at step 0. Request B (object 2, id 20): its id
+        // does not read at steps 0 and 1, then does.
+        let state = |a_id: u64, computed: i32| {
+            let mut s = scheduled(Some(computed), 0, 100);
+            let running = s.running.as_mut().unwrap();
+            running[0].id = a_id;
+            running.push(RequestState {
+                object: 2,
+                id: 20,
+                status: Some("RUNNING".into()),
+                computed_tokens: Some(computed),
+                output_tokens: Some(0),
+                ..RequestState::default()
+            });
+            s.running_len = 2;
+            s.scheduled = Some(HashMap::from([(10, 100), (20, 100)]));
+            s
+        };
+        for (index, a_id) in [0, 10, 10, 10].into_iter().enumerate() {
+            if index == 2 {
+                source.unreadable.clear();
+            }
+            let step = step(index as u64);
+            let mut row = StepRow::default();
+            let (out, token) = requests.schedule(
+                &mut source,
+                &step,
+                Some(&state(a_id, 100 * (index as i32 + 1))),
+                &Budgets::default(),
+                &mut row,
+            );
+            events.extend(out.events);
+            rows.extend(out.finished);
+            let out = requests.update(&step, token, Some(&updated(&[1, 2])), &mut row);
+            rows.extend(out.finished);
+            // Without its id, A's tokens are not found in the step's output at step 0.
+            assert_eq!(
+                row.batch_size,
+                Some(1 + u32::from(index > 0)),
+                "step {index}"
+            );
+        }
+        rows.extend(requests.finish(10_000).finished);
+        let mut ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["req-10", "req-20"], "one row per real request");
+        assert!(rows.iter().all(|r| r.finish_status == "UNFINISHED"));
+        assert!(rows.iter().all(|r| r.prompt_tokens == Some(200)));
+        assert_eq!(requests.counts.requests_seen, 2);
+        assert_eq!(requests.counts.aborted, 0);
+        let arrived = events.iter().filter(|e| e.event == EventKind::Arrived);
+        assert_eq!(arrived.count(), 2);
+        // Never asked for id 0; B's id tried at each step until it read, then no more.
+        assert!(source.asked.iter().all(|&(_, id)| id != 0));
+        assert_eq!(source.asked.iter().filter(|a| a.1 == 20).count(), 3);
+    }
+
+    /// A request known by its id, then listed once without it (a torn copy), stays one.
+    #[test]
+    fn a_torn_copy_without_the_id_is_the_request_already_tracked() {
+        let mut requests = Requests::new(1, 0, true);
+        let mut source = Ids {
+            unreadable: Vec::new(),
+            asked: Vec::new(),
+        };
+        for (index, id) in [10, 0, 10].into_iter().enumerate() {
+            let mut s = scheduled(Some(100 * (index as i32 + 1)), 0, 100);
+            s.running.as_mut().unwrap()[0].id = id;
+            let step = step(index as u64);
+            let mut row = StepRow::default();
+            let (out, token) =
+                requests.schedule(&mut source, &step, Some(&s), &Budgets::default(), &mut row);
+            assert!(out.finished.is_empty(), "step {index}");
+            let out = requests.update(&step, token, Some(&updated(&[1])), &mut row);
+            assert!(out.finished.is_empty(), "step {index}");
+        }
+        let rows = requests.finish(10_000).finished;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].request_id, "req-10");
+        assert_eq!(rows[0].iterations, 3);
+    }
+
+    #[test]
+    fn long_ids_are_capped_and_marked() {
+        assert_eq!(capped_id("short".into(), 5), "short");
+        let long = "x".repeat(MAX_ID_CHARS as usize);
+        let capped = capped_id(long, 60_000);
+        assert!(capped.starts_with(&"x".repeat(MAX_ID_BYTES)));
+        assert!(capped.ends_with("…[+59744 chars]"), "{capped}");
+        // Multi-byte characters: cut at a boundary, within the cap.
+        let wide = "é".repeat(200);
+        let capped = capped_id(wide, 200);
+        let kept = capped.split('…').next().unwrap();
+        assert!(kept.len() <= MAX_ID_BYTES);
+        assert_eq!(kept.chars().count(), 128);
+        assert!(capped.ends_with("…[+72 chars]"), "{capped}");
+        // What was read is all there is: unchanged.
+        assert_eq!(capped_id("é".repeat(100), 100), "é".repeat(100));
+    }
+
+    #[test]
+    fn a_prefix_hit_first_scheduled_before_the_computed_count_was_planned_is_told_later() {
+        let mut requests = Requests::new(1, 0, true);
+        // 64 prompt tokens from the prefix cache, then chunks of 36: the first step's
+        // snapshot could not read the computed count, the second's reads 64 + 36 + 36.
+        for (index, state) in [scheduled(None, 0, 36), scheduled(Some(136), 0, 36)]
+            .iter()
+            .enumerate()
+        {
+            let mut row = StepRow::default();
+            let step = step(index as u64);
+            let (_, token) = requests.schedule(
+                &mut OnePrompt,
+                &step,
+                Some(state),
+                &Budgets::default(),
+                &mut row,
+            );
+            requests.update(&step, token, Some(&updated(&[1])), &mut row);
+        }
+        let rows = requests.finish(5000).finished;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].cached_tokens, Some(64));
+    }
+
+    /// Per batch with async scheduling: a batch is scheduled before the previous one's update,
+    /// and a request's computed count runs ahead of its outputs.
+    #[test]
+    fn batches_folded_in_the_order_they_ran_finish_a_request_at_its_update() {
+        let mut requests = Requests::new(1, 0, true);
+        let (steps, mut rows) = (
+            [step(0), step(1), step(2)],
+            [(); 3].map(|_| StepRow::default()),
+        );
+        // Every event of the run, in the order the calls made them.
+        let mut events = Vec::new();
+        let mut schedule =
+            |requests: &mut Requests, i: usize, state: SchedulerState, row: &mut StepRow| {
+                let (out, token) = requests.schedule(
+                    &mut OnePrompt,
+                    &steps[i],
+                    Some(&state),
+                    &Budgets::default(),
+                    row,
+                );
+                events.extend(out.events);
+                token
+            };
+        // The prompt (200 tokens) in batch 0; batches 1 and 2 decode, each scheduled before
+        // the previous batch's outputs are in; the update of batch 1 ends the request.
+        let [row0, row1, row2] = &mut rows;
+        let t0 = schedule(&mut requests, 0, scheduled(Some(200), 0, 200), row0);
+        let t1 = schedule(&mut requests, 1, scheduled(Some(201), 0, 1), row1);
+        let u0 = requests.update(&steps[0], t0, Some(&updated(&[1])), row0);
+        let t2 = schedule(&mut requests, 2, scheduled(Some(202), 1, 1), row2);
+        let u1 = requests.update(&steps[1], t1, Some(&updated(&[])), row1);
+        let u2 = requests.update(&steps[2], t2, Some(&updated(&[])), row2);
+        assert_eq!(u1.finished.len(), 1);
+        assert_eq!(u1.finished[0].output_tokens, 2);
+        assert_eq!(
+            u1.finished[0].tpot_ns,
+            Some(steps[1].update_done_ns - steps[0].update_done_ns)
+        );
+        assert!(
+            u0.finished.is_empty() && u2.finished.is_empty(),
+            "ended once"
+        );
+        events.extend(u0.events.into_iter().chain(u1.events).chain(u2.events));
+        let at = |kind| -> Vec<u64> {
+            events
+                .iter()
+                .filter(|e| e.event == kind)
+                .map(|e| e.t_ns)
+                .collect()
+        };
+        assert_eq!(
+            at(EventKind::Arrived).len(),
+            1,
+            "listed again after its end"
+        );
+        assert_eq!(at(EventKind::FirstToken), [steps[0].update_done_ns]);
+        assert_eq!(at(EventKind::Finished), [steps[1].update_done_ns]);
+        assert_eq!(
+            rows.iter().map(|r| r.finished).collect::<Vec<_>>(),
+            [Some(0), Some(1), Some(0)]
+        );
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.prefill_tokens, r.decode_tokens))
+                .collect::<Vec<_>>(),
+            [(Some(200), Some(0)), (Some(0), Some(1)), (Some(0), Some(1))]
+        );
+    }
+
+    /// The trace ends while a batch runs: its schedule() is never folded, so the two
+    /// updates before it come one after the other (real vLLM 0.11 async: the last request
+    /// ended UNFINISHED, 2 tokens short).
+    #[test]
+    fn two_updates_without_a_schedule_between_finish_a_request_with_every_token() {
+        let mut requests = Requests::new(1, 0, true);
+        let (steps, mut row) = ([step(0), step(1)], StepRow::default());
+        let schedule = |requests: &mut Requests, i: usize, state: SchedulerState| {
+            requests
+                .schedule(
+                    &mut OnePrompt,
+                    &steps[i],
+                    Some(&state),
+                    &Budgets::default(),
+                    &mut StepRow::default(),
+                )
+                .1
+        };
+        let t0 = schedule(&mut requests, 0, scheduled(Some(200), 0, 200));
+        let t1 = schedule(&mut requests, 1, scheduled(Some(201), 0, 1));
+        let u0 = requests.update(&steps[0], t0, Some(&updated(&[1])), &mut row);
+        let u1 = requests.update(&steps[1], t1, Some(&updated(&[])), &mut row);
+        assert!(u0.finished.is_empty());
+        assert_eq!(u1.finished.len(), 1, "ended by the second update");
+        assert_eq!(u1.finished[0].output_tokens, 2);
+        assert_eq!(u1.finished[0].first_token_ns, Some(steps[0].update_done_ns));
+        assert_eq!(u1.finished[0].finished_ns, Some(steps[1].update_done_ns));
+        assert!(requests.finish(5000).finished.is_empty());
+    }
+
+    #[test]
+    fn a_request_preempted_while_its_batch_runs_is_finished_by_that_batch_s_update() {
+        let mut requests = Requests::new(1, 0, true);
+        let mut row = StepRow::default();
+        let budgets = Budgets::default();
+        let (steps, mut events) = ([step(0), step(1)], Vec::new());
+        // Batch 0 computes the request's prompt; batch 1's schedule() preempts it (its
+        // tokens run in batch 0 still); batch 0's update gives it its last token.
+        let t0 = requests
+            .schedule(
+                &mut OnePrompt,
+                &steps[0],
+                Some(&scheduled(Some(200), 0, 200)),
+                &budgets,
+                &mut row,
+            )
+            .1;
+        let mut preempted = scheduled(Some(0), 0, 0);
+        preempted.waiting = preempted.running.take().map(|mut r| {
+            r[0].status = Some(reasons::PREEMPTED.into());
+            r
+        });
+        (
+            preempted.running,
+            preempted.running_len,
+            preempted.waiting_len,
+        ) = (Some(Vec::new()), 0, 1);
+        let (out, _) = requests.schedule(
+            &mut OnePrompt,
+            &steps[1],
+            Some(&preempted),
+            &budgets,
+            &mut row,
+        );
+        events.extend(out.events);
+        let mut gone = updated(&[]);
+        gone.waiting = Some(Vec::new());
+        let out = requests.update(&steps[0], t0, Some(&gone), &mut row);
+        assert_eq!(row.finished, Some(1));
+        assert_eq!(out.finished.len(), 1);
+        assert_eq!(out.finished[0].output_tokens, 1);
+        assert_eq!(out.finished[0].finish_status, "FINISHED_STOPPED");
+        assert_eq!(out.finished[0].finished_ns, Some(steps[0].update_done_ns));
+        assert!(events.iter().any(|e| e.event == EventKind::Preempted));
+    }
+}

@@ -1,0 +1,569 @@
+//! Folding CUDA calls into engine steps, by time.
+//!
+//! Every call carries CLOCK_MONOTONIC stamps (`bpf_ktime_get_ns`), the clock the step marks
+//! use too, in whichever process made it. A call is placed by the moment it was recorded (a
+//! launch's entry, a timed call's return). A step owns its window `[start, end]`. With TP > 1
+//! the calls come from worker processes while the engine thread waits inside
+//! `execute_model`, so they land in that step's execute phase; what a worker does after the
+//! engine thread has stopped waiting lands in the update phase or later.
+//!
+//! A batch of `step_with_batch_queue` owns less than its window, which overlaps its
+//! neighbours' ([`BatchSpans`]): its `schedule()`, the stretch after it up to where the
+//! engine thread starts waiting for an older batch (its launch), the stretch from where a
+//! newer batch's launch ends to its own output (its wait), and its update. Where a stretch
+//! holds a launch and a wait, the wait is the last synchronization in it (the future's
+//! `result()` blocks on the batch's output event): calls before that sync's entry are the
+//! launch, the sync and what follows are the wait. Without a sync in the stretch it is all
+//! launch.
+//!
+//! Calls no step claims (between steps, before the first, during steps that did not
+//! complete) are counted as outside steps, never dropped.
+//!
+//! Each call carries its process, so a step's calls also add up per process
+//! ([`ProcessCalls`]): with tensor parallelism, per rank. The same spans decide for every
+//! process, so the per-process shares of a step sum to its totals.
+
+use serde::Serialize;
+
+use super::api::Class;
+use crate::live::correlate::{BatchSpans, Step};
+
+/// Calls not folded after this long are counted as outside steps: no engine step lasts
+/// 10 s, and memory stays bounded while no steps complete.
+pub const HORIZON_NS: u64 = 10_000_000_000;
+
+/// One decoded call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// The process that made it.
+    pub pid: u32,
+    pub start_ns: u64,
+    /// When it was recorded: at return for timed calls, at entry (= start) for the others.
+    pub end_ns: u64,
+    pub class: Class,
+}
+
+/// Calls by class, and the host time spent in the timed ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CallTotals {
+    pub launches: u64,
+    pub graph_launches: u64,
+    pub syncs: u64,
+    pub sync_ns: u64,
+    pub d2h_copies: u64,
+    pub d2h_ns: u64,
+}
+
+impl CallTotals {
+    fn add(&mut self, call: &Call) {
+        let ns = call.end_ns.saturating_sub(call.start_ns);
+        match call.class {
+            Class::Launch => self.launches += 1,
+            Class::GraphLaunch => self.graph_launches += 1,
+            Class::Sync => {
+                self.syncs += 1;
+                self.sync_ns += ns;
+            }
+            Class::CopyDtoH => {
+                self.d2h_copies += 1;
+                self.d2h_ns += ns;
+            }
+        }
+    }
+
+    fn add_all(&mut self, other: &CallTotals) {
+        self.launches += other.launches;
+        self.graph_launches += other.graph_launches;
+        self.syncs += other.syncs;
+        self.sync_ns += other.sync_ns;
+        self.d2h_copies += other.d2h_copies;
+        self.d2h_ns += other.d2h_ns;
+    }
+}
+
+/// A step's marks, CLOCK_MONOTONIC ns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start_ns: u64,
+    pub schedule_done_ns: u64,
+    pub execute_done_ns: u64,
+    pub end_ns: u64,
+    pub batch: Option<BatchSpans>,
+}
+
+impl Window {
+    /// The earliest start of a step not complete when this one completed: calls before it
+    /// that no step claimed happened between steps.
+    fn next_start_bound(&self) -> u64 {
+        self.batch.map_or(self.end_ns, |batch| batch.update_call_ns)
+    }
+}
+
+impl From<&Step> for Window {
+    fn from(step: &Step) -> Self {
+        Self {
+            start_ns: step.start_ns,
+            schedule_done_ns: step.schedule_done_ns,
+            execute_done_ns: step.execute_done_ns,
+            end_ns: step.update_done_ns,
+            batch: step.batch,
+        }
+    }
+}
+
+/// One process's share of a step's calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessCalls {
+    pub pid: u32,
+    pub totals: CallTotals,
+    /// Time within the step's launch and wait stretches during which this process was
+    /// blocked in a sync or a device-to-host copy (the union of its calls' intervals).
+    pub blocked_ns: u64,
+    /// Entry and return of its last sync or copy in the step (the last to begin): where it
+    /// had launched its share and started waiting for the result, and where that ended.
+    pub last_wait: Option<(u64, u64)>,
+}
+
+/// What one step's calls add up to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepCalls {
+    pub totals: CallTotals,
+    /// Length of the stretch in which the step's work was launched: its whole execute phase
+    /// for a step, from `schedule()`'s return to the start of a wait for an older batch (or
+    /// the next call) for a batch.
+    pub launch_ns: u64,
+    /// Time within the launch stretch, and within the batch's wait stretch, during which some
+    /// traced thread was blocked in a sync or a device-to-host copy: the union of those
+    /// calls' intervals, so parallel workers' waits count once.
+    pub launch_blocked_ns: u64,
+    pub wait_blocked_ns: u64,
+    /// Per process that made calls in the step, by pid.
+    pub processes: Vec<ProcessCalls>,
+}
+
+/// Calls waiting for their step, and the counts of those that got none.
+#[derive(Debug, Default)]
+pub struct Folder {
+    /// Sorted by `end_ns`.
+    pending: Vec<Call>,
+    /// Calls recorded before this can no longer be placed: every step still to come starts
+    /// after it.
+    folded_until: u64,
+    pub in_steps: CallTotals,
+    pub outside: CallTotals,
+    /// Calls that arrived after their moment had been folded (a producer on another CPU
+    /// was between its time stamp and its ring-buffer commit when we drained).
+    pub late: u64,
+    /// Calls left unfolded for [`HORIZON_NS`].
+    pub expired: u64,
+    /// Where the wait began in stretches shared by two batches, by the stretch's end: the
+    /// older batch, folded first, takes the sync; the newer finds its launch's end here.
+    wait_starts: Vec<(u64, u64)>,
+}
+
+/// `[from, to]` in ns, inclusive of the moment a call at `to` was recorded.
+type Span = (u64, u64);
+
+impl Folder {
+    pub fn push(&mut self, calls: impl IntoIterator<Item = Call>) {
+        for call in calls {
+            if call.end_ns < self.folded_until {
+                self.late += 1;
+                self.outside.add(&call);
+            } else {
+                self.pending.push(call);
+            }
+        }
+        // Rings from several CPUs interleave slightly out of order; a stable sort of a
+        // mostly sorted buffer is cheap.
+        self.pending.sort_by_key(|c| c.end_ns);
+    }
+
+    /// Where the wait for an older batch starts in a stretch `[from, to]` that began with a
+    /// launch: the entry of the last sync recorded in it; `to` (all launch) without one.
+    fn wait_start(&mut self, (from, to): Span) -> u64 {
+        if let Some(&(_, start)) = self.wait_starts.iter().find(|(end, _)| *end == to) {
+            return start;
+        }
+        let start = self
+            .pending
+            .iter()
+            .rev()
+            .find(|c| c.class == Class::Sync && c.end_ns >= from && c.end_ns <= to)
+            .map(|c| c.start_ns.max(from))
+            .unwrap_or(to);
+        self.wait_starts.push((to, start));
+        start
+    }
+
+    /// The calls of one step. Steps must come in the order they complete.
+    pub fn fold(&mut self, window: Window) -> StepCalls {
+        // The spans the step owns (calls recorded in them are its), its launch stretch and
+        // its wait stretch.
+        let (owned, launch, wait): (Vec<Span>, Span, Option<Span>) = match window.batch {
+            None => (
+                vec![(window.start_ns, window.end_ns)],
+                (window.schedule_done_ns, window.execute_done_ns),
+                None,
+            ),
+            Some(batch) => {
+                let launch_end = if batch.launch_shared {
+                    self.wait_start((window.schedule_done_ns, batch.launch_until_ns))
+                } else {
+                    batch.launch_until_ns
+                };
+                let wait_start = if batch.wait_shared {
+                    self.wait_start((batch.wait_from_ns, window.execute_done_ns))
+                } else {
+                    batch.wait_from_ns
+                };
+                let launch = (window.schedule_done_ns, launch_end);
+                let wait = (wait_start, window.execute_done_ns);
+                // The end of the launch stretch belongs to the wait it holds: half-open.
+                let launch_owned = if batch.launch_shared {
+                    (launch.0, launch.1.saturating_sub(1))
+                } else {
+                    launch
+                };
+                let owned = vec![
+                    (window.start_ns, window.schedule_done_ns),
+                    launch_owned,
+                    wait,
+                    (window.execute_done_ns, window.end_ns),
+                ];
+                (owned, launch, Some(wait))
+            }
+        };
+        let in_step = |c: &Call| owned.iter().any(|&(a, b)| a <= c.end_ns && c.end_ns <= b);
+        let mut step = StepCalls {
+            launch_ns: launch.1.saturating_sub(launch.0),
+            ..Default::default()
+        };
+        let (mut launch_blocked, mut wait_blocked) = (Vec::new(), Vec::new());
+        // Per process: its share, and its blocked intervals in the launch and wait stretches.
+        let mut processes: Vec<(ProcessCalls, Vec<Span>)> = Vec::new();
+        let clip = |c: &Call, (a, b): Span| (c.start_ns.max(a), c.end_ns.min(b));
+        let mut kept = Vec::with_capacity(self.pending.len());
+        let horizon = window.next_start_bound();
+        for call in self.pending.drain(..) {
+            if in_step(&call) {
+                step.totals.add(&call);
+                let i = match processes.iter().position(|(p, _)| p.pid == call.pid) {
+                    Some(i) => i,
+                    None => {
+                        let share = ProcessCalls {
+                            pid: call.pid,
+                            ..Default::default()
+                        };
+                        processes.push((share, Vec::new()));
+                        processes.len() - 1
+                    }
+                };
+                let (share, blocked) = &mut processes[i];
+                share.totals.add(&call);
+                if call.class.timed() {
+                    launch_blocked.push(clip(&call, launch));
+                    blocked.push(clip(&call, launch));
+                    if let Some(wait) = wait {
+                        wait_blocked.push(clip(&call, wait));
+                        blocked.push(clip(&call, wait));
+                    }
+                    if share
+                        .last_wait
+                        .is_none_or(|(start, _)| call.start_ns >= start)
+                    {
+                        share.last_wait = Some((call.start_ns, call.end_ns));
+                    }
+                }
+            } else if call.end_ns < horizon {
+                self.outside.add(&call);
+            } else {
+                kept.push(call);
+            }
+        }
+        self.pending = kept;
+        step.launch_blocked_ns = union_length(&mut launch_blocked);
+        step.wait_blocked_ns = union_length(&mut wait_blocked);
+        step.processes = processes
+            .into_iter()
+            .map(|(share, mut blocked)| ProcessCalls {
+                // One union over both stretches: a call in both counts once.
+                blocked_ns: union_length(&mut blocked),
+                ..share
+            })
+            .collect();
+        step.processes.sort_unstable_by_key(|p| p.pid);
+        self.in_steps.add_all(&step.totals);
+        self.folded_until = self.folded_until.max(horizon);
+        let folded_until = self.folded_until;
+        self.wait_starts.retain(|(end, _)| *end >= folded_until);
+        step
+    }
+
+    /// Counts calls recorded before `now_ns - HORIZON_NS` as outside steps.
+    pub fn expire(&mut self, now_ns: u64) {
+        let cutoff = now_ns.saturating_sub(HORIZON_NS);
+        let old = self.pending.partition_point(|c| c.end_ns < cutoff);
+        self.expired += old as u64;
+        for call in self.pending.drain(..old) {
+            self.outside.add(&call);
+        }
+    }
+
+    /// Ends the trace: whatever is left happened after the last complete step.
+    pub fn finish(&mut self) {
+        for call in self.pending.drain(..) {
+            self.outside.add(&call);
+        }
+    }
+}
+
+/// Total length covered by a set of intervals.
+fn union_length(intervals: &mut [(u64, u64)]) -> u64 {
+    intervals.sort_unstable();
+    let mut total = 0;
+    let mut current: Option<(u64, u64)> = None;
+    for &(start, end) in intervals.iter().filter(|(start, end)| start < end) {
+        match current {
+            Some((s, e)) if start <= e => current = Some((s, e.max(end))),
+            _ => {
+                if let Some((s, e)) = current {
+                    total += e - s;
+                }
+                current = Some((start, end));
+            }
+        }
+    }
+    total + current.map_or(0, |(s, e)| e - s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(at: u64) -> Call {
+        Call {
+            pid: 1,
+            start_ns: at,
+            end_ns: at,
+            class: Class::Launch,
+        }
+    }
+
+    fn timed(class: Class, start_ns: u64, end_ns: u64) -> Call {
+        Call {
+            pid: 1,
+            start_ns,
+            end_ns,
+            class,
+        }
+    }
+
+    fn window(start_ns: u64, schedule_done_ns: u64, execute_done_ns: u64, end_ns: u64) -> Window {
+        Window {
+            start_ns,
+            schedule_done_ns,
+            execute_done_ns,
+            end_ns,
+            batch: None,
+        }
+    }
+
+    #[test]
+    fn calls_go_to_the_step_holding_them_and_the_rest_outside() {
+        let mut folder = Folder::default();
+        folder.push([
+            launch(5), // before the first step
+            launch(120),
+            launch(110),
+            timed(Class::Sync, 130, 180),
+            timed(Class::CopyDtoH, 180, 190),
+            launch(205), // between steps
+            timed(Class::Sync, 310, 330),
+        ]);
+        let first = folder.fold(window(100, 105, 195, 200));
+        let totals = CallTotals {
+            launches: 2,
+            syncs: 1,
+            sync_ns: 50,
+            d2h_copies: 1,
+            d2h_ns: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            first,
+            StepCalls {
+                totals,
+                launch_ns: 90,
+                launch_blocked_ns: 60,
+                wait_blocked_ns: 0,
+                processes: vec![ProcessCalls {
+                    pid: 1,
+                    totals,
+                    blocked_ns: 60,
+                    last_wait: Some((180, 190)),
+                }],
+            }
+        );
+        let second = folder.fold(window(300, 305, 320, 340));
+        // The sync ends in the update phase: counted in the step, blocked only until 320.
+        assert_eq!(second.totals.sync_ns, 20);
+        assert_eq!(second.launch_blocked_ns, 10);
+        // A straggler for the first step, drained after it was folded.
+        folder.push([launch(150), launch(400)]);
+        folder.finish();
+        assert_eq!(
+            folder.outside,
+            CallTotals {
+                launches: 4,
+                ..Default::default()
+            }
+        );
+        assert_eq!(folder.late, 1);
+        assert_eq!(folder.in_steps.launches, 2);
+        assert_eq!(folder.in_steps.syncs, 2);
+    }
+
+    #[test]
+    fn a_batch_gets_its_own_launch_and_its_own_wait() {
+        // Call 1 (100-190): schedules A (to 110), launches it (8 kernels), waits for Z (the
+        // sync at 150-180), updates Z. Call 2 (200-300): schedules B, launches it (1 graph),
+        // waits for A (sync 250-280), updates A.
+        let mut folder = Folder::default();
+        let mut calls: Vec<Call> = (0..8).map(|i| launch(120 + i)).collect();
+        calls.extend([
+            timed(Class::Sync, 150, 180),
+            launch(215),
+            Call {
+                pid: 1,
+                start_ns: 220,
+                end_ns: 220,
+                class: Class::GraphLaunch,
+            },
+            timed(Class::Sync, 250, 280),
+        ]);
+        folder.push(calls);
+        let z = folder.fold(Window {
+            batch: Some(BatchSpans {
+                launch_until_ns: 110,
+                launch_shared: false,
+                wait_from_ns: 110,
+                wait_shared: true,
+                update_call_ns: 100,
+            }),
+            ..window(0, 10, 185, 190)
+        });
+        assert_eq!(
+            (z.totals.launches, z.totals.syncs, z.wait_blocked_ns),
+            (0, 1, 30),
+            "Z: the wait in call 1, not A's launches before it"
+        );
+        let a = folder.fold(Window {
+            batch: Some(BatchSpans {
+                launch_until_ns: 185,
+                launch_shared: true,
+                wait_from_ns: 210,
+                wait_shared: true,
+                update_call_ns: 200,
+            }),
+            ..window(100, 110, 285, 300)
+        });
+        assert_eq!(
+            (a.totals.launches, a.totals.graph_launches, a.totals.syncs),
+            (8, 0, 1),
+            "A: its 8 kernels in call 1 and its wait in call 2, not B's graph"
+        );
+        assert_eq!(
+            (a.launch_ns, a.launch_blocked_ns, a.wait_blocked_ns),
+            (40, 0, 30)
+        );
+        let b = folder.fold(Window {
+            batch: Some(BatchSpans {
+                launch_until_ns: 285,
+                launch_shared: true,
+                wait_from_ns: 300,
+                wait_shared: false,
+                update_call_ns: 300,
+            }),
+            ..window(200, 210, 390, 400)
+        });
+        assert_eq!((b.totals.launches, b.totals.graph_launches), (1, 1));
+        assert_eq!(
+            b.launch_ns, 40,
+            "B's launch ends where the wait for A starts"
+        );
+        folder.finish();
+        assert_eq!(folder.outside, CallTotals::default());
+    }
+
+    #[test]
+    fn parallel_waits_count_once_in_the_execute_split() {
+        let mut folder = Folder::default();
+        // Two workers wait at once, partly overlapping.
+        folder.push([
+            timed(Class::Sync, 20, 60),
+            timed(Class::Sync, 40, 80),
+            timed(Class::Sync, 90, 95),
+        ]);
+        let step = folder.fold(window(0, 10, 100, 110));
+        assert_eq!(step.totals.sync_ns, 40 + 40 + 5);
+        assert_eq!(step.launch_blocked_ns, 60 + 5);
+    }
+
+    #[test]
+    fn each_process_gets_its_share_and_its_last_wait() {
+        let mut folder = Folder::default();
+        let of = |pid, call: Call| Call { pid, ..call };
+        // Rank 7 launches late and waits least; rank 5 waits for it. The engine (3) makes a
+        // launch of its own; rank 5's copy before its sync is not its last wait.
+        folder.push([
+            of(5, launch(20)),
+            of(5, timed(Class::CopyDtoH, 22, 25)),
+            of(5, timed(Class::Sync, 30, 90)),
+            of(7, launch(60)),
+            of(7, launch(61)),
+            of(7, timed(Class::Sync, 70, 92)),
+            of(3, launch(15)),
+            of(7, launch(150)), // after the step
+        ]);
+        let step = folder.fold(window(0, 10, 100, 110));
+        let share = |pid| *step.processes.iter().find(|p| p.pid == pid).unwrap();
+        assert_eq!(
+            step.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            [3, 5, 7]
+        );
+        assert_eq!(share(3).totals.launches, 1);
+        assert_eq!(share(3).last_wait, None);
+        assert_eq!(
+            (
+                share(5).totals.launches,
+                share(5).totals.syncs,
+                share(5).totals.d2h_copies
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(share(5).blocked_ns, 3 + 60);
+        assert_eq!(share(5).last_wait, Some((30, 90)));
+        assert_eq!((share(7).totals.launches, share(7).blocked_ns), (2, 22));
+        assert_eq!(share(7).last_wait, Some((70, 92)));
+        let launches: u64 = step.processes.iter().map(|p| p.totals.launches).sum();
+        assert_eq!(launches, step.totals.launches);
+        // Both ranks' waits overlap: the step's blocked time counts them once.
+        assert_eq!(step.launch_blocked_ns, 3 + 62);
+    }
+
+    #[test]
+    fn unfolded_calls_expire_into_outside() {
+        let mut folder = Folder::default();
+        folder.push([launch(1_000), launch(HORIZON_NS + 5_000)]);
+        folder.expire(HORIZON_NS + 2_000);
+        assert_eq!((folder.expired, folder.outside.launches), (1, 1));
+        assert_eq!(
+            folder
+                .fold(window(HORIZON_NS, 0, 0, HORIZON_NS + 9_000))
+                .totals
+                .launches,
+            1
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Stage 5, decode: raw ring-buffer records into typed hits, with the scheduler snapshot
+//! that some hits carry split into its parts (still raw words: what they mean is decided
+//! with the CPython layout in `correlate::state`).
+
+use tracer_common::{
+    capture::{snap, Item, ScheduledEntry, SnapshotHeader},
+    WatchHit, NO_QUEUE_LEN,
+};
+
+use crate::live::{
+    discover::EvalCode,
+    plan::{Mark, ProbePlan},
+};
+
+/// A genuine read of a watched instruction by the interpreter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub ktime_ns: u64,
+    pub tid: u32,
+    pub mark: Mark,
+    pub snapshot: Option<RawSnapshot>,
+    /// The engine's batch-queue length at the hit, where the plan reads it.
+    pub queue_len: Option<u64>,
+}
+
+/// The scheduler state the watch program copied at a snapshot hit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawSnapshot {
+    pub header: SnapshotHeader,
+    pub running: Vec<Item>,
+    pub waiting: Vec<Item>,
+    pub scheduled: Vec<ScheduledEntry>,
+}
+
+/// Plain-old-data values from a byte slice (which has no alignment guarantee).
+fn read_pod<T: Copy>(bytes: &[u8]) -> Option<(T, &[u8])> {
+    let size = size_of::<T>();
+    if bytes.len() < size {
+        return None;
+    }
+    // SAFETY: T is one of the repr(C) integer-only tracer_common types (any bit pattern is
+    // valid) and the slice holds at least size_of::<T>() bytes.
+    let value = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) };
+    Some((value, &bytes[size..]))
+}
+
+/// `n` values; `None` if the bytes are too few (checked first: `n` comes from the record,
+/// and a count no record can hold must not size an allocation).
+fn read_many<T: Copy>(mut bytes: &[u8], n: usize) -> Option<(Vec<T>, &[u8])> {
+    if n.checked_mul(size_of::<T>())? > bytes.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (value, rest) = read_pod::<T>(bytes)?;
+        out.push(value);
+        bytes = rest;
+    }
+    Some((out, bytes))
+}
+
+impl RawSnapshot {
+    /// Parses the bytes after the `WatchHit`; `None` if the lengths do not add up.
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let (header, rest) = read_pod::<SnapshotHeader>(bytes)?;
+        let items = |rest, n: u32| -> Option<(Vec<Item>, &[u8])> {
+            if header.flags & snap::COMPACT == 0 {
+                return read_many::<Item>(rest, n as usize);
+            }
+            let (objects, rest) = read_many::<u64>(rest, n as usize)?;
+            Some((objects.into_iter().map(Item::bare).collect(), rest))
+        };
+        let (running, rest) = items(rest, header.n_running)?;
+        let (waiting, rest) = items(rest, header.n_waiting)?;
+        let (scheduled, rest) = read_many::<ScheduledEntry>(rest, header.n_scheduled as usize)?;
+        rest.is_empty().then_some(Self {
+            header,
+            running,
+            waiting,
+            scheduled,
+        })
+    }
+}
+
+/// Records that did not become hits, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DecodeCounts {
+    /// Records of the wrong size (never expected: a build mismatch).
+    pub malformed: u64,
+    /// Hits on an address the plan does not watch.
+    pub unknown_watch: u64,
+    /// Hits from outside the interpreter loop: the interpreter rewriting the watched byte
+    /// (quickening), not executing it.
+    pub rewrites: u64,
+}
+
+pub struct Decoder {
+    marks: Vec<(u64, Mark)>,
+    eval_code: EvalCode,
+    pub counts: DecodeCounts,
+}
+
+impl Decoder {
+    /// `eval_code`: where the target's interpreter executes instructions.
+    pub fn new(plan: &ProbePlan, eval_code: EvalCode) -> Self {
+        let marks = plan.watches.iter().map(|w| (w.addr, w.mark)).collect();
+        Self {
+            marks,
+            eval_code,
+            counts: DecodeCounts::default(),
+        }
+    }
+
+    pub fn decode(&mut self, record: &[u8]) -> Option<Hit> {
+        let parsed = read_pod::<WatchHit>(record).and_then(|(raw, rest)| {
+            if rest.is_empty() {
+                Some((raw, None))
+            } else {
+                RawSnapshot::parse(rest).map(|snapshot| (raw, Some(snapshot)))
+            }
+        });
+        let Some((raw, snapshot)) = parsed else {
+            self.counts.malformed += 1;
+            return None;
+        };
+        let Some(&(_, mark)) = self.marks.iter().find(|(addr, _)| *addr == raw.watch_addr) else {
+            self.counts.unknown_watch += 1;
+            return None;
+        };
+        if !self.eval_code.executes(raw.ip) {
+            self.counts.rewrites += 1;
+            return None;
+        }
+        Some(Hit {
+            ktime_ns: raw.ktime_ns,
+            tid: raw.pid_tgid as u32,
+            mark,
+            snapshot,
+            queue_len: (raw.queue_len != NO_QUEUE_LEN).then_some(raw.queue_len),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::plan::Watch;
+
+    fn record(watch_addr: u64, ip: u64) -> Vec<u8> {
+        let hit = WatchHit {
+            ktime_ns: 42,
+            pid_tgid: (7 << 32) | 9,
+            watch_addr,
+            ip,
+            queue_len: NO_QUEUE_LEN,
+        };
+        // SAFETY: viewing a plain-old-data struct as its bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&hit as *const WatchHit).cast::<u8>(),
+                size_of::<WatchHit>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn maps_addresses_to_marks_and_filters_rewrites() {
+        let plan = ProbePlan {
+            tid: 9,
+            watches: vec![
+                Watch {
+                    addr: 0x1000,
+                    mark: Mark::StepEntry,
+                    offset: 0,
+                },
+                Watch {
+                    addr: 0x1010,
+                    mark: Mark::ScheduleDone,
+                    offset: 16,
+                },
+            ],
+            per_batch: false,
+            queue_len_addr: 0,
+        };
+        // A tail-call build: the loop's entry and two instruction handlers apart.
+        let eval_code = EvalCode::Functions {
+            ranges: vec![0x5000..0x5100, 0x5400..0x5600, 0x8000..0x8100],
+            tail_call: true,
+        };
+        let mut decoder = Decoder::new(&plan, eval_code);
+        assert_eq!(
+            decoder.decode(&record(0x1010, 0x5500)),
+            Some(Hit {
+                ktime_ns: 42,
+                tid: 9,
+                mark: Mark::ScheduleDone,
+                snapshot: None,
+                queue_len: None,
+            })
+        );
+        assert!(decoder.decode(&record(0x1000, 0x8080)).is_some());
+        assert_eq!(decoder.decode(&record(0x1000, 0x7000)), None);
+        assert_eq!(decoder.decode(&record(0x2000, 0x5500)), None);
+        assert_eq!(decoder.decode(&[0u8; 5]), None);
+        assert_eq!(
+            decoder.counts,
+            DecodeCounts {
+                malformed: 1,
+                unknown_watch: 1,
+                rewrites: 1
+            }
+        );
+    }
+}

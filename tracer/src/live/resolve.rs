@@ -1,0 +1,338 @@
+//! Stage 2, resolve: from the runtime to the objects we probe, by qualified name.
+//!
+//! Walks `sys.modules` → module `__dict__` → class `__dict__` → function → code object, and
+//! finds the thread whose Python stack runs the engine's busy loop.
+
+use crate::{
+    inspect::{
+        cpython::{
+            reader::{Code, ThreadState},
+            PyReader, ReadError,
+        },
+        memory::LiveProcess,
+        vllm::{EngineNames, ENGINES},
+    },
+    live::discover::Target,
+};
+
+/// Attempts at walking each thread's stack before concluding none runs the busy loop.
+const STACK_WALK_TRIES: usize = 50;
+/// Attempts (1 ms apart) at catching an in-process engine's caller, which is on the stack only
+/// while a step runs.
+const INPROC_WALK_TRIES: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("process {pid} runs Python {version} but has not imported {module}: is it a vLLM engine process? (with vLLM's default multiprocessing the engine runs in a child process titled EngineCore)")]
+    NoVllm {
+        pid: u32,
+        version: String,
+        module: String,
+    },
+    #[error("vLLM {vllm} in process {pid} has an engine step no row of the tracer's name table (tracer/src/vllm.rs) fits:\n{tried}")]
+    NoRow {
+        pid: u32,
+        vllm: String,
+        tried: String,
+    },
+    #[error("{name} not found in process {pid}: {why}")]
+    Missing { pid: u32, name: String, why: String },
+    #[error(
+        "no thread of process {pid} is running {busy_loop}; pass --tid to pick the engine thread (an in-process engine is found only while it runs steps)"
+    )]
+    NoEngineThread { pid: u32, busy_loop: String },
+    #[error("thread {tid} is not a Python thread of process {pid}")]
+    NotAThread { pid: u32, tid: u64 },
+    #[error("reading Python objects in process {pid}: {source}")]
+    Read { pid: u32, source: ReadError },
+}
+
+/// The engine's step function, the thread that calls it, and the engine object.
+#[derive(Debug)]
+pub struct Resolved {
+    pub names: &'static EngineNames,
+    pub step: Code,
+    /// Native thread id of the engine loop.
+    pub tid: u32,
+    /// That thread's `PyThreadState`.
+    pub tstate: u64,
+    /// The engine object (`self` of the busy loop), 0 if its frame was not found.
+    pub engine: u64,
+    /// The engine's batch queue (a deque) when it steps per batch, else 0.
+    pub batch_queue: u64,
+    /// Set when no row of the tables fits the step: `names` is the nearest row (its
+    /// schedule and update calls are in the step) and execute ends where this says.
+    pub fallback: Option<Fallback>,
+}
+
+/// How a step no row fits is traced anyway: phases by the nearest row's schedule and update
+/// calls, execute ending at the return of the last method call before the update.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    /// Why no row fit, one line per row tried.
+    pub tried: String,
+    /// The method whose return ends execute, and the byte offset after its call.
+    pub execute: String,
+    pub execute_offset: usize,
+}
+
+pub fn resolve(target: &Target, tid: Option<u32>) -> Result<Resolved, ResolveError> {
+    resolve_with(target, tid, true)
+}
+
+/// [`resolve`], looking for an in-process engine's caller only when `inproc` (that search
+/// takes up to [`INPROC_WALK_TRIES`] ms in a process that has none, e.g. a front end whose
+/// engine is a child process).
+pub fn resolve_with(
+    target: &Target,
+    tid: Option<u32>,
+    inproc: bool,
+) -> Result<Resolved, ResolveError> {
+    let pid = target.pid;
+    let py = &target.python;
+    let mem = LiveProcess { pid };
+    let reader = PyReader::new(&mem, py.layout, py.types);
+    let read = |source| ResolveError::Read { pid, source };
+    let modules = reader.sys_modules(py.runtime).map_err(read)?;
+
+    // Rows share their module and step; which fits is what the live step calls.
+    let Some(core_module) = ENGINES
+        .iter()
+        .map(|e| e.core_module)
+        .find(|m| matches!(reader.dict_get(modules, m), Ok(Some(_))))
+    else {
+        return Err(ResolveError::NoVllm {
+            pid,
+            version: py.version.clone(),
+            module: ENGINES[0].core_module.into(),
+        });
+    };
+    let code_in = |module: &str, qualname: &str| -> Result<Code, ResolveError> {
+        let missing = |why: String| ResolveError::Missing {
+            pid,
+            name: format!("{module}.{qualname}"),
+            why,
+        };
+        let module_object = reader
+            .dict_get(modules, module)
+            .map_err(read)?
+            .ok_or_else(|| missing("module not imported".into()))?;
+        let mut dict = reader.module_dict(module_object).map_err(read)?;
+        let mut object = 0;
+        for part in qualname.split('.') {
+            if object != 0 {
+                dict = reader
+                    .class_dict(object)
+                    .map_err(|e| missing(e.to_string()))?;
+            }
+            object = reader
+                .dict_get(dict, part)
+                .map_err(read)?
+                .ok_or_else(|| missing(format!("no attribute {part}")))?;
+        }
+        let code = reader
+            .function_code(object)
+            .map_err(|e| missing(e.to_string()))?;
+        reader.code(code).map_err(read)
+    };
+    let code_of = |qualname: &str| code_in(core_module, qualname);
+    // The loop and its caller are the same in every row of the module.
+    let names = ENGINES
+        .iter()
+        .find(|e| e.core_module == core_module)
+        .expect("core_module came from a row");
+    let busy_loop = code_of(names.busy_loop)?;
+    // In-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) the front end's client calls the step,
+    // so its frame is there only during steps: many more tries.
+    let inproc = match code_in(names.inproc.module, names.inproc.caller) {
+        Ok(code) if inproc => Some(code),
+        Ok(_) | Err(ResolveError::Missing { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let loops: Vec<(&Code, usize)> = std::iter::once((&busy_loop, STACK_WALK_TRIES))
+        .chain(inproc.as_ref().map(|c| (c, INPROC_WALK_TRIES)))
+        .collect();
+
+    let threads = reader.threads(py.runtime).map_err(read)?;
+    let runs = |t: &ThreadState, code: &Code| {
+        reader
+            .stack(t)
+            .is_ok_and(|stack| stack.contains(&code.addr))
+    };
+    // The threads to look at: the one given, or all. The stacks change under us while we
+    // walk them, so one walk can tear; the busy loop's frame sits at the bottom of the engine
+    // thread for its whole life, so a few tries find it, while an in-process caller's frame
+    // is there only during steps.
+    let candidates = match tid {
+        Some(tid) => vec![*threads
+            .iter()
+            .find(|t| t.native_thread_id == u64::from(tid))
+            .ok_or(ResolveError::NotAThread {
+                pid,
+                tid: tid.into(),
+            })?],
+        None => threads,
+    };
+    let found = loops.iter().find_map(|&(code, tries)| {
+        (0..tries).find_map(|_| {
+            let thread = candidates.iter().find(|t| runs(t, code));
+            if thread.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            thread.map(|t| (*t, code))
+        })
+    });
+    let (thread, loop_code) = match (found, tid) {
+        (Some(found), _) => found,
+        // A given thread that runs neither loop is traced as the busy loop's, without the
+        // engine object. (Looked at once, an in-process engine's thread caught between two
+        // steps lost its batch and request columns: 0.11 in-process, 2 runs in 4.)
+        (None, Some(_)) => (candidates[0], &busy_loop),
+        (None, None) => {
+            return Err(ResolveError::NoEngineThread {
+                pid,
+                busy_loop: loops
+                    .iter()
+                    .map(|(c, _)| c.qualname.clone())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            })
+        }
+    };
+    let tries = loops
+        .iter()
+        .find(|(code, _)| code.addr == loop_code.addr)
+        .map_or(STACK_WALK_TRIES, |&(_, tries)| tries);
+    let via_caller = inproc.as_ref().is_some_and(|c| c.addr == loop_code.addr);
+    let engine = engine_object(&reader, &thread, loop_code.addr, tries, |this| {
+        if via_caller {
+            reader.attr(this, names.inproc.engine).ok().flatten()
+        } else {
+            Some(this)
+        }
+    })
+    .unwrap_or(0);
+    // The busy loop (through `_process_engine_step`) and 0.11+'s in-process caller call
+    // `step_fn`, which is the batch-queue step when the engine has a batch queue; 0.10's
+    // in-process caller calls `step` itself.
+    let calls_step_fn =
+        loop_code.addr == busy_loop.addr || loop_code.names.iter().any(|n| n == names.step_fn);
+    let batch_queue = (engine != 0 && calls_step_fn)
+        .then(|| reader.attr(engine, names.batch_queue).ok().flatten())
+        .flatten();
+    let per_batch = batch_queue.is_some_and(|queue| !reader.is_none(queue));
+
+    let mut tried = Vec::new();
+    let mut fit = None;
+    for row in ENGINES
+        .iter()
+        .filter(|e| e.core_module == core_module && e.per_batch == per_batch)
+    {
+        let step = code_of(row.step)?;
+        let absent: Vec<_> = row
+            .calls()
+            .into_iter()
+            .filter(|m| !step.names.iter().any(|n| n == m))
+            .collect();
+        if absent.is_empty() {
+            fit = Some((row, step));
+            break;
+        }
+        tried.push(format!(
+            "  {}: {} has no call of {}",
+            row.releases,
+            row.step,
+            absent.join(", ")
+        ));
+    }
+    // No row fits: a release the tables do not know. Its phases are still traced when the
+    // step calls a row's schedule and update: execute then ends at the last method call
+    // before the update (what every measured row's execute call is).
+    let mut fallback = None;
+    if fit.is_none() {
+        for row in ENGINES
+            .iter()
+            .filter(|e| e.core_module == core_module && e.per_batch == per_batch)
+        {
+            let step = code_of(row.step)?;
+            let has = |m: &str| step.names.iter().any(|n| n == m);
+            if !(has(row.schedule) && has(row.update)) {
+                continue;
+            }
+            let instrs =
+                crate::inspect::cpython::bytecode::instructions(&step.bytecode, py.layout.opcodes);
+            if let Some((execute, execute_offset)) =
+                crate::inspect::cpython::bytecode::last_call_before(
+                    &instrs,
+                    &step.names,
+                    row.update,
+                    py.layout.opcodes,
+                )
+            {
+                fallback = Some(Fallback {
+                    tried: tried.join("\n"),
+                    execute,
+                    execute_offset,
+                });
+                fit = Some((row, step));
+                break;
+            }
+        }
+    }
+    let Some((names, step)) = fit else {
+        return Err(ResolveError::NoRow {
+            pid,
+            vllm: crate::live::engines::vllm_version(target).unwrap_or_else(|| "unknown".into()),
+            tried: tried.join("\n"),
+        });
+    };
+    Ok(Resolved {
+        names,
+        step,
+        tid: thread.native_thread_id as u32,
+        tstate: thread.addr,
+        engine,
+        // A deque's length is a word the kernel side can read at each hit (0.10 and 0.11
+        // queue batches in a queue.Queue: no such word, no resync).
+        batch_queue: batch_queue
+            .filter(|&queue| {
+                per_batch
+                    && reader
+                        .type_of(queue)
+                        .and_then(|ty| reader.type_name(ty))
+                        .is_ok_and(|name| name == "collections.deque")
+            })
+            .unwrap_or(0),
+        fallback,
+    })
+}
+
+/// The engine object, whose scheduler the snapshots read, as `engine_of` finds it from
+/// `self` of the loop's frame on the engine thread (the engine, or the in-process caller that
+/// names it). Retried like the thread search, 1 ms apart, for the same reasons: an in-process
+/// caller found a moment ago may have returned already, between two steps, and its frame's
+/// memory then holds the next call's locals.
+fn engine_object(
+    reader: &PyReader<LiveProcess>,
+    thread: &ThreadState,
+    busy_loop: u64,
+    tries: usize,
+    engine_of: impl Fn(u64) -> Option<u64>,
+) -> Option<u64> {
+    let slot = reader.local_index(busy_loop, "self").ok()??;
+    (0..tries).find_map(|_| {
+        let frame = reader
+            .frames(thread)
+            .ok()?
+            .into_iter()
+            .find(|f| f.code == busy_loop);
+        let Some(frame) = frame else {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            return None;
+        };
+        let this = reader
+            .frame_ref(frame.addr + reader.layout.frame_localsplus + 8 * slot)
+            .ok()?;
+        (this != 0).then(|| engine_of(this)).flatten()
+    })
+}

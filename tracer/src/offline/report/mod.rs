@@ -1,0 +1,211 @@
+//! `tracer report DIR`: summary tables and charts of one trace, from its CSVs.
+//!
+//! Writes `DIR/report/`: `index.html` (tables and charts in one self-contained page),
+//! `summary.md`, `summary.json` (every number of the tables, ns), and one SVG per chart;
+//! prints the tables. The modules: [`crate::schema::load`] (CSV → rows), [`summary`] (rows → numbers),
+//! [`table`] and [`plots`] (numbers → text, HTML, SVG), [`spans`] (events → request spans,
+//! also used by the Perfetto export), [`stats`].
+
+pub mod model;
+pub mod plots;
+pub mod spans;
+pub mod stats;
+pub mod summary;
+pub mod table;
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+use summary::Summary;
+use table::{escape, ms, Table};
+
+use crate::schema::load::Run;
+
+/// The summary tables of one run.
+pub fn tables(summary: &Summary, run: &Run) -> Vec<Table> {
+    let mut out = Vec::new();
+
+    let mut phases = Table::new(
+        "Phase shares",
+        &["phase", "share %", "mean ms", "p50 ms", "p99 ms", "total s"],
+    );
+    for p in &summary.phases {
+        phases.row(vec![
+            p.name.into(),
+            format!("{:.1}", p.share_pct),
+            ms(Some(p.mean_ns)),
+            ms(Some(p.p50_ns as f64)),
+            ms(Some(p.p99_ns as f64)),
+            format!("{:.3}", p.total_ns as f64 / 1e9),
+        ]);
+    }
+    out.push(phases.with_note(format!(
+        "{} steps over {:.1} s, {} engine(s); share = phase time / step time",
+        summary.steps, summary.duration_s, summary.engines
+    )));
+
+    let mut by_batch = Table::new(
+        "Step time by batch size",
+        &[
+            "batch size",
+            "steps",
+            "mean ms",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+        ],
+    );
+    for d in &summary.by_batch {
+        by_batch.row(distribution_cells(d));
+    }
+    if run.steps.iter().all(|s| s.batch_size.is_none()) {
+        by_batch = by_batch.with_note("batch sizes were not captured in this run: all steps");
+    }
+    out.push(by_batch);
+
+    let mut latency = Table::new(
+        "Request latency",
+        &[
+            "metric", "requests", "mean ms", "p50 ms", "p90 ms", "p99 ms",
+        ],
+    );
+    for d in &summary.latency {
+        latency.row(distribution_cells(d));
+    }
+    out.push(match summary.requests {
+        None => latency.with_note("requests were not captured in this run (no requests.csv)"),
+        Some(n) => latency.with_note(format!(
+            "{n} requests; TTFT and E2E from when the engine queued the request, TPOT per output token after the first"
+        )),
+    });
+
+    let mut reasons = Table::new(
+        "Why requests waited",
+        &["reason", "request-steps", "share %", "requests"],
+    );
+    for r in &summary.wait_reasons {
+        reasons.row(vec![
+            r.reason.clone(),
+            r.request_steps.to_string(),
+            format!("{:.1}", r.share_pct),
+            r.requests.to_string(),
+        ]);
+    }
+    out.push(if run.has_queues {
+        reasons.with_note("a request-step is one request waiting through one step")
+    } else {
+        reasons.with_note("waiting reasons were not captured in this run (no queues.csv)")
+    });
+
+    let mut preempt = Table::new("Preemptions", &["what", "count"]);
+    match &summary.preemptions {
+        None => preempt = preempt.with_note("preemptions were not captured in this run"),
+        Some(p) => {
+            preempt.row(vec!["preemptions".into(), p.total.to_string()]);
+            let optional = [
+                ("requests preempted at least once", p.requests_preempted),
+                ("most preemptions of one request", p.max_per_request),
+                ("steps that preempted", p.steps_with_preemption),
+            ];
+            for (what, n) in optional {
+                if let Some(n) = n {
+                    preempt.row(vec![what.into(), n.to_string()]);
+                }
+            }
+        }
+    }
+    out.push(preempt);
+    out.push(model::table(&summary.model));
+    out
+}
+
+fn distribution_cells(d: &summary::Distribution) -> Vec<String> {
+    vec![
+        d.label.clone(),
+        d.n.to_string(),
+        ms(Some(d.mean_ns)),
+        ms(Some(d.p50_ns as f64)),
+        ms(Some(d.p90_ns as f64)),
+        ms(Some(d.p99_ns as f64)),
+    ]
+}
+
+/// What `tracer report` wrote.
+pub struct Written {
+    pub dir: PathBuf,
+    pub summary: Summary,
+    pub text: String,
+}
+
+/// Loads `run_dir`, writes the report into `out_dir` (default `run_dir/report`).
+pub fn write(run_dir: &Path, out_dir: Option<&Path>) -> Result<Written> {
+    let run = Run::load(run_dir)?;
+    let summary = summary::summarize(&run);
+    let tables = tables(&summary, &run);
+    let plots = plots::all(&run)?;
+    let dir = out_dir.map_or_else(|| run_dir.join("report"), Path::to_path_buf);
+    let out = crate::live::sinks::OutDir::create(&dir)?;
+    let save = |name: &str, text: &str| out.write(name, text.as_bytes());
+
+    let label = run.label();
+    let mut text = format!("Run {}: {label}\n\n", run_dir.display());
+    let mut md = format!("# tracer report: {}\n\n{label}\n\n", run_dir.display());
+    for t in &tables {
+        text.push_str(&t.text());
+        text.push('\n');
+        md.push_str(&t.markdown());
+    }
+    for p in &plots {
+        save(&format!("{}.svg", p.name), &p.svg)?;
+        let _ = writeln!(md, "![{}]({}.svg)\n", p.title, p.name);
+    }
+    save("summary.md", &md)?;
+    save("summary.json", &serde_json::to_string_pretty(&summary)?)?;
+    save("index.html", &html(run_dir, &label, &run, &tables, &plots))?;
+    Ok(Written { dir, summary, text })
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:1000px;color:#222}\
+table{border-collapse:collapse;margin-bottom:1em;display:block;max-width:100%;overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 10px}\
+td:not(:first-child){text-align:right}th{background:#f0f0f0}.note{color:#666;font-size:90%}\
+.meta td{text-align:left!important}figure{margin:1em 0}svg{max-width:100%;height:auto}";
+
+fn html(run_dir: &Path, label: &str, run: &Run, tables: &[Table], plots: &[plots::Plot]) -> String {
+    let mut out = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>tracer report: {0}</title>\
+         <style>{STYLE}</style></head><body>\n<h1>tracer report: {0}</h1>\n<p>{1}</p>\n",
+        escape(&run_dir.display().to_string()),
+        escape(label)
+    );
+    let info = run.info();
+    let meta: Vec<(&str, String)> = [
+        ("tracer", info.get("tracer_version")),
+        ("target", info.get("cmdline")),
+        ("Python", info.get("python_version")),
+        ("vLLM", info.get("vllm_version")),
+        ("end", info.get("end_reason")),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?.as_str()?.to_owned())))
+    .collect();
+    if !meta.is_empty() {
+        out.push_str("<table class=\"meta\">\n");
+        for (k, v) in meta {
+            let _ = writeln!(out, "<tr><th>{k}</th><td>{}</td></tr>", escape(&v));
+        }
+        out.push_str("</table>\n");
+    }
+    for t in tables {
+        out.push_str(&t.html());
+    }
+    for p in plots {
+        // Inline, so the page is one file to share; the same SVGs are saved beside it.
+        let svg = p.svg.find("<svg").map_or(p.svg.as_str(), |i| &p.svg[i..]);
+        let _ = writeln!(out, "<h2>{}</h2>\n<figure>{svg}</figure>", escape(p.title));
+    }
+    out.push_str("</body></html>\n");
+    out
+}
