@@ -14,6 +14,7 @@
 mod bench;
 mod codegen;
 mod fixture;
+mod modules;
 mod python_build;
 mod quickstart;
 mod real_vllm;
@@ -55,9 +56,10 @@ fn main() -> Result<()> {
         Some("real-vllm") => real_vllm::main(&args[1..]),
         Some("screenshot") => screenshot::run(&args[1..]),
         Some("quickstart") => quickstart::run(&args[1..]),
+        Some("modules") => modules::run(&args[1..]),
         _ => bail!(
             "usage: cargo xtask \
-             <setup|demo|test|bench|codegen|python|real-vllm|screenshot|quickstart>"
+             <setup|demo|test|bench|codegen|python|real-vllm|screenshot|quickstart|modules>"
         ),
     }
 }
