@@ -60,8 +60,17 @@ fn report_numbers_equal_a_recomputation_from_the_csvs() {
     let requests: Vec<RequestRow> = read_csv(&run.join("requests.csv"));
     let queues: Vec<QueueRow> = read_csv(&run.join("queues.csv"));
     assert_eq!(summary["steps"], steps.len() as u64);
+    phases_are_recomputed(&summary, &steps);
+    batch_buckets_are_recomputed(&summary, &steps);
+    latencies_are_recomputed(&summary, &requests);
+    wait_reasons_are_recomputed(&summary, &queues);
+    preemptions_are_recomputed(&summary, &steps, &requests);
+    printed_and_drawn(&stdout, &report, &steps);
+}
 
-    // Phase shares and percentiles.
+/// Phase shares and percentiles; the simulated costs: schedule and update constant, execute
+/// = base + per token.
+fn phases_are_recomputed(summary: &Value, steps: &[StepRow]) {
     let total: u64 = steps.iter().map(|s| s.step_ns).sum();
     let phases: [(&str, Vec<u64>); 4] = [
         ("schedule", steps.iter().map(|s| s.schedule_ns).collect()),
@@ -79,7 +88,6 @@ fn report_numbers_equal_a_recomputation_from_the_csvs() {
         assert_eq!(p["p50_ns"], nearest_rank(values, 50.0));
         assert_eq!(p["p99_ns"], nearest_rank(values, 99.0));
     }
-    // The simulated costs: schedule and update constant, execute = base + per token.
     assert_eq!(summary["phases"][0]["p50_ns"], COSTS.schedule);
     let exec_mean = summary["phases"][1]["mean_ns"].as_f64().unwrap();
     let tokens_mean = steps
@@ -92,10 +100,12 @@ fn report_numbers_equal_a_recomputation_from_the_csvs() {
         (exec_mean - expected).abs() < 1e-3,
         "{exec_mean} vs {expected}"
     );
+}
 
-    // Step-time percentiles per batch bucket.
+/// Step-time percentiles per batch bucket.
+fn batch_buckets_are_recomputed(summary: &Value, steps: &[StepRow]) {
     let mut buckets: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for st in &steps {
+    for st in steps {
         buckets
             .entry(bucket_of(st.batch_size.unwrap()))
             .or_default()
@@ -111,8 +121,10 @@ fn report_numbers_equal_a_recomputation_from_the_csvs() {
             assert_eq!(d[key], nearest_rank(values, p), "{label} {key}");
         }
     }
+}
 
-    // TTFT / TPOT / E2E.
+/// TTFT / TPOT / E2E.
+fn latencies_are_recomputed(summary: &Value, requests: &[RequestRow]) {
     let metrics: [(&str, Vec<u64>); 3] = [
         ("TTFT", requests.iter().filter_map(|r| r.ttft_ns).collect()),
         ("TPOT", requests.iter().filter_map(|r| r.tpot_ns).collect()),
@@ -127,8 +139,10 @@ fn report_numbers_equal_a_recomputation_from_the_csvs() {
         assert_eq!(d["p99_ns"], nearest_rank(values, 99.0));
     }
     assert_eq!(summary["requests"], requests.len() as u64);
+}
 
-    // Waiting reasons from queues.csv.
+/// Waiting reasons from queues.csv.
+fn wait_reasons_are_recomputed(summary: &Value, queues: &[QueueRow]) {
     let waiting: Vec<&QueueRow> = queues
         .iter()
         .filter(|q| q.queue == Queue::Waiting)
@@ -160,8 +174,9 @@ fn report_numbers_equal_a_recomputation_from_the_csvs() {
         ids.dedup();
         assert_eq!(r["requests"], ids.len() as u64, "{name}");
     }
+}
 
-    // Preemptions.
+fn preemptions_are_recomputed(summary: &Value, steps: &[StepRow], requests: &[RequestRow]) {
     let preemptions: u64 = requests.iter().map(|r| u64::from(r.preemptions)).sum();
     assert!(preemptions > 10);
     assert_eq!(summary["preemptions"]["total"], preemptions);
@@ -169,9 +184,12 @@ fn report_numbers_equal_a_recomputation_from_the_csvs() {
         summary["preemptions"]["steps_with_preemption"],
         steps.iter().filter(|s| s.preempted.unwrap() > 0).count() as u64
     );
+}
 
-    // The printed tables and the page carry the same numbers.
-    let p50_ms = format!("{:.3}", nearest_rank(&phases[3].1, 50.0) as f64 / 1e6);
+/// The printed tables and the page carry the same numbers.
+fn printed_and_drawn(stdout: &str, report: &Path, steps: &[StepRow]) {
+    let step_ns: Vec<u64> = steps.iter().map(|s| s.step_ns).collect();
+    let p50_ms = format!("{:.3}", nearest_rank(&step_ns, 50.0) as f64 / 1e6);
     assert!(
         stdout.contains("Phase shares") && stdout.contains(&p50_ms),
         "{stdout}"
