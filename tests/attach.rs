@@ -267,35 +267,6 @@ fn process_that_is_not_python() {
     sleeper.wait().unwrap();
 }
 
-/// A Python process that idles (no vLLM), killed when dropped.
-struct IdlePython(std::process::Child);
-
-impl IdlePython {
-    fn spawn(python: &str) -> Self {
-        let mut child = std::process::Command::new(python)
-            .args([
-                "-c",
-                "import time; print('ready', flush=True); time.sleep(60)",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        Lines::new(child.stdout.take().unwrap()).wait_for("ready", Duration::from_secs(30));
-        Self(child)
-    }
-
-    fn pid(&self) -> String {
-        self.0.id().to_string()
-    }
-}
-
-impl Drop for IdlePython {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn python_without_vllm() {
     let idle = IdlePython::spawn(&pyenv("3.11.7"));

@@ -13,30 +13,11 @@ mod support;
 use std::{collections::HashMap, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
-use support::*;
+use support::{
+    synthetic::{write_csv, Rng},
+    *,
+};
 use tracer::schema::rows::{RequestRow, StepRow};
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn tracer_ok(args: &[&str]) -> String {
-    let out = Command::new(tracer_bin()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "tracer {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn write_csv<T: serde::Serialize>(path: &Path, rows: &[T]) {
-    let mut w = csv::Writer::from_path(path).unwrap();
-    for row in rows {
-        w.serialize(row).unwrap();
-    }
-    w.flush().unwrap();
-}
 
 /// A CSV as (header, rows of cells).
 fn cells(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
@@ -81,22 +62,6 @@ fn assert_close(got: Option<f64>, want: f64, tolerance: f64, what: &str) {
 // ---------------------------------------------------------------------------------------
 // Synthetic steps: phase times an exact linear function of the batch, plus bounded noise.
 // ---------------------------------------------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        lo + self.0 % (hi - lo + 1)
-    }
-
-    /// Uniform in ±`half` ns.
-    fn noise(&mut self, half: u64) -> u64 {
-        self.range(0, 2 * half)
-    }
-}
 
 /// True costs of the synthetic engine, ns (per unit of each feature).
 const SCHEDULE_BASE: f64 = 30_000.0;

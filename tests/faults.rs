@@ -12,8 +12,8 @@ use std::{
 };
 
 use support::{
-    exclusive, pyenv, read_csv, read_run_json, root, run_tracer, tracer_bin, wait_for_rows,
-    Fixture, Lines, Tracer,
+    cpu_time, exclusive, flushed_rows, process_state, pyenv, read_csv, read_run_json, root,
+    run_tracer, tracer_bin, wait_for_rows, wait_until, Fixture, IdlePython, Lines, Tracer,
 };
 use tracer::live::sinks::StepRow;
 
@@ -44,35 +44,6 @@ fn complete_trace(out: &Path, reason: &str) -> usize {
         .expect("every steps.csv row parses");
     assert_eq!(run["totals"]["steps"], rows.len() as u64);
     rows.len()
-}
-
-/// A Python process that idles, killed when dropped.
-struct Idle(std::process::Child);
-
-impl Idle {
-    fn spawn(python: &str, code: &str) -> Self {
-        let mut child = Command::new(python)
-            .args([
-                "-c",
-                &format!("{code}\nimport time; print('ready', flush=True); time.sleep(60)"),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Lines::new(child.stdout.take().unwrap()).wait_for("ready", Duration::from_secs(30));
-        Self(child)
-    }
-
-    fn pid(&self) -> String {
-        self.0.id().to_string()
-    }
-}
-
-impl Drop for Idle {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn fixture(args: &[&str]) -> Fixture {
@@ -166,7 +137,7 @@ fn shell_is_not_python() {
 }
 
 fn without_vllm(version: &str) {
-    let idle = Idle::spawn(&pyenv(version), "");
+    let idle = IdlePython::spawn(&pyenv(version));
     fails_with(
         &["attach", "--pid", &idle.pid()],
         FAILED,
@@ -192,9 +163,10 @@ fn python_3_13_without_vllm() {
 /// A `vllm` module that is not the engine (a client library, a stub) is not mistaken for one.
 #[test]
 fn python_with_vllm_but_no_engine_core() {
-    let idle = Idle::spawn(
+    let idle = IdlePython::after(
         &pyenv("3.11.7"),
         "import sys, types; sys.modules['vllm'] = types.ModuleType('vllm')",
+        &[],
     );
     fails_with(
         &["attach", "--pid", &idle.pid()],
@@ -446,9 +418,17 @@ fn target_stopped_and_continued() {
     let out = dir.path().join("out");
     // `ready` is printed just before the busy loop is entered: stopped before it, the target
     // has no engine loop to find (one run here failed so).
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(Duration::from_secs(60), "the fixture's engine loop", || {
+        run_tracer(&["probes", "--pid", &fixture.pid.to_string()])
+            .0
+            .success()
+    });
     fixture.signal(libc::SIGSTOP);
+    wait_until(Duration::from_secs(30), "the fixture to stop", || {
+        process_state(fixture.pid) == Some('T')
+    });
     let tracer = Tracer::attach(fixture.pid, &out);
+    // The scenario, not a wait for a condition: traced a while stopped, then continued.
     std::thread::sleep(Duration::from_millis(300));
     fixture.signal(libc::SIGCONT);
     wait_for_rows(&out, 60);
@@ -500,10 +480,12 @@ fn fault_while_traced(signal: libc::c_int, printed: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let tracer = Tracer::attach(fixture.pid, &out);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_rows(&out, 20);
     fixture.signal(signal);
-    fixture.stdout.wait_for(printed, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
+    fixture.stdout.wait_for(printed, Duration::from_secs(30));
+    // Two flushes (500 ms apart) with steps from after the fault.
+    wait_for_rows(&out, flushed_rows(&out));
+    wait_for_rows(&out, flushed_rows(&out));
     tracer.signal(libc::SIGINT);
     let (status, stderr) = tracer.finish(Duration::from_secs(30));
     assert!(status.success(), "{stderr:?}");
@@ -542,7 +524,7 @@ fn sigint_twice() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let tracer = Tracer::attach(fixture.pid, &out);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_rows(&out, 60);
     tracer.signal(libc::SIGINT);
     tracer.signal(libc::SIGINT);
     let (status, stderr) = tracer.finish(Duration::from_secs(30));
@@ -700,11 +682,21 @@ fn ring_overflow_losses_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let tracer = Tracer::attach_with(fixture.pid, &out, &["--ring-kib", "64"]);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_rows(&out, 10);
     tracer.signal(libc::SIGSTOP);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until(Duration::from_secs(30), "the tracer to stop", || {
+        process_state(tracer.pid()) == Some('T')
+    });
+    // A second of the target's CPU is thousands of steps: far more than the ring holds.
+    let cpu = |pid| cpu_time(pid).expect("the fixture runs");
+    let stopped_at = cpu(fixture.pid);
+    wait_until(
+        Duration::from_secs(60),
+        "1 s of fixture CPU time while the tracer is stopped",
+        || cpu(fixture.pid) >= stopped_at + Duration::from_secs(1),
+    );
     tracer.signal(libc::SIGCONT);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_rows(&out, flushed_rows(&out));
     tracer.signal(libc::SIGINT);
     let (status, stderr) = tracer.finish(Duration::from_secs(30));
     assert!(status.success(), "{stderr:?}");

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{exclusive, pyenv, read_csv, root, tracer_bin, Lines, Tracer};
+use support::{exclusive, pyenv, read_csv, root, tracer_bin, IdlePython, Lines, Tracer};
 
 /// A child process killed when dropped (a failed assertion must not leave it spinning).
 struct Killed(Child);
@@ -289,20 +289,9 @@ fn escape_sequences_in_a_title_are_printed_escaped() {
     drop(child);
 
     // Not an engine: the error names the process by its title.
-    let mut sleeper = Command::new(&python)
-        .args([
-            "-c",
-            "import time; print('up', flush=True); time.sleep(60)",
-            title,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut up = Lines::new(sleeper.stdout.take().unwrap());
-    let sleeper = Killed(sleeper);
-    up.wait_for("up", Duration::from_secs(30));
+    let sleeper = IdlePython::after(&python, "", &[title]);
     let failed = tracer_usage(
-        &["probes", "--pid", &sleeper.id().to_string()],
+        &["probes", "--pid", &sleeper.pid()],
         Duration::from_secs(60),
     );
     drop(sleeper);

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{exclusive, pyenv, read_csv, read_run_json, root, tracer_bin, Lines};
+use support::{exclusive, pyenv, read_csv, read_run_json, root, s, tracer_bin, wait_until, Lines};
 use tracer::live::sinks::StepRow;
 
 /// The sudo user the tests play.
@@ -72,10 +72,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 /// (uid, gid) of `path` itself (a link is not followed).
 fn owner(path: &Path) -> (u32, u32) {
     let meta = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
@@ -126,15 +122,11 @@ fn group_members(pgid: u32) -> Vec<u32> {
 
 /// Waits until `pgid` has at least `n` live members (the command has started them all).
 fn wait_for_members(pgid: u32, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while group_members(pgid).len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "group {pgid}: {:?}",
-            group_members(pgid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{n} members of group {pgid}"),
+        || group_members(pgid).len() >= n,
+    );
 }
 
 /// The command's pid from the tracer's `tracer: started … (pid N, …)` line.
