@@ -68,6 +68,8 @@ pub struct Layout {
     pub dictkeys_nentries: u64,
     pub dictkeys_indices: u64,
     pub unicode_length: u64,
+    /// `PyASCIIObject.hash`: the string's cached hash, -1 until first computed.
+    pub unicode_hash: u64,
     pub unicode_state: u64,
     /// Where the characters of a compact ASCII string start (`sizeof(PyASCIIObject)`).
     pub unicode_ascii_data: u64,
