@@ -11,7 +11,8 @@ use crate::inspect::{cpython::layout::ManagedDict, memory::ProcessMemory};
 /// side at a probe hit) without walking the class again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttrLocation {
-    /// A `__slots__` member: the pointer is at `obj.wrapping_add(offset)` in every instance of the class.
+    /// A `__slots__` member: the pointer is at `obj.wrapping_add(offset)` in every instance
+    /// of the class.
     Slot { offset: u64 },
     /// Shared-key (split) storage: `values[index]` of the array found as `values` says.
     /// The index holds for every instance of the class while the class's cached keys hold

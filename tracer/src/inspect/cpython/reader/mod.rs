@@ -1,8 +1,8 @@
 //! Decoding CPython objects from a process's memory, by address: [`PyReader`] and what it
 //! returns. Each file is one `impl PyReader` block for one subject: type checks
-//! ([`type_checks`]), builtin objects ([`objects`]), dicts ([`dict`]), instance attributes
-//! ([`attrs`]), code objects and frames ([`code`]), interpreter threads and stacks
-//! ([`threads`]), and whole object graphs ([`value`]). Imports only
+//! (`type_checks.rs`), builtin objects (`objects.rs`), dicts (`dict.rs`), instance attributes
+//! (`attrs.rs`), code objects and frames (`code.rs`), interpreter threads and stacks
+//! (`threads.rs`), and whole object graphs (`value.rs`). Imports only
 //! [`crate::inspect::memory`] and its siblings [`layout`](super::layout) and
 //! [`lines`](super::lines).
 //!
