@@ -107,7 +107,9 @@ pub struct Layout {
 /// (3.13+) that the interpreter fills in for out-of-process tools.
 #[derive(Clone, Copy, Debug)]
 pub struct DebugOffsets {
-    /// Where `PY_VERSION_HEX` is, after the 8-byte cookie [`DEBUG_COOKIE`](super::DEBUG_COOKIE).
+    /// Where `PY_VERSION_HEX` is, after the 8-byte cookie [`DEBUG_COOKIE`].
+    ///
+    /// [`DEBUG_COOKIE`]: super::check::DEBUG_COOKIE
     pub version: u64,
     /// Where the free-threaded build flag is.
     pub free_threaded: u64,

@@ -1,7 +1,7 @@
 //! Instance attributes: where an instance keeps them (`__slots__`, split values, its own
 //! dict) per version, and locations the kernel side re-reads without walking the class.
 
-use super::{
+use super::base::{
     corrupt, PyReader, ReadError, Result, MAX_BASES, TPFLAGS_DICT_SUBCLASS, TPFLAGS_HEAPTYPE,
     TPFLAGS_TYPE_SUBCLASS,
 };
@@ -34,7 +34,9 @@ pub enum ValuesAt {
     /// Inline in the object: `values[0]` is at `obj.wrapping_add(offset)` (3.13+).
     Inline { offset: u64 },
     /// The word at `obj + at` plus `bias` (3.11: 0; 3.12, whose word is tagged: 1) is the
-    /// `PyDictValues`; `values[]` is [`values_items`](super::Layout::values_items) into it.
+    /// `PyDictValues`; `values[]` is [`values_items`] into it.
+    ///
+    /// [`values_items`]: crate::inspect::cpython::layout::Layout::values_items
     Pointer { at: i64, bias: u64 },
     /// `ma_values` of the dict whose pointer is at `obj + dict_at`.
     DictValues { dict_at: i64 },

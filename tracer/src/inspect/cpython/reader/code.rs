@@ -1,6 +1,6 @@
 //! Code objects (name, instructions, line table) and a frame's local variables.
 
-use super::{corrupt, PyReader, Result};
+use super::base::{corrupt, PyReader, Result};
 use crate::inspect::{
     cpython::{
         layout::Bytecode,

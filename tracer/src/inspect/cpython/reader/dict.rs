@@ -1,7 +1,7 @@
 //! Dicts: the keys table (combined or shared) and the values of split tables, in insertion
 //! order as each version keeps it.
 
-use super::{corrupt, PyReader, Result, MAX_ITEMS, TPFLAGS_DICT_SUBCLASS};
+use super::base::{corrupt, PyReader, Result, MAX_ITEMS, TPFLAGS_DICT_SUBCLASS};
 use crate::inspect::{
     cpython::layout::{DictKeysSize, ValuesOrder},
     memory::ProcessMemory,

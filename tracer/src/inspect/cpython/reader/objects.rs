@@ -1,7 +1,7 @@
 //! The builtin objects: `str`, `int`, `float`, `bool`, `None`, `tuple`, `list`,
 //! `collections.deque`, `set` and `bytes`.
 
-use super::{
+use super::base::{
     corrupt, PyReader, ReadError, Result, MAX_BASES, MAX_ITEMS, TPFLAGS_LIST_SUBCLASS,
     TPFLAGS_LONG_SUBCLASS,
 };
@@ -260,11 +260,11 @@ impl<M: ProcessMemory> PyReader<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::{
-        super::{TypeAddrs, TPFLAGS_TYPE_SUBCLASS},
+        super::base::{TypeAddrs, TPFLAGS_TYPE_SUBCLASS},
         *,
     };
     use crate::inspect::{
-        cpython::{layout, Layout},
+        cpython::layout::{self, Layout},
         memory::Snapshot,
     };
 

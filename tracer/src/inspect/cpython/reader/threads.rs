@@ -1,6 +1,6 @@
 //! The interpreter's threads and their Python stacks, from `_PyRuntime`.
 
-use super::{corrupt, PyReader, Result};
+use super::base::{corrupt, PyReader, Result};
 use crate::inspect::{cpython::layout::ThreadId, memory::ProcessMemory};
 
 /// Deepest Python stack we walk.

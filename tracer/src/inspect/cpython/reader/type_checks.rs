@@ -1,6 +1,6 @@
 //! Which type an object is: every decoder checks its object's `ob_type` before reading it.
 
-use super::{corrupt, PyReader, ReadError, Result, MAX_BASES};
+use super::base::{corrupt, PyReader, ReadError, Result, MAX_BASES};
 use crate::inspect::memory::ProcessMemory;
 
 /// Longest type name we read (`tp_name` is a C string).

@@ -1,6 +1,6 @@
 //! Whole object graphs, decoded into [`Value`]s for inspection and tests.
 
-use super::{PyReader, ReadError, Result, TPFLAGS_LONG_SUBCLASS};
+use super::base::{PyReader, ReadError, Result, TPFLAGS_LONG_SUBCLASS};
 use crate::inspect::memory::ProcessMemory;
 
 /// A decoded object graph, for inspection and tests.
