@@ -191,6 +191,7 @@ int main(void) {
   F("dictkeys_nentries", offsetof(PyDictKeysObject, dk_nentries));
   F("dictkeys_indices", offsetof(PyDictKeysObject, dk_indices));
   F("unicode_length", offsetof(PyASCIIObject, length));
+  F("unicode_hash", offsetof(PyASCIIObject, hash));
   F("unicode_state", offsetof(PyASCIIObject, state));
   F("unicode_ascii_data", sizeof(PyASCIIObject));
   F("unicode_compact_data", sizeof(PyCompactUnicodeObject));

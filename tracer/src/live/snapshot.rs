@@ -123,8 +123,7 @@ fn offsets(layout: &Layout) -> PyOffsets {
         old_dict_keys,
         object_type: layout.object_type,
         var_size: layout.var_size,
-        // `PyASCIIObject`: the hash follows the length in every supported version.
-        str_hash: layout.unicode_length + 8,
+        str_hash: layout.unicode_hash,
         list_items: layout.list_items,
         type_basicsize: layout.type_basicsize,
         type_dictoffset: layout.type_dictoffset,

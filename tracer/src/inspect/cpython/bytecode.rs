@@ -108,7 +108,7 @@ fn call_of(instrs: &[Instr], load: usize, ops: &Opcodes) -> Option<usize> {
 
 /// The method call that returns last before method `method` is loaded: its name and the byte
 /// offset of the instruction after it. For a step no row of the tables fits, this call's
-/// return ends the execute phase (it is the row's own execute call in every release measured:
+/// return ends the execute phase (it is the row's own execute call in every release with a row:
 /// 0.10–0.11 `execute_model_with_error_logging`, 0.33–0.34 `_process_aborts_queue`).
 pub fn last_call_before(
     instrs: &[Instr],
