@@ -4,3 +4,4 @@
 
 pub mod load;
 pub mod rows;
+pub mod run_info;
