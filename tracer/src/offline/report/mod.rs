@@ -209,3 +209,24 @@ fn html(run_dir: &Path, label: &str, run: &Run, tables: &[Table], plots: &[plots
     out.push_str("</body></html>\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::load::random_rows::{trace_dir, Rng};
+
+    /// The report of whatever random rows load is built without a panic (debug build:
+    /// overflow checks on).
+    #[test]
+    fn report_of_random_csv_rows_never_panics() {
+        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        for _ in 0..300 {
+            let dir = trace_dir(&mut rng);
+            if let Ok(run) = Run::load(dir.path()) {
+                let summary = summary::summarize(&run);
+                let _ = tables(&summary, &run);
+                let _ = model::fits(&run);
+            }
+        }
+    }
+}
