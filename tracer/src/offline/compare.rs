@@ -16,7 +16,7 @@ use crate::{
         summary::{self, Distribution, Summary},
         table::Table,
     },
-    schema::load::Run,
+    schema::{load::Run, rows::PHASES},
 };
 
 #[derive(Debug, Serialize)]
@@ -122,7 +122,7 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
     let mut sections = Vec::new();
 
     let mut phases = Vec::new();
-    for (name, get) in summary::PHASES {
+    for (name, get) in PHASES {
         let values = |run: &Run| -> Vec<u64> { run.steps.iter().map(get).collect() };
         let (mut va, mut vb) = (values(&run_a), values(&run_b));
         let (da, db) = (
