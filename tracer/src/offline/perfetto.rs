@@ -25,10 +25,10 @@ use anyhow::{Context as _, Result};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    live::sinks::{out_dir, OutDir},
     offline::report::spans::lifecycles,
     schema::{
         load::Run,
+        out_dir::{self, OutDir},
         rows::{RankRow, StepRow},
     },
 };

@@ -1,15 +1,15 @@
 //! Stage 7, sinks: the files a trace writes. Rows stream out as steps complete; nothing is
-//! held in memory beyond the running totals of the summary.
+//! held in memory beyond the running totals of the summary. The types written, and the
+//! directory they go into ([`OutDir`]), are [`crate::schema`]'s; this only writes them.
 
 pub mod csv_sink;
-pub mod out_dir;
 pub mod run_json;
 mod steps_csv;
 
-pub use out_dir::OutDir;
 pub use steps_csv::{StepRow, StepsCsv};
 
 use self::csv_sink::CsvSink;
+pub use crate::schema::out_dir::{self, OutDir};
 use crate::{
     live::correlate::requests::StepOutput,
     schema::rows::{EventRow, QueueRow, RankRow, RequestRow},

@@ -2,9 +2,10 @@
 //!
 //! Writes `DIR/report/`: `index.html` (tables and charts in one self-contained page),
 //! `summary.md`, `summary.json` (every number of the tables, ns), and one SVG per chart;
-//! prints the tables. The modules: [`crate::schema::load`] (CSV → rows), [`summary`] (rows → numbers),
-//! [`table`] and [`plots`] (numbers → text, HTML, SVG), [`spans`] (events → request spans,
-//! also used by the Perfetto export), [`stats`].
+//! prints the tables. The modules: [`summary`] (rows → numbers, with [`stats`] and the
+//! step-time fit of [`model`]), [`table`] and [`plots`] (numbers → text, HTML, SVG),
+//! [`spans`] (events → request spans, also used by the Perfetto export). Reads the folder
+//! through [`crate::schema`] only.
 
 pub mod model;
 pub mod plots;
@@ -160,7 +161,7 @@ pub fn write(run_dir: &Path, out_dir: Option<&Path>) -> Result<Written> {
     let tables = tables(&summary, &run);
     let plots = plots::all(&run)?;
     let dir = out_dir.map_or_else(|| run_dir.join("report"), Path::to_path_buf);
-    let out = crate::live::sinks::OutDir::create(&dir)?;
+    let out = crate::schema::out_dir::OutDir::create(&dir)?;
     let save = |name: &str, text: &str| out.write(name, text.as_bytes());
 
     let label = run.label();
