@@ -7,9 +7,12 @@ use tracer_common::{
     WatchHit, NO_QUEUE_LEN,
 };
 
-use crate::live::{
-    discover::EvalCode,
-    plan::{Mark, ProbePlan},
+use crate::{
+    live::{
+        discover::EvalCode,
+        plan::{Mark, ProbePlan},
+    },
+    schema::run_info::DecodeCounts,
 };
 
 /// A genuine read of a watched instruction by the interpreter.
@@ -80,18 +83,6 @@ impl RawSnapshot {
             scheduled,
         })
     }
-}
-
-/// Records that did not become hits, by reason.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DecodeCounts {
-    /// Records of the wrong size (never expected: a build mismatch).
-    pub malformed: u64,
-    /// Hits on an address the plan does not watch.
-    pub unknown_watch: u64,
-    /// Hits from outside the interpreter loop: the interpreter rewriting the watched byte
-    /// (quickening), not executing it.
-    pub rewrites: u64,
 }
 
 pub struct Decoder {

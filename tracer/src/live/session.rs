@@ -26,10 +26,13 @@ use crate::{
         cuda::{self, CudaTracer},
         decode::{Decoder, RawSnapshot},
         discover, plan, resolve, shadow,
-        sinks::{self, OutDir, Outputs, RunInfo, StepRow, Totals},
+        sinks::{self, OutDir, Outputs, StepRow},
         snapshot::{self, Capture, CaptureError, LiveRequests},
     },
-    schema::rows::RankRow,
+    schema::{
+        rows::RankRow,
+        run_info::{Counters, ProbeInfo, RunInfo, Totals},
+    },
 };
 
 /// How often the ring buffers are drained (the eBPF side does not wake us per hit). Short,
@@ -389,7 +392,7 @@ pub fn run(options: Options) -> Result<Totals> {
         probes: plan
             .watches
             .iter()
-            .map(|w| sinks::run_json::ProbeInfo {
+            .map(|w| ProbeInfo {
                 mark: w.mark.to_string(),
                 bytecode_offset: w.offset,
                 address: format!("{:#x}", w.addr),
@@ -400,7 +403,7 @@ pub fn run(options: Options) -> Result<Totals> {
         attach_ms: probes.attach_time.as_secs_f64() * 1e3,
         end_reason: end_reason.into(),
         totals,
-        counters: sinks::run_json::Counters {
+        counters: Counters {
             probe_hits: probes.counter(Counter::Hits),
             ring_buffer_drops: probes.counter(Counter::RingFull),
             decode: decoder.counts,

@@ -13,6 +13,7 @@ use tracer_common::capture::{
     self as wire, container, storage, Field, Item, OutputsStamp, Plan, PyOffsets, Source,
 };
 
+pub use crate::schema::run_info::Budgets;
 use crate::{
     inspect::{
         cpython::{
@@ -84,16 +85,6 @@ pub struct Capture {
     statuses: HashMap<u64, String>,
     /// Scheduler budgets (constant for an engine's life).
     pub budgets: Budgets,
-}
-
-/// The scheduler's limits that explain why requests wait.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Budgets {
-    pub max_num_seqs: Option<u32>,
-    pub max_num_batched_tokens: Option<u32>,
-    pub block_size: Option<u32>,
-    /// KV blocks requests can get: the pool's size less vLLM's null block.
-    pub kv_blocks_total: Option<u32>,
 }
 
 fn offsets(layout: &Layout) -> PyOffsets {

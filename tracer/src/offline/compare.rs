@@ -16,7 +16,7 @@ use crate::{
         summary::{self, Distribution, Summary},
         table::Table,
     },
-    schema::load::Run,
+    schema::{load::Run, rows::PHASES},
 };
 
 #[derive(Debug, Serialize)]
@@ -111,6 +111,9 @@ fn distribution_rows(
     ]
 }
 
+/// Both sides of a comparison: A's then B's.
+type Pair<'a, T> = (&'a T, &'a T);
+
 pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
     let (run_a, run_b) = (Run::load(dir_a)?, Run::load(dir_b)?);
     let (sum_a, sum_b) = (summary::summarize(&run_a), summary::summarize(&run_b));
@@ -119,17 +122,37 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
         label: run.label(),
         steps: s.steps,
     };
-    let mut sections = Vec::new();
+    let (runs, sums) = ((&run_a, &run_b), (&sum_a, &sum_b));
+    let section = |title: &str, times: bool, rows: Vec<Row>| Section {
+        title: title.into(),
+        times,
+        rows,
+    };
+    let sections = vec![
+        section("Phases per step", true, phase_rows(runs, sums)),
+        section("Step time by batch size", true, batch_rows(runs)),
+        section("Request latency", true, latency_rows(runs)),
+        section("Why requests waited", false, wait_reason_rows(sums)),
+        section("Preemptions", false, preemption_rows(sums)),
+    ];
+    Ok(Comparison {
+        a: side(dir_a, &run_a, &sum_a),
+        b: side(dir_b, &run_b, &sum_b),
+        sections,
+    })
+}
 
-    let mut phases = Vec::new();
-    for (name, get) in summary::PHASES {
+/// Per phase, its per-step distributions and (but for `step`) its share of the step.
+fn phase_rows((run_a, run_b): Pair<Run>, (sum_a, sum_b): Pair<Summary>) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (name, get) in PHASES {
         let values = |run: &Run| -> Vec<u64> { run.steps.iter().map(get).collect() };
-        let (mut va, mut vb) = (values(&run_a), values(&run_b));
+        let (mut va, mut vb) = (values(run_a), values(run_b));
         let (da, db) = (
             Distribution::of(name, &mut va),
             Distribution::of(name, &mut vb),
         );
-        phases.extend(distribution_rows(
+        rows.extend(distribution_rows(
             name,
             da.as_ref(),
             db.as_ref(),
@@ -142,23 +165,22 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
                 .map(|p| p.share_pct)
         };
         if name != "step" {
-            phases.push(row(name, SHARE, share(&sum_a), share(&sum_b), None));
+            rows.push(row(name, SHARE, share(sum_a), share(sum_b), None));
         }
     }
-    sections.push(Section {
-        title: "Phases per step".into(),
-        times: true,
-        rows: phases,
-    });
+    rows
+}
 
+/// Step times per batch-size bucket of either run, in the order the runs list them.
+fn batch_rows((run_a, run_b): Pair<Run>) -> Vec<Row> {
     let (by_a, by_b) = (
-        summary::step_times_by_batch(&run_a),
-        summary::step_times_by_batch(&run_b),
+        summary::step_times_by_batch(run_a),
+        summary::step_times_by_batch(run_b),
     );
     let mut labels: Vec<&String> = by_a.iter().chain(&by_b).map(|(l, _)| l).collect();
     labels.dedup();
     let mut seen = Vec::new();
-    let mut batch_rows = Vec::new();
+    let mut rows = Vec::new();
     for label in labels {
         if seen.contains(&label) {
             continue;
@@ -176,27 +198,26 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
             Distribution::of(label.as_str(), &mut vb),
         );
         let name = format!("batch {label} (n {} / {})", va.len(), vb.len());
-        batch_rows.extend(
+        rows.extend(
             distribution_rows(&name, da.as_ref(), db.as_ref(), (&va, &vb))
                 .into_iter()
                 .filter(|r| r.stat != "p90"),
         );
     }
-    sections.push(Section {
-        title: "Step time by batch size".into(),
-        times: true,
-        rows: batch_rows,
-    });
+    rows
+}
 
-    let (lat_a, lat_b) = (summary::latencies(&run_a), summary::latencies(&run_b));
-    let mut latency = Vec::new();
+/// Request latency distributions that either run has.
+fn latency_rows((run_a, run_b): Pair<Run>) -> Vec<Row> {
+    let (lat_a, lat_b) = (summary::latencies(run_a), summary::latencies(run_b));
+    let mut rows = Vec::new();
     for ((name, mut va), (_, mut vb)) in lat_a.into_iter().zip(lat_b) {
         let (da, db) = (
             Distribution::of(name, &mut va),
             Distribution::of(name, &mut vb),
         );
         if da.is_some() || db.is_some() {
-            latency.extend(distribution_rows(
+            rows.extend(distribution_rows(
                 name,
                 da.as_ref(),
                 db.as_ref(),
@@ -204,13 +225,11 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
             ));
         }
     }
-    sections.push(Section {
-        title: "Request latency".into(),
-        times: true,
-        rows: latency,
-    });
+    rows
+}
 
-    let mut reasons = Vec::new();
+/// The share of each waiting reason either run saw (0 where one run never saw it).
+fn wait_reason_rows((sum_a, sum_b): Pair<Summary>) -> Vec<Row> {
     let mut names: Vec<&str> = sum_a
         .wait_reasons
         .iter()
@@ -219,23 +238,24 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
         .collect();
     names.sort_unstable();
     names.dedup();
-    for name in names {
-        let share = |s: &Summary| {
-            Some(
-                s.wait_reasons
-                    .iter()
-                    .find(|r| r.reason == name)
-                    .map_or(0.0, |r| r.share_pct),
-            )
-        };
-        reasons.push(row(name, SHARE, share(&sum_a), share(&sum_b), None));
-    }
-    sections.push(Section {
-        title: "Why requests waited".into(),
-        times: false,
-        rows: reasons,
-    });
+    names
+        .into_iter()
+        .map(|name| {
+            let share = |s: &Summary| {
+                Some(
+                    s.wait_reasons
+                        .iter()
+                        .find(|r| r.reason == name)
+                        .map_or(0.0, |r| r.share_pct),
+                )
+            };
+            row(name, SHARE, share(sum_a), share(sum_b), None)
+        })
+        .collect()
+}
 
+/// The preemption counts either run has.
+fn preemption_rows((sum_a, sum_b): Pair<Summary>) -> Vec<Row> {
     let count = |s: &Summary, f: fn(&summary::Preemptions) -> Option<u64>| {
         s.preemptions.as_ref().and_then(f).map(|n| n as f64)
     };
@@ -244,24 +264,14 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> Result<Comparison> {
         ("requests preempted", |p| p.requests_preempted),
         ("steps that preempted", |p| p.steps_with_preemption),
     ];
-    let mut preemptions = Vec::new();
+    let mut rows = Vec::new();
     for (name, f) in preemption_stats {
-        let (a, b) = (count(&sum_a, f), count(&sum_b, f));
+        let (a, b) = (count(sum_a, f), count(sum_b, f));
         if a.is_some() || b.is_some() {
-            preemptions.push(row(name, "count", a, b, None));
+            rows.push(row(name, "count", a, b, None));
         }
     }
-    sections.push(Section {
-        title: "Preemptions".into(),
-        times: false,
-        rows: preemptions,
-    });
-
-    Ok(Comparison {
-        a: side(dir_a, &run_a, &sum_a),
-        b: side(dir_b, &run_b, &sum_b),
-        sections,
-    })
+    rows
 }
 
 fn p_text(p: Option<f64>) -> String {

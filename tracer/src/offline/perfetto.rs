@@ -15,6 +15,7 @@
 //! B/E pairs nest by order whatever the rounding. Events stream to the file one by one.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::{BufWriter, Write as _},
     path::{Path, PathBuf},
@@ -24,9 +25,12 @@ use anyhow::{Context as _, Result};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    live::sinks::{out_dir, OutDir},
     offline::report::spans::lifecycles,
-    schema::{load::Run, rows::RankRow},
+    schema::{
+        load::Run,
+        out_dir::{self, OutDir},
+        rows::{RankRow, StepRow},
+    },
 };
 
 /// Request tracks of engine `pid` live in process `REQUESTS_PID_BASE + pid` (Linux pids
@@ -127,6 +131,7 @@ pub fn export_into(run_dir: &Path, dir: &OutDir, name: &str) -> Result<Exported>
     })
 }
 
+/// Per engine process a thread `engine loop` with its steps, and the counter tracks.
 fn write_engines(w: &mut Writer, run: &Run) -> Result<()> {
     let mut pids: Vec<u32> = run.steps.iter().map(|s| s.pid).collect();
     pids.sort_unstable();
@@ -157,78 +162,93 @@ fn write_engines(w: &mut Writer, run: &Run) -> Result<()> {
                 json!({"name": "engine loop"}),
             )?;
         }
-        let mut args = Map::new();
-        args.insert("step".into(), json!(step.step));
-        let details = [
-            ("batch_size", step.batch_size.map(u64::from)),
-            ("scheduled_tokens", step.scheduled_tokens.map(u64::from)),
-            ("prefill_tokens", step.prefill_tokens.map(u64::from)),
-            ("decode_tokens", step.decode_tokens.map(u64::from)),
-            ("new_requests", step.new_requests.map(u64::from)),
-            ("running", step.running.map(u64::from)),
-            ("waiting", step.waiting.map(u64::from)),
-            ("preempted", step.preempted.map(u64::from)),
-            ("finished", step.finished.map(u64::from)),
-            ("kv_blocks_used", step.kv_blocks_used.map(u64::from)),
-        ];
-        for (name, value) in details {
-            if let Some(v) = value {
-                args.insert(name.into(), json!(v));
-            }
-        }
-        for (name, value) in cuda {
-            args.insert(name.clone(), json!(value));
-        }
-        if let (Some(rank), Some(skew)) = (&step.slowest_rank, step.rank_skew_ns) {
-            args.insert("slowest_rank".into(), json!(rank));
-            args.insert("rank_skew_ns".into(), json!(skew));
-        }
-        let t0 = step.start_ns;
-        let t1 = t0 + step.schedule_ns;
-        let t2 = t1 + step.execute_ns;
-        let t3 = t2 + step.update_ns;
-        let end = (t0 + step.step_ns).max(t3);
-        w.slice("B", "step", pid, tid, t0, Some(Value::Object(args)))?;
-        for (name, from, to) in [
-            ("schedule", t0, t1),
-            ("execute", t1, t2),
-            ("update", t2, t3),
-        ] {
-            w.slice("B", name, pid, tid, from, None)?;
-            w.slice("E", name, pid, tid, to, None)?;
-        }
-        w.slice("E", "step", pid, tid, end, None)?;
+        write_step(w, step, step_args(step, cuda))?;
+        write_step_counters(w, step, cuda)?;
+    }
+    Ok(())
+}
 
-        let counters = [
-            (
-                "queues",
-                json!({"running": step.running, "waiting": step.waiting}),
-            ),
-            (
-                "scheduled tokens",
-                json!({"prefill": step.prefill_tokens, "decode": step.decode_tokens}),
-            ),
-            ("KV blocks used", json!({"used": step.kv_blocks_used})),
-        ];
-        for (name, values) in counters {
-            let values: Map<String, Value> = values
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !values.is_empty() {
-                let ts = w.ts(t0);
-                w.event(&json!({"name": name, "ph": "C", "pid": pid, "ts": ts, "args": values}))?;
-            }
+/// The step slice's args: its number, the batch details observed, the CUDA columns, and
+/// the slowest rank.
+fn step_args(step: &StepRow, cuda: &BTreeMap<String, f64>) -> Map<String, Value> {
+    let mut args = Map::new();
+    args.insert("step".into(), json!(step.step));
+    let details = [
+        ("batch_size", step.batch_size.map(u64::from)),
+        ("scheduled_tokens", step.scheduled_tokens.map(u64::from)),
+        ("prefill_tokens", step.prefill_tokens.map(u64::from)),
+        ("decode_tokens", step.decode_tokens.map(u64::from)),
+        ("new_requests", step.new_requests.map(u64::from)),
+        ("running", step.running.map(u64::from)),
+        ("waiting", step.waiting.map(u64::from)),
+        ("preempted", step.preempted.map(u64::from)),
+        ("finished", step.finished.map(u64::from)),
+        ("kv_blocks_used", step.kv_blocks_used.map(u64::from)),
+    ];
+    for (name, value) in details {
+        if let Some(v) = value {
+            args.insert(name.into(), json!(v));
         }
-        for (name, value) in cuda {
-            let ts = w.ts(t0);
-            w.event(
-                &json!({"name": name, "ph": "C", "pid": pid, "ts": ts, "args": {"value": value}}),
-            )?;
+    }
+    for (name, value) in cuda {
+        args.insert(name.clone(), json!(value));
+    }
+    if let (Some(rank), Some(skew)) = (&step.slowest_rank, step.rank_skew_ns) {
+        args.insert("slowest_rank".into(), json!(rank));
+        args.insert("rank_skew_ns".into(), json!(skew));
+    }
+    args
+}
+
+/// The `step` slice with its phases nested inside.
+fn write_step(w: &mut Writer, step: &StepRow, args: Map<String, Value>) -> Result<()> {
+    let (pid, tid) = (step.pid, step.tid);
+    let t0 = step.start_ns;
+    let t1 = t0 + step.schedule_ns;
+    let t2 = t1 + step.execute_ns;
+    let t3 = t2 + step.update_ns;
+    let end = (t0 + step.step_ns).max(t3);
+    w.slice("B", "step", pid, tid, t0, Some(Value::Object(args)))?;
+    for (name, from, to) in [
+        ("schedule", t0, t1),
+        ("execute", t1, t2),
+        ("update", t2, t3),
+    ] {
+        w.slice("B", name, pid, tid, from, None)?;
+        w.slice("E", name, pid, tid, to, None)?;
+    }
+    w.slice("E", "step", pid, tid, end, None)
+}
+
+/// The step's values on the counter tracks (queues, scheduled tokens, KV blocks, CUDA),
+/// at its start; a track without a value this step gets no sample.
+fn write_step_counters(w: &mut Writer, step: &StepRow, cuda: &BTreeMap<String, f64>) -> Result<()> {
+    let (pid, ts) = (step.pid, w.ts(step.start_ns));
+    let counters = [
+        (
+            "queues",
+            json!({"running": step.running, "waiting": step.waiting}),
+        ),
+        (
+            "scheduled tokens",
+            json!({"prefill": step.prefill_tokens, "decode": step.decode_tokens}),
+        ),
+        ("KV blocks used", json!({"used": step.kv_blocks_used})),
+    ];
+    for (name, values) in counters {
+        let values: Map<String, Value> = values
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !values.is_empty() {
+            w.event(&json!({"name": name, "ph": "C", "pid": pid, "ts": ts, "args": values}))?;
         }
+    }
+    for (name, value) in cuda {
+        w.event(&json!({"name": name, "ph": "C", "pid": pid, "ts": ts, "args": {"value": value}}))?;
     }
     Ok(())
 }

@@ -240,10 +240,27 @@ pub fn read_all<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         .with_context(|| format!("reading {}", path.display()))
 }
 
+/// Random trace folders for tests: rows under the real headers, some damaged, as a
+/// hand-edited or broken CSV could hold. Readers of the folder (here and in
+/// [`crate::offline`]) must fail on them with an error, never panic.
 #[cfg(test)]
-mod tests {
+pub(crate) mod random_rows {
     use super::*;
-    use crate::{live::snapshot::tests::Rng, offline::report};
+
+    /// xorshift64*: a seeded generator without a dependency.
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
 
     /// A row type's CSV header and, per column, its default cell and the largest number it
     /// takes (`None`: not a number).
@@ -337,35 +354,44 @@ mod tests {
         text
     }
 
-    /// Random CSV rows under the real headers: loading them, and the report built from what
-    /// loads, fail with an error or succeed, never panic (debug build: overflow checks on).
-    #[test]
-    fn random_csv_rows_never_panic() {
-        let mut rng = Rng(0x0123_4567_89ab_cdef);
+    /// A folder of random rows: steps.csv always, the other CSVs mostly; a quarter of the
+    /// folders damaged.
+    pub(crate) fn trace_dir(rng: &mut Rng) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let damaged = rng.below(4) == 0;
         let files = [
             ("steps.csv", columns::<StepRow>()),
             ("requests.csv", columns::<RequestRow>()),
             ("events.csv", columns::<EventRow>()),
             ("queues.csv", columns::<QueueRow>()),
         ];
+        for (name, columns) in &files {
+            if *name == "steps.csv" || rng.below(4) != 0 {
+                let text = rows(rng, columns, damaged);
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+        }
+        dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{random_rows::*, *};
+
+    /// Random CSV rows under the real headers load or fail with an error, never panic
+    /// (debug build: overflow checks on).
+    #[test]
+    fn random_csv_rows_never_panic() {
+        let mut rng = Rng(0x0123_4567_89ab_cdef);
         let (mut loaded, mut refused) = (0, 0);
         for _ in 0..300 {
-            let dir = tempfile::tempdir().unwrap();
-            let damaged = rng.below(4) == 0;
-            for (name, columns) in &files {
-                if *name == "steps.csv" || rng.below(4) != 0 {
-                    let text = rows(&mut rng, columns, damaged);
-                    std::fs::write(dir.path().join(name), text).unwrap();
-                }
-            }
+            let dir = trace_dir(&mut rng);
             match Run::load(dir.path()) {
                 Ok(run) => {
                     loaded += 1;
                     let _ = run.window();
                     let _ = run.label();
-                    let summary = report::summary::summarize(&run);
-                    let _ = report::tables(&summary, &run);
-                    let _ = report::model::fits(&run);
                 }
                 Err(_) => refused += 1,
             }

@@ -76,6 +76,14 @@ pub struct StepRow {
     pub rank_skew_ns: Option<u64>,
 }
 
+/// The phases of steps.csv, in step order, with the field that holds each.
+pub const PHASES: [(&str, fn(&StepRow) -> u64); 4] = [
+    ("schedule", |s| s.schedule_ns),
+    ("execute", |s| s.execute_ns),
+    ("update", |s| s.update_ns),
+    ("step", |s| s.step_ns),
+];
+
 /// `requests.csv`: one row per request seen, written when it finishes (or at trace end).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RequestRow {

@@ -14,9 +14,12 @@ pub mod requests;
 
 use tracer_common::capture::snap;
 
-use crate::live::{
-    decode::{Hit, RawSnapshot},
-    plan::Mark,
+use crate::{
+    live::{
+        decode::{Hit, RawSnapshot},
+        plan::Mark,
+    },
+    schema::run_info::CorrelateCounts,
 };
 
 /// One complete engine step, CLOCK_MONOTONIC ns at each mark.
@@ -119,19 +122,6 @@ impl Step {
             + Self::copy_ns(&self.after_execute)
             + Self::copy_ns(&self.after_update)
     }
-}
-
-/// Hits that did not make a step, by reason.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CorrelateCounts {
-    /// Step entries followed by the next entry with nothing in between (nothing scheduled).
-    pub idle_entries: u64,
-    /// Steps that got past schedule but never finished.
-    pub incomplete_steps: u64,
-    /// A mark seen twice in a row.
-    pub repeated_marks: u64,
-    /// A mark out of order (e.g. an end mark with no step open: the trace started mid-step).
-    pub out_of_order: u64,
 }
 
 #[derive(Default)]

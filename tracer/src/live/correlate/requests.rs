@@ -17,7 +17,10 @@ use std::collections::{HashMap, HashSet};
 use super::{reasons, Step};
 use crate::{
     live::snapshot::{Budgets, RequestState, SchedulerState},
-    schema::rows::{EventKind, EventRow, Queue, QueueRow, RequestRow, StepRow},
+    schema::{
+        rows::{EventKind, EventRow, Queue, QueueRow, RequestRow, StepRow},
+        run_info::RequestCounts,
+    },
 };
 
 /// What is read once per request, from the live request object.
@@ -101,20 +104,6 @@ pub struct StepOutput {
     pub events: Vec<EventRow>,
     pub queues: Vec<QueueRow>,
     pub finished: Vec<RequestRow>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RequestCounts {
-    pub requests_seen: u64,
-    pub finished: u64,
-    pub aborted: u64,
-    /// Steps without a usable snapshot after `schedule()` (their batch columns are empty).
-    pub steps_without_snapshot: u64,
-    /// Requests in a queue beyond what a snapshot copies (`MAX_QUEUE_ITEMS`).
-    pub queue_items_not_copied: u64,
-    /// Scheduled requests whose token count was not in `num_scheduled_tokens` and came
-    /// from the change of their computed tokens instead.
-    pub scheduled_from_computed: u64,
 }
 
 pub struct Requests {

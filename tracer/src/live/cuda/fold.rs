@@ -23,10 +23,11 @@
 //! ([`ProcessCalls`]): with tensor parallelism, per rank. The same spans decide for every
 //! process, so the per-process shares of a step sum to its totals.
 
-use serde::Serialize;
-
 use super::api::Class;
-use crate::live::correlate::{BatchSpans, Step};
+use crate::{
+    live::correlate::{BatchSpans, Step},
+    schema::run_info::CallTotals,
+};
 
 /// Calls not folded after this long are counted as outside steps: no engine step lasts
 /// 10 s, and memory stays bounded while no steps complete.
@@ -41,17 +42,6 @@ pub struct Call {
     /// When it was recorded: at return for timed calls, at entry (= start) for the others.
     pub end_ns: u64,
     pub class: Class,
-}
-
-/// Calls by class, and the host time spent in the timed ones.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct CallTotals {
-    pub launches: u64,
-    pub graph_launches: u64,
-    pub syncs: u64,
-    pub sync_ns: u64,
-    pub d2h_copies: u64,
-    pub d2h_ns: u64,
 }
 
 impl CallTotals {

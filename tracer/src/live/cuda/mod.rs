@@ -27,7 +27,7 @@ use std::{
 };
 
 pub use api::{Class, DRIVER_API};
-pub use fold::{CallTotals, HORIZON_NS};
+pub use fold::HORIZON_NS;
 use serde::Serialize;
 use tracer_common::cuda::{CudaCall, CudaCounter};
 
@@ -36,24 +36,14 @@ use self::{
     libcuda::Offsets,
     probes::CudaProbes,
 };
-use crate::live::{correlate::Step, engines, session::monotonic_ns};
+pub use crate::schema::run_info::Level;
+use crate::{
+    live::{correlate::Step, engines, session::monotonic_ns},
+    schema::run_info::{CallTotals, CudaReport, ProcessReport},
+};
 
 /// How often the engine's processes are re-checked for a newly loaded libcuda.
 pub const SCAN_EVERY: Duration = Duration::from_millis(200);
-
-/// Which driver-API calls are probed (`--cuda`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level {
-    /// No CUDA probes.
-    Off,
-    /// Syncs and device-to-host copies (entry and return) and graph launches: a few probe
-    /// hits per step. Every CUDA column but `cuda_launches`.
-    Sync,
-    /// Also every kernel launch: one more probe hit per kernel launched. Every column.
-    #[default]
-    Launches,
-}
 
 impl Level {
     fn probes(self, class: Class) -> bool {
@@ -145,54 +135,6 @@ fn slowest(ranks: &[RankStats]) -> Option<(&str, u64)> {
         },
     )?;
     Some((&rank.rank, last - first))
-}
-
-/// One traced process, for run.json.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProcessReport {
-    pub pid: u32,
-    /// A worker's rank as ranks.csv names it (`TP1`, or `pid<N>` for a worker without a
-    /// vLLM title); `null` for the engine process itself.
-    pub rank: Option<String>,
-    /// A worker's rows in ranks.csv, the steps it was the slowest rank of, and its
-    /// `gpu_wait_ns` summed over them (0 for the engine process).
-    pub rank_steps: u64,
-    pub slowest_steps: u64,
-    pub gpu_wait_ns: u64,
-    /// The libcuda file, as the process maps it.
-    pub libcuda: String,
-    /// CLOCK_MONOTONIC ns when its probes were in; its calls before then are not seen.
-    pub attached_ns: u64,
-    /// How long finding the functions and attaching the probes took.
-    pub attach_ms: f64,
-    pub functions: Vec<&'static str>,
-    /// Functions of the table the library does not export (or exports at the address of
-    /// another one: probed once, under the first name).
-    pub not_probed: Vec<&'static str>,
-    pub error: Option<String>,
-}
-
-/// The CUDA section of run.json.
-#[derive(Clone, Debug, Serialize)]
-pub struct CudaReport {
-    pub level: Level,
-    pub processes: Vec<ProcessReport>,
-    /// Runs of the CUDA eBPF programs.
-    pub probe_runs: u64,
-    pub ring_buffer_drops: u64,
-    /// Returns of timed calls that began before their probe went in.
-    pub returns_without_entry: u64,
-    pub starts_map_full: u64,
-    pub malformed_records: u64,
-    /// Calls from a process we did not probe (never expected: probes filter by process).
-    pub foreign_calls: u64,
-    pub in_steps: CallTotals,
-    /// Calls between steps, before the first or after the last complete step.
-    pub outside_steps: CallTotals,
-    /// Of those, calls that reached us after their step had been written.
-    pub late_calls: u64,
-    /// Of those, calls left unplaced for `HORIZON_NS` (no step completed around them).
-    pub expired_calls: u64,
 }
 
 impl CudaReport {

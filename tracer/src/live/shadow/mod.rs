@@ -35,6 +35,7 @@ use crate::{
         session::monotonic_ns,
         snapshot::LiveRequests,
     },
+    schema::run_info::ShadowCounts,
 };
 
 /// Where the first snapshot of a step is copied.
@@ -61,18 +62,6 @@ const AUTO_MAX_LATE: usize = 4;
 
 /// Longest wait for the step's `scheduler_output` local to be stored after its hit.
 const STORE_WAIT_NS: u64 = 200_000;
-
-/// How the shadow copies went (run.json `counters.shadow`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ShadowCounts {
-    pub copies: u64,
-    /// Copies that ended after the engine thread moved on (dropped).
-    pub late: u64,
-    /// Copies whose reads failed (the target changed under them): dropped too.
-    pub failed: u64,
-    /// `auto` switches between synchronous and shadow copies.
-    pub switches: u64,
-}
 
 /// Reads shadow snapshots' fields, and judges them against the engine thread's next mark.
 pub struct Shadow<'r, M: ProcessMemory> {

@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn rows_round_trip_with_header() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = crate::live::sinks::OutDir::create(tmp.path()).unwrap();
+        let dir = crate::schema::out_dir::OutDir::create(tmp.path()).unwrap();
         let path = dir.join("steps.csv");
         let step = Step {
             index: 3,

@@ -83,9 +83,9 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
     let model = config["model"].as_str().unwrap_or_default();
 
     let header = header_path(out);
-    crate::live::sinks::out_dir::write_file(&header, header_yaml(&stream, config).as_bytes())?;
+    crate::schema::out_dir::write_file(&header, header_yaml(&stream, config).as_bytes())?;
 
-    let mut writer = csv::Writer::from_writer(crate::live::sinks::out_dir::create_file(out)?);
+    let mut writer = csv::Writer::from_writer(crate::schema::out_dir::create_file(out)?);
     writer.write_record(COLUMNS)?;
     for (i, r) in stream.requests.iter().enumerate() {
         let prompt = r.prompt_tokens.unwrap_or(0).to_string();

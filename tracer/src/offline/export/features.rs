@@ -51,7 +51,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
         .map(|(i, _)| i)
         .collect();
 
-    let mut writer = csv::Writer::from_writer(crate::live::sinks::out_dir::create_file(out)?);
+    let mut writer = csv::Writer::from_writer(crate::schema::out_dir::create_file(out)?);
     let mut header = vec!["step", "pid", "start_rel_ns", "kind"];
     header.extend(FEATURES.iter().map(|f| f.name));
     header.extend(PHASES);

@@ -1,4 +1,6 @@
-//! `tracer export`: a trace's CSVs rewritten in the shape another tool reads.
+//! `tracer export`: a trace's CSVs rewritten in the shape another tool reads, one module per
+//! format. Reads the folder through [`crate::schema`]; [`features`] shares the report's
+//! step-time regressors ([`crate::offline::report::model`]).
 
 use std::path::{Path, PathBuf};
 

@@ -94,7 +94,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<()> {
     let config = |key: &str| python_cell(info["config"].get(key));
     let label = |key: &str| python_cell(info["labels"].get(key));
 
-    let mut writer = csv::Writer::from_writer(crate::live::sinks::out_dir::create_file(out)?);
+    let mut writer = csv::Writer::from_writer(crate::schema::out_dir::create_file(out)?);
     for step in &steps {
         writer.serialize(SeedRow {
             num_scheduled_tokens: python_dict(scheduled.get(&step.step).map_or(&[], Vec::as_slice)),

@@ -29,7 +29,7 @@ pub struct VidurRow {
 
 pub fn write(dir: &Path, out: &Path) -> Result<()> {
     let stream = Stream::read(dir)?;
-    let mut writer = csv::Writer::from_writer(crate::live::sinks::out_dir::create_file(out)?);
+    let mut writer = csv::Writer::from_writer(crate::schema::out_dir::create_file(out)?);
     for r in &stream.requests {
         writer.serialize(VidurRow {
             arrived_at: r.queued_ns.saturating_sub(stream.origin_ns) as f64 / 1e9,

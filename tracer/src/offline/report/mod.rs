@@ -2,9 +2,10 @@
 //!
 //! Writes `DIR/report/`: `index.html` (tables and charts in one self-contained page),
 //! `summary.md`, `summary.json` (every number of the tables, ns), and one SVG per chart;
-//! prints the tables. The modules: [`crate::schema::load`] (CSV → rows), [`summary`] (rows → numbers),
-//! [`table`] and [`plots`] (numbers → text, HTML, SVG), [`spans`] (events → request spans,
-//! also used by the Perfetto export), [`stats`].
+//! prints the tables. The modules: [`summary`] (rows → numbers, with [`stats`] and the
+//! step-time fit of [`model`]), [`table`] and [`plots`] (numbers → text, HTML, SVG),
+//! [`spans`] (events → request spans, also used by the Perfetto export). Reads the folder
+//! through [`crate::schema`] only.
 
 pub mod model;
 pub mod plots;
@@ -26,8 +27,17 @@ use crate::schema::load::Run;
 
 /// The summary tables of one run.
 pub fn tables(summary: &Summary, run: &Run) -> Vec<Table> {
-    let mut out = Vec::new();
+    vec![
+        phase_table(summary),
+        batch_table(summary, run),
+        latency_table(summary),
+        wait_reason_table(summary, run),
+        preemption_table(summary),
+        model::table(&summary.model),
+    ]
+}
 
+fn phase_table(summary: &Summary) -> Table {
     let mut phases = Table::new(
         "Phase shares",
         &["phase", "share %", "mean ms", "p50 ms", "p99 ms", "total s"],
@@ -42,11 +52,13 @@ pub fn tables(summary: &Summary, run: &Run) -> Vec<Table> {
             format!("{:.3}", p.total_ns as f64 / 1e9),
         ]);
     }
-    out.push(phases.with_note(format!(
+    phases.with_note(format!(
         "{} steps over {:.1} s, {} engine(s); share = phase time / step time",
         summary.steps, summary.duration_s, summary.engines
-    )));
+    ))
+}
 
+fn batch_table(summary: &Summary, run: &Run) -> Table {
     let mut by_batch = Table::new(
         "Step time by batch size",
         &[
@@ -64,8 +76,10 @@ pub fn tables(summary: &Summary, run: &Run) -> Vec<Table> {
     if run.steps.iter().all(|s| s.batch_size.is_none()) {
         by_batch = by_batch.with_note("batch sizes were not captured in this run: all steps");
     }
-    out.push(by_batch);
+    by_batch
+}
 
+fn latency_table(summary: &Summary) -> Table {
     let mut latency = Table::new(
         "Request latency",
         &[
@@ -75,13 +89,15 @@ pub fn tables(summary: &Summary, run: &Run) -> Vec<Table> {
     for d in &summary.latency {
         latency.row(distribution_cells(d));
     }
-    out.push(match summary.requests {
+    match summary.requests {
         None => latency.with_note("requests were not captured in this run (no requests.csv)"),
         Some(n) => latency.with_note(format!(
             "{n} requests; TTFT and E2E from when the engine queued the request, TPOT per output token after the first"
         )),
-    });
+    }
+}
 
+fn wait_reason_table(summary: &Summary, run: &Run) -> Table {
     let mut reasons = Table::new(
         "Why requests waited",
         &["reason", "request-steps", "share %", "requests"],
@@ -94,32 +110,30 @@ pub fn tables(summary: &Summary, run: &Run) -> Vec<Table> {
             r.requests.to_string(),
         ]);
     }
-    out.push(if run.has_queues {
+    if run.has_queues {
         reasons.with_note("a request-step is one request waiting through one step")
     } else {
         reasons.with_note("waiting reasons were not captured in this run (no queues.csv)")
-    });
+    }
+}
 
+fn preemption_table(summary: &Summary) -> Table {
     let mut preempt = Table::new("Preemptions", &["what", "count"]);
-    match &summary.preemptions {
-        None => preempt = preempt.with_note("preemptions were not captured in this run"),
-        Some(p) => {
-            preempt.row(vec!["preemptions".into(), p.total.to_string()]);
-            let optional = [
-                ("requests preempted at least once", p.requests_preempted),
-                ("most preemptions of one request", p.max_per_request),
-                ("steps that preempted", p.steps_with_preemption),
-            ];
-            for (what, n) in optional {
-                if let Some(n) = n {
-                    preempt.row(vec![what.into(), n.to_string()]);
-                }
-            }
+    let Some(p) = &summary.preemptions else {
+        return preempt.with_note("preemptions were not captured in this run");
+    };
+    preempt.row(vec!["preemptions".into(), p.total.to_string()]);
+    let optional = [
+        ("requests preempted at least once", p.requests_preempted),
+        ("most preemptions of one request", p.max_per_request),
+        ("steps that preempted", p.steps_with_preemption),
+    ];
+    for (what, n) in optional {
+        if let Some(n) = n {
+            preempt.row(vec![what.into(), n.to_string()]);
         }
     }
-    out.push(preempt);
-    out.push(model::table(&summary.model));
-    out
+    preempt
 }
 
 fn distribution_cells(d: &summary::Distribution) -> Vec<String> {
@@ -147,7 +161,7 @@ pub fn write(run_dir: &Path, out_dir: Option<&Path>) -> Result<Written> {
     let tables = tables(&summary, &run);
     let plots = plots::all(&run)?;
     let dir = out_dir.map_or_else(|| run_dir.join("report"), Path::to_path_buf);
-    let out = crate::live::sinks::OutDir::create(&dir)?;
+    let out = crate::schema::out_dir::OutDir::create(&dir)?;
     let save = |name: &str, text: &str| out.write(name, text.as_bytes());
 
     let label = run.label();
@@ -208,4 +222,25 @@ fn html(run_dir: &Path, label: &str, run: &Run, tables: &[Table], plots: &[plots
     }
     out.push_str("</body></html>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::load::random_rows::{trace_dir, Rng};
+
+    /// The report of whatever random rows load is built without a panic (debug build:
+    /// overflow checks on).
+    #[test]
+    fn report_of_random_csv_rows_never_panics() {
+        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        for _ in 0..300 {
+            let dir = trace_dir(&mut rng);
+            if let Ok(run) = Run::load(dir.path()) {
+                let summary = summary::summarize(&run);
+                let _ = tables(&summary, &run);
+                let _ = model::fits(&run);
+            }
+        }
+    }
 }

@@ -12,8 +12,11 @@
 
 use serde::Serialize;
 
-use super::{summary::PHASES, table::Table};
-use crate::schema::{load::Run, rows::StepRow};
+use super::table::Table;
+use crate::schema::{
+    load::Run,
+    rows::{StepRow, PHASES},
+};
 
 /// A per-step feature: a steps.csv column read as a number (`None`: not observed).
 pub struct Feature {

@@ -7,7 +7,10 @@
 use serde::Serialize;
 
 use super::stats::{mean, percentile};
-use crate::schema::{load::Run, rows::WaitReason};
+use crate::schema::{
+    load::Run,
+    rows::{WaitReason, PHASES},
+};
 
 /// Batch-size buckets for step-time percentiles: powers of two, as batch sizes are usually
 /// configured and step cost grows roughly with them; 0 for steps that scheduled nothing.
@@ -103,14 +106,6 @@ pub struct Preemptions {
     /// Steps whose schedule() preempted something (None without the column).
     pub steps_with_preemption: Option<u64>,
 }
-
-/// The phases of steps.csv, in step order, with the field that holds each.
-pub const PHASES: [(&str, fn(&crate::schema::rows::StepRow) -> u64); 4] = [
-    ("schedule", |s| s.schedule_ns),
-    ("execute", |s| s.execute_ns),
-    ("update", |s| s.update_ns),
-    ("step", |s| s.step_ns),
-];
 
 /// The batch bucket label of a batch size, e.g. `5–8`.
 pub fn bucket_label(&(lo, hi): &(u32, u32)) -> String {
