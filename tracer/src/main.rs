@@ -359,7 +359,7 @@ fn main() -> ExitCode {
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             // Errors quote the target's text (titles, mapped paths): escaped.
-            session::say(&tracer::text::printable_lines(&format!(
+            tracer::stderr::say(&tracer::text::printable_lines(&format!(
                 "tracer: error: {error:#}"
             )));
             ExitCode::FAILURE
@@ -397,7 +397,7 @@ fn run_probes(pid: u32, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The trace of one engine of a deployment, from the options `attach` and `run` share.
+/// The trace of every engine of a deployment, from the options `attach` and `run` share.
 fn per_engine(
     duration: Option<Duration>,
     quiet: bool,
@@ -405,11 +405,8 @@ fn per_engine(
     phases_only: bool,
     snapshots: shadow::Mode,
     ring_kib: u32,
-) -> impl Fn(&engines::Engine, OutDir) -> session::Options + Sync {
-    move |engine, out_dir| session::Options {
-        pid: engine.process.pid,
-        tid: Some(engine.resolved.tid),
-        out_dir,
+) -> session::Options {
+    session::Options {
         duration,
         quiet,
         cuda,

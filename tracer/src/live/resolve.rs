@@ -13,6 +13,7 @@ use crate::{
         vllm::{EngineNames, ENGINES},
     },
     live::discover::Target,
+    text::printable,
 };
 
 /// Attempts at walking each thread's stack before concluding none runs the busy loop.
@@ -282,7 +283,7 @@ pub fn resolve_with(
     let Some((names, step)) = fit else {
         return Err(ResolveError::NoRow {
             pid,
-            vllm: crate::live::engines::vllm_version(target).unwrap_or_else(|| "unknown".into()),
+            vllm: vllm_version(target).unwrap_or_else(|| "unknown".into()),
             tried: tried.join("\n"),
         });
     };
@@ -305,6 +306,20 @@ pub fn resolve_with(
             .unwrap_or(0),
         fallback,
     })
+}
+
+/// `vllm.__version__` in the target, if the module and the string can be read.
+pub fn vllm_version(target: &Target) -> Option<String> {
+    let py = &target.python;
+    let mem = LiveProcess { pid: target.pid };
+    let reader = PyReader::new(&mem, py.layout, py.types);
+    let modules = reader.sys_modules(py.runtime).ok()?;
+    let vllm = reader.dict_get(modules, "vllm").ok()??;
+    let dict = reader.module_dict(vllm).ok()?;
+    let version = reader.dict_get(dict, "__version__").ok()??;
+    // The target's text: the first 64 characters, escaped for printing.
+    let (text, _) = reader.str_prefix(version, 64).ok()?;
+    Some(printable(&text).into_owned())
 }
 
 /// The engine object, whose scheduler the snapshots read, as `engine_of` finds it from

@@ -36,7 +36,10 @@ use self::{
     libcuda::Offsets,
     probes::CudaProbes,
 };
-use crate::live::{correlate::Step, engines, session::monotonic_ns};
+use crate::{
+    clock::monotonic_ns,
+    live::{correlate::Step, engines},
+};
 
 /// How often the engine's processes are re-checked for a newly loaded libcuda.
 pub const SCAN_EVERY: Duration = Duration::from_millis(200);
@@ -340,7 +343,7 @@ impl CudaTracer {
         active.folder.expire(monotonic_ns());
         for note in active.notes.drain(..) {
             if !active.quiet {
-                crate::live::session::say(&note);
+                crate::stderr::say(&note);
             }
         }
     }
