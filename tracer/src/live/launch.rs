@@ -376,6 +376,18 @@ struct Seen {
 }
 
 impl Seen {
+    fn new(key: (String, u64), title: &str, now: Instant) -> Self {
+        Self {
+            key,
+            title: title.to_owned(),
+            target: None,
+            retry_at: now,
+            note: "not looked at yet".into(),
+            vllm: false,
+            gone: false,
+        }
+    }
+
     fn line(&self, pid: u32) -> String {
         format!(
             "pid {pid}{} {:?} ({}): {}",
@@ -396,29 +408,15 @@ fn look_at(p: &engines::Process, seen: &mut HashMap<u32, Seen>) -> Option<Engine
         .unwrap_or(0);
     let key = (p.exe.clone(), start_time);
     let now = Instant::now();
-    let entry = seen.entry(p.pid).or_insert_with(|| Seen {
-        key: key.clone(),
-        title: p.title.clone(),
-        target: None,
-        retry_at: now,
-        note: "not looked at yet".into(),
-        vllm: false,
-        gone: false,
-    });
+    let entry = seen
+        .entry(p.pid)
+        .or_insert_with(|| Seen::new(key.clone(), &p.title, now));
     entry.gone = false;
     entry.title.clone_from(&p.title);
     if entry.key != key {
         // An exec (a wrapper such as pyenv's shim, or `sh -c '… exec python …'`): what was
         // found about the old program says nothing about the new one.
-        *entry = Seen {
-            key,
-            title: p.title.clone(),
-            target: None,
-            retry_at: now,
-            note: "not looked at yet".into(),
-            vllm: false,
-            gone: false,
-        };
+        *entry = Seen::new(key, &p.title, now);
     }
     if entry.target.is_none() {
         if now < entry.retry_at {
@@ -451,25 +449,26 @@ fn look_at(p: &engines::Process, seen: &mut HashMap<u32, Seen>) -> Option<Engine
         }
         // The latest look decides: an earlier one may have failed on an interpreter still
         // starting (a read error is not a sign of vLLM).
-        Err(ResolveError::NoVllm { module, .. }) => {
-            let vllm = resolve::vllm_version(target);
-            entry.vllm = vllm.is_some();
-            entry.note = match vllm {
-                Some(v) => format!("CPython {version}, vLLM {v} imported, {module} not (yet)"),
-                None => format!("CPython {version}, vLLM not imported"),
-            };
-            None
-        }
         Err(e) => {
-            entry.vllm = resolve::vllm_version(target).is_some();
-            entry.note = if entry.vllm {
-                format!("CPython {version}, vLLM imported, no engine loop: {e}")
-            } else {
-                format!("CPython {version}, no engine loop: {e}")
-            };
+            (entry.vllm, entry.note) = not_an_engine(target, e);
             None
         }
     }
+}
+
+/// Whether vLLM is imported in a process where no engine resolved, and what to say of it.
+fn not_an_engine(target: &Target, error: ResolveError) -> (bool, String) {
+    let version = &target.python.version;
+    let vllm = resolve::vllm_version(target);
+    let note = match (error, &vllm) {
+        (ResolveError::NoVllm { module, .. }, Some(v)) => {
+            format!("CPython {version}, vLLM {v} imported, {module} not (yet)")
+        }
+        (ResolveError::NoVllm { .. }, None) => format!("CPython {version}, vLLM not imported"),
+        (e, Some(_)) => format!("CPython {version}, vLLM imported, no engine loop: {e}"),
+        (e, None) => format!("CPython {version}, no engine loop: {e}"),
+    };
+    (vllm.is_some(), note)
 }
 
 /// Waits until every engine of the command runs its loop (or `timeout`). Engines are
