@@ -28,7 +28,8 @@ use crate::{
         decode::{Decoder, RawSnapshot},
         engines::Engine,
         plan::{self, ProbePlan},
-        resolve, shadow,
+        resolve::{self, Resolved},
+        shadow,
         sinks::{self, OutDir, Outputs, RunInfo, StepRow, Totals},
         snapshot::{self, Capture, CaptureError, LiveRequests},
     },
@@ -162,20 +163,7 @@ impl<'r> Session<'r> {
         );
         let status = Status::new(target.pid, out_dir.path().into(), options.quiet);
 
-        let state_names = resolved.names.state;
-        let source = capture
-            .as_ref()
-            .map(|_| LiveRequests::new(reader, state_names));
-        let shadow = capture
-            .as_ref()
-            .zip(options.snapshots)
-            .map(|(capture, mode)| shadow::Shadow::new(reader, state_names, capture, mode));
-        if shadow
-            .as_ref()
-            .is_some_and(|s| s.mode != shadow::Mode::Sync)
-        {
-            shadow::hurry();
-        }
+        let (source, shadow) = request_readers(reader, resolved, capture.as_ref(), options);
         let idle_at_start = capture.as_ref().is_some_and(|c| c.idle_at_start);
         Ok(Self {
             decoder: Decoder::new(&plan, target.python.eval_code.clone()),
@@ -517,6 +505,32 @@ fn plan_capture(
     }
 }
 
+/// With a snapshot plan, what reads the requests' fields from the tracer: the source of the
+/// facts the kernel side did not copy, and the shadow copier when snapshots may be shadow
+/// copies.
+fn request_readers<'r>(
+    reader: &'r PyReader<'r, LiveProcess>,
+    resolved: &Resolved,
+    capture: Option<&Capture>,
+    options: &Options,
+) -> (
+    Option<LiveRequests<'r, LiveProcess>>,
+    Option<shadow::Shadow<'r, LiveProcess>>,
+) {
+    let names = resolved.names.state;
+    let source = capture.map(|_| LiveRequests::new(reader, names));
+    let shadow = capture
+        .zip(options.snapshots)
+        .map(|(capture, mode)| shadow::Shadow::new(reader, names, capture, mode));
+    if shadow
+        .as_ref()
+        .is_some_and(|s| s.mode != shadow::Mode::Sync)
+    {
+        shadow::hurry();
+    }
+    (source, shadow)
+}
+
 /// The scheduler as a snapshot shows it, unless the snapshot was dropped.
 fn state_at(capture: &Capture, raw: &Option<RawSnapshot>) -> Option<snapshot::SchedulerState> {
     raw.as_ref()
@@ -591,7 +605,7 @@ fn say_what_was_lost(info: &RunInfo, unknown: bool) {
 
 /// Why this engine is outside what the tables were measured on, if it is: a vLLM release no
 /// row was read from, or a step no row fits (then traced by the nearest row).
-fn unknown_release(version: Option<&str>, resolved: &resolve::Resolved) -> Option<String> {
+fn unknown_release(version: Option<&str>, resolved: &Resolved) -> Option<String> {
     let version = version.unwrap_or("of unknown version");
     if let Some(fallback) = &resolved.fallback {
         return Some(format!(
