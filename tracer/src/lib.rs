@@ -6,11 +6,14 @@
 //! [`schema`] is the trace folder, the contract between the halves; [`live`] is the
 //! pipeline that attaches and writes a trace folder; [`offline`] reads trace folders
 //! (report, compare, exports); [`tools`] are the diagnostic commands. [`text`] makes target
-//! text safe to print, everywhere.
+//! text safe to print, [`clock`] is the probes' clock and [`stderr`] the tracer's own lines,
+//! everywhere.
 
+pub mod clock;
 pub mod inspect;
 pub mod live;
 pub mod offline;
 pub mod schema;
+pub mod stderr;
 pub mod text;
 pub mod tools;

@@ -131,29 +131,7 @@ pub fn attach(
         .try_into()
         .map_err(|e: ProgramError| load(&e))?;
     program.load().map_err(|e| load(&e))?;
-    for watch in &plan.watches {
-        let config = PerfEventConfig::Breakpoint(BreakpointConfig::Data {
-            // x86 has no read-only data watch; writes (rare rewrites of the byte) are filtered later.
-            r#type: PerfBreakpointType::ReadWrite,
-            address: watch.addr,
-            // One byte, the opcode: a wider watch also traps on the oparg read (2 hits a call on 3.12).
-            length: PerfBreakpointLength::Len1,
-        });
-        let scope = PerfEventScope::OneProcess {
-            pid: plan.tid,
-            cpu: None,
-        };
-        program
-            .attach(config, scope, SamplePolicy::Period(1), false)
-            .map_err(|e| AttachError::Watch {
-                what: format!("{} ({:#x})", watch.mark, watch.addr),
-                tid: plan.tid,
-                source: match e {
-                    ProgramError::SyscallError(e) => e.io_error,
-                    other => std::io::Error::other(other.to_string()),
-                },
-            })?;
-    }
+    watch_each(program, plan)?;
     let events = RingBuf::try_from(
         ebpf.take_map(EVENTS_MAP)
             .ok_or_else(|| load(&"events map missing"))?,
@@ -177,4 +155,33 @@ pub fn attach(
         plans,
         attach_time: started.elapsed(),
     })
+}
+
+/// Puts a watchpoint with `program` on each of the plan's instruction bytes, on the engine
+/// thread only.
+fn watch_each(program: &mut PerfEvent, plan: &ProbePlan) -> Result<(), AttachError> {
+    for watch in &plan.watches {
+        let config = PerfEventConfig::Breakpoint(BreakpointConfig::Data {
+            // x86 has no read-only data watch; writes (rare rewrites of the byte) are filtered later.
+            r#type: PerfBreakpointType::ReadWrite,
+            address: watch.addr,
+            // One byte, the opcode: a wider watch also traps on the oparg read (2 hits a call on 3.12).
+            length: PerfBreakpointLength::Len1,
+        });
+        let scope = PerfEventScope::OneProcess {
+            pid: plan.tid,
+            cpu: None,
+        };
+        program
+            .attach(config, scope, SamplePolicy::Period(1), false)
+            .map_err(|e| AttachError::Watch {
+                what: format!("{} ({:#x})", watch.mark, watch.addr),
+                tid: plan.tid,
+                source: match e {
+                    ProgramError::SyscallError(e) => e.io_error,
+                    other => std::io::Error::other(other.to_string()),
+                },
+            })?;
+    }
+    Ok(())
 }

@@ -314,12 +314,8 @@ fn runtime_in(
             .unwrap_or(0)
     };
 
-    let mem = LiveProcess { pid };
     let runtime = bias.wrapping_add(runtime);
-    let read = |addr: u64, what: &str| {
-        mem.read_u64(addr)
-            .map_err(|e| other(format!("reading {what} at {addr:#x}: {e}")))
-    };
+    let read = |addr: u64, what: &str| read_word(pid, addr, what);
     // From 3.13 `_PyRuntime` starts with `_Py_DebugOffsets`: a cookie, then PY_VERSION_HEX.
     let debug_offsets = read(runtime, "_PyRuntime")?.to_ne_bytes() == *DEBUG_COOKIE;
     // PY_VERSION_HEX is 0xMMmmppLS.
@@ -334,32 +330,7 @@ fn runtime_in(
         None => version_from_name(path)
             .ok_or_else(|| other(format!("cannot tell the Python version of {shown}")))?,
     };
-    let mut parts = version.split('.').map(|p| p.parse::<u8>().unwrap_or(0));
-    let minor_version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    let layout =
-        layout::for_version(minor_version).ok_or_else(|| DiscoverError::UnsupportedVersion {
-            pid,
-            version: version.clone(),
-            supported: layout::supported_versions(),
-        })?;
-    if let Some(debug) = layout.debug_offsets.filter(|_| debug_offsets) {
-        if read(
-            runtime.wrapping_add(debug.free_threaded),
-            "_Py_DebugOffsets.free_threaded",
-        )? != 0
-        {
-            return Err(DiscoverError::UnsupportedVersion {
-                pid,
-                version: format!("{version} (free-threaded build)"),
-                supported: layout::supported_versions(),
-            });
-        }
-    }
-    let (layout, layout_check) = if debug_offsets {
-        layout.checked(|offset| read(runtime.wrapping_add(offset), "_Py_DebugOffsets"))?
-    } else {
-        (layout, LayoutCheck::Unavailable)
-    };
+    let (layout, layout_check) = checked_layout(pid, &version, runtime, debug_offsets)?;
     Ok(Some(PythonRuntime {
         binary: PathBuf::from(path),
         version,
@@ -367,26 +338,7 @@ fn runtime_in(
         layout_check,
         runtime,
         runtime_found_by,
-        types: TypeAddrs {
-            str: at("PyUnicode_Type"),
-            dict: at("PyDict_Type"),
-            tuple: at("PyTuple_Type"),
-            module: at("PyModule_Type"),
-            function: at("PyFunction_Type"),
-            code: at("PyCode_Type"),
-            int: at("PyLong_Type"),
-            float: at("PyFloat_Type"),
-            bool: at("PyBool_Type"),
-            list: at("PyList_Type"),
-            set: at("PySet_Type"),
-            frozenset: at("PyFrozenSet_Type"),
-            bytes: at("PyBytes_Type"),
-            member_descr: at("PyMemberDescr_Type"),
-            type_: at("PyType_Type"),
-            none: at("_Py_NoneStruct"),
-            true_: at("_Py_TrueStruct"),
-            false_: at("_Py_FalseStruct"),
-        },
+        types: type_addrs(at),
         eval_code: eval_code(
             elf.dynamic_symbols()
                 .chain(elf.symbols())
@@ -395,6 +347,70 @@ fn runtime_in(
             bias,
         ),
     }))
+}
+
+/// A word of the target, or an error that says what was read where.
+fn read_word(pid: u32, addr: u64, what: &str) -> Result<u64, DiscoverError> {
+    LiveProcess { pid }
+        .read_u64(addr)
+        .map_err(|e| DiscoverError::Other {
+            pid,
+            what: format!("reading {what} at {addr:#x}: {e}"),
+        })
+}
+
+/// The layout of CPython `version`, checked against the `_Py_DebugOffsets` at `runtime` when
+/// it starts with them. A free-threaded build is refused: its objects are laid out otherwise.
+fn checked_layout(
+    pid: u32,
+    version: &str,
+    runtime: u64,
+    debug_offsets: bool,
+) -> Result<(&'static Layout, LayoutCheck), DiscoverError> {
+    let unsupported = |version: String| DiscoverError::UnsupportedVersion {
+        pid,
+        version,
+        supported: layout::supported_versions(),
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u8>().unwrap_or(0));
+    let minor_version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let layout = layout::for_version(minor_version).ok_or_else(|| unsupported(version.into()))?;
+    let read = |offset: u64, what: &str| read_word(pid, runtime.wrapping_add(offset), what);
+    if let Some(debug) = layout.debug_offsets.filter(|_| debug_offsets) {
+        if read(debug.free_threaded, "_Py_DebugOffsets.free_threaded")? != 0 {
+            return Err(unsupported(format!("{version} (free-threaded build)")));
+        }
+    }
+    if debug_offsets {
+        layout.checked(|offset| read(offset, "_Py_DebugOffsets"))
+    } else {
+        Ok((layout, LayoutCheck::Unavailable))
+    }
+}
+
+/// The builtin type objects and singletons, by their symbols' load addresses (`at`: 0
+/// where a symbol is missing).
+fn type_addrs(at: impl Fn(&str) -> u64) -> TypeAddrs {
+    TypeAddrs {
+        str: at("PyUnicode_Type"),
+        dict: at("PyDict_Type"),
+        tuple: at("PyTuple_Type"),
+        module: at("PyModule_Type"),
+        function: at("PyFunction_Type"),
+        code: at("PyCode_Type"),
+        int: at("PyLong_Type"),
+        float: at("PyFloat_Type"),
+        bool: at("PyBool_Type"),
+        list: at("PyList_Type"),
+        set: at("PySet_Type"),
+        frozenset: at("PyFrozenSet_Type"),
+        bytes: at("PyBytes_Type"),
+        member_descr: at("PyMemberDescr_Type"),
+        type_: at("PyType_Type"),
+        none: at("_Py_NoneStruct"),
+        true_: at("_Py_TrueStruct"),
+        false_: at("_Py_FalseStruct"),
+    }
 }
 
 /// How `_PyRuntime` was found in an ELF file.

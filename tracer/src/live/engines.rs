@@ -13,7 +13,6 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use crate::{
-    inspect::{cpython::PyReader, memory::LiveProcess},
     live::{
         discover::{self, Target},
         resolve::{self, Resolved},
@@ -284,20 +283,6 @@ pub fn find(pid: u32, tid: Option<u32>) -> Result<Vec<Engine>, EnginesError> {
         pid,
         looked_at: looked_at.join("\n"),
     })
-}
-
-/// `vllm.__version__` in the target, if the module and the string can be read.
-pub fn vllm_version(target: &Target) -> Option<String> {
-    let py = &target.python;
-    let mem = LiveProcess { pid: target.pid };
-    let reader = PyReader::new(&mem, py.layout, py.types);
-    let modules = reader.sys_modules(py.runtime).ok()?;
-    let vllm = reader.dict_get(modules, "vllm").ok()??;
-    let dict = reader.module_dict(vllm).ok()?;
-    let version = reader.dict_get(dict, "__version__").ok()??;
-    // The target's text: the first 64 characters, escaped for printing.
-    let (text, _) = reader.str_prefix(version, 64).ok()?;
-    Some(printable(&text).into_owned())
 }
 
 /// Data-parallel rank order, then pid.

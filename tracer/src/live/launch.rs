@@ -27,12 +27,15 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::live::{
-    discover::{self, DiscoverError, Target},
-    engines::{self, Engine, Role},
-    resolve::{self, ResolveError},
-    session,
-    sinks::{out_dir::Invoker, OutDir},
+use crate::{
+    live::{
+        discover::{self, DiscoverError, Target},
+        engines::{self, Engine, Role},
+        resolve::{self, ResolveError},
+        session,
+        sinks::{out_dir::Invoker, OutDir},
+    },
+    stderr::say,
 };
 
 /// How often the command's processes are searched for an engine while vLLM loads.
@@ -373,6 +376,18 @@ struct Seen {
 }
 
 impl Seen {
+    fn new(key: (String, u64), title: &str, now: Instant) -> Self {
+        Self {
+            key,
+            title: title.to_owned(),
+            target: None,
+            retry_at: now,
+            note: "not looked at yet".into(),
+            vllm: false,
+            gone: false,
+        }
+    }
+
     fn line(&self, pid: u32) -> String {
         format!(
             "pid {pid}{} {:?} ({}): {}",
@@ -393,29 +408,15 @@ fn look_at(p: &engines::Process, seen: &mut HashMap<u32, Seen>) -> Option<Engine
         .unwrap_or(0);
     let key = (p.exe.clone(), start_time);
     let now = Instant::now();
-    let entry = seen.entry(p.pid).or_insert_with(|| Seen {
-        key: key.clone(),
-        title: p.title.clone(),
-        target: None,
-        retry_at: now,
-        note: "not looked at yet".into(),
-        vllm: false,
-        gone: false,
-    });
+    let entry = seen
+        .entry(p.pid)
+        .or_insert_with(|| Seen::new(key.clone(), &p.title, now));
     entry.gone = false;
     entry.title.clone_from(&p.title);
     if entry.key != key {
         // An exec (a wrapper such as pyenv's shim, or `sh -c '… exec python …'`): what was
         // found about the old program says nothing about the new one.
-        *entry = Seen {
-            key,
-            title: p.title.clone(),
-            target: None,
-            retry_at: now,
-            note: "not looked at yet".into(),
-            vllm: false,
-            gone: false,
-        };
+        *entry = Seen::new(key, &p.title, now);
     }
     if entry.target.is_none() {
         if now < entry.retry_at {
@@ -448,25 +449,26 @@ fn look_at(p: &engines::Process, seen: &mut HashMap<u32, Seen>) -> Option<Engine
         }
         // The latest look decides: an earlier one may have failed on an interpreter still
         // starting (a read error is not a sign of vLLM).
-        Err(ResolveError::NoVllm { module, .. }) => {
-            let vllm = engines::vllm_version(target);
-            entry.vllm = vllm.is_some();
-            entry.note = match vllm {
-                Some(v) => format!("CPython {version}, vLLM {v} imported, {module} not (yet)"),
-                None => format!("CPython {version}, vLLM not imported"),
-            };
-            None
-        }
         Err(e) => {
-            entry.vllm = engines::vllm_version(target).is_some();
-            entry.note = if entry.vllm {
-                format!("CPython {version}, vLLM imported, no engine loop: {e}")
-            } else {
-                format!("CPython {version}, no engine loop: {e}")
-            };
+            (entry.vllm, entry.note) = not_an_engine(target, e);
             None
         }
     }
+}
+
+/// Whether vLLM is imported in a process where no engine resolved, and what to say of it.
+fn not_an_engine(target: &Target, error: ResolveError) -> (bool, String) {
+    let version = &target.python.version;
+    let vllm = resolve::vllm_version(target);
+    let note = match (error, &vllm) {
+        (ResolveError::NoVllm { module, .. }, Some(v)) => {
+            format!("CPython {version}, vLLM {v} imported, {module} not (yet)")
+        }
+        (ResolveError::NoVllm { .. }, None) => format!("CPython {version}, vLLM not imported"),
+        (e, Some(_)) => format!("CPython {version}, vLLM imported, no engine loop: {e}"),
+        (e, None) => format!("CPython {version}, no engine loop: {e}"),
+    };
+    (vllm.is_some(), note)
 }
 
 /// Waits until every engine of the command runs its loop (or `timeout`). Engines are
@@ -555,15 +557,15 @@ fn seen_text(seen: &HashMap<u32, Seen>) -> String {
 }
 
 /// Traces `engines`, one [`session::run`] each: one engine writes into `out_dir`, several
-/// into `out_dir/<tag>/` (`dp0`, `dp1`, … or `engine-<pid>`), concurrently. `options`
-/// builds the trace options of an engine and its directory. Returns the engine directories.
+/// into `out_dir/<tag>/` (`dp0`, `dp1`, … or `engine-<pid>`), concurrently. Returns the
+/// engine directories.
 pub fn trace_engines(
     engines: &[Engine],
     out_dir: &OutDir,
-    options: &(dyn Fn(&Engine, OutDir) -> session::Options + Sync),
+    options: &session::Options,
 ) -> Result<Vec<OutDir>> {
     if let [engine] = engines {
-        session::run(options(engine, out_dir.try_clone()?))?;
+        session::run(engine, out_dir.try_clone()?, options)?;
         return Ok(vec![out_dir.try_clone()?]);
     }
     let dirs = engines
@@ -575,10 +577,10 @@ pub fn trace_engines(
             .iter()
             .zip(&dirs)
             .map(|(engine, dir)| {
-                let options = dir.try_clone().map(|dir| options(engine, dir));
+                let dir = dir.try_clone();
                 (
                     engine.tag(),
-                    scope.spawn(move || session::run(options?).map(|_| ())),
+                    scope.spawn(move || session::run(engine, dir?, options).map(|_| ())),
                 )
             })
             .collect();
@@ -642,10 +644,10 @@ pub fn trace_and_finish(
     out_dir: &OutDir,
     labels: &[(String, String)],
     quiet: bool,
-    options: &(dyn Fn(&Engine, OutDir) -> session::Options + Sync),
+    options: &session::Options,
 ) -> Result<()> {
     if engines.len() > 1 && !quiet {
-        session::say(&format!(
+        say(&format!(
             "tracer: {} engines: {}",
             engines.len(),
             engines
@@ -660,12 +662,12 @@ pub fn trace_and_finish(
     }
     // The CSVs are the product; a failed export is reported, not fatal.
     match crate::offline::perfetto::export_into(out_dir.path(), out_dir, "trace.json") {
-        Ok(exported) if !quiet => session::say(&format!(
+        Ok(exported) if !quiet => say(&format!(
             "tracer: wrote {} (open it in ui.perfetto.dev)",
             exported.path.display()
         )),
         Ok(_) => {}
-        Err(e) => session::say(&format!("tracer: warning: trace.json not written: {e:#}")),
+        Err(e) => say(&format!("tracer: warning: trace.json not written: {e:#}")),
     }
     Ok(())
 }
@@ -680,11 +682,11 @@ pub fn run(
     out_dir: &OutDir,
     labels: &[(String, String)],
     quiet: bool,
-    options: &(dyn Fn(&Engine, OutDir) -> session::Options + Sync),
+    options: &session::Options,
 ) -> Result<()> {
     let mut launched = Launched::start(command, as_root)?;
     if !quiet {
-        session::say(&format!(
+        say(&format!(
             "tracer: started {} (pid {}, {}); waiting for vLLM's engine loop",
             command.join(" ").escape_debug(),
             launched.child.id(),
@@ -695,7 +697,7 @@ pub fn run(
     let traced = trace_and_finish(&engines, out_dir, labels, quiet, options);
     let status = launched.stop()?;
     if !quiet {
-        session::say(&format!("tracer: the command ended ({status})"));
+        say(&format!("tracer: the command ended ({status})"));
     }
     traced
 }

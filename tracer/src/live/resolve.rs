@@ -6,6 +6,7 @@
 use crate::{
     inspect::{
         cpython::{
+            bytecode,
             reader::{Code, ThreadState},
             PyReader, ReadError,
         },
@@ -13,6 +14,7 @@ use crate::{
         vllm::{EngineNames, ENGINES},
     },
     live::discover::Target,
+    text::printable,
 };
 
 /// Attempts at walking each thread's stack before concluding none runs the busy loop.
@@ -93,13 +95,16 @@ pub fn resolve_with(
     let mem = LiveProcess { pid };
     let reader = PyReader::new(&mem, py.layout, py.types);
     let read = |source| ResolveError::Read { pid, source };
-    let modules = reader.sys_modules(py.runtime).map_err(read)?;
-
+    let objects = Objects {
+        reader: &reader,
+        modules: reader.sys_modules(py.runtime).map_err(read)?,
+        pid,
+    };
     // Rows share their module and step; which fits is what the live step calls.
     let Some(core_module) = ENGINES
         .iter()
         .map(|e| e.core_module)
-        .find(|m| matches!(reader.dict_get(modules, m), Ok(Some(_))))
+        .find(|m| matches!(reader.dict_get(objects.modules, m), Ok(Some(_))))
     else {
         return Err(ResolveError::NoVllm {
             pid,
@@ -107,14 +112,94 @@ pub fn resolve_with(
             module: ENGINES[0].core_module.into(),
         });
     };
-    let code_in = |module: &str, qualname: &str| -> Result<Code, ResolveError> {
+    // The loop and its caller are the same in every row of the module.
+    let names = ENGINES
+        .iter()
+        .find(|e| e.core_module == core_module)
+        .expect("core_module came from a row");
+    let busy_loop = objects.code(core_module, names.busy_loop)?;
+    // In-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) the front end's client calls the step,
+    // so its frame is there only during steps: many more tries.
+    let inproc = match objects.code(names.inproc.module, names.inproc.caller) {
+        Ok(code) if inproc => Some(code),
+        Ok(_) | Err(ResolveError::Missing { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let loops: Vec<(&Code, usize)> = std::iter::once((&busy_loop, STACK_WALK_TRIES))
+        .chain(inproc.as_ref().map(|c| (c, INPROC_WALK_TRIES)))
+        .collect();
+    let threads = reader.threads(py.runtime).map_err(read)?;
+    let (thread, loop_code, tries) = engine_thread(&reader, threads, pid, tid, &loops)?;
+    let via_caller = inproc.as_ref().is_some_and(|c| c.addr == loop_code.addr);
+    let engine = engine_object(&reader, &thread, loop_code.addr, tries, |this| {
+        if via_caller {
+            reader.attr(this, names.inproc.engine).ok().flatten()
+        } else {
+            Some(this)
+        }
+    })
+    .unwrap_or(0);
+    // The busy loop (through `_process_engine_step`) and 0.11+'s in-process caller call
+    // `step_fn`, which is the batch-queue step when the engine has a batch queue; 0.10's
+    // in-process caller calls `step` itself.
+    let calls_step_fn =
+        loop_code.addr == busy_loop.addr || loop_code.names.iter().any(|n| n == names.step_fn);
+    let (per_batch, batch_queue) = if calls_step_fn {
+        batch_queue(&reader, engine, names.batch_queue)
+    } else {
+        (false, 0)
+    };
+    let (names, step, fallback) = fit_row(&objects, target, core_module, per_batch)?;
+    Ok(Resolved {
+        names,
+        step,
+        tid: thread.native_thread_id as u32,
+        tstate: thread.addr,
+        engine,
+        batch_queue,
+        fallback,
+    })
+}
+
+/// Whether `engine` steps per batch (its `attr` holds a batch queue, not None), and that
+/// queue when the kernel side can read its length, else 0. A deque's length is a word it
+/// can read at each hit (0.10 and 0.11 queue batches in a queue.Queue: no such word, no
+/// resync).
+fn batch_queue(reader: &PyReader<LiveProcess>, engine: u64, attr: &str) -> (bool, u64) {
+    let Some(queue) = (engine != 0)
+        .then(|| reader.attr(engine, attr).ok().flatten())
+        .flatten()
+        .filter(|&queue| !reader.is_none(queue))
+    else {
+        return (false, 0);
+    };
+    let deque = reader
+        .type_of(queue)
+        .and_then(|ty| reader.type_name(ty))
+        .is_ok_and(|name| name == "collections.deque");
+    (true, if deque { queue } else { 0 })
+}
+
+/// Functions of the target, looked up by module and qualified name.
+struct Objects<'r> {
+    reader: &'r PyReader<'r, LiveProcess>,
+    /// `sys.modules`.
+    modules: u64,
+    pid: u32,
+}
+
+impl Objects<'_> {
+    /// The code object of `module`.`qualname` (`Class.method` walks the class `__dict__`).
+    fn code(&self, module: &str, qualname: &str) -> Result<Code, ResolveError> {
+        let (reader, pid) = (self.reader, self.pid);
+        let read = |source| ResolveError::Read { pid, source };
         let missing = |why: String| ResolveError::Missing {
             pid,
             name: format!("{module}.{qualname}"),
             why,
         };
         let module_object = reader
-            .dict_get(modules, module)
+            .dict_get(self.modules, module)
             .map_err(read)?
             .ok_or_else(|| missing("module not imported".into()))?;
         let mut dict = reader.module_dict(module_object).map_err(read)?;
@@ -134,35 +219,26 @@ pub fn resolve_with(
             .function_code(object)
             .map_err(|e| missing(e.to_string()))?;
         reader.code(code).map_err(read)
-    };
-    let code_of = |qualname: &str| code_in(core_module, qualname);
-    // The loop and its caller are the same in every row of the module.
-    let names = ENGINES
-        .iter()
-        .find(|e| e.core_module == core_module)
-        .expect("core_module came from a row");
-    let busy_loop = code_of(names.busy_loop)?;
-    // In-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) the front end's client calls the step,
-    // so its frame is there only during steps: many more tries.
-    let inproc = match code_in(names.inproc.module, names.inproc.caller) {
-        Ok(code) if inproc => Some(code),
-        Ok(_) | Err(ResolveError::Missing { .. }) => None,
-        Err(e) => return Err(e),
-    };
-    let loops: Vec<(&Code, usize)> = std::iter::once((&busy_loop, STACK_WALK_TRIES))
-        .chain(inproc.as_ref().map(|c| (c, INPROC_WALK_TRIES)))
-        .collect();
+    }
+}
 
-    let threads = reader.threads(py.runtime).map_err(read)?;
+/// The thread running one of `loops` (a loop's code and how many walks it gets), the loop,
+/// and its tries: `tid`, or the first thread found. The stacks change under us while we walk
+/// them, so one walk can tear; the busy loop's frame sits at the bottom of the engine thread
+/// for its whole life, so a few tries find it, while an in-process caller's frame is there
+/// only during steps.
+fn engine_thread<'c>(
+    reader: &PyReader<LiveProcess>,
+    threads: Vec<ThreadState>,
+    pid: u32,
+    tid: Option<u32>,
+    loops: &[(&'c Code, usize)],
+) -> Result<(ThreadState, &'c Code, usize), ResolveError> {
     let runs = |t: &ThreadState, code: &Code| {
         reader
             .stack(t)
             .is_ok_and(|stack| stack.contains(&code.addr))
     };
-    // The threads to look at: the one given, or all. The stacks change under us while we
-    // walk them, so one walk can tear; the busy loop's frame sits at the bottom of the engine
-    // thread for its whole life, so a few tries find it, while an in-process caller's frame
-    // is there only during steps.
     let candidates = match tid {
         Some(tid) => vec![*threads
             .iter()
@@ -179,64 +255,49 @@ pub fn resolve_with(
             if thread.is_none() {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            thread.map(|t| (*t, code))
+            thread.map(|t| (*t, code, tries))
         })
     });
-    let (thread, loop_code) = match (found, tid) {
-        (Some(found), _) => found,
+    match (found, tid) {
+        (Some(found), _) => Ok(found),
         // A given thread that runs neither loop is traced as the busy loop's, without the
         // engine object. (Looked at once, an in-process engine's thread caught between two
         // steps lost its batch and request columns: 0.11 in-process, 2 runs in 4.)
-        (None, Some(_)) => (candidates[0], &busy_loop),
-        (None, None) => {
-            return Err(ResolveError::NoEngineThread {
-                pid,
-                busy_loop: loops
-                    .iter()
-                    .map(|(c, _)| c.qualname.clone())
-                    .collect::<Vec<_>>()
-                    .join(" or "),
-            })
-        }
-    };
-    let tries = loops
-        .iter()
-        .find(|(code, _)| code.addr == loop_code.addr)
-        .map_or(STACK_WALK_TRIES, |&(_, tries)| tries);
-    let via_caller = inproc.as_ref().is_some_and(|c| c.addr == loop_code.addr);
-    let engine = engine_object(&reader, &thread, loop_code.addr, tries, |this| {
-        if via_caller {
-            reader.attr(this, names.inproc.engine).ok().flatten()
-        } else {
-            Some(this)
-        }
-    })
-    .unwrap_or(0);
-    // The busy loop (through `_process_engine_step`) and 0.11+'s in-process caller call
-    // `step_fn`, which is the batch-queue step when the engine has a batch queue; 0.10's
-    // in-process caller calls `step` itself.
-    let calls_step_fn =
-        loop_code.addr == busy_loop.addr || loop_code.names.iter().any(|n| n == names.step_fn);
-    let batch_queue = (engine != 0 && calls_step_fn)
-        .then(|| reader.attr(engine, names.batch_queue).ok().flatten())
-        .flatten();
-    let per_batch = batch_queue.is_some_and(|queue| !reader.is_none(queue));
+        (None, Some(_)) => Ok((candidates[0], loops[0].0, STACK_WALK_TRIES)),
+        (None, None) => Err(ResolveError::NoEngineThread {
+            pid,
+            busy_loop: loops
+                .iter()
+                .map(|(c, _)| c.qualname.clone())
+                .collect::<Vec<_>>()
+                .join(" or "),
+        }),
+    }
+}
 
+/// The row of the tables whose step calls what the live step calls, its step's code, and,
+/// when no row fits, how the nearest is traced anyway.
+fn fit_row(
+    objects: &Objects,
+    target: &Target,
+    core_module: &str,
+    per_batch: bool,
+) -> Result<(&'static EngineNames, Code, Option<Fallback>), ResolveError> {
+    let rows = || {
+        ENGINES
+            .iter()
+            .filter(move |e| e.core_module == core_module && e.per_batch == per_batch)
+    };
     let mut tried = Vec::new();
-    let mut fit = None;
-    for row in ENGINES
-        .iter()
-        .filter(|e| e.core_module == core_module && e.per_batch == per_batch)
-    {
-        let step = code_of(row.step)?;
+    for row in rows() {
+        let step = objects.code(core_module, row.step)?;
         let absent: Vec<_> = row
             .calls()
             .into_iter()
             .filter(|m| !step.names.iter().any(|n| n == m))
             .collect();
         if absent.is_empty() {
-            fit = Some((row, step));
-            break;
+            return Ok((row, step, None));
         }
         tried.push(format!(
             "  {}: {} has no call of {}",
@@ -245,66 +306,48 @@ pub fn resolve_with(
             absent.join(", ")
         ));
     }
+    let tried = tried.join("\n");
     // No row fits: a release the tables do not know. Its phases are still traced when the
     // step calls a row's schedule and update: execute then ends at the last method call
     // before the update (what every measured row's execute call is).
-    let mut fallback = None;
-    if fit.is_none() {
-        for row in ENGINES
-            .iter()
-            .filter(|e| e.core_module == core_module && e.per_batch == per_batch)
+    let opcodes = target.python.layout.opcodes;
+    for row in rows() {
+        let step = objects.code(core_module, row.step)?;
+        let has = |m: &str| step.names.iter().any(|n| n == m);
+        if !(has(row.schedule) && has(row.update)) {
+            continue;
+        }
+        let instrs = bytecode::instructions(&step.bytecode, opcodes);
+        if let Some((execute, execute_offset)) =
+            bytecode::last_call_before(&instrs, &step.names, row.update, opcodes)
         {
-            let step = code_of(row.step)?;
-            let has = |m: &str| step.names.iter().any(|n| n == m);
-            if !(has(row.schedule) && has(row.update)) {
-                continue;
-            }
-            let instrs =
-                crate::inspect::cpython::bytecode::instructions(&step.bytecode, py.layout.opcodes);
-            if let Some((execute, execute_offset)) =
-                crate::inspect::cpython::bytecode::last_call_before(
-                    &instrs,
-                    &step.names,
-                    row.update,
-                    py.layout.opcodes,
-                )
-            {
-                fallback = Some(Fallback {
-                    tried: tried.join("\n"),
-                    execute,
-                    execute_offset,
-                });
-                fit = Some((row, step));
-                break;
-            }
+            let fallback = Fallback {
+                tried,
+                execute,
+                execute_offset,
+            };
+            return Ok((row, step, Some(fallback)));
         }
     }
-    let Some((names, step)) = fit else {
-        return Err(ResolveError::NoRow {
-            pid,
-            vllm: crate::live::engines::vllm_version(target).unwrap_or_else(|| "unknown".into()),
-            tried: tried.join("\n"),
-        });
-    };
-    Ok(Resolved {
-        names,
-        step,
-        tid: thread.native_thread_id as u32,
-        tstate: thread.addr,
-        engine,
-        // A deque's length is a word the kernel side can read at each hit (0.10 and 0.11
-        // queue batches in a queue.Queue: no such word, no resync).
-        batch_queue: batch_queue
-            .filter(|&queue| {
-                per_batch
-                    && reader
-                        .type_of(queue)
-                        .and_then(|ty| reader.type_name(ty))
-                        .is_ok_and(|name| name == "collections.deque")
-            })
-            .unwrap_or(0),
-        fallback,
+    Err(ResolveError::NoRow {
+        pid: target.pid,
+        vllm: vllm_version(target).unwrap_or_else(|| "unknown".into()),
+        tried,
     })
+}
+
+/// `vllm.__version__` in the target, if the module and the string can be read.
+pub fn vllm_version(target: &Target) -> Option<String> {
+    let py = &target.python;
+    let mem = LiveProcess { pid: target.pid };
+    let reader = PyReader::new(&mem, py.layout, py.types);
+    let modules = reader.sys_modules(py.runtime).ok()?;
+    let vllm = reader.dict_get(modules, "vllm").ok()??;
+    let dict = reader.module_dict(vllm).ok()?;
+    let version = reader.dict_get(dict, "__version__").ok()??;
+    // The target's text: the first 64 characters, escaped for printing.
+    let (text, _) = reader.str_prefix(version, 64).ok()?;
+    Some(printable(&text).into_owned())
 }
 
 /// The engine object, whose scheduler the snapshots read, as `engine_of` finds it from

@@ -8,7 +8,7 @@
 use std::{fmt::Write as _, fs, path::Path};
 
 use crate::{
-    live::{engines, plan},
+    live::{engines, plan, resolve},
     text::printable,
 };
 
@@ -425,7 +425,7 @@ fn check_python(ctx: &Context) -> Outcome {
 }
 
 fn check_vllm(ctx: &Context) -> Outcome {
-    ctx.each_engine(|e| match engines::vllm_version(&e.target) {
+    ctx.each_engine(|e| match resolve::vllm_version(&e.target) {
         Some(v) => Outcome::Ok(format!("vLLM {v}")),
         None => Outcome::Warn("vllm.__version__ not readable".into()),
     })

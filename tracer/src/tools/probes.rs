@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    live::{cuda, engines, plan},
+    live::{cuda, engines, plan, resolve},
     text::printable,
 };
 
@@ -50,7 +50,7 @@ pub fn list(pid: u32) -> Result<Vec<EngineProbes>> {
             tid: plan.tid,
             python_version: engine.target.python.version.clone(),
             python_binary: printable(&engine.target.python.binary.to_string_lossy()).into_owned(),
-            vllm_version: engines::vllm_version(&engine.target),
+            vllm_version: resolve::vllm_version(&engine.target),
             engine_shape: names.releases,
             step_function: format!("{}.{}", names.core_module, engine.resolved.step.qualname),
             code_object: format!("{:#x}", engine.resolved.step.addr),

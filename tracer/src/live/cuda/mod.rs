@@ -38,7 +38,8 @@ use self::{
 };
 pub use crate::schema::run_info::Level;
 use crate::{
-    live::{correlate::Step, engines, session::monotonic_ns},
+    clock::monotonic_ns,
+    live::{correlate::Step, engines},
     schema::run_info::{CallTotals, CudaReport, ProcessReport},
 };
 
@@ -282,7 +283,7 @@ impl CudaTracer {
         active.folder.expire(monotonic_ns());
         for note in active.notes.drain(..) {
             if !active.quiet {
-                crate::live::session::say(&note);
+                crate::stderr::say(&note);
             }
         }
     }

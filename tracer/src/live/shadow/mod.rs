@@ -25,6 +25,7 @@ use tracer_common::capture::{
 mod fields;
 
 use crate::{
+    clock::monotonic_ns,
     inspect::{
         cpython::{AttrLocation, PyReader},
         memory::{Batch, ProcessMemory, ReadId},
@@ -32,7 +33,6 @@ use crate::{
     },
     live::{
         decode::{Hit, RawSnapshot},
-        session::monotonic_ns,
         snapshot::LiveRequests,
     },
     schema::run_info::ShadowCounts,
