@@ -1,7 +1,8 @@
 //! Snapshots of the scheduler: [`plan`] makes the plan the watch program copies by, [`state`]
 //! types its copies into a [`SchedulerState`], [`facts`] gives each request's immutable facts.
 //! Imports [`crate::inspect`] (CPython layout, vLLM names) and the stages before it (decode,
-//! plan, resolve); [`crate::live::correlate`] and [`crate::live::shadow`] import it, never the reverse.
+//! plan, resolve); [`crate::live::correlate`] and [`crate::live::shadow`] import it, never
+//! the reverse.
 
 pub mod facts;
 pub mod plan;
