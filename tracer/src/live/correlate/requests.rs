@@ -924,9 +924,9 @@ mod tests {
         }
     }
 
-    /// Real vLLM 0.33: the first snapshot listed the first request before its id field was
-    /// planned (id 0), the next ones with its id; requests.csv had an extra
-    /// `request@0x…` FINISHED_ABORTED row next to the real one.
+    /// vLLM 0.33's first snapshot can list the first request before its id field is planned
+    /// (id 0), the next ones with its id: still one row, not a `request@0x…`
+    /// FINISHED_ABORTED one next to the real one.
     #[test]
     fn a_request_listed_first_without_its_id_is_one_request() {
         let mut requests = Requests::new(1, 0, true);
@@ -1113,8 +1113,8 @@ mod tests {
     }
 
     /// The trace ends while a batch runs: its schedule() is never folded, so the two
-    /// updates before it come one after the other (real vLLM 0.11 async: the last request
-    /// ended UNFINISHED, 2 tokens short).
+    /// updates before it come one after the other (vLLM 0.11 async); the last request still
+    /// ends with every token, not UNFINISHED and short of the tokens no snapshot showed.
     #[test]
     fn two_updates_without_a_schedule_between_finish_a_request_with_every_token() {
         let mut requests = Requests::new(1, 0, true);

@@ -33,7 +33,7 @@ pub trait RequestSource {
 }
 
 /// Most bytes of a request id kept. vLLM takes ids from the client (`X-Request-Id`), and
-/// every events.csv and queues.csv row repeats one: 60 kB ids made gigabytes of output.
+/// every events.csv and queues.csv row repeats one: 60 kB ids would make gigabytes of output.
 pub const MAX_ID_BYTES: usize = 256;
 
 /// Characters of an id read from the target: enough for [`MAX_ID_BYTES`] bytes.
