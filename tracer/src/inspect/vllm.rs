@@ -67,6 +67,8 @@ pub struct StateNames {
     pub kv_free: &'static [&'static str],
     /// The block pool's size, counting the null block vLLM never hands out.
     pub kv_total: &'static [&'static str],
+    /// Blocks of `kv_total` no request can get (the null block).
+    pub kv_null_blocks: u32,
     /// `(module, class)` of requests and of their status enum.
     pub request_class: (&'static str, &'static str),
     pub status_enum: (&'static str, &'static str),
@@ -130,6 +132,7 @@ pub const V1_STATE: StateNames = StateNames {
         "num_free_blocks",
     ],
     kv_total: &["kv_cache_manager", "block_pool", "num_gpu_blocks"],
+    kv_null_blocks: 1,
     request_class: ("vllm.v1.request", "Request"),
     status_enum: ("vllm.v1.request", "RequestStatus"),
     request_fields: [
@@ -304,4 +307,34 @@ pub const REQUEST_EVENTS: EventNames = EventNames {
     kind: "type",
     timestamp: "timestamp",
     queued: 1,
+};
+
+/// `RequestStatus` member names the tracer gives a meaning to, and the `FINISHED_*` names
+/// requests.csv tells a request's end by (vLLM's own, though the tracer tells the end from
+/// the queues and the token count, not from the status). The same in every V1 release but
+/// the grammar's.
+pub struct StatusNames {
+    /// A request put back in the waiting queue by a preemption.
+    pub preempted: &'static str,
+    /// What the statuses of requests never scheduled start with (`WAITING`, `WAITING_FOR_*`).
+    pub never_scheduled_prefix: &'static str,
+    /// Waiting for KV blocks from a remote instance (disaggregated prefill).
+    pub remote_kvs: &'static str,
+    /// Waiting for its structured-output grammar to compile, per release.
+    pub grammar: &'static [&'static str],
+    /// Ended by a stop token or string, by reaching its `max_tokens`, by an abort.
+    pub finished_stopped: &'static str,
+    pub finished_length_capped: &'static str,
+    pub finished_aborted: &'static str,
+}
+
+pub const REQUEST_STATUSES: StatusNames = StatusNames {
+    preempted: "PREEMPTED",
+    never_scheduled_prefix: "WAITING",
+    remote_kvs: "WAITING_FOR_REMOTE_KVS",
+    // 0.10 and 0.11 name it `WAITING_FOR_FSM`.
+    grammar: &["WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR", "WAITING_FOR_FSM"],
+    finished_stopped: "FINISHED_STOPPED",
+    finished_length_capped: "FINISHED_LENGTH_CAPPED",
+    finished_aborted: "FINISHED_ABORTED",
 };

@@ -1,6 +1,6 @@
 //! Stage 5, decode: raw ring-buffer records into typed hits, with the scheduler snapshot
 //! that some hits carry split into its parts (still raw words: what they mean is decided
-//! with the CPython layout in `correlate::state`).
+//! with the CPython layout in [`crate::live::snapshot::state`]).
 
 use tracer_common::{
     capture::{snap, Item, ScheduledEntry, SnapshotHeader},

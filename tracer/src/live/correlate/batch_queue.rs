@@ -73,6 +73,7 @@ impl BatchQueue {
         }
     }
 
+    /// Takes in the engine thread's next hit; the batch record it completes, if any.
     pub fn push(
         &mut self,
         hit: Hit,
@@ -81,23 +82,7 @@ impl BatchQueue {
     ) -> Option<Step> {
         match hit.mark {
             Mark::StepEntry => {
-                if let Some(call) = self.call {
-                    if call.scheduled_ns.is_none() && !call.updating {
-                        counts.idle_entries += 1;
-                    }
-                }
-                if self.updating.take().is_some() {
-                    counts.incomplete_steps += 1;
-                }
-                self.end_launch(hit.ktime_ns, false);
-                self.calls += 1;
-                self.call = Some(Call {
-                    serial: self.calls,
-                    entry_ns: hit.ktime_ns,
-                    scheduled_ns: None,
-                    updating: false,
-                });
-                self.tid = hit.tid;
+                self.entry(&hit, counts);
                 None
             }
             _ if hit.tid != self.tid || self.call.is_none() => {
@@ -105,75 +90,11 @@ impl BatchQueue {
                 None
             }
             Mark::ScheduleDone => {
-                let call = self.call.as_mut().expect("checked above");
-                if call.scheduled_ns.is_some() || call.updating {
-                    counts.repeated_marks += 1;
-                    return None;
-                }
-                call.scheduled_ns = Some(hit.ktime_ns);
-                self.in_flight.push_back(Scheduled {
-                    call: call.serial,
-                    start_ns: call.entry_ns,
-                    scheduled_ns: hit.ktime_ns,
-                    at_schedule: hit.snapshot,
-                    launch_until: None,
-                });
-                if self.in_flight.len() > MAX_IN_FLIGHT {
-                    self.in_flight.pop_front();
-                    counts.incomplete_steps += 1;
-                }
+                self.scheduled(hit, counts);
                 None
             }
             Mark::ExecuteDone => {
-                let call = *self.call.as_ref().expect("checked above");
-                if call.updating {
-                    counts.repeated_marks += 1;
-                    return None;
-                }
-                self.call.as_mut().expect("checked above").updating = true;
-                self.end_launch(hit.ktime_ns, true);
-                // The engine popped its oldest batch; `queue_len` are those left. Batches we
-                // hold beyond them plus the popped one lost their update; fewer, and the
-                // popped one was scheduled before the trace started.
-                // A length beyond any pipeline depth is not a queue's: ignored.
-                let left = hit
-                    .queue_len
-                    .and_then(|n| usize::try_from(n).ok())
-                    .filter(|&n| n < MAX_IN_FLIGHT);
-                if let Some(left) = left {
-                    while self.in_flight.len() > left + 1 {
-                        self.in_flight.pop_front();
-                        counts.incomplete_steps += 1;
-                    }
-                    if self.in_flight.len() <= left {
-                        counts.out_of_order += 1;
-                        return None;
-                    }
-                }
-                // None: its schedule came before the trace started.
-                let Some(mut batch) = self.in_flight.pop_front() else {
-                    counts.out_of_order += 1;
-                    return None;
-                };
-                // Scheduled by this very call (the queue had room but nothing more to
-                // schedule): one stretch from its schedule() to its output, its own.
-                let (wait_from_ns, wait_shared) = if batch.call == call.serial {
-                    batch.launch_until = Some((hit.ktime_ns, false));
-                    (batch.scheduled_ns, false)
-                } else {
-                    (
-                        call.scheduled_ns.unwrap_or(call.entry_ns),
-                        call.scheduled_ns.is_some(),
-                    )
-                };
-                self.updating = Some(Updating {
-                    batch,
-                    executed_ns: hit.ktime_ns,
-                    after_execute: hit.snapshot,
-                    wait_from_ns,
-                    wait_shared,
-                    update_call_ns: call.entry_ns,
-                });
+                self.executed(hit, counts);
                 None
             }
             Mark::UpdateDone => {
@@ -181,31 +102,131 @@ impl BatchQueue {
                     counts.out_of_order += 1;
                     return None;
                 };
-                let batch = updating.batch;
-                let (launch_until_ns, launch_shared) =
-                    batch.launch_until.unwrap_or((updating.executed_ns, false));
-                let step = Step {
-                    index: *completed,
-                    tid: self.tid,
-                    start_ns: batch.start_ns,
-                    schedule_done_ns: batch.scheduled_ns,
-                    execute_done_ns: updating.executed_ns,
-                    update_done_ns: hit.ktime_ns,
-                    after_execute: updating.after_execute,
-                    after_update: hit.snapshot,
-                    at_schedule: batch.at_schedule,
-                    batch: Some(BatchSpans {
-                        launch_until_ns,
-                        launch_shared,
-                        wait_from_ns: updating.wait_from_ns,
-                        wait_shared: updating.wait_shared,
-                        update_call_ns: updating.update_call_ns,
-                    }),
-                    overlap_ns: 0,
-                };
+                let step = self.step(updating, hit, *completed);
                 *completed += 1;
                 Some(step)
             }
+        }
+    }
+
+    /// A call of the step function starts.
+    fn entry(&mut self, hit: &Hit, counts: &mut CorrelateCounts) {
+        if let Some(call) = self.call {
+            if call.scheduled_ns.is_none() && !call.updating {
+                counts.idle_entries += 1;
+            }
+        }
+        if self.updating.take().is_some() {
+            counts.incomplete_steps += 1;
+        }
+        self.end_launch(hit.ktime_ns, false);
+        self.calls += 1;
+        self.call = Some(Call {
+            serial: self.calls,
+            entry_ns: hit.ktime_ns,
+            scheduled_ns: None,
+            updating: false,
+        });
+        self.tid = hit.tid;
+    }
+
+    /// The open call's `schedule()` returned: a batch is in flight.
+    fn scheduled(&mut self, hit: Hit, counts: &mut CorrelateCounts) {
+        let call = self.call.as_mut().expect("checked by push");
+        if call.scheduled_ns.is_some() || call.updating {
+            counts.repeated_marks += 1;
+            return;
+        }
+        call.scheduled_ns = Some(hit.ktime_ns);
+        self.in_flight.push_back(Scheduled {
+            call: call.serial,
+            start_ns: call.entry_ns,
+            scheduled_ns: hit.ktime_ns,
+            at_schedule: hit.snapshot,
+            launch_until: None,
+        });
+        if self.in_flight.len() > MAX_IN_FLIGHT {
+            self.in_flight.pop_front();
+            counts.incomplete_steps += 1;
+        }
+    }
+
+    /// The open call has the oldest batch's output: that batch is being updated.
+    fn executed(&mut self, hit: Hit, counts: &mut CorrelateCounts) {
+        let call = *self.call.as_ref().expect("checked by push");
+        if call.updating {
+            counts.repeated_marks += 1;
+            return;
+        }
+        self.call.as_mut().expect("checked by push").updating = true;
+        self.end_launch(hit.ktime_ns, true);
+        // The engine popped its oldest batch; `queue_len` are those left. Batches we hold
+        // beyond them plus the popped one lost their update; fewer, and the popped one was
+        // scheduled before the trace started.
+        // A length beyond any pipeline depth is not a queue's: ignored.
+        let left = hit
+            .queue_len
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n < MAX_IN_FLIGHT);
+        if let Some(left) = left {
+            while self.in_flight.len() > left + 1 {
+                self.in_flight.pop_front();
+                counts.incomplete_steps += 1;
+            }
+            if self.in_flight.len() <= left {
+                counts.out_of_order += 1;
+                return;
+            }
+        }
+        // None: its schedule came before the trace started.
+        let Some(mut batch) = self.in_flight.pop_front() else {
+            counts.out_of_order += 1;
+            return;
+        };
+        // Scheduled by this very call (the queue had room but nothing more to schedule):
+        // one stretch from its schedule() to its output, its own.
+        let (wait_from_ns, wait_shared) = if batch.call == call.serial {
+            batch.launch_until = Some((hit.ktime_ns, false));
+            (batch.scheduled_ns, false)
+        } else {
+            (
+                call.scheduled_ns.unwrap_or(call.entry_ns),
+                call.scheduled_ns.is_some(),
+            )
+        };
+        self.updating = Some(Updating {
+            batch,
+            executed_ns: hit.ktime_ns,
+            after_execute: hit.snapshot,
+            wait_from_ns,
+            wait_shared,
+            update_call_ns: call.entry_ns,
+        });
+    }
+
+    /// The record of the batch `updating`, whose update ended at `hit`.
+    fn step(&self, updating: Updating, hit: Hit, index: u64) -> Step {
+        let batch = updating.batch;
+        let (launch_until_ns, launch_shared) =
+            batch.launch_until.unwrap_or((updating.executed_ns, false));
+        Step {
+            index,
+            tid: self.tid,
+            start_ns: batch.start_ns,
+            schedule_done_ns: batch.scheduled_ns,
+            execute_done_ns: updating.executed_ns,
+            update_done_ns: hit.ktime_ns,
+            after_execute: updating.after_execute,
+            after_update: hit.snapshot,
+            at_schedule: batch.at_schedule,
+            batch: Some(BatchSpans {
+                launch_until_ns,
+                launch_shared,
+                wait_from_ns: updating.wait_from_ns,
+                wait_shared: updating.wait_shared,
+                update_call_ns: updating.update_call_ns,
+            }),
+            overlap_ns: 0,
         }
     }
 

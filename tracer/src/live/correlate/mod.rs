@@ -1,6 +1,7 @@
-//! Stage 6, correlate: hits of the four marks into engine steps (here), and the scheduler
-//! snapshots those steps carry into request lifecycles ([`requests`]) and waiting reasons
-//! ([`reasons`]).
+//! Stage 6, correlate: hits of the four marks into engine steps (here, per batch in
+//! [`batch_queue`]), and the scheduler snapshots those steps carry into request lifecycles
+//! ([`requests`]) and waiting reasons ([`reasons`]). Imports decode, plan and snapshot's
+//! types, and fills schema's rows; sinks and session import it, never the reverse.
 //!
 //! A step is `StepEntry → ScheduleDone → ExecuteDone → UpdateDone`, in that order, on the
 //! engine thread. Anything else is counted, never turned into a row: an entry with no

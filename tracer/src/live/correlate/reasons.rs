@@ -8,7 +8,7 @@
 //!
 //! 1. preempted by this very `schedule()` → `preempted`;
 //! 2. status `WAITING_FOR_REMOTE_KVS` → `remote_kv`; a grammar status
-//!    (`WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR`, 0.10/0.11: `WAITING_FOR_FSM`) → `grammar`;
+//!    ([`StatusNames::grammar`](crate::inspect::vllm::StatusNames::grammar)) → `grammar`;
 //! 3. reasons that stopped the walk before any waiting request was tried apply to all of
 //!    them, in the scheduler's order of checks: a preemption in this step (the walk does not
 //!    run after one: KV ran out) → `no_kv_blocks`; no token budget left → `token_budget`;
@@ -23,14 +23,10 @@
 //! scheduler being paused; such waits show up as the rule above that matches instead.
 
 use crate::{
+    inspect::vllm::REQUEST_STATUSES as STATUSES,
     live::snapshot::{Budgets, RequestState},
     schema::rows::WaitReason,
 };
-
-pub const PREEMPTED: &str = "PREEMPTED";
-/// The status of a request whose structured-output grammar is compiling, per vLLM release.
-const GRAMMAR_STATUSES: [&str; 2] = ["WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR", "WAITING_FOR_FSM"];
-const WAITING_FOR_REMOTE_KVS: &str = "WAITING_FOR_REMOTE_KVS";
 
 /// The step-wide facts the rules use.
 pub struct Context<'a> {
@@ -76,8 +72,8 @@ pub fn classify(context: &Context, queue: &[Waiting]) -> Vec<WaitReason> {
                 return WaitReason::Preempted;
             }
             match waiting.state.status.as_deref() {
-                Some(WAITING_FOR_REMOTE_KVS) => return WaitReason::RemoteKv,
-                Some(status) if GRAMMAR_STATUSES.contains(&status) => return WaitReason::Grammar,
+                Some(status) if status == STATUSES.remote_kvs => return WaitReason::RemoteKv,
+                Some(status) if STATUSES.grammar.contains(&status) => return WaitReason::Grammar,
                 _ => {}
             }
             if let Some(reason) = whole_queue {

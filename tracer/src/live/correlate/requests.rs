@@ -10,59 +10,23 @@
 //! waiting queue after `schedule()` means it was preempted; a request gone from the queues
 //! after `update_from_output()` finished, one gone between steps was aborted. Times are the
 //! marks at which the change became visible: arrival at the step's start, scheduling and
-//! preemption when `schedule()` returned, tokens and finishing when the update returned.
+//! preemption when `schedule()` returned, tokens and finishing when vLLM stamped the update's
+//! outputs (the update's return where that stamp was not read).
 
 use std::collections::{HashMap, HashSet};
 
 use super::{reasons, Step};
 use crate::{
-    live::snapshot::{Budgets, RequestState, SchedulerState},
+    inspect::vllm::REQUEST_STATUSES as STATUSES,
+    live::snapshot::{
+        facts::{RequestInfo, RequestSource},
+        Budgets, RequestState, SchedulerState,
+    },
     schema::{
         rows::{EventKind, EventRow, Queue, QueueRow, RequestRow, StepRow},
         run_info::RequestCounts,
     },
 };
-
-/// What is read once per request, from the live request object.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RequestInfo {
-    pub id: String,
-    pub prompt_tokens: Option<u32>,
-    pub arrival_time_s: Option<f64>,
-    pub max_tokens: Option<u32>,
-    /// vLLM's stamp of the request's queueing (CLOCK_MONOTONIC ns), where it was still there
-    /// to read.
-    pub queued_ns: Option<u64>,
-}
-
-/// Reads a request's immutable facts by address (the live process, or a table in tests).
-pub trait RequestSource {
-    /// `None` when the id cannot be read (yet): asked again when the request is listed
-    /// with an id later.
-    fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo>;
-}
-
-/// Most bytes of a request id kept. vLLM takes ids from the client (`X-Request-Id`), and
-/// every events.csv and queues.csv row repeats one: 60 kB ids made gigabytes of output.
-pub const MAX_ID_BYTES: usize = 256;
-
-/// Characters of an id read from the target: enough for [`MAX_ID_BYTES`] bytes.
-pub const MAX_ID_CHARS: u64 = MAX_ID_BYTES as u64;
-
-/// `text`, the first characters of an id `total_chars` long, cut to at most
-/// [`MAX_ID_BYTES`] bytes (at a character boundary) and marked `…[+N chars]` when
-/// anything was cut.
-pub fn capped_id(text: String, total_chars: u64) -> String {
-    let mut cut = text.len().min(MAX_ID_BYTES);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let kept = text[..cut].chars().count() as u64;
-    if kept >= total_chars {
-        return text;
-    }
-    format!("{}…[+{} chars]", &text[..cut], total_chars - kept)
-}
 
 /// Times a request listed with an id its facts could not be read for is tried again.
 const ID_TRIES: u8 = 16;
@@ -272,7 +236,7 @@ impl Requests {
                 waiting_since: Some(t_ns),
                 // In the first snapshot a preempted request's preemption may be older than
                 // the trace: it is not counted.
-                preempted: !self.started && r.status.as_deref() == Some(reasons::PREEMPTED),
+                preempted: !self.started && r.status.as_deref() == Some(STATUSES.preempted),
                 // Running or preempted: scheduled before the trace (the `WAITING*` statuses
                 // are those of requests never scheduled), unless `fresh`.
                 in_flight_at_start: !self.started
@@ -280,7 +244,7 @@ impl Requests {
                     && !r
                         .status
                         .as_deref()
-                        .is_some_and(|s| s.starts_with("WAITING")),
+                        .is_some_and(|s| s.starts_with(STATUSES.never_scheduled_prefix)),
                 computed: r.computed_tokens.unwrap_or(0),
                 output: r.output_tokens.unwrap_or(0).max(0) as u32,
                 cached_pending: None,
@@ -321,11 +285,11 @@ impl Requests {
         };
         let output = track.output;
         let status = if !finished {
-            "FINISHED_ABORTED"
+            STATUSES.finished_aborted
         } else if track.info.max_tokens.is_some_and(|max| output >= max) {
-            "FINISHED_LENGTH_CAPPED"
+            STATUSES.finished_length_capped
         } else {
-            "FINISHED_STOPPED"
+            STATUSES.finished_stopped
         };
         let kind = if finished {
             self.counts.finished += 1;
@@ -372,7 +336,6 @@ impl Requests {
         row: &mut StepRow,
     ) -> (StepOutput, Option<Scheduled>) {
         let mut out = StepOutput::default();
-        let index = step.index;
         let (Some(s), Some(running), Some(waiting)) = (
             scheduled,
             scheduled.and_then(|s| s.running.as_ref()),
@@ -386,30 +349,77 @@ impl Requests {
         self.counts.queue_items_not_copied +=
             not_copied(s.running_len, running.len()) + not_copied(s.waiting_len, waiting.len());
         // Every listed request's key, running ones first, in queue order.
-        let keys: Vec<Key> = running
-            .iter()
-            .chain(waiting)
-            .map(|r| self.resolve(source, r))
-            .collect();
+        let listed: Vec<&RequestState> = running.iter().chain(waiting).collect();
+        let keys: Vec<Key> = listed.iter().map(|r| self.resolve(source, r)).collect();
         let (running_keys, waiting_keys) = keys.split_at(running.len());
-        let now: HashSet<Key> = keys.iter().copied().collect();
-        // Gone between the last update and this schedule: aborted (finishing happens in
-        // update_from_output, which the previous snapshot already saw). Only told from a
-        // whole copy: past MAX_QUEUE_ITEMS a request is out of view, not gone.
-        let whole =
-            s.running_len as usize == running.len() && s.waiting_len as usize == waiting.len();
-        if whole {
-            let gone: Vec<Key> = self
-                .tracks
-                .keys()
-                .filter(|k| !now.contains(k))
-                .copied()
-                .collect();
-            for k in gone {
-                self.end(k, index, step.start_ns, false, &mut out);
+        // Only a whole copy tells who is gone: past MAX_QUEUE_ITEMS a request is out of view.
+        if s.running_len as usize == running.len() && s.waiting_len as usize == waiting.len() {
+            self.abort_unlisted(&keys, step, &mut out);
+        }
+        self.arrive_listed(source, &keys, &listed, s, step, &mut out);
+        self.take_outputs(&keys, &listed, &mut out);
+
+        let mut batch = Batch::default();
+        let mut produced: HashSet<Key> = HashSet::new();
+        for (position, (&k, r)) in running_keys.iter().zip(running).enumerate() {
+            if self.fold_running(position, k, r, s, step, &mut batch, &mut out) {
+                produced.insert(k);
             }
         }
-        for (&k, r) in keys.iter().zip(running.iter().chain(waiting)) {
+        let preempted_now = self.preempt(waiting_keys, waiting, step, &mut out);
+        self.waiting_rows(
+            waiting_keys,
+            waiting,
+            &reasons::Context {
+                budgets,
+                running: s.running_len,
+                scheduled_tokens: batch.scheduled_tokens,
+                kv_free: s.kv_free,
+                any_preempted: !preempted_now.is_empty(),
+            },
+            &preempted_now,
+            step,
+            &mut out,
+        );
+        self.started = true;
+        self.last_running = running_keys.to_vec();
+        self.last_waiting = waiting_keys.to_vec();
+        // This snapshot shows the outputs of the updates before it.
+        self.produced_last.clear();
+
+        batch.fill(row);
+        row.preempted = Some(preempted_now.len() as u32);
+        queue_columns(row, s, budgets);
+        (out, Some(Scheduled { produced }))
+    }
+
+    /// Ends the tracked requests a whole copy of the queues no longer lists: gone between
+    /// the last update and this schedule, so aborted (finishing happens in
+    /// update_from_output, which the previous snapshot already saw).
+    fn abort_unlisted(&mut self, keys: &[Key], step: &Step, out: &mut StepOutput) {
+        let now: HashSet<Key> = keys.iter().copied().collect();
+        let gone: Vec<Key> = self
+            .tracks
+            .keys()
+            .filter(|k| !now.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.end(k, step.index, step.start_ns, false, out);
+        }
+    }
+
+    /// Starts tracking the listed requests seen for the first time.
+    fn arrive_listed(
+        &mut self,
+        source: &mut dyn RequestSource,
+        keys: &[Key],
+        listed: &[&RequestState],
+        s: &SchedulerState,
+        step: &Step,
+        out: &mut StepOutput,
+    ) {
+        for (&k, r) in keys.iter().zip(listed) {
             // Running in the first snapshot with no output, and nothing computed before this
             // step but its prefix-cache hit: scheduled for the first time by this very step.
             let fresh = r.output_tokens == Some(0)
@@ -419,165 +429,203 @@ impl Requests {
                         i64::from(computed) - i64::from(tokens)
                             == i64::from(r.cached_tokens.unwrap_or(0).max(0))
                     });
-            self.arrive(source, k, r, fresh, index, step.start_ns, &mut out);
+            self.arrive(source, k, r, fresh, step.index, step.start_ns, out);
         }
-        // Outputs as the last update left them. They survive preemption: the first token
-        // is the first output ever, produced by the previous step's update.
-        for (&k, r) in keys.iter().zip(running.iter().chain(waiting)) {
+    }
+
+    /// Takes in the listed requests' outputs as the last update left them. They survive
+    /// preemption: the first token is the first output ever, produced by the previous
+    /// step's update.
+    fn take_outputs(&mut self, keys: &[Key], listed: &[&RequestState], out: &mut StepOutput) {
+        for (&k, r) in keys.iter().zip(listed) {
             let output = r.output_tokens.unwrap_or(0).max(0) as u32;
             let track = self.tracks.get_mut(&k).expect("arrived above");
             let first_token = track.output == 0 && output > 0;
             track.output = output;
             if let (true, Some((update_step, update_ns))) = (first_token, self.last_update) {
-                self.first_token(k, update_step, update_ns, &mut out);
+                self.first_token(k, update_step, update_ns, out);
             }
         }
+    }
 
-        let mut batch = Batch::default();
-        let mut produced: HashSet<Key> = HashSet::new();
-        // Counts below are the target's (any i32 or u32): summed and compared as i64.
-        for (position, (&k, r)) in running_keys.iter().zip(running).enumerate() {
-            let computed = r.computed_tokens.unwrap_or(0);
-            // Tokens the step's output names, else told from the computed count.
-            let from_output = s.scheduled.as_ref().and_then(|m| m.get(&r.id).copied());
-            let tokens = from_output.unwrap_or_else(|| {
-                let before = self.tracks[&k].computed;
-                let n = u32::try_from((i64::from(computed) - i64::from(before)).max(0))
-                    .unwrap_or(u32::MAX);
-                if n > 0 {
-                    self.counts.scheduled_from_computed += 1;
-                }
-                n
-            });
-            let before = i64::from(computed) - i64::from(tokens);
-            let prompt = self.tracks[&k].row.prompt_tokens;
-            // Its tokens so far (prompt and outputs, as the last update left them).
-            let known = prompt.map(|p| i64::from(p) + i64::from(self.tracks[&k].output));
-            if tokens > 0 {
-                // A decode computes the newest token of a request past its prompt (with async
-                // scheduling, the one after it: its newest is not out of the update yet);
-                // anything else (a prompt chunk, recomputing after preemption) is prefill.
-                let decode = prompt
-                    .zip(known)
-                    .is_some_and(|(p, known)| before >= i64::from(p) && before >= known - 1);
-                let prefill = !decode;
-                batch.add(
-                    tokens,
-                    prefill,
-                    u32::try_from(before.max(0)).unwrap_or(u32::MAX),
-                );
-                let track = self.tracks.get_mut(&k).expect("arrived above");
-                Self::close_wait(track, step.schedule_done_ns);
-                track.row.iterations += 1;
-                track.row.execution_ns = track.row.execution_ns.saturating_add(step.step_ns());
-                let first = track.row.first_scheduled_ns.is_none() && !track.in_flight_at_start;
-                let resumed = track.preempted;
-                track.preempted = false;
-                if first {
-                    track.row.first_scheduled_ns = Some(step.schedule_done_ns);
-                    // Releases without the attribute (0.33 keeps the count in its prefill
-                    // stats): what was computed before this first scheduling came from the
-                    // prefix cache.
-                    let computed_before = (from_output.is_some() && r.computed_tokens.is_some())
-                        .then_some(before)
-                        .and_then(|b| u32::try_from(b).ok());
-                    track.row.cached_tokens = r
-                        .cached_tokens
-                        .and_then(|c| u32::try_from(c).ok())
-                        .or(computed_before);
-                    // Its computed count not planned yet (the plan is completed from the first
-                    // running request): told at its next scheduling, less what ran since.
-                    track.cached_pending = (track.row.cached_tokens.is_none()
-                        && r.cached_tokens.is_none())
-                    .then_some(tokens);
-                    batch.new_requests += 1;
-                } else if let Some(since) = track.cached_pending {
-                    if resumed {
-                        track.cached_pending = None;
-                    } else if from_output.is_some() && r.computed_tokens.is_some() {
-                        track.row.cached_tokens = u32::try_from(before - i64::from(since)).ok();
-                        track.cached_pending = None;
-                    } else {
-                        track.cached_pending = Some(since.saturating_add(tokens));
-                    }
-                }
-                if known.is_some_and(|known| i64::from(computed) >= known) {
-                    produced.insert(k);
-                }
-                let t = step.schedule_done_ns;
-                if first {
-                    self.event_with(
-                        &mut out,
-                        index,
-                        t,
-                        k,
-                        EventKind::Scheduled,
-                        Some(tokens),
-                        String::new(),
-                    );
-                } else if resumed {
-                    batch.resumed_requests += 1;
-                    self.event_with(
-                        &mut out,
-                        index,
-                        t,
-                        k,
-                        EventKind::Resumed,
-                        Some(tokens),
-                        String::new(),
-                    );
-                }
-                if prefill {
-                    self.event_with(
-                        &mut out,
-                        index,
-                        t,
-                        k,
-                        EventKind::PrefillChunk,
-                        Some(tokens),
-                        String::new(),
-                    );
-                }
+    /// Folds in running request `r`, tracked as `k`, at `position` in the running queue:
+    /// its tokens in the step and its queue row. `true` if the update gives it a new token.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_running(
+        &mut self,
+        position: usize,
+        k: Key,
+        r: &RequestState,
+        s: &SchedulerState,
+        step: &Step,
+        batch: &mut Batch,
+        out: &mut StepOutput,
+    ) -> bool {
+        let computed = r.computed_tokens.unwrap_or(0);
+        // Tokens the step's output names, else told from the computed count.
+        let from_output = s.scheduled.as_ref().and_then(|m| m.get(&r.id).copied());
+        let tokens = from_output.unwrap_or_else(|| {
+            let before = self.tracks[&k].computed;
+            let n =
+                u32::try_from((i64::from(computed) - i64::from(before)).max(0)).unwrap_or(u32::MAX);
+            if n > 0 {
+                self.counts.scheduled_from_computed += 1;
             }
-            self.tracks.get_mut(&k).expect("arrived above").computed = computed;
-            out.queues.push(QueueRow {
-                step: index,
-                pid: self.pid,
-                t_ns: step.schedule_done_ns,
-                request_id: self.tracks[&k].info.id.clone(),
-                queue: Queue::Running,
-                position: position as u32,
-                computed_tokens: u32::try_from(before).ok(),
-                scheduled_tokens: tokens,
-                reason: None,
-            });
-        }
+            n
+        });
+        // Counts are the target's (any i32 or u32): summed and compared as i64.
+        let before = i64::from(computed) - i64::from(tokens);
+        // Its count before this step is known from the step's output and a computed count.
+        let exact = from_output.is_some() && r.computed_tokens.is_some();
+        let produces = tokens > 0 && self.run(k, r, tokens, before, exact, step, batch, out);
+        self.tracks.get_mut(&k).expect("arrived above").computed = computed;
+        out.queues.push(QueueRow {
+            step: step.index,
+            pid: self.pid,
+            t_ns: step.schedule_done_ns,
+            request_id: self.tracks[&k].info.id.clone(),
+            queue: Queue::Running,
+            position: position as u32,
+            computed_tokens: u32::try_from(before).ok(),
+            scheduled_tokens: tokens,
+            reason: None,
+        });
+        produces
+    }
 
+    /// Request `k` runs `tokens` in the step, `before` computed before them (`exact`: as
+    /// vLLM counts them): the batch's sums, the request's row and events. `true` if its
+    /// tokens complete all it has, so the update gives it a new one.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        k: Key,
+        r: &RequestState,
+        tokens: u32,
+        before: i64,
+        exact: bool,
+        step: &Step,
+        batch: &mut Batch,
+        out: &mut StepOutput,
+    ) -> bool {
+        let prompt = self.tracks[&k].row.prompt_tokens;
+        // Its tokens so far (prompt and outputs, as the last update left them).
+        let known = prompt.map(|p| i64::from(p) + i64::from(self.tracks[&k].output));
+        // A decode computes the newest token of a request past its prompt (with async
+        // scheduling, the one after it: its newest is not out of the update yet); anything
+        // else (a prompt chunk, recomputing after preemption) is prefill.
+        let decode = prompt
+            .zip(known)
+            .is_some_and(|(p, known)| before >= i64::from(p) && before >= known - 1);
+        let prefill = !decode;
+        batch.add(
+            tokens,
+            prefill,
+            u32::try_from(before.max(0)).unwrap_or(u32::MAX),
+        );
+        let track = self.tracks.get_mut(&k).expect("arrived above");
+        Self::close_wait(track, step.schedule_done_ns);
+        track.row.iterations += 1;
+        track.row.execution_ns = track.row.execution_ns.saturating_add(step.step_ns());
+        let first = track.row.first_scheduled_ns.is_none() && !track.in_flight_at_start;
+        let resumed = std::mem::take(&mut track.preempted);
+        if first {
+            track.row.first_scheduled_ns = Some(step.schedule_done_ns);
+            Self::cached_at_first(track, r, tokens, exact.then_some(before));
+            batch.new_requests += 1;
+        } else if let Some(since) = track.cached_pending {
+            Self::cached_later(track, since, resumed, tokens, exact.then_some(before));
+        }
+        let t = step.schedule_done_ns;
+        let tokens_event = |requests: &Self, out: &mut StepOutput, kind| {
+            requests.event_with(out, step.index, t, k, kind, Some(tokens), String::new());
+        };
+        if first {
+            tokens_event(self, out, EventKind::Scheduled);
+        } else if resumed {
+            batch.resumed_requests += 1;
+            tokens_event(self, out, EventKind::Resumed);
+        }
+        if prefill {
+            tokens_event(self, out, EventKind::PrefillChunk);
+        }
+        known.is_some_and(|known| before + i64::from(tokens) >= known)
+    }
+
+    /// A request's prefix-cache hit at its first scheduling: its own count, else (releases
+    /// without the attribute: 0.33 keeps it in its prefill stats) what was computed before
+    /// (`before`, where exact), else told at its next scheduling.
+    fn cached_at_first(track: &mut Track, r: &RequestState, tokens: u32, before: Option<i64>) {
+        let computed_before = before.and_then(|b| u32::try_from(b).ok());
+        track.row.cached_tokens = r
+            .cached_tokens
+            .and_then(|c| u32::try_from(c).ok())
+            .or(computed_before);
+        // Its computed count not planned yet (the plan is completed from the first running
+        // request): told at its next scheduling, less what ran since.
+        track.cached_pending =
+            (track.row.cached_tokens.is_none() && r.cached_tokens.is_none()).then_some(tokens);
+    }
+
+    /// A later scheduling of a request whose prefix-cache hit is still to be told, `since`
+    /// tokens scheduled after its first: told once `before` is exact; never after a
+    /// preemption (the computed count starts over).
+    fn cached_later(
+        track: &mut Track,
+        since: u32,
+        resumed: bool,
+        tokens: u32,
+        before: Option<i64>,
+    ) {
+        track.cached_pending = match before {
+            _ if resumed => None,
+            Some(before) => {
+                track.row.cached_tokens = u32::try_from(before - i64::from(since)).ok();
+                None
+            }
+            None => Some(since.saturating_add(tokens)),
+        };
+    }
+
+    /// Marks the waiting requests this `schedule()` preempted; their keys.
+    fn preempt(
+        &mut self,
+        waiting_keys: &[Key],
+        waiting: &[RequestState],
+        step: &Step,
+        out: &mut StepOutput,
+    ) -> HashSet<Key> {
         let mut preempted_now = HashSet::new();
         for (&k, r) in waiting_keys.iter().zip(waiting) {
             let track = self.tracks.get_mut(&k).expect("arrived above");
-            if r.status.as_deref() == Some(reasons::PREEMPTED) && !track.preempted {
+            if r.status.as_deref() == Some(STATUSES.preempted) && !track.preempted {
                 track.preempted = true;
                 track.row.preemptions += 1;
                 track.waiting_since = Some(step.schedule_done_ns);
                 track.computed = r.computed_tokens.unwrap_or(0);
                 preempted_now.insert(k);
                 self.event(
-                    &mut out,
-                    index,
+                    out,
+                    step.index,
                     step.schedule_done_ns,
                     k,
                     EventKind::Preempted,
                 );
             }
         }
-        let context = reasons::Context {
-            budgets,
-            running: s.running_len,
-            scheduled_tokens: batch.scheduled_tokens,
-            kv_free: s.kv_free,
-            any_preempted: !preempted_now.is_empty(),
-        };
+        preempted_now
+    }
+
+    /// The waiting queue's rows, each with why it waits.
+    fn waiting_rows(
+        &self,
+        waiting_keys: &[Key],
+        waiting: &[RequestState],
+        context: &reasons::Context,
+        preempted_now: &HashSet<Key>,
+        step: &Step,
+        out: &mut StepOutput,
+    ) {
         let queue: Vec<reasons::Waiting> = waiting_keys
             .iter()
             .zip(waiting)
@@ -587,12 +635,12 @@ impl Requests {
                 preempted_now: preempted_now.contains(k),
             })
             .collect();
-        let reasons = reasons::classify(&context, &queue);
+        let reasons = reasons::classify(context, &queue);
         for (position, ((k, r), reason)) in
             waiting_keys.iter().zip(waiting).zip(reasons).enumerate()
         {
             out.queues.push(QueueRow {
-                step: index,
+                step: step.index,
                 pid: self.pid,
                 t_ns: step.schedule_done_ns,
                 request_id: self.tracks[k].info.id.clone(),
@@ -603,25 +651,6 @@ impl Requests {
                 reason: Some(reason),
             });
         }
-        self.started = true;
-        self.last_running = running_keys.to_vec();
-        self.last_waiting = waiting_keys.to_vec();
-        // This snapshot shows the outputs of the updates before it.
-        self.produced_last.clear();
-
-        row.batch_size = Some(batch.size);
-        row.scheduled_tokens = Some(batch.scheduled_tokens);
-        row.prefill_tokens = Some(batch.prefill_tokens);
-        row.decode_tokens = Some(batch.decode_tokens);
-        row.prefill_requests = Some(batch.prefill_requests);
-        row.decode_requests = Some(batch.decode_requests);
-        row.new_requests = Some(batch.new_requests);
-        row.resumed_requests = Some(batch.resumed_requests);
-        row.context_tokens_sum = Some(batch.context_sum);
-        row.context_tokens_max = Some(batch.context_max);
-        row.preempted = Some(preempted_now.len() as u32);
-        queue_columns(row, s, budgets);
-        (out, Some(Scheduled { produced }))
     }
 
     /// Folds in the scheduler as the step's `update_from_output()` left it (`updated`: which
@@ -767,6 +796,20 @@ impl Batch {
         self.context_sum += u64::from(context);
         self.context_max = self.context_max.max(context);
     }
+
+    /// The step row's batch columns.
+    fn fill(&self, row: &mut StepRow) {
+        row.batch_size = Some(self.size);
+        row.scheduled_tokens = Some(self.scheduled_tokens);
+        row.prefill_tokens = Some(self.prefill_tokens);
+        row.decode_tokens = Some(self.decode_tokens);
+        row.prefill_requests = Some(self.prefill_requests);
+        row.decode_requests = Some(self.decode_requests);
+        row.new_requests = Some(self.new_requests);
+        row.resumed_requests = Some(self.resumed_requests);
+        row.context_tokens_sum = Some(self.context_sum);
+        row.context_tokens_max = Some(self.context_max);
+    }
 }
 
 /// A step row's queue lengths and KV blocks used, from the scheduler state `s`.
@@ -782,7 +825,20 @@ fn queue_columns(row: &mut StepRow, s: &SchedulerState, budgets: &Budgets) {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::{
+        capture::{self as wire, Field, Item, Plan, ScheduledEntry, SnapshotHeader},
+        WatchHit,
+    };
+
     use super::*;
+    use crate::{
+        inspect::{cpython::layout, vllm::RequestField},
+        live::{
+            decode::Decoder,
+            plan::{Mark, ProbePlan, Watch},
+            snapshot::{state::Typing, tests::Rng},
+        },
+    };
 
     struct OnePrompt;
     impl RequestSource for OnePrompt {
@@ -858,9 +914,9 @@ mod tests {
         }
     }
 
-    /// Real vLLM 0.33: the first snapshot listed the first request before its id field was
-    /// planned (id 0), the next ones with its id; requests.csv had an extra
-    /// `request@0x…` FINISHED_ABORTED row next to the real one.
+    /// vLLM 0.33's first snapshot can list the first request before its id field is planned
+    /// (id 0), the next ones with its id: still one row, not a `request@0x…`
+    /// FINISHED_ABORTED one next to the real one.
     #[test]
     fn a_request_listed_first_without_its_id_is_one_request() {
         let mut requests = Requests::new(1, 0, true);
@@ -950,24 +1006,6 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].request_id, "req-10");
         assert_eq!(rows[0].iterations, 3);
-    }
-
-    #[test]
-    fn long_ids_are_capped_and_marked() {
-        assert_eq!(capped_id("short".into(), 5), "short");
-        let long = "x".repeat(MAX_ID_CHARS as usize);
-        let capped = capped_id(long, 60_000);
-        assert!(capped.starts_with(&"x".repeat(MAX_ID_BYTES)));
-        assert!(capped.ends_with("…[+59744 chars]"), "{capped}");
-        // Multi-byte characters: cut at a boundary, within the cap.
-        let wide = "é".repeat(200);
-        let capped = capped_id(wide, 200);
-        let kept = capped.split('…').next().unwrap();
-        assert!(kept.len() <= MAX_ID_BYTES);
-        assert_eq!(kept.chars().count(), 128);
-        assert!(capped.ends_with("…[+72 chars]"), "{capped}");
-        // What was read is all there is: unchanged.
-        assert_eq!(capped_id("é".repeat(100), 100), "é".repeat(100));
     }
 
     #[test]
@@ -1065,8 +1103,8 @@ mod tests {
     }
 
     /// The trace ends while a batch runs: its schedule() is never folded, so the two
-    /// updates before it come one after the other (real vLLM 0.11 async: the last request
-    /// ended UNFINISHED, 2 tokens short).
+    /// updates before it come one after the other (vLLM 0.11 async); the last request still
+    /// ends with every token, not UNFINISHED and short of the tokens no snapshot showed.
     #[test]
     fn two_updates_without_a_schedule_between_finish_a_request_with_every_token() {
         let mut requests = Requests::new(1, 0, true);
@@ -1113,7 +1151,7 @@ mod tests {
             .1;
         let mut preempted = scheduled(Some(0), 0, 0);
         preempted.waiting = preempted.running.take().map(|mut r| {
-            r[0].status = Some(reasons::PREEMPTED.into());
+            r[0].status = Some(STATUSES.preempted.into());
             r
         });
         (
@@ -1138,5 +1176,168 @@ mod tests {
         assert_eq!(out.finished[0].finish_status, "FINISHED_STOPPED");
         assert_eq!(out.finished[0].finished_ns, Some(steps[0].update_done_ns));
         assert!(events.iter().any(|e| e.event == EventKind::Preempted));
+    }
+
+    fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+        // SAFETY: viewing a repr(C) plain-old-data value as its bytes.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast(), size_of::<T>()) }
+    }
+
+    /// Facts for most ids; some never read.
+    struct Flaky;
+    impl RequestSource for Flaky {
+        fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
+            (!id.is_multiple_of(3)).then(|| RequestInfo {
+                id: format!("r{id}"),
+                prompt_tokens: u32::try_from(id.wrapping_mul(object)).ok(),
+                max_tokens: u32::try_from(object).ok(),
+                arrival_time_s: None,
+                queued_ns: None,
+            })
+        }
+    }
+
+    /// A watch record with a snapshot of random counts and contents, sometimes cut or
+    /// padded; or random bytes.
+    fn record(rng: &mut Rng) -> Vec<u8> {
+        if rng.below(5) == 0 {
+            return (0..rng.below(700)).map(|_| rng.next() as u8).collect();
+        }
+        let count = |rng: &mut Rng| match rng.below(8) {
+            0 => rng.next() as u32,
+            _ => rng.below(6) as u32,
+        };
+        let header = SnapshotHeader {
+            flags: rng.next() as u32,
+            n_running: count(rng),
+            running_len: count(rng),
+            n_waiting: count(rng),
+            waiting_len: count(rng),
+            n_scheduled: count(rng),
+            kv_free: [rng.word(), rng.word()],
+            copy_ns: rng.below(1000),
+            frame: rng.word(),
+            outputs_stamp: rng.next(),
+        };
+        let hit = WatchHit {
+            ktime_ns: rng.next(),
+            pid_tgid: 9,
+            watch_addr: 0x1000,
+            ip: rng.next(),
+            queue_len: rng.word(),
+        };
+        let mut out = bytes_of(&hit).to_vec();
+        out.extend_from_slice(bytes_of(&header));
+        let items = header.n_running.min(8) + header.n_waiting.min(8);
+        for _ in 0..items {
+            // Copies without fields hold the requests' addresses only.
+            if header.flags & wire::snap::COMPACT != 0 {
+                out.extend_from_slice(&(1 + rng.below(5)).to_ne_bytes());
+                continue;
+            }
+            let mut fields = [[0; 2]; wire::REQUEST_FIELDS];
+            for f in &mut fields {
+                *f = [rng.word(), rng.word()];
+            }
+            // A few requests, ids among a few (0: not copied), statuses among the known.
+            fields[RequestField::Id as usize][0] = rng.below(6);
+            fields[RequestField::Status as usize][0] = rng.below(4);
+            let item = Item {
+                object: 1 + rng.below(5),
+                missing: rng.word(),
+                fields,
+            };
+            out.extend_from_slice(bytes_of(&item));
+        }
+        for _ in 0..header.n_scheduled.min(8) {
+            let entry = ScheduledEntry {
+                key: rng.below(6),
+                object: rng.word(),
+                value: [rng.word(), rng.word()],
+            };
+            out.extend_from_slice(bytes_of(&entry));
+        }
+        match rng.below(6) {
+            0 => out.truncate(rng.below(out.len() as u64 + 1) as usize),
+            1 => out.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            _ => {}
+        }
+        out
+    }
+
+    /// Random bytes as snapshot records, through the decoder, typing and the request
+    /// lifecycle: nothing the target or a bad record holds may panic (run in a debug build
+    /// by `cargo test -p tracer random_snapshot_records`, overflow checks on).
+    #[test]
+    fn random_snapshot_records_never_panic() {
+        let layout = layout::for_version((3, 12)).unwrap();
+        let plan = Plan {
+            request_fields: [Field { key: 1, index: 0 }; wire::REQUEST_FIELDS],
+            ..Plan::default()
+        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let typing = Typing {
+            layout,
+            statuses: [(1, "RUNNING"), (2, "PREEMPTED"), (3, "WAITING")]
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+        };
+        let budgets = Budgets {
+            max_num_seqs: Some(rng.word() as u32),
+            max_num_batched_tokens: Some(rng.word() as u32),
+            block_size: Some(rng.below(3) as u32),
+            kv_blocks_total: Some(rng.word() as u32),
+        };
+        let probes = ProbePlan {
+            tid: 9,
+            watches: vec![Watch {
+                addr: 0x1000,
+                mark: Mark::ExecuteDone,
+                offset: 0,
+            }],
+            per_batch: false,
+            queue_len_addr: 0,
+        };
+        let mut decoder = Decoder::new(
+            &probes,
+            crate::live::discover::EvalCode::Unknown("test".into()),
+        );
+        let mut requests = Requests::new(1, 0, false);
+        let (mut t, mut snapshots, mut rows) = (0u64, 0, 0);
+        for index in 0..20_000 {
+            let Some(raw) = decoder
+                .decode(&record(&mut rng))
+                .and_then(|hit| hit.snapshot)
+            else {
+                continue;
+            };
+            snapshots += 1;
+            let state = typing.state(&plan, &raw);
+            // Step marks are kernel stamps of one thread: in order.
+            let mut mark = || {
+                t += rng.below(2000);
+                t
+            };
+            let step = Step {
+                index,
+                start_ns: mark(),
+                schedule_done_ns: mark(),
+                execute_done_ns: mark(),
+                update_done_ns: mark(),
+                ..Step::default()
+            };
+            let mut row = StepRow::default();
+            let (out, token) =
+                requests.schedule(&mut Flaky, &step, Some(&state), &budgets, &mut row);
+            rows += out.finished.len();
+            let after = typing.state(&plan, &raw);
+            let out = requests.update(&step, token, Some(&after), &mut row);
+            rows += out.finished.len();
+        }
+        rows += requests.finish(t).finished.len();
+        assert!(snapshots > 5_000, "{snapshots} snapshots decoded");
+        assert!(decoder.counts.malformed > 1_000, "{:?}", decoder.counts);
+        assert!(rows > 100, "{rows} request rows");
     }
 }

@@ -50,6 +50,40 @@ enum Holder {
     Table(Table),
 }
 
+/// The planned fields of requests and of their facts, by position, and the span of a
+/// table's entries that holds them all.
+struct Planned {
+    fields: Vec<(usize, Field)>,
+    facts: Vec<(usize, Field)>,
+    lo: u64,
+    hi: u64,
+}
+
+impl Planned {
+    fn new(plan: &Plan) -> Option<Self> {
+        let planned = |fields: &[Field]| -> Vec<(usize, Field)> {
+            fields
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|(_, f)| f.key != 0)
+                .collect()
+        };
+        let (fields, facts) = (planned(&plan.request_fields), planned(&plan.fact_fields));
+        let all = || fields.iter().chain(&facts).map(|(_, f)| f.index);
+        let (lo, hi) = (all().min()?, all().map(|i| i + 1).max()?);
+        Some(Self {
+            fields,
+            facts,
+            lo,
+            hi,
+        })
+    }
+}
+
+/// Pointers found in a request's table: its planned fields' and its facts'.
+type Pointers = ([Option<u64>; REQUEST_FIELDS], [Option<u64>; FACT_FIELDS]);
+
 /// Fills `items` (objects of a snapshot taken without fields) with the planned fields of
 /// those that are `request_class` objects, as the watch program would have; returns the
 /// facts of those `known` does not know (by object and id string), as the watch program's
@@ -60,63 +94,81 @@ pub fn fill<M: ProcessMemory + ?Sized>(
     items: &mut [&mut Item],
     known: impl Fn(u64, u64) -> bool,
 ) -> Vec<RequestFacts> {
-    let py = &plan.py;
-    let planned = |fields: &[Field]| -> Vec<(usize, Field)> {
-        fields
-            .iter()
-            .copied()
-            .enumerate()
-            .filter(|(_, f)| f.key != 0)
-            .collect()
-    };
-    let (planned, facts_planned) = (planned(&plan.request_fields), planned(&plan.fact_fields));
-    let all = || planned.iter().chain(&facts_planned).map(|(_, f)| f.index);
-    let (Some(lo), Some(hi)) = (all().min(), all().map(|i| i + 1).max()) else {
+    let Some(planned) = Planned::new(plan) else {
         return Vec::new();
     };
-    let Some(class) = class(mem, py, plan.request_type) else {
+    let Some(class) = class(mem, &plan.py, plan.request_type) else {
         return Vec::new();
     };
     let mut batch = Batch::default();
+    let mut holders = holders(mem, plan, &class, items, &mut batch);
+    open_dicts(mem, &plan.py, &mut holders, &mut batch);
+    read_tables(mem, &plan.py, &mut holders, &mut batch);
+    let pointers = pointers(mem, &planned, &holders, &mut batch);
+    // Requests first listed now: their facts are copied too.
+    let fresh: Vec<Option<u64>> = items
+        .iter()
+        .zip(&pointers)
+        .map(|(item, (found, _))| {
+            let id = *found.get(plan.id_field as usize)?;
+            id.filter(|&id| !known(item.object, id))
+        })
+        .collect();
+    follow(mem, plan, items, &pointers, &fresh, &mut batch)
+}
 
-    // 1. The object's header (type; the managed-dict words before it, or its dict pointer).
+/// Reads, level 1: the objects' headers (type; the managed-dict words before it, or the
+/// dict pointer), which tell where each request of the class keeps its attributes.
+fn holders<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    plan: &Plan,
+    class: &Class,
+    items: &[&mut Item],
+    batch: &mut Batch,
+) -> Vec<Holder> {
+    let py = &plan.py;
     let (start, len) = if class.managed {
         (PRE_HEADER, PRE_HEADER + py.object_type + 8)
     } else {
         let end = (py.object_type + 8).max(class.dictoffset.max(0) as u64 + 8);
         (0, end)
     };
+    batch.clear();
     let heads: Vec<ReadId> = items
         .iter()
         .map(|item| batch.push(item.object.wrapping_sub(start), len as usize))
         .collect();
-    mem.read_batch(&mut batch);
+    mem.read_batch(batch);
     // Word of a header read at `offset` bytes from the object.
-    let word =
-        |batch: &Batch, id, offset: i64| batch.word(id, ((offset + start as i64) / 8) as usize);
-    let mut holders: Vec<Holder> = items
+    let word = |id, offset: i64| batch.word(id, ((offset + start as i64) / 8) as usize);
+    items
         .iter()
         .zip(&heads)
         .map(|(item, &id)| {
-            if word(&batch, id, py.object_type as i64) != Some(plan.request_type) {
+            if word(id, py.object_type as i64) != Some(plan.request_type) {
                 return Holder::None;
             }
             let holder = if class.managed {
-                word(&batch, id, -24)
-                    .zip(word(&batch, id, -32))
-                    .and_then(|(dict, values)| {
-                        managed_holder(py, &class, item.object, dict, values)
-                    })
+                word(id, -24)
+                    .zip(word(id, -32))
+                    .and_then(|(dict, values)| managed_holder(py, class, item.object, dict, values))
             } else if class.dictoffset > 0 {
-                word(&batch, id, class.dictoffset).map(Holder::Dict)
+                word(id, class.dictoffset).map(Holder::Dict)
             } else {
                 None
             };
             holder.unwrap_or(Holder::None)
         })
-        .collect();
+        .collect()
+}
 
-    // 2. Dicts: their keys and values pointers.
+/// Reads, level 2: dicts, their keys and values pointers.
+fn open_dicts<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    py: &PyOffsets,
+    holders: &mut [Holder],
+    batch: &mut Batch,
+) {
     batch.clear();
     let dicts: Vec<Option<(ReadId, ReadId)>> = holders
         .iter()
@@ -128,7 +180,7 @@ pub fn fill<M: ProcessMemory + ?Sized>(
             _ => None,
         })
         .collect();
-    mem.read_batch(&mut batch);
+    mem.read_batch(batch);
     for (holder, reads) in holders.iter_mut().zip(&dicts) {
         if let Some((keys, values)) = reads {
             *holder = match (batch.word(*keys, 0), batch.word(*values, 0)) {
@@ -137,18 +189,25 @@ pub fn fill<M: ProcessMemory + ?Sized>(
             };
         }
     }
+}
 
-    // 3. Key tables' headers (instances of one class share theirs: read once).
+/// Reads, level 3: key tables' headers (instances of one class share theirs: read once).
+fn read_tables<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    py: &PyOffsets,
+    holders: &mut [Holder],
+    batch: &mut Batch,
+) {
     batch.clear();
     let mut headers: Vec<(u64, ReadId)> = Vec::new();
-    for holder in &holders {
+    for holder in holders.iter() {
         if let Holder::Split { keys, .. } = *holder {
             if keys != 0 && !headers.iter().any(|(k, _)| *k == keys) {
                 headers.push((keys, batch.push(keys, py.keys_indices as usize)));
             }
         }
     }
-    mem.read_batch(&mut batch);
+    mem.read_batch(batch);
     for holder in holders.iter_mut() {
         if let Holder::Split { keys, values } = *holder {
             let header = headers
@@ -160,8 +219,17 @@ pub fn fill<M: ProcessMemory + ?Sized>(
                 .map_or(Holder::None, Holder::Table);
         }
     }
+}
 
-    // 4. The planned span of each table's entries (and split values).
+/// Reads, level 4: the planned span of each table's entries (and split values), for the
+/// pointers in the planned fields whose entries still hold their names.
+fn pointers<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    planned: &Planned,
+    holders: &[Holder],
+    batch: &mut Batch,
+) -> Vec<Pointers> {
+    let Planned { lo, hi, .. } = *planned;
     batch.clear();
     let spans: Vec<Option<(ReadId, Option<ReadId>, Table)>> = holders
         .iter()
@@ -181,102 +249,100 @@ pub fn fill<M: ProcessMemory + ?Sized>(
             _ => None,
         })
         .collect();
-    mem.read_batch(&mut batch);
-    let mut pointers = vec![[None; REQUEST_FIELDS]; items.len()];
-    let mut fact_pointers = vec![[None; FACT_FIELDS]; items.len()];
-    for ((span, found), facts) in spans.iter().zip(&mut pointers).zip(&mut fact_pointers) {
-        let Some((entries, values, t)) = span else {
-            continue;
-        };
-        let Some(entries) = batch.bytes(*entries) else {
-            continue;
-        };
-        let values = values.and_then(|v| batch.bytes(v));
-        if t.values != 0 && values.is_none() {
-            continue;
-        }
-        // The value of a planned field, if its entry still holds its name.
-        let value_of = |field: Field| {
-            let word = |bytes: &[u8], at: usize| {
-                bytes
-                    .get(at..at + 8)
-                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
-            };
-            // Every entry kind ends in `key, value` (the value unused when split); an entry
-            // past the table's end was not read (`get` finds no bytes).
-            let key_at = ((field.index - lo + 1) * t.entry_size - 16) as usize;
-            if word(entries, key_at) != Some(field.key) {
-                return None;
-            }
-            match values {
-                Some(values) => word(values, ((field.index - lo) * 8) as usize),
-                None => word(entries, key_at + 8),
-            }
-            .filter(|&v| v != 0)
-        };
-        for &(i, field) in &planned {
-            found[i] = value_of(field);
-        }
-        for &(i, field) in &facts_planned {
-            facts[i] = value_of(field);
-        }
-    }
-    // Requests first listed now: their facts are copied too.
-    let fresh: Vec<Option<u64>> = items
+    mem.read_batch(batch);
+    spans
         .iter()
-        .zip(&pointers)
-        .map(|(item, found)| {
-            let id = *found.get(plan.id_field as usize)?;
-            id.filter(|&id| !known(item.object, id))
+        .map(|span| {
+            let mut found: Pointers = ([None; REQUEST_FIELDS], [None; FACT_FIELDS]);
+            let Some((entries, values, t)) = span else {
+                return found;
+            };
+            let Some(entries) = batch.bytes(*entries) else {
+                return found;
+            };
+            let values = values.and_then(|v| batch.bytes(v));
+            if t.values != 0 && values.is_none() {
+                return found;
+            }
+            let value_of = |field| value_in(field, lo, t, entries, values);
+            for &(i, field) in &planned.fields {
+                found.0[i] = value_of(field);
+            }
+            for &(i, field) in &planned.facts {
+                found.1[i] = value_of(field);
+            }
+            found
         })
-        .collect();
+        .collect()
+}
 
-    // 5. Followed fields: the 16 bytes after the value's header; new requests' facts.
+/// The value of a planned field in a table's entries read from index `lo` (and its split
+/// values), if its entry still holds its name.
+fn value_in(
+    field: Field,
+    lo: u64,
+    t: &Table,
+    entries: &[u8],
+    values: Option<&[u8]>,
+) -> Option<u64> {
+    let word = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
+    };
+    // Every entry kind ends in `key, value` (the value unused when split); an entry past
+    // the table's end was not read (`get` finds no bytes).
+    let key_at = ((field.index - lo + 1) * t.entry_size - 16) as usize;
+    if word(entries, key_at) != Some(field.key) {
+        return None;
+    }
+    match values {
+        Some(values) => word(values, ((field.index - lo) * 8) as usize),
+        None => word(entries, key_at + 8),
+    }
+    .filter(|&v| v != 0)
+}
+
+/// Reads, level 5: followed fields (the 16 bytes after the value's header) into `items`,
+/// and the facts of the `fresh` requests (those with an id there).
+fn follow<M: ProcessMemory + ?Sized>(
+    mem: &M,
+    plan: &Plan,
+    items: &mut [&mut Item],
+    pointers: &[Pointers],
+    fresh: &[Option<u64>],
+    batch: &mut Batch,
+) -> Vec<RequestFacts> {
+    let py = &plan.py;
     batch.clear();
     let followed: Vec<[Option<ReadId>; REQUEST_FIELDS]> = pointers
         .iter()
-        .map(|found| {
+        .map(|(found, _)| {
             std::array::from_fn(|i| {
                 let value = found[i]?;
                 (plan.request_deref & (1 << i) != 0).then(|| batch.push(value + py.var_size, 16))
             })
         })
         .collect();
-    let fact_reads: Vec<Option<([Option<ReadId>; FACT_FIELDS], ReadId)>> = fresh
+    let fact_reads: Vec<Option<FactReads>> = fresh
         .iter()
-        .zip(&fact_pointers)
-        .map(|(id, facts)| {
+        .zip(pointers)
+        .map(|(id, (_, facts))| {
             let id = (*id)?;
             let fields = std::array::from_fn(|i| Some(batch.push(facts[i]? + py.var_size, 16)));
             Some((fields, batch.push(id, ID_BYTES)))
         })
         .collect();
-    mem.read_batch(&mut batch);
-    let mut facts = Vec::new();
-    for ((item, id), reads) in items.iter().zip(&fresh).zip(&fact_reads) {
-        let (Some(id), Some((fields, id_bytes))) = (id, reads) else {
-            continue;
-        };
-        let mut copied = RequestFacts {
-            object: item.object,
-            id: *id,
-            missing: 0,
-            fields: [[0; 2]; FACT_FIELDS],
-            id_bytes: [0; ID_BYTES],
-        };
-        for (i, read) in fields.iter().enumerate() {
-            match read.and_then(|r| batch.word(r, 0).zip(batch.word(r, 1))) {
-                Some((a, b)) => copied.fields[i] = [a, b],
-                None => copied.missing |= 1 << i,
-            }
-        }
-        match batch.bytes(*id_bytes) {
-            Some(bytes) => copied.id_bytes.copy_from_slice(bytes),
-            None => copied.missing |= 1 << FACT_FIELDS,
-        }
-        facts.push(copied);
-    }
-    for ((item, found), followed) in items.iter_mut().zip(&pointers).zip(&followed) {
+    mem.read_batch(batch);
+    let facts = items
+        .iter()
+        .zip(fresh)
+        .zip(&fact_reads)
+        .filter_map(|((item, id), reads)| {
+            Some(copied_facts(batch, item.object, (*id)?, reads.as_ref()?))
+        })
+        .collect();
+    for ((item, (found, _)), followed) in items.iter_mut().zip(pointers).zip(&followed) {
         for i in 0..REQUEST_FIELDS {
             let Some(pointer) = found[i] else { continue };
             let words = match followed[i] {
@@ -291,6 +357,36 @@ pub fn fill<M: ProcessMemory + ?Sized>(
         }
     }
     facts
+}
+
+/// The reads of a fresh request's facts: each field's value, and its id string.
+type FactReads = ([Option<ReadId>; FACT_FIELDS], ReadId);
+
+/// A fresh request's facts as the watch program copies them.
+fn copied_facts(
+    batch: &Batch,
+    object: u64,
+    id: u64,
+    (fields, id_bytes): &FactReads,
+) -> RequestFacts {
+    let mut copied = RequestFacts {
+        object,
+        id,
+        missing: 0,
+        fields: [[0; 2]; FACT_FIELDS],
+        id_bytes: [0; ID_BYTES],
+    };
+    for (i, read) in fields.iter().enumerate() {
+        match read.and_then(|r| batch.word(r, 0).zip(batch.word(r, 1))) {
+            Some((a, b)) => copied.fields[i] = [a, b],
+            None => copied.missing |= 1 << i,
+        }
+    }
+    match batch.bytes(*id_bytes) {
+        Some(bytes) => copied.id_bytes.copy_from_slice(bytes),
+        None => copied.missing |= 1 << FACT_FIELDS,
+    }
+    copied
 }
 
 /// The request class's type words.

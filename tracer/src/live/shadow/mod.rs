@@ -15,6 +15,9 @@
 //! leave a window worth reading in (≥ [`AUTO_MIN_STILL_NS`] from `schedule()`'s return to
 //! the next mark in the median step, half that in the 10th percentile), and back for good
 //! when too many shadow copies end late.
+//!
+//! Imports inspect's memory and CPython readers, decode's hits and snapshot's
+//! [`LiveRequests`] (and session's clock); the session drives it.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -176,9 +179,9 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
             return None;
         }
         if self.shadowing {
-            // Judged over a full window (H200: in one of six windows 12 of the first 13
-            // copies ended late and a partial window sent it back; the others had 0–5 late
-            // of ~2 000).
+            // Judged over a full window only: late copies can bunch at the start (on an H200,
+            // up to 12 of a window's first 13, against 0–5 of ~2 000 over the run), and a
+            // partial window would send a workload that suits the shadow back.
             let late = self.recent_late.iter().filter(|&&late| late).count();
             if self.recent_late.len() >= AUTO_WINDOW && late >= AUTO_MAX_LATE {
                 // For good: a workload whose windows are too short stays so.
