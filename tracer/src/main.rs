@@ -11,9 +11,9 @@ use tracer::{
     live::{
         engines, launch,
         sinks::{OutDir, TRACE_FILES},
+        status::say,
     },
     offline::{compare, export, perfetto, report},
-    stderr::say,
     text::printable_lines,
     tools::{doctor, probes},
 };

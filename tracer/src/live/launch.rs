@@ -27,15 +27,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{
-    live::{
-        discover::{self, DiscoverError, Target},
-        engines::{self, Engine, Role},
-        resolve::{self, ResolveError},
-        session,
-        sinks::{out_dir::Invoker, OutDir},
-    },
-    stderr::say,
+use crate::live::{
+    discover::{self, DiscoverError, Target},
+    engines::{self, Engine, Role},
+    resolve::{self, ResolveError},
+    session,
+    sinks::{out_dir::Invoker, OutDir},
+    status::say,
 };
 
 /// How often the command's processes are searched for an engine while vLLM loads.

@@ -4,7 +4,8 @@
 //! [`decode`] (ring-buffer records → hits) → [`shadow`] (copies finished off the engine
 //! thread) → [`correlate`] (hits → steps, requests) → [`sinks`] (the trace folder).
 //! [`snapshot`] plans and reads the scheduler copies, [`cuda`] folds CUDA calls into steps,
-//! [`session`] runs it all; [`engines`] and [`launch`] find or start the engine.
+//! [`session`] runs it all, [`status`] keeps the operator informed on stderr; [`engines`]
+//! and [`launch`] find or start the engine.
 //! Imports [`crate::inspect`], [`crate::schema`], and [`crate::offline`]'s writers at the end.
 
 pub mod attach;
@@ -20,3 +21,4 @@ pub mod session;
 pub mod shadow;
 pub mod sinks;
 pub mod snapshot;
+pub mod status;

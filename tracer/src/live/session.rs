@@ -32,13 +32,12 @@ use crate::{
         shadow,
         sinks::{self, OutDir, Outputs, StepRow},
         snapshot::{self, Capture, CaptureError, LiveRequests},
+        status::{self, say, Status},
     },
     schema::{
         rows::RankRow,
         run_info::{Counters, CudaReport, ProbeInfo, RunInfo, Totals},
     },
-    stderr::say,
-    tools::status::{self, Status},
 };
 
 /// How often the ring buffers are drained (the eBPF side does not wake us per hit). Short,

@@ -186,11 +186,10 @@ impl Folder {
         start
     }
 
-    /// The calls of one step. Steps must come in the order they complete.
-    pub fn fold(&mut self, window: Window) -> StepCalls {
-        // The spans the step owns (calls recorded in them are its), its launch stretch and
-        // its wait stretch.
-        let (owned, launch, wait): (Vec<Span>, Span, Option<Span>) = match window.batch {
+    /// The spans a step owns (calls recorded in them are its), its launch stretch and its
+    /// wait stretch (per batch only).
+    fn stretches(&mut self, window: &Window) -> (Vec<Span>, Span, Option<Span>) {
+        match window.batch {
             None => (
                 vec![(window.start_ns, window.end_ns)],
                 (window.schedule_done_ns, window.execute_done_ns),
@@ -223,7 +222,12 @@ impl Folder {
                 ];
                 (owned, launch, Some(wait))
             }
-        };
+        }
+    }
+
+    /// The calls of one step. Steps must come in the order they complete.
+    pub fn fold(&mut self, window: Window) -> StepCalls {
+        let (owned, launch, wait) = self.stretches(&window);
         let in_step = |c: &Call| owned.iter().any(|&(a, b)| a <= c.end_ns && c.end_ns <= b);
         let mut step = StepCalls {
             launch_ns: launch.1.saturating_sub(launch.0),
@@ -238,18 +242,7 @@ impl Folder {
         for call in self.pending.drain(..) {
             if in_step(&call) {
                 step.totals.add(&call);
-                let i = match processes.iter().position(|(p, _)| p.pid == call.pid) {
-                    Some(i) => i,
-                    None => {
-                        let share = ProcessCalls {
-                            pid: call.pid,
-                            ..Default::default()
-                        };
-                        processes.push((share, Vec::new()));
-                        processes.len() - 1
-                    }
-                };
-                let (share, blocked) = &mut processes[i];
+                let (share, blocked) = share_of(&mut processes, call.pid);
                 share.totals.add(&call);
                 if call.class.timed() {
                     launch_blocked.push(clip(&call, launch));
@@ -306,6 +299,26 @@ impl Folder {
             self.outside.add(&call);
         }
     }
+}
+
+/// The share of the step's calls of process `pid`, with its blocked intervals (added on
+/// first sight).
+fn share_of(
+    processes: &mut Vec<(ProcessCalls, Vec<Span>)>,
+    pid: u32,
+) -> &mut (ProcessCalls, Vec<Span>) {
+    let i = match processes.iter().position(|(p, _)| p.pid == pid) {
+        Some(i) => i,
+        None => {
+            let share = ProcessCalls {
+                pid,
+                ..Default::default()
+            };
+            processes.push((share, Vec::new()));
+            processes.len() - 1
+        }
+    };
+    &mut processes[i]
 }
 
 /// Total length covered by a set of intervals.

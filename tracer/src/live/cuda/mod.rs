@@ -283,7 +283,7 @@ impl CudaTracer {
         active.folder.expire(monotonic_ns());
         for note in active.notes.drain(..) {
             if !active.quiet {
-                crate::stderr::say(&note);
+                crate::live::status::say(&note);
             }
         }
     }

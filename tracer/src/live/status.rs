@@ -1,4 +1,4 @@
-//! The live status line on stderr while tracing: steps/s, requests seen, queue lengths now,
+//! The live status line on stderr while tracing, and [`say`] for the tracer's other lines: steps/s, requests seen, queue lengths now,
 //! drops and output size.
 //!
 //! On a terminal one line is rewritten in place (`\r`) every second; otherwise (a log file,
@@ -208,6 +208,15 @@ pub fn human_bytes(bytes: u64) -> String {
         b if b >= 1 << 10 => format!("{:.1} kB", b as f64 / (1u64 << 10) as f64),
         b => format!("{b} B"),
     }
+}
+
+/// A line on stderr (a warning, a note, an error), on a clean line below the status line. A
+/// closed stderr (the launching terminal went away) must not cost the trace its files, so
+/// write errors are ignored.
+pub fn say(message: &str) {
+    use std::io::Write as _;
+    Status::clear();
+    let _ = writeln!(std::io::stderr(), "{message}");
 }
 
 #[cfg(test)]
