@@ -13,5 +13,7 @@ pub mod inspect;
 pub mod live;
 pub mod offline;
 pub mod schema;
+#[cfg(test)]
+mod test_rng;
 pub mod text;
 pub mod tools;

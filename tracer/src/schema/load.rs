@@ -246,21 +246,7 @@ pub fn read_all<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
 #[cfg(test)]
 pub(crate) mod random_rows {
     use super::*;
-
-    /// xorshift64*: a seeded generator without a dependency.
-    pub(crate) struct Rng(pub u64);
-
-    impl Rng {
-        pub fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        pub fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-    }
+    pub(crate) use crate::test_rng::Rng;
 
     /// A row type's CSV header and, per column, its default cell and the largest number it
     /// takes (`None`: not a number).

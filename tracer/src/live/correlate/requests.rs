@@ -836,8 +836,9 @@ mod tests {
         live::{
             decode::Decoder,
             plan::{Mark, ProbePlan, Watch},
-            snapshot::{state::Typing, tests::Rng},
+            snapshot::state::Typing,
         },
+        test_rng::Rng,
     };
 
     struct OnePrompt;
