@@ -16,6 +16,7 @@ pub mod discover;
 pub mod engines;
 pub mod launch;
 pub mod plan;
+pub mod record;
 pub mod resolve;
 pub mod session;
 pub mod shadow;
