@@ -141,13 +141,9 @@ impl Fold {
         {
             Self::update(&mut self.requests, &mut self.rows, update);
         }
-        let (out, token) = self.requests.schedule(
-            source,
-            &step,
-            scheduled.as_ref(),
-            &self.budgets,
-            &mut row,
-        );
+        let (out, token) =
+            self.requests
+                .schedule(source, &step, scheduled.as_ref(), &self.budgets, &mut row);
         self.rows.requests.extend(out.finished);
         let updated = state_at(&state, &step.after_update);
         self.pending.push_back(Pending {
@@ -328,7 +324,29 @@ mod tests {
             for column in ["prompt_tokens", "output_tokens", "preemptions"] {
                 assert_eq!(s[column], t[column], "{}: {column}", t["request_id"]);
             }
-            assert_eq!(s["arrival_time_s"], t["arrival_time"], "{}", t["request_id"]);
+            assert_eq!(
+                s["arrival_time_s"], t["arrival_time"],
+                "{}",
+                t["request_id"]
+            );
+            // The status is told from token counts: a stop token that is exactly the last
+            // allowed one reads as length-capped (tests/fixtures/engine/README.md).
+            let stopped_at_max =
+                t["finish_status"] == "FINISHED_STOPPED" && t["output_tokens"] == t["max_tokens"];
+            if !stopped_at_max {
+                assert_eq!(
+                    s["finish_status"], t["finish_status"],
+                    "{}",
+                    t["request_id"]
+                );
+            }
+            if t["num_cached_tokens"] != "-1" {
+                assert_eq!(
+                    s["cached_tokens"], t["num_cached_tokens"],
+                    "{}",
+                    t["request_id"]
+                );
+            }
         }
         let finished = |t: &&Row| t["finish_status"].starts_with("FINISHED");
         assert!(truth.iter().filter(finished).count() > 20);
