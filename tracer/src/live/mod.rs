@@ -5,7 +5,8 @@
 //! thread) → [`correlate`] (hits → steps, requests) → [`sinks`] (the trace folder).
 //! [`snapshot`] plans and reads the scheduler copies, [`cuda`] folds CUDA calls into steps,
 //! [`session`] runs it all, [`status`] keeps the operator informed on stderr; [`engines`]
-//! and [`launch`] find or start the engine.
+//! and [`launch`] find or start the engine; [`record`] keeps a trace's raw records for tests
+//! that replay them.
 //! Imports [`crate::inspect`], [`crate::schema`], and [`crate::offline`]'s writers at the end.
 
 pub mod attach;
@@ -16,6 +17,9 @@ pub mod discover;
 pub mod engines;
 pub mod launch;
 pub mod plan;
+pub mod record;
+#[cfg(test)]
+mod replay;
 pub mod resolve;
 pub mod session;
 pub mod shadow;

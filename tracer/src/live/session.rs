@@ -28,6 +28,7 @@ use crate::{
         decode::{Decoder, RawSnapshot},
         engines::Engine,
         plan::{self, ProbePlan},
+        record::{tag, Recorder},
         resolve::{self, Resolved},
         shadow,
         sinks::{self, OutDir, Outputs, StepRow},
@@ -120,6 +121,8 @@ struct Session<'r> {
     /// Steps whose update is still to be folded, oldest first.
     pending_updates: VecDeque<PendingUpdate>,
     files: Files,
+    /// Where the raw records go, with `TRACER_RECORD` set (see [`crate::live::record`]).
+    recorder: Option<Recorder>,
 }
 
 impl<'r> Session<'r> {
@@ -171,6 +174,7 @@ impl<'r> Session<'r> {
             decoder: Decoder::new(&plan, target.python.eval_code.clone()),
             correlator: Correlator::new(plan.per_batch),
             requests: Requests::new(target.pid, trace_start_ns, idle_at_start),
+            recorder: Recorder::from_env(engine, &plan, capture.as_ref(), trace_start_ns),
             engine,
             reader,
             options,
@@ -248,6 +252,9 @@ impl<'r> Session<'r> {
     fn drain(&mut self) {
         let mut steps = Vec::new();
         while let Some(record) = self.probes.events.next() {
+            if let Some(recorder) = &mut self.recorder {
+                recorder.write(tag::EVENTS, &record);
+            }
             let Some(hit) = self.decoder.decode(&record) else {
                 continue;
             };
@@ -264,6 +271,9 @@ impl<'r> Session<'r> {
         }
         // After the watch ring: the facts of every request its snapshots list are in.
         while let Some(record) = self.probes.facts.next() {
+            if let Some(recorder) = &mut self.recorder {
+                recorder.write(tag::FACTS, &record);
+            }
             if !self
                 .source
                 .as_mut()
@@ -276,6 +286,9 @@ impl<'r> Session<'r> {
         self.cuda.poll();
         for step in steps {
             self.fold_step(step);
+        }
+        if let Some(recorder) = &mut self.recorder {
+            recorder.write(tag::DRAIN, &[]);
         }
         if let Some(source) = &mut self.source {
             source.end_drain();
@@ -295,7 +308,8 @@ impl<'r> Session<'r> {
             self.files.step(&row);
             return;
         };
-        let scheduled = scheduled_state(capture, &step, self.plan.per_batch);
+        let state = |raw: &RawSnapshot| capture.state(raw);
+        let scheduled = scheduled_state(&state, &step, self.plan.per_batch);
         // Schedules and updates are folded in the order they ran. Per batch, the previous
         // batch's update usually ran after this batch's schedule(): not when a call had
         // nothing to schedule.
@@ -313,7 +327,7 @@ impl<'r> Session<'r> {
             &mut row,
         );
         self.files.details(&out);
-        let updated = state_at(capture, &step.after_update);
+        let updated = state_at(&state, &step.after_update);
         self.replan(&step);
         self.pending_updates.push_back(PendingUpdate {
             updated,
@@ -351,6 +365,9 @@ impl<'r> Session<'r> {
                 ));
             }
         }
+        if let Some(recorder) = &mut self.recorder {
+            recorder.plan(step.index, &capture.plan);
+        }
     }
 
     /// Ends the trace: decodes what the kernel side wrote before we stopped, folds the last
@@ -359,6 +376,9 @@ impl<'r> Session<'r> {
         self.status.finish();
         self.drain();
         let trace_end_ns = monotonic_ns();
+        if let Some(recorder) = &mut self.recorder {
+            recorder.end(trace_end_ns);
+        }
         self.correlator.finish();
         for update in self.pending_updates.drain(..) {
             update.fold(&mut self.requests, &mut self.files);
@@ -533,33 +553,39 @@ fn request_readers<'r>(
     (source, shadow)
 }
 
+/// How a snapshot's raw words are typed: [`Capture::state`] (or a replay's typing).
+pub(crate) type TypeState<'a> = dyn Fn(&RawSnapshot) -> snapshot::SchedulerState + 'a;
+
 /// The scheduler as a snapshot shows it, unless the snapshot was dropped.
-fn state_at(capture: &Capture, raw: &Option<RawSnapshot>) -> Option<snapshot::SchedulerState> {
+pub(crate) fn state_at(
+    state: &TypeState,
+    raw: &Option<RawSnapshot>,
+) -> Option<snapshot::SchedulerState> {
     raw.as_ref()
         .filter(|r| r.header.flags & snap::DROPPED == 0)
-        .map(|r| capture.state(r))
+        .map(state)
 }
 
 /// The scheduler as the step's schedule() left it, with the step's output. Per batch, the
 /// copy before the batch's update shows later batches' queues; only its `scheduler_output`
 /// local is the batch's (a shadow copy read it already).
-fn scheduled_state(
-    capture: &Capture,
+pub(crate) fn scheduled_state(
+    state: &TypeState,
     step: &Step,
     per_batch: bool,
 ) -> Option<snapshot::SchedulerState> {
-    match (per_batch, state_at(capture, &step.at_schedule)) {
+    match (per_batch, state_at(state, &step.at_schedule)) {
         (true, Some(at_schedule)) => Some(snapshot::SchedulerState {
             scheduled: at_schedule
                 .scheduled
                 .clone()
-                .or_else(|| state_at(capture, &step.after_execute).and_then(|s| s.scheduled)),
+                .or_else(|| state_at(state, &step.after_execute).and_then(|s| s.scheduled)),
             ..at_schedule
         }),
         (true, None) => None,
         // On the `step` path only shadow copies are taken when `schedule()` returns.
         (false, Some(shadow_copy)) => Some(shadow_copy),
-        (false, None) => state_at(capture, &step.after_execute),
+        (false, None) => state_at(state, &step.after_execute),
     }
 }
 

@@ -514,6 +514,11 @@ impl Capture {
         self.per_batch
     }
 
+    /// What the copies are typed with (for `live::record`'s sidecar).
+    pub fn typing(&self) -> &Typing {
+        &self.typing
+    }
+
     /// Switches the first snapshot of a step between a synchronous copy with every field and
     /// a shadow one (the fields read by userspace while the batch executes); `true` if the
     /// plan changed.
