@@ -119,8 +119,8 @@ impl Recorder {
         let setup = Setup::of(engine, plan, capture, trace_start_ns);
         let opened = serde_json::to_vec_pretty(&setup)
             .map_err(io::Error::other)
-            .and_then(|json| std::fs::write(Setup::path(&path), json))
-            .and_then(|()| File::create(&path));
+            .and_then(|json| fresh_file(&Setup::path(&path))?.write_all(&json))
+            .and_then(|()| fresh_file(&path));
         let mut recorder = Self {
             out: None,
             plan: None,
@@ -170,4 +170,16 @@ impl Recorder {
             say(&format!("tracer: warning: recording stopped: {e}"));
         }
     }
+}
+
+/// A new file at `path`: the tracer runs as root, so it neither replaces what is there nor
+/// follows a link someone planted.
+fn fresh_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
 }
