@@ -604,23 +604,21 @@ fn short_requests_keep_their_ids_and_memory_stays_flat() {
     assert_eq!(run["counters"]["facts_dropped"], 0);
     let requests = rows(&out.join("requests.csv"));
     assert!(requests.len() > 25_000, "{}", requests.len());
-    // Known fault, not yet found: with two busy loops on the 2 cores, 3 of 6 runs left one
-    // request of 30 070 unnamed (`request@0x…`): a 1-token request listed in one snapshot
-    // only, with its id copied (its scheduled tokens were found by it) but no facts for it
-    // and no event of its token. Up to one in 10 000 is tolerated so that it shows here
-    // without failing every loaded run; more is a regression.
-    let (named, unnamed): (Vec<_>, Vec<_>) = requests
+    // A tracer lagging behind under load folds many steps per drain, where two short
+    // requests can share object and id string addresses: each must keep its own name.
+    let unnamed: Vec<_> = requests
         .iter()
-        .partition(|r| r["request_id"].starts_with("cmpl-fixture-"));
-    assert!(
-        unnamed.len() * 10_000 <= requests.len(),
-        "{} unnamed: {:?}",
-        unnamed.len(),
-        &unnamed[..unnamed.len().min(3)]
-    );
+        .filter(|r| !r["request_id"].starts_with("cmpl-fixture-"))
+        .take(3)
+        .collect();
+    assert!(unnamed.is_empty(), "{unnamed:?}");
+    // ... and its own name, not the other's.
+    let ids: std::collections::HashSet<&str> =
+        requests.iter().map(|r| r["request_id"].as_str()).collect();
+    assert_eq!(ids.len(), requests.len(), "a request id named two requests");
     let one_step = requests.iter().filter(|r| r["iterations"] == "1").count();
     assert!(one_step > 1000, "{one_step}");
-    assert!(named.iter().all(|r| !r["arrival_time_s"].is_empty()));
+    assert!(requests.iter().all(|r| !r["arrival_time_s"].is_empty()));
 
     // After the first quarter (allocations warm), no growth with the requests seen.
     assert!(rss.len() >= 8, "{rss:?}");
