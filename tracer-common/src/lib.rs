@@ -1,11 +1,16 @@
 //! Types shared by the eBPF programs (`tracer-ebpf`) and the loader (`tracer`).
 //!
 //! Everything here is `#[repr(C)]` plain data: the kernel side writes it into maps and the
-//! ring buffer, the user side reads the same bytes back.
+//! ring buffer, the user side reads the same bytes back (`parse`, built with the `user` feature).
 #![no_std]
+
+#[cfg(feature = "user")]
+extern crate alloc;
 
 pub mod capture;
 pub mod cuda;
+#[cfg(feature = "user")]
+pub mod parse;
 
 /// Name of the eBPF program that runs at every hit of a watched bytecode instruction.
 pub const WATCH_PROGRAM: &str = "watch_hit";
