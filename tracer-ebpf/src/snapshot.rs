@@ -755,45 +755,14 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Result<usize, Counter> 
     // SAFETY: as above.
     let plan = unsafe { &(*area).plan };
     let mut header = SnapshotHeader::default();
-    // Which requests each queue holds, as their addresses: 8 bytes an item, not an Item.
-    let item_bytes = if fields {
-        size_of::<Item>()
-    } else {
+    if !fields {
         header.flags |= snap::COMPACT;
-        8
-    };
+    }
     if shadow {
         header.flags |= snap::SHADOW;
         header.frame = step_frame(plan).unwrap_or(0);
     }
-    match copy_queue(area, &plan.running, HEADER_BYTES as u64, !fields) {
-        Some((copied, len)) => {
-            header.flags |= snap::RUNNING;
-            header.n_running = copied;
-            header.running_len = len;
-        }
-        None => read_error(&mut header, Counter::RunningUnreadable),
-    }
-    let waiting_start = HEADER_BYTES + header.n_running as usize * item_bytes;
-    match copy_queue(area, &plan.waiting, waiting_start as u64, !fields) {
-        Some((copied, len)) => {
-            header.flags |= snap::WAITING;
-            header.n_waiting = copied;
-            header.waiting_len = len;
-        }
-        None => read_error(&mut header, Counter::WaitingUnreadable),
-    }
-    if plan.kv_free.owner != 0 {
-        match source(&plan.py, &plan.kv_free).and_then(|count| read_value(&plan.py, count)) {
-            Some(words) => {
-                header.flags |= snap::KV_FREE;
-                header.kv_free = words;
-            }
-            None => read_error(&mut header, Counter::KvFreeUnreadable),
-        }
-    }
-    let items = (header.n_running + header.n_waiting) as usize;
-    let start = HEADER_BYTES + items * item_bytes;
+    let start = copy_queues(area, &mut header);
     if start > ITEMS_END {
         return Err(Counter::OverBound);
     }
@@ -821,6 +790,44 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Result<usize, Counter> 
         (record.add(size_of::<WatchHit>()) as *mut SnapshotHeader).write_unaligned(header);
     }
     Ok(start + header.n_scheduled as usize * size_of::<ScheduledEntry>())
+}
+
+/// Copies the running and waiting queues after the record's header, and reads the KV free
+/// count, into `header`; returns where the items end.
+#[inline(always)]
+fn copy_queues(area: *mut Scratch, header: &mut SnapshotHeader) -> usize {
+    // SAFETY: this CPU's slot; `take` copied the plan in.
+    let plan = unsafe { &(*area).plan };
+    let objects_only = header.flags & snap::COMPACT != 0;
+    // Which requests each queue holds, as their addresses: 8 bytes an item, not an Item.
+    let item_bytes = if objects_only { 8 } else { size_of::<Item>() };
+    match copy_queue(area, &plan.running, HEADER_BYTES as u64, objects_only) {
+        Some((copied, len)) => {
+            header.flags |= snap::RUNNING;
+            header.n_running = copied;
+            header.running_len = len;
+        }
+        None => read_error(header, Counter::RunningUnreadable),
+    }
+    let waiting_start = HEADER_BYTES + header.n_running as usize * item_bytes;
+    match copy_queue(area, &plan.waiting, waiting_start as u64, objects_only) {
+        Some((copied, len)) => {
+            header.flags |= snap::WAITING;
+            header.n_waiting = copied;
+            header.waiting_len = len;
+        }
+        None => read_error(header, Counter::WaitingUnreadable),
+    }
+    if plan.kv_free.owner != 0 {
+        match source(&plan.py, &plan.kv_free).and_then(|count| read_value(&plan.py, count)) {
+            Some(words) => {
+                header.flags |= snap::KV_FREE;
+                header.kv_free = words;
+            }
+            None => read_error(header, Counter::KvFreeUnreadable),
+        }
+    }
+    HEADER_BYTES + (header.n_running + header.n_waiting) as usize * item_bytes
 }
 
 /// Flags a part of the snapshot that could not be read, and counts it by `kind`.
