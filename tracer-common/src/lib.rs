@@ -1,11 +1,16 @@
 //! Types shared by the eBPF programs (`tracer-ebpf`) and the loader (`tracer`).
 //!
 //! Everything here is `#[repr(C)]` plain data: the kernel side writes it into maps and the
-//! ring buffer, the user side reads the same bytes back.
+//! ring buffer, the user side reads the same bytes back (`parse`, built with the `user` feature).
 #![no_std]
+
+#[cfg(feature = "user")]
+extern crate alloc;
 
 pub mod capture;
 pub mod cuda;
+#[cfg(feature = "user")]
+pub mod parse;
 
 /// Name of the eBPF program that runs at every hit of a watched bytecode instruction.
 pub const WATCH_PROGRAM: &str = "watch_hit";
@@ -56,16 +61,34 @@ pub enum Counter {
     RingFull = 1,
     /// Snapshot hits (hits of a watch the plan marks for a snapshot).
     Snapshots = 2,
-    /// Snapshots that could not be built (scratch area missing, record over its bound).
+    /// Snapshots that could not be built (their hit went in alone): the sum of
+    /// [`Counter::NoScratch`] and [`Counter::OverBound`].
     SnapshotFailed = 3,
     /// Snapshots that did not fit in the ring buffer (their hit went in alone).
     SnapshotRingFull = 4,
     /// [`capture::RequestFacts`] lost because their ring buffer was full.
     FactsRingFull = 5,
+    /// Snapshots that failed because this CPU has no scratch slot (more CPUs than the
+    /// loader sized the array for).
+    NoScratch = 6,
+    /// Snapshots that failed because their record would run past its bound (items past the
+    /// queues' room, or past [`capture::MAX_RECORD`]).
+    OverBound = 7,
+    /// Snapshots sent with [`capture::snap::READ_ERROR`] because the running queue could
+    /// not be read (its chain freed, resized, or not what the plan says).
+    RunningUnreadable = 8,
+    /// The same for the waiting queue.
+    WaitingUnreadable = 9,
+    /// The same for the KV block pool's free count.
+    KvFreeUnreadable = 10,
+    /// Snapshots that were to copy the step's scheduled tokens and could not read them (no
+    /// `scheduler_output` in the step's frame yet, or not the dict the plan says); they go
+    /// out without [`capture::snap::SCHEDULED`].
+    ScheduledUnreadable = 11,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 6;
+pub const COUNTER_SLOTS: u32 = 12;
 
 #[cfg(feature = "user")]
 // SAFETY: `WatchHit` is `repr(C)` with only `u64` fields: no padding, any bit pattern valid.

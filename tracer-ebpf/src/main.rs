@@ -102,9 +102,13 @@ pub fn watch_snapshot(ctx: PerfEventContext) -> u32 {
         shadow,
         outputs: hit.watch_addr == plan.snapshot_at[2],
     };
-    let Some(record) = snapshot::take(plan, hit, parts).and_then(snapshot::record) else {
-        bump(Counter::SnapshotFailed);
-        return emit(hit);
+    let record = match snapshot::take(plan, hit, parts).and_then(snapshot::record) {
+        Ok(record) => record,
+        Err(kind) => {
+            bump(Counter::SnapshotFailed);
+            bump(kind);
+            return emit(hit);
+        }
     };
     // A shadow snapshot wakes the loader: its reads must end before the engine thread
     // leaves the execute phase.

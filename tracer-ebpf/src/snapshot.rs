@@ -640,14 +640,13 @@ extern "C" fn scheduled_step(index: u64, _: *mut c_void) -> i64 {
     0
 }
 
+/// Copies the step's scheduled tokens into the record from byte `start` on, where the plan
+/// has the `scheduler_output` local (`output_local` set); returns the entries copied.
 #[inline(always)]
 fn copy_scheduled_tokens(area: *mut Scratch, start: u64) -> Option<u32> {
     // SAFETY: this CPU's slot.
     let (plan, walk) = unsafe { (&(*area).plan, &mut (*area).walk) };
     let py = &plan.py;
-    if plan.output_local == u64::MAX {
-        return None;
-    }
     let output = read(step_frame(plan)? + py.frame_localsplus + 8 * plan.output_local)?
         & !py.stackref_tag_bits;
     let dict = lookup(&table(py, output)?, &plan.output_scheduled)?;
@@ -741,66 +740,39 @@ pub struct Parts {
     pub outputs: bool,
 }
 
-/// Builds the record for a snapshot hit in the scratch area; returns its length.
-pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Option<usize> {
+/// Builds the record for a snapshot hit in the scratch area; returns its length, or the
+/// [`Counter`] of why it could not (parts it could not read are flagged or left out instead).
+pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Result<usize, Counter> {
     let Parts {
         fields,
         scheduled,
         shadow,
         outputs,
     } = parts;
-    let area = scratch()?;
+    let area = scratch().ok_or(Counter::NoScratch)?;
     // SAFETY: this CPU's slot; a perf_event program does not nest on one CPU.
     unsafe { (*area).plan = *plan };
     // SAFETY: as above.
     let plan = unsafe { &(*area).plan };
     let mut header = SnapshotHeader::default();
-    // Which requests each queue holds, as their addresses: 8 bytes an item, not an Item.
-    let item_bytes = if fields {
-        size_of::<Item>()
-    } else {
+    if !fields {
         header.flags |= snap::COMPACT;
-        8
-    };
+    }
     if shadow {
         header.flags |= snap::SHADOW;
         header.frame = step_frame(plan).unwrap_or(0);
     }
-    match copy_queue(area, &plan.running, HEADER_BYTES as u64, !fields) {
-        Some((copied, len)) => {
-            header.flags |= snap::RUNNING;
-            header.n_running = copied;
-            header.running_len = len;
-        }
-        None => header.flags |= snap::READ_ERROR,
-    }
-    let waiting_start = HEADER_BYTES + header.n_running as usize * item_bytes;
-    match copy_queue(area, &plan.waiting, waiting_start as u64, !fields) {
-        Some((copied, len)) => {
-            header.flags |= snap::WAITING;
-            header.n_waiting = copied;
-            header.waiting_len = len;
-        }
-        None => header.flags |= snap::READ_ERROR,
-    }
-    if plan.kv_free.owner != 0 {
-        match source(&plan.py, &plan.kv_free).and_then(|count| read_value(&plan.py, count)) {
-            Some(words) => {
-                header.flags |= snap::KV_FREE;
-                header.kv_free = words;
-            }
-            None => header.flags |= snap::READ_ERROR,
-        }
-    }
-    let items = (header.n_running + header.n_waiting) as usize;
-    let start = HEADER_BYTES + items * item_bytes;
+    let start = copy_queues(area, &mut header);
     if start > ITEMS_END {
-        return None;
+        return Err(Counter::OverBound);
     }
-    if scheduled {
-        if let Some(copied) = copy_scheduled_tokens(area, start as u64) {
-            header.flags |= snap::SCHEDULED;
-            header.n_scheduled = copied;
+    if scheduled && plan.output_local != u64::MAX {
+        match copy_scheduled_tokens(area, start as u64) {
+            Some(copied) => {
+                header.flags |= snap::SCHEDULED;
+                header.n_scheduled = copied;
+            }
+            None => crate::bump(Counter::ScheduledUnreadable),
         }
     }
     if outputs {
@@ -817,17 +789,62 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Option<usize> {
         (record as *mut WatchHit).write_unaligned(hit);
         (record.add(size_of::<WatchHit>()) as *mut SnapshotHeader).write_unaligned(header);
     }
-    Some(start + header.n_scheduled as usize * size_of::<ScheduledEntry>())
+    Ok(start + header.n_scheduled as usize * size_of::<ScheduledEntry>())
+}
+
+/// Copies the running and waiting queues after the record's header, and reads the KV free
+/// count, into `header`; returns where the items end.
+#[inline(always)]
+fn copy_queues(area: *mut Scratch, header: &mut SnapshotHeader) -> usize {
+    // SAFETY: this CPU's slot; `take` copied the plan in.
+    let plan = unsafe { &(*area).plan };
+    let objects_only = header.flags & snap::COMPACT != 0;
+    // Which requests each queue holds, as their addresses: 8 bytes an item, not an Item.
+    let item_bytes = if objects_only { 8 } else { size_of::<Item>() };
+    match copy_queue(area, &plan.running, HEADER_BYTES as u64, objects_only) {
+        Some((copied, len)) => {
+            header.flags |= snap::RUNNING;
+            header.n_running = copied;
+            header.running_len = len;
+        }
+        None => read_error(header, Counter::RunningUnreadable),
+    }
+    let waiting_start = HEADER_BYTES + header.n_running as usize * item_bytes;
+    match copy_queue(area, &plan.waiting, waiting_start as u64, objects_only) {
+        Some((copied, len)) => {
+            header.flags |= snap::WAITING;
+            header.n_waiting = copied;
+            header.waiting_len = len;
+        }
+        None => read_error(header, Counter::WaitingUnreadable),
+    }
+    if plan.kv_free.owner != 0 {
+        match source(&plan.py, &plan.kv_free).and_then(|count| read_value(&plan.py, count)) {
+            Some(words) => {
+                header.flags |= snap::KV_FREE;
+                header.kv_free = words;
+            }
+            None => read_error(header, Counter::KvFreeUnreadable),
+        }
+    }
+    HEADER_BYTES + (header.n_running + header.n_waiting) as usize * item_bytes
+}
+
+/// Flags a part of the snapshot that could not be read, and counts it by `kind`.
+#[inline(always)]
+fn read_error(header: &mut SnapshotHeader, kind: Counter) {
+    header.flags |= snap::READ_ERROR;
+    crate::bump(kind);
 }
 
 /// The record built by [`take`], `len` bytes of it.
-pub fn record(len: usize) -> Option<&'static [u8]> {
-    let area = scratch()?;
+pub fn record(len: usize) -> Result<&'static [u8], Counter> {
+    let area = scratch().ok_or(Counter::NoScratch)?;
     if len > MAX_RECORD {
-        return None;
+        return Err(Counter::OverBound);
     }
     // SAFETY: this CPU's slot, bounded by MAX_RECORD; read before anything else runs here.
     let record = unsafe { &(*area).record };
     // SAFETY: `len` ≤ MAX_RECORD, the length of `record`.
-    Some(unsafe { core::slice::from_raw_parts(record.as_ptr(), len) })
+    Ok(unsafe { core::slice::from_raw_parts(record.as_ptr(), len) })
 }

@@ -1,11 +1,10 @@
-//! Stage 5, decode: raw ring-buffer records into typed hits, with the scheduler snapshot
-//! that some hits carry split into its parts (still raw words: what they mean is decided
-//! with the CPython layout in [`crate::live::snapshot::state`]).
+//! Stage 5, decode: raw ring-buffer records into typed hits. [`tracer_common::parse`] splits
+//! the bytes (the hit, and the scheduler snapshot some hits carry: still raw words, what they
+//! mean is decided with the CPython layout in [`crate::live::snapshot::state`]); this stage
+//! names the watch and drops the reads that are not the interpreter executing it.
 
-use tracer_common::{
-    capture::{snap, Item, ScheduledEntry, SnapshotHeader},
-    WatchHit, NO_QUEUE_LEN,
-};
+pub use tracer_common::parse::RawSnapshot;
+use tracer_common::{parse, NO_QUEUE_LEN};
 
 use crate::{
     live::{
@@ -26,65 +25,6 @@ pub struct Hit {
     pub queue_len: Option<u64>,
 }
 
-/// The scheduler state the watch program copied at a snapshot hit.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RawSnapshot {
-    pub header: SnapshotHeader,
-    pub running: Vec<Item>,
-    pub waiting: Vec<Item>,
-    pub scheduled: Vec<ScheduledEntry>,
-}
-
-/// Plain-old-data values from a byte slice (which has no alignment guarantee).
-fn read_pod<T: Copy>(bytes: &[u8]) -> Option<(T, &[u8])> {
-    let size = size_of::<T>();
-    if bytes.len() < size {
-        return None;
-    }
-    // SAFETY: T is one of the repr(C) integer-only tracer_common types (any bit pattern is
-    // valid) and the slice holds at least size_of::<T>() bytes.
-    let value = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) };
-    Some((value, &bytes[size..]))
-}
-
-/// `n` values; `None` if the bytes are too few (checked first: `n` comes from the record,
-/// and a count no record can hold must not size an allocation).
-fn read_many<T: Copy>(mut bytes: &[u8], n: usize) -> Option<(Vec<T>, &[u8])> {
-    if n.checked_mul(size_of::<T>())? > bytes.len() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (value, rest) = read_pod::<T>(bytes)?;
-        out.push(value);
-        bytes = rest;
-    }
-    Some((out, bytes))
-}
-
-impl RawSnapshot {
-    /// Parses the bytes after the `WatchHit`; `None` if the lengths do not add up.
-    fn parse(bytes: &[u8]) -> Option<Self> {
-        let (header, rest) = read_pod::<SnapshotHeader>(bytes)?;
-        let items = |rest, n: u32| -> Option<(Vec<Item>, &[u8])> {
-            if header.flags & snap::COMPACT == 0 {
-                return read_many::<Item>(rest, n as usize);
-            }
-            let (objects, rest) = read_many::<u64>(rest, n as usize)?;
-            Some((objects.into_iter().map(Item::bare).collect(), rest))
-        };
-        let (running, rest) = items(rest, header.n_running)?;
-        let (waiting, rest) = items(rest, header.n_waiting)?;
-        let (scheduled, rest) = read_many::<ScheduledEntry>(rest, header.n_scheduled as usize)?;
-        rest.is_empty().then_some(Self {
-            header,
-            running,
-            waiting,
-            scheduled,
-        })
-    }
-}
-
 pub struct Decoder {
     marks: Vec<(u64, Mark)>,
     eval_code: EvalCode,
@@ -103,14 +43,7 @@ impl Decoder {
     }
 
     pub fn decode(&mut self, record: &[u8]) -> Option<Hit> {
-        let parsed = read_pod::<WatchHit>(record).and_then(|(raw, rest)| {
-            if rest.is_empty() {
-                Some((raw, None))
-            } else {
-                RawSnapshot::parse(rest).map(|snapshot| (raw, Some(snapshot)))
-            }
-        });
-        let Some((raw, snapshot)) = parsed else {
+        let Some((raw, snapshot)) = parse::watch_record(record) else {
             self.counts.malformed += 1;
             return None;
         };
@@ -134,6 +67,8 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::WatchHit;
+
     use super::*;
     use crate::live::plan::Watch;
 

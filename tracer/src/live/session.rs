@@ -37,7 +37,7 @@ use crate::{
     },
     schema::{
         rows::RankRow,
-        run_info::{Counters, CudaReport, ProbeInfo, RunInfo, Totals},
+        run_info::{Counters, CudaReport, ProbeInfo, RunInfo, SnapshotErrors, Totals},
     },
 };
 
@@ -488,6 +488,14 @@ impl<'r> Session<'r> {
                 snapshots: probes.counter(Counter::Snapshots),
                 snapshots_failed: probes.counter(Counter::SnapshotFailed),
                 snapshots_dropped: probes.counter(Counter::SnapshotRingFull),
+                snapshot_errors: SnapshotErrors {
+                    no_scratch: probes.counter(Counter::NoScratch),
+                    over_bound: probes.counter(Counter::OverBound),
+                    running_unreadable: probes.counter(Counter::RunningUnreadable),
+                    waiting_unreadable: probes.counter(Counter::WaitingUnreadable),
+                    kv_free_unreadable: probes.counter(Counter::KvFreeUnreadable),
+                    scheduled_unreadable: probes.counter(Counter::ScheduledUnreadable),
+                },
                 shadow: self.shadow.as_ref().map(|s| s.counts),
             },
             scheduler: self.capture.as_ref().map(|c| c.budgets),

@@ -75,8 +75,26 @@ pub struct Counters {
     pub snapshots_failed: u64,
     /// Snapshots lost because the ring buffer was full (their hits were kept).
     pub snapshots_dropped: u64,
+    /// What went wrong in the kernel side's snapshots, by kind.
+    pub snapshot_errors: SnapshotErrors,
     /// Shadow copies (`--snapshots`), absent with `--phases-only`.
     pub shadow: Option<ShadowCounts>,
+}
+
+/// The kernel side's snapshot failures (`snapshots_failed`, by cause) and the parts it could
+/// not read (the snapshot went out without them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SnapshotErrors {
+    /// Failed: this CPU had no scratch slot.
+    pub no_scratch: u64,
+    /// Failed: the record would have run past its bound.
+    pub over_bound: u64,
+    /// Sent flagged as a read error: a queue, or the KV free count, could not be read.
+    pub running_unreadable: u64,
+    pub waiting_unreadable: u64,
+    pub kv_free_unreadable: u64,
+    /// Sent without the step's scheduled tokens, which it was to copy.
+    pub scheduled_unreadable: u64,
 }
 
 /// Running totals for the end-of-trace summary line.

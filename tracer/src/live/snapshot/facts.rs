@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use tracer_common::capture as wire;
+use tracer_common::{capture as wire, parse};
 
 use super::state::small_int;
 use crate::inspect::{
@@ -139,12 +139,9 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
 
     /// Takes in one record of the facts ring; `false` if it is not one (a build mismatch).
     pub fn learn(&mut self, record: &[u8]) -> bool {
-        if record.len() != size_of::<wire::RequestFacts>() {
+        let Some(facts) = parse::fixed_record::<wire::RequestFacts>(record) else {
             return false;
-        }
-        // SAFETY: `RequestFacts` is repr(C) of integers (any bit pattern is valid) and the
-        // record holds exactly its bytes.
-        let facts: wire::RequestFacts = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+        };
         self.know(facts);
         true
     }
