@@ -404,13 +404,10 @@ impl Active {
     fn drain(&mut self) {
         let mut calls = Vec::new();
         while let Some(record) = self.probes.ring.next() {
-            let Ok(bytes) = <[u8; size_of::<CudaCall>()]>::try_from(&*record) else {
+            let Some(raw) = tracer_common::parse::fixed_record::<CudaCall>(&record) else {
                 self.malformed += 1;
                 continue;
             };
-            // SAFETY: CudaCall is plain old data of exactly this size; read_unaligned needs
-            // no alignment.
-            let raw: CudaCall = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
             let Some(function) = api::by_cookie(raw.cookie) else {
                 self.malformed += 1;
                 continue;
