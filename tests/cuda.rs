@@ -367,6 +367,8 @@ fn tensor_parallel_ranks_are_folded_per_rank_with_the_slowest() {
         |key: &str| -> Vec<u64> { processes.iter().map(|p| p[key].as_u64().unwrap()).collect() };
     assert_eq!(count("rank_steps"), [STEPS as u64; 2]);
     assert_eq!(count("slowest_steps").iter().sum::<u64>(), STEPS as u64);
+    // The engine steps per call and waits inside `execute_model`: time tells the batches.
+    assert_eq!(run.run["cuda"]["workers_folded_by_time"], false);
 
     let truth: Vec<RankTruth> = read_csv(&rank_truth_path);
     let ranks: Vec<RankRow> = read_csv(&dir.path().join("out/ranks.csv"));

@@ -27,5 +27,7 @@ for _ in $(seq 100); do kill -0 $T 2>/dev/null || break; sleep 0.1; done
 kill -INT $T 2>/dev/null || true; wait $T || true
 echo "tracer end after the harness exited: $(( ($(date +%s%N) - S) / 1000000 )) ms"
 tail -3 "$OUT/tracer.log"; grep '^summary ' "$OUT/harness.log"
-CHECK=(); [[ " ${HARNESS[*]} " == *" --enforce-eager "* ]] && CHECK=(--capture-max 0)
+# CHECK_ARGS: more check.py options (e.g. "--ranks 2" with worker processes).
+read -ra CHECK <<< "${CHECK_ARGS:-}"
+[[ " ${HARNESS[*]} " == *" --enforce-eager "* ]] && CHECK+=(--capture-max 0)
 python3 -m gpu_vllm_harness.check --harness "$OUT/harness" --trace "$OUT/trace" "${CHECK[@]}"

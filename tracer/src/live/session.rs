@@ -386,7 +386,7 @@ impl<'r> Session<'r> {
         let out = self.requests.finish(trace_end_ns);
         self.files.details(&out);
         // The CUDA probes stay attached until this returns: their detach outlives the files.
-        let cuda = self.cuda.finish();
+        let cuda = self.cuda.finish(self.plan.per_batch);
         if let Some(e) = self.files.error.take() {
             return Err(e).context("writing the CSV files");
         }
@@ -623,6 +623,14 @@ fn say_what_was_lost(info: &RunInfo, unknown: bool) {
             c.late + c.failed,
             c.copies
         ));
+    }
+    if info.cuda.workers_folded_by_time {
+        say(
+            "tracer: warning: the CUDA columns come from worker processes while the engine \
+             steps per batch (async scheduling): folded by time, a batch's calls can land in a \
+             neighbouring row (on an H200, 251 of 737 rows' launches fit another batch's \
+             tokens); totals over many steps hold; see README \"Tensor parallelism\"",
+        );
     }
     if !info.empty_columns.is_empty() {
         say(&format!(

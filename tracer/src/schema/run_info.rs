@@ -231,6 +231,10 @@ pub struct CudaReport {
     pub late_calls: u64,
     /// Of those, calls left unplaced for `HORIZON_NS` (no step completed around them).
     pub expired_calls: u64,
+    /// Calls of worker processes were folded into the batches of an engine that steps per
+    /// batch (async scheduling): by time, where a worker runs a batch while the engine
+    /// already waits on the one before, so a batch's calls can land in a neighbour's row.
+    pub workers_folded_by_time: bool,
 }
 
 /// One traced process, for run.json.

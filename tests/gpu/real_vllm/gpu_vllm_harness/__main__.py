@@ -47,6 +47,10 @@ def parse_args(argv):
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--no-async-scheduling", action="store_true")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    p.add_argument("--tp", type=int, default=1, help="tensor_parallel_size")
+    p.add_argument("--executor", choices=("uni", "mp"),
+                   help="distributed_executor_backend (vLLM's default: uni for one GPU, "
+                        "mp for more; mp with --tp 1 runs the model in one worker process)")
     p.add_argument("--warmup", type=int, default=32, help="requests served before ready")
     p.add_argument("--wait-go", help="start the workload once this file exists")
     p.add_argument("--seed", type=int, default=0)
@@ -91,6 +95,7 @@ def main(argv):
         skip_tokenizer_init=True, max_model_len=2048, seed=a.seed,
         gpu_memory_utilization=a.gpu_memory_utilization, enforce_eager=a.enforce_eager,
         async_scheduling=not a.no_async_scheduling, disable_log_stats=False,
+        tensor_parallel_size=a.tp, distributed_executor_backend=a.executor,
     )  # fmt: skip
     t0 = time.monotonic()
     engine = LLMEngine.from_engine_args(args)

@@ -49,11 +49,60 @@ def union(spans):
     return total + (cur[1] - cur[0] if cur else 0)
 
 
+CALLS = ("cuda_launches", "cuda_graph_launches", "cuda_syncs", "cuda_d2h_copies")
+
+
+def ranks_report(trace, rows, cuda_rows, expected, problems):
+    """Per worker rank (ranks.csv): rows, calls, GPU wait; whether every CUDA row has each
+    rank's share, the ranks' calls agree, and they add up to the row's."""
+    path = os.path.join(trace, "ranks.csv")
+    shares = read_csv(path) if os.path.exists(path) else []
+    by_step = {}
+    for r in shares:
+        by_step.setdefault(r["step"], []).append(r)
+    names = sorted({r["rank"] for r in shares})
+    per_rank = {
+        name: {
+            "rows": sum(r["rank"] == name for r in shares),
+            **{c: sum(int(r[c] or 0) for r in shares if r["rank"] == name) for c in CALLS},
+            "gpu_wait": dist([int(r["gpu_wait_ns"]) for r in shares
+                              if r["rank"] == name and r["gpu_wait_ns"]]),
+        }
+        for name in names
+    }  # fmt: skip
+    calls = lambda r: tuple(r[c] for c in CALLS)  # noqa: E731
+    steps = [r["step"] for r in cuda_rows]
+    full = [st for st in steps if names
+            and len({r["rank"] for r in by_step.get(st, [])}) == len(names)]
+    agree = [st for st in full if len({calls(r) for r in by_step[st]}) == 1]
+    summed = {r["step"]: r for r in rows}
+    adds_up = [st for st in full if all(
+        sum(int(r[c] or 0) for r in by_step[st]) == int(summed[st][c] or 0) for c in CALLS)]
+    slowest = {}
+    for r in rows:
+        if r.get("slowest_rank"):
+            slowest[r["slowest_rank"]] = slowest.get(r["slowest_rank"], 0) + 1
+    if expected:
+        if len(names) != expected:
+            problems.append(f"ranks.csv names {len(names)} ranks ({names}), not {expected}")
+        elif len(full) < len(steps):
+            problems.append(f"{len(steps) - len(full)} of {len(steps)} CUDA rows lack a rank's share")
+        elif len(agree) < len(full):
+            problems.append(f"{len(full) - len(agree)} of {len(full)} rows' ranks made other calls")
+    return {
+        "per_rank": per_rank, "cuda_rows": len(steps), "with_every_rank": len(full),
+        "ranks_agree": len(agree), "ranks_add_up_to_row": len(adds_up), "slowest": slowest,
+    }  # fmt: skip
+
+
 def main(argv):
     p = argparse.ArgumentParser()
     p.add_argument("--harness", required=True)
     p.add_argument("--trace", required=True)
     p.add_argument("--capture-max", type=int, default=256)
+    p.add_argument("--ranks", type=int, default=0,
+                   help="worker processes expected in ranks.csv (MultiprocExecutor): each "
+                        "CUDA row must have a row from each, with the same calls")
     a = p.parse_args(argv)
     gt = max((read_csv(f) for f in glob.glob(os.path.join(a.harness, "gt_batches_*.csv"))),
              key=len)
@@ -131,6 +180,7 @@ def main(argv):
         return dist([int(r[ours]) - round(float(s[theirs]) * 1e9) for r, s in both
                      if r[ours] and float(s[theirs]) > 0])
 
+    ranks = ranks_report(a.trace, rows, cuda_rows, a.ranks, problems)
     result = {
         "gt_batches": len(window), "matched": len(matched), "rows": len(rows),
         "wrong_tokens": wrong_tokens, "phases": phases,
@@ -145,7 +195,7 @@ def main(argv):
         "finished": req_err("finished_ns", "last_token_ts"),
         "tracer_ns": dist([I(r, "tracer_ns") for r in rows if r["tracer_ns"]]),
         "counters": run["counters"]["correlate"], "drops": run["counters"]["ring_buffer_drops"],
-        "problems": problems,
+        "ranks": ranks, "problems": problems,
     }  # fmt: skip
     print("check " + json.dumps(result), flush=True)
     return 1 if problems else 0

@@ -5,8 +5,8 @@ because its directory is on PYTHONPATH): vLLM calls `install_from_env` in every 
 loads plugins; with `GPU_GT_DIR` set, it watches with `sys.monitoring` (PY_START / PY_RETURN
 as local events on exactly these code objects, none replaced): the step function(s), the
 scheduler's `schedule` and `update_from_output`, the executor's `execute_model` /
-`sample_tokens` (the launch), the async output future's `result` (the wait for a batch's
-output) and `_process_aborts_queue` (the tracer's execute end). A batch is its
+`sample_tokens` (the launch; with worker processes, the message that sends them the
+batch), the async output future's `result` (the wait for a batch's output) and `_process_aborts_queue` (the tracer's execute end). A batch is its
 SchedulerOutput object: scheduled in one call, updated (maybe) in a later one.
 
 Writes GPU_GT_DIR/gt_batches_<pid>.csv, one row per batch updated, and engine_<pid>.json.
@@ -57,6 +57,16 @@ class Monitor:
             UniProcExecutor.sample_tokens: "launch",
             AsyncOutputFuture.result: "wait",
         }
+        # With worker processes (MultiprocExecutor) the launch is the message to the workers
+        # and the wait is on the future of their reply.
+        try:
+            from vllm.v1.executor.multiproc_executor import FutureWrapper, MultiprocExecutor
+        except ImportError:
+            pass
+        else:
+            roles[MultiprocExecutor.execute_model] = "launch"
+            roles[MultiprocExecutor.sample_tokens] = "launch"
+            roles[FutureWrapper.result] = "wait"
         # AsyncScheduler overrides neither, but be exact if a release does.
         for name, role in (("schedule", "schedule"), ("update_from_output", "update")):
             fn = AsyncScheduler.__dict__.get(name)

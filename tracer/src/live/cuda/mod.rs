@@ -169,6 +169,13 @@ impl CudaReport {
     }
 }
 
+/// Whether a worker process (not the engine's own) was probed.
+fn has_workers(processes: &[ProcessReport]) -> bool {
+    processes
+        .iter()
+        .any(|p| p.rank.is_some() && p.error.is_none())
+}
+
 /// A process under an engine that maps libcuda now: what `--cuda` would probe.
 #[derive(Clone, Debug, Serialize)]
 pub struct CudaProcess {
@@ -337,7 +344,10 @@ impl CudaTracer {
     /// Ends the trace (after the last steps were folded). The probes stay attached until
     /// the tracer is dropped, so that detaching (see [`probes::CudaProbes`]) comes
     /// after the caller has written its files.
-    pub fn finish(&mut self) -> CudaReport {
+    ///
+    /// `per_batch`: the engine steps per batch (see
+    /// [`CudaReport::workers_folded_by_time`]).
+    pub fn finish(&mut self, per_batch: bool) -> CudaReport {
         let Some(active) = &mut self.active else {
             return CudaReport {
                 level: self.level,
@@ -352,18 +362,21 @@ impl CudaTracer {
                 outside_steps: CallTotals::default(),
                 late_calls: 0,
                 expired_calls: 0,
+                workers_folded_by_time: false,
             };
         };
         active.drain();
         active.folder.finish();
         let probes = &active.probes;
+        let processes: Vec<ProcessReport> = active.processes.values().cloned().collect();
         CudaReport {
+            workers_folded_by_time: per_batch && has_workers(&processes),
             level: self.level,
             probe_runs: probes.counter(CudaCounter::Probes),
             ring_buffer_drops: probes.counter(CudaCounter::RingFull),
             returns_without_entry: probes.counter(CudaCounter::ReturnWithoutEntry),
             starts_map_full: probes.counter(CudaCounter::StartsFull),
-            processes: active.processes.values().cloned().collect(),
+            processes,
             malformed_records: active.malformed,
             foreign_calls: active.foreign,
             in_steps: active.folder.in_steps,
@@ -595,6 +608,30 @@ mod tests {
         assert_eq!(slowest(&ranks), Some(("TP1", 250)));
         assert_eq!(slowest(&ranks[1..3]), None, "one rank waiting");
         assert_eq!(slowest(&[]), None);
+    }
+
+    #[test]
+    fn only_a_probed_worker_is_folded_by_time_across_processes() {
+        let process = |pid: u32, rank: Option<&str>, error: Option<&str>| ProcessReport {
+            pid,
+            rank: rank.map(Into::into),
+            rank_steps: 0,
+            slowest_steps: 0,
+            gpu_wait_ns: 0,
+            libcuda: String::new(),
+            attached_ns: 0,
+            attach_ms: 0.0,
+            functions: Vec::new(),
+            not_probed: Vec::new(),
+            error: error.map(Into::into),
+        };
+        let engine = process(1, None, None);
+        assert!(!has_workers(&[engine.clone()]));
+        assert!(!has_workers(&[
+            engine.clone(),
+            process(2, Some("TP0"), Some("gone"))
+        ]));
+        assert!(has_workers(&[engine, process(3, Some("pid3"), None)]));
     }
 
     #[test]
