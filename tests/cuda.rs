@@ -617,29 +617,36 @@ fn median_abs(mut errors: Vec<i64>) -> u64 {
 /// row must be one batch: its own scheduled tokens, its own launches (eager above the
 /// capture size, one graph below: neighbours differ) and its own wait, even though the
 /// trace starts with a batch in flight (the one the fixture's warmup left in the queue).
-#[test]
-fn async_batches_get_their_own_launches_and_waits() {
+/// The fixture under async scheduling (800 batches, --fake-cuda, `extra` fixture options)
+/// traced with copies in the trap (this is about rows and CUDA calls: tests/requests.rs has
+/// the shadow copies, which a loaded machine may make late): run.json, the rows, the truth
+/// of the batches scheduled after the attach (one per row), and the tracer's stderr.
+fn async_run(
+    extra: &[&str],
+) -> (
+    serde_json::Value,
+    Vec<BatchRow>,
+    Vec<BatchTruth>,
+    Vec<String>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let truth_path = dir.path().join("batch_truth.csv");
     let out = dir.path().join("out");
-    let mut fixture = Fixture::spawn(
-        &pyenv("3.12.1"),
-        &[
-            "--wait-go",
-            "--warmup",
-            "50",
-            "--steps",
-            "800",
-            "--async-scheduling",
-            "--fake-cuda",
-            fake_libcuda().to_str().unwrap(),
-            "--batch-truth",
-            truth_path.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec![
+        "--wait-go",
+        "--warmup",
+        "50",
+        "--steps",
+        "800",
+        "--async-scheduling",
+        "--fake-cuda",
+        fake_libcuda().to_str().unwrap(),
+        "--batch-truth",
+        truth_path.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let mut fixture = Fixture::spawn(&pyenv("3.12.1"), &args);
     let pid = fixture.pid.to_string();
-    // Copies in the trap: this test is about rows and CUDA calls (tests/requests.rs has the
-    // shadow copies, which a loaded machine may make late).
     let mut tracer = Tracer::spawn(&[
         "attach",
         "--pid",
@@ -666,6 +673,13 @@ fn async_batches_get_their_own_launches_and_waits() {
         .collect();
     assert!(truth.len() > 700, "{} batches", truth.len());
     assert_eq!(rows.len(), truth.len(), "batches lost or invented");
+    (run, rows, truth, stderr)
+}
+
+#[test]
+fn async_batches_get_their_own_launches_and_waits() {
+    let (run, rows, truth, _) = async_run(&[]);
+    assert_eq!(run["cuda"]["workers_folded_by_time"], false);
     let eager = truth.iter().filter(|t| t.launches > 0).count();
     assert!(
         eager > 50 && eager < truth.len() - 50,
@@ -729,4 +743,57 @@ fn async_batches_get_their_own_launches_and_waits() {
     );
     let overlapping = rows.iter().filter(|r| r.overlap_ns > 0).count();
     assert!(overlapping > rows.len() / 2, "{overlapping} rows overlap");
+}
+
+/// The model in a worker process under async scheduling (vLLM's MultiprocExecutor with
+/// `step_with_batch_queue`; fixture async_workers.py): the engine sends a batch and goes on,
+/// the worker launches it after the one before and waits for its output in another thread.
+/// Folded by time, worker calls land in neighbouring rows (the H200 showed it: README
+/// "Worker processes under async scheduling"). The tracer says so; every call is still
+/// counted once, in a row or outside steps.
+#[test]
+fn async_workers_calls_are_counted_once_and_the_fold_by_time_is_said() {
+    let (run, rows, truth, stderr) = async_run(&["--async-workers", "1"]);
+    assert_eq!(run["cuda"]["workers_folded_by_time"], true);
+    assert!(
+        stderr.iter().any(|l| l.contains("folded by time")),
+        "{stderr:?}"
+    );
+    for (i, (row, t)) in rows.iter().zip(&truth).enumerate() {
+        assert_eq!(row.scheduled_tokens, Some(t.tokens), "batch {i}: tokens");
+    }
+    // The traced calls: in rows and outside them. The truth's: its batches', scheduled after
+    // the attach; the worker may still run up to two older ones then (24 launches each).
+    let cuda = &run["cuda"];
+    let traced = |key: &str| {
+        cuda["in_steps"][key].as_u64().unwrap() + cuda["outside_steps"][key].as_u64().unwrap()
+    };
+    let sum = |f: fn(&BatchTruth) -> u64| truth.iter().map(f).sum::<u64>();
+    for (key, truth, older) in [
+        ("launches", sum(|t| t.launches), 2 * 24),
+        ("graph_launches", sum(|t| t.graph_launches), 2),
+        ("syncs", sum(|t| t.syncs), 2),
+    ] {
+        let traced = traced(key);
+        assert!(
+            (truth..=truth + older).contains(&traced),
+            "{key}: traced {traced}, the batches' {truth} (+ at most {older} of older ones)"
+        );
+    }
+    // The fault itself, pinned: when rows get their own worker calls, require it here.
+    let own = rows
+        .iter()
+        .zip(&truth)
+        .filter(|(r, t)| {
+            (r.cuda_launches, r.cuda_graph_launches) == (Some(t.launches), Some(t.graph_launches))
+        })
+        .count();
+    eprintln!(
+        "rows with their own batch's worker launches: {own} of {}",
+        rows.len()
+    );
+    assert!(
+        own < rows.len(),
+        "every row has its own worker launches: the fold tells worker batches apart now"
+    );
 }
