@@ -2,7 +2,7 @@
 //! instruction byte of the engine thread, with the watch program attached to it.
 //!
 //! Watchpoints trap only the watched thread and only on the watched byte; the target is
-//! never stopped and its memory never written. Dropping [`Probes`] detaches everything.
+//! never stopped and its memory never written. Dropping [`Watchpoints`] detaches everything.
 
 use std::time::Instant;
 
@@ -58,7 +58,7 @@ fn watch_hint(error: &std::io::Error) -> &'static str {
 }
 
 /// Loaded and attached probes; detached on drop.
-pub struct Probes {
+pub struct Watchpoints {
     // Holds the program and its perf-event links alive.
     _ebpf: Ebpf,
     pub events: RingBuf<MapData>,
@@ -71,7 +71,7 @@ pub struct Probes {
     pub attach_time: std::time::Duration,
 }
 
-impl Probes {
+impl Watchpoints {
     /// A counter summed over CPUs (0 if it cannot be read).
     pub fn counter(&self, counter: Counter) -> u64 {
         self.counters
@@ -94,7 +94,7 @@ pub fn attach(
     plan: &ProbePlan,
     snapshot: Option<(u32, &Plan)>,
     ring_bytes: u32,
-) -> Result<Probes, AttachError> {
+) -> Result<Watchpoints, AttachError> {
     let started = Instant::now();
     let load = |e: &dyn std::fmt::Display| AttachError::Load(e.to_string());
     // The snapshot work area has one slot per possible CPU.
@@ -147,7 +147,7 @@ pub fn attach(
             .ok_or_else(|| load(&"counters map missing"))?,
     )
     .map_err(|e| load(&e))?;
-    Ok(Probes {
+    Ok(Watchpoints {
         _ebpf: ebpf,
         events,
         facts,

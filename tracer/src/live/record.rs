@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracer_common::capture::Plan;
 
 use crate::live::{
-    discover::EvalCode, engines::Engine, plan::ProbePlan, snapshot::Capture, status::say,
+    discover::EvalCode, engines::Engine, plan::ProbePlan, snapshot::SnapshotPlan, status::say,
 };
 
 /// The environment variable that names the file to record to.
@@ -59,15 +59,20 @@ pub struct Setup {
 }
 
 impl Setup {
-    fn of(engine: &Engine, plan: &ProbePlan, capture: &Capture, trace_start_ns: u64) -> Self {
+    fn of(
+        engine: &Engine,
+        plan: &ProbePlan,
+        snapshots: &SnapshotPlan,
+        trace_start_ns: u64,
+    ) -> Self {
         let python = &engine.target.python;
-        let budgets = capture.budgets;
+        let budgets = snapshots.budgets;
         Self {
             python: python.layout.version,
             pid: engine.target.pid,
             tid: plan.tid,
             trace_start_ns,
-            idle_at_start: capture.idle_at_start,
+            idle_at_start: snapshots.idle_at_start,
             per_batch: plan.per_batch,
             watches: (plan.watches.iter())
                 .map(|w| (w.addr, w.mark.to_string(), w.offset))
@@ -80,7 +85,7 @@ impl Setup {
                 EvalCode::Unknown(_) => None,
             },
             str_type: python.types.str,
-            statuses: capture.typing().statuses.clone().into_iter().collect(),
+            statuses: snapshots.typing().statuses.clone().into_iter().collect(),
             budgets: [
                 budgets.max_num_seqs,
                 budgets.max_num_batched_tokens,
@@ -111,12 +116,12 @@ impl Recorder {
     pub fn from_env(
         engine: &Engine,
         plan: &ProbePlan,
-        capture: Option<&Capture>,
+        snapshots: Option<&SnapshotPlan>,
         trace_start_ns: u64,
     ) -> Option<Self> {
         let path = PathBuf::from(std::env::var_os(ENV)?);
-        let capture = capture?;
-        let setup = Setup::of(engine, plan, capture, trace_start_ns);
+        let snapshots = snapshots?;
+        let setup = Setup::of(engine, plan, snapshots, trace_start_ns);
         let opened = serde_json::to_vec_pretty(&setup)
             .map_err(io::Error::other)
             .and_then(|json| fresh_file(&Setup::path(&path))?.write_all(&json))
@@ -129,7 +134,7 @@ impl Recorder {
             Ok(file) => recorder.out = Some(BufWriter::new(file)),
             Err(e) => say(&format!("tracer: warning: not recording to {ENV}: {e}")),
         }
-        recorder.plan(u64::MAX, &capture.plan);
+        recorder.plan(u64::MAX, &snapshots.plan);
         Some(recorder)
     }
 

@@ -32,7 +32,7 @@ use crate::{
         resolve::{self, Resolved},
         shadow,
         sinks::{self, OutDir, Outputs, StepRow},
-        snapshot::{self, Capture, CaptureError, LiveRequests},
+        snapshot::{self, LiveRequests, SnapshotPlan, SnapshotPlanError},
         status::{self, say, Status},
     },
     schema::{
@@ -107,10 +107,10 @@ struct Session<'r> {
     /// Why this engine is outside what the tables were measured on, if it is.
     unknown: Option<String>,
     /// Why the batch and request columns are off, if they were asked for and are.
-    capture_error: Option<String>,
-    capture: Option<Capture>,
+    snapshots_error: Option<String>,
+    snapshots: Option<SnapshotPlan>,
     trace_start_ns: u64,
-    probes: attach::Probes,
+    watchpoints: attach::Watchpoints,
     cuda: CudaTracer,
     status: Status,
     decoder: Decoder,
@@ -143,13 +143,13 @@ impl<'r> Session<'r> {
         if let Some(why) = &unknown {
             say(&format!("tracer: warning: {why}"));
         }
-        let (capture, capture_error) = plan_capture(reader, engine, &plan, options.snapshots);
+        let (snapshots, snapshots_error) = plan_snapshots(reader, engine, &plan, options.snapshots);
         let outputs = Outputs::create(&out_dir)?;
 
         let trace_start_ns = monotonic_ns();
-        let probes = attach::attach(
+        let watchpoints = attach::attach(
             &plan,
-            capture.as_ref().map(|c| (target.pid, &c.plan)),
+            snapshots.as_ref().map(|c| (target.pid, &c.plan)),
             options.ring_bytes,
         )?;
         // Before the "attached" line: from then on every step has its CUDA columns.
@@ -162,19 +162,19 @@ impl<'r> Session<'r> {
                 plan.tid,
                 target.python.version,
                 resolved.step.qualname,
-                probes.attach_time.as_secs_f64() * 1e3,
+                watchpoints.attach_time.as_secs_f64() * 1e3,
                 out_dir.path().display()
             ),
         );
         let status = Status::new(target.pid, out_dir.path().into(), options.quiet);
 
-        let (source, shadow) = request_readers(reader, resolved, capture.as_ref(), options);
-        let idle_at_start = capture.as_ref().is_some_and(|c| c.idle_at_start);
+        let (source, shadow) = request_readers(reader, resolved, snapshots.as_ref(), options);
+        let idle_at_start = snapshots.as_ref().is_some_and(|c| c.idle_at_start);
         Ok(Self {
             decoder: Decoder::new(&plan, target.python.eval_code.clone()),
             correlator: Correlator::new(plan.per_batch),
             requests: Requests::new(target.pid, trace_start_ns, idle_at_start),
-            recorder: Recorder::from_env(engine, &plan, capture.as_ref(), trace_start_ns),
+            recorder: Recorder::from_env(engine, &plan, snapshots.as_ref(), trace_start_ns),
             engine,
             reader,
             options,
@@ -183,10 +183,10 @@ impl<'r> Session<'r> {
             config,
             vllm_version,
             unknown,
-            capture_error,
-            capture,
+            snapshots_error,
+            snapshots,
             trace_start_ns,
-            probes,
+            watchpoints,
             cuda,
             status,
             source,
@@ -214,7 +214,7 @@ impl<'r> Session<'r> {
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
         // Shadow snapshots wake the loader at once (other records wait for the tick).
         // (A duplicate of the ring's fd: the drain needs the ring itself.)
-        let ring = self.probes.events.as_fd().try_clone_to_owned();
+        let ring = self.watchpoints.events.as_fd().try_clone_to_owned();
         // SAFETY: the AsyncFd owns the duplicate, open until it is dropped.
         let ring = ring
             .and_then(|fd| unsafe { AsyncFd::register(fd) }.map_err(Into::into))
@@ -234,7 +234,7 @@ impl<'r> Session<'r> {
                 }
                 _ = status_tick.tick() => self.status.tick(status::Counters {
                     steps: self.files.totals.steps,
-                    drops: self.probes.counter(Counter::RingFull),
+                    drops: self.watchpoints.counter(Counter::RingFull),
                     ..Default::default()
                 }),
                 _ = sigint.recv() => break "interrupted (SIGINT)",
@@ -251,7 +251,7 @@ impl<'r> Session<'r> {
     /// request facts, then the CUDA calls; then folds each step into its rows.
     fn drain(&mut self) {
         let mut steps = Vec::new();
-        while let Some(record) = self.probes.events.next() {
+        while let Some(record) = self.watchpoints.events.next() {
             if let Some(recorder) = &mut self.recorder {
                 recorder.write(tag::EVENTS, &record);
             }
@@ -260,8 +260,8 @@ impl<'r> Session<'r> {
             };
             let hits = match &mut self.shadow {
                 Some(shadow) => {
-                    let capture = self.capture.as_ref();
-                    let plan = &capture.expect("shadow copies need a plan").plan;
+                    let snapshots = self.snapshots.as_ref();
+                    let plan = &snapshots.expect("shadow copies need a plan").plan;
                     shadow.pass(hit, plan, self.source.as_mut())
                 }
                 None => vec![hit],
@@ -270,7 +270,7 @@ impl<'r> Session<'r> {
             steps.extend(hits.into_iter().filter_map(|hit| correlator.push(hit)));
         }
         // After the watch ring: the facts of every request its snapshots list are in.
-        while let Some(record) = self.probes.facts.next() {
+        while let Some(record) = self.watchpoints.facts.next() {
             if let Some(recorder) = &mut self.recorder {
                 recorder.write(tag::FACTS, &record);
             }
@@ -304,11 +304,11 @@ impl<'r> Session<'r> {
         for rank in &ranks {
             self.files.rank(&RankRow::new(&step, pid, rank));
         }
-        let (Some(capture), Some(source)) = (&self.capture, &mut self.source) else {
+        let (Some(snapshots), Some(source)) = (&self.snapshots, &mut self.source) else {
             self.files.step(&row);
             return;
         };
-        let state = |raw: &RawSnapshot| capture.state(raw);
+        let state = |raw: &RawSnapshot| snapshots.state(raw);
         let scheduled = scheduled_state(&state, &step, self.plan.per_batch);
         // Schedules and updates are folded in the order they ran. Per batch, the previous
         // batch's update usually ran after this batch's schedule(): not when a call had
@@ -323,7 +323,7 @@ impl<'r> Session<'r> {
             source,
             &step,
             scheduled.as_ref(),
-            &capture.budgets,
+            &snapshots.budgets,
             &mut row,
         );
         self.files.details(&out);
@@ -339,7 +339,7 @@ impl<'r> Session<'r> {
 
     /// Puts a better snapshot plan in when `step` shows one is due.
     fn replan(&mut self, step: &Step) {
-        let Some(capture) = &mut self.capture else {
+        let Some(snapshots) = &mut self.snapshots else {
             return;
         };
         let pid = self.engine.target.pid;
@@ -349,24 +349,24 @@ impl<'r> Session<'r> {
             .into_iter()
             .flatten()
             .find_map(|raw| raw.running.first().map(|item| item.object));
-        if let Some(request) = listed.filter(|_| !capture.sampled) {
-            if capture.refresh(self.reader, request) {
-                if let Err(e) = self.probes.set_plan(pid, &capture.plan) {
+        if let Some(request) = listed.filter(|_| !snapshots.sampled) {
+            if snapshots.refresh(self.reader, request) {
+                if let Err(e) = self.watchpoints.set_plan(pid, &snapshots.plan) {
                     say(&format!("tracer: warning: request fields stay unread: {e}"));
                 }
             }
         }
         // `auto`: shadow copies once the steps leave time for them, and back if not.
         if let Some(on) = self.shadow.as_mut().and_then(|s| s.choose(step.still_ns())) {
-            capture.set_shadow(on);
-            if let Err(e) = self.probes.set_plan(pid, &capture.plan) {
+            snapshots.set_shadow(on);
+            if let Err(e) = self.watchpoints.set_plan(pid, &snapshots.plan) {
                 say(&format!(
                     "tracer: warning: snapshots stay as they were: {e}"
                 ));
             }
         }
         if let Some(recorder) = &mut self.recorder {
-            recorder.plan(step.index, &capture.plan);
+            recorder.plan(step.index, &snapshots.plan);
         }
     }
 
@@ -395,7 +395,7 @@ impl<'r> Session<'r> {
             .flush()
             .context("writing the CSV files")?;
         let info = self.run_info(end_reason, trace_end_ns, cuda);
-        drop(self.probes);
+        drop(self.watchpoints);
         info.write(&self.out_dir)?;
         // Before the CUDA probes go (their detach outlives this process, and must not hold the
         // output directory's lock).
@@ -440,7 +440,11 @@ impl<'r> Session<'r> {
     }
 
     fn run_info(&self, end_reason: &str, trace_end_ns: u64, cuda: CudaReport) -> RunInfo {
-        let (target, resolved, probes) = (&self.engine.target, &self.engine.resolved, &self.probes);
+        let (target, resolved, watchpoints) = (
+            &self.engine.target,
+            &self.engine.resolved,
+            &self.watchpoints,
+        );
         RunInfo {
             tracer_version: env!("CARGO_PKG_VERSION"),
             pid: target.pid,
@@ -459,7 +463,7 @@ impl<'r> Session<'r> {
                 .as_ref()
                 .map(|f| format!("{}()", f.execute))
                 .unwrap_or_else(|| format!("{}()", resolved.names.execute)),
-            snapshots_off: self.capture_error.clone(),
+            snapshots_off: self.snapshots_error.clone(),
             empty_columns: self.empty_columns(),
             step_function: format!("{}.{}", resolved.names.core_module, resolved.step.qualname),
             probes: self
@@ -474,31 +478,31 @@ impl<'r> Session<'r> {
                 .collect(),
             trace_start_ns: self.trace_start_ns,
             trace_end_ns,
-            attach_ms: probes.attach_time.as_secs_f64() * 1e3,
+            attach_ms: watchpoints.attach_time.as_secs_f64() * 1e3,
             end_reason: end_reason.into(),
             totals: self.files.totals,
             counters: Counters {
-                probe_hits: probes.counter(Counter::Hits),
-                ring_buffer_drops: probes.counter(Counter::RingFull),
+                probe_hits: watchpoints.counter(Counter::Hits),
+                ring_buffer_drops: watchpoints.counter(Counter::RingFull),
                 decode: self.decoder.counts,
                 correlate: self.correlator.counts,
                 requests: self.requests.counts,
                 request_reads: self.source.as_ref().map_or(0, |source| source.errors),
-                facts_dropped: probes.counter(Counter::FactsRingFull),
-                snapshots: probes.counter(Counter::Snapshots),
-                snapshots_failed: probes.counter(Counter::SnapshotFailed),
-                snapshots_dropped: probes.counter(Counter::SnapshotRingFull),
+                facts_dropped: watchpoints.counter(Counter::FactsRingFull),
+                snapshots: watchpoints.counter(Counter::Snapshots),
+                snapshots_failed: watchpoints.counter(Counter::SnapshotFailed),
+                snapshots_dropped: watchpoints.counter(Counter::SnapshotRingFull),
                 snapshot_errors: SnapshotErrors {
-                    no_scratch: probes.counter(Counter::NoScratch),
-                    over_bound: probes.counter(Counter::OverBound),
-                    running_unreadable: probes.counter(Counter::RunningUnreadable),
-                    waiting_unreadable: probes.counter(Counter::WaitingUnreadable),
-                    kv_free_unreadable: probes.counter(Counter::KvFreeUnreadable),
-                    scheduled_unreadable: probes.counter(Counter::ScheduledUnreadable),
+                    no_scratch: watchpoints.counter(Counter::NoScratch),
+                    over_bound: watchpoints.counter(Counter::OverBound),
+                    running_unreadable: watchpoints.counter(Counter::RunningUnreadable),
+                    waiting_unreadable: watchpoints.counter(Counter::WaitingUnreadable),
+                    kv_free_unreadable: watchpoints.counter(Counter::KvFreeUnreadable),
+                    scheduled_unreadable: watchpoints.counter(Counter::ScheduledUnreadable),
                 },
                 shadow: self.shadow.as_ref().map(|s| s.counts),
             },
-            scheduler: self.capture.as_ref().map(|c| c.budgets),
+            scheduler: self.snapshots.as_ref().map(|c| c.budgets),
             cuda,
         }
     }
@@ -506,25 +510,25 @@ impl<'r> Session<'r> {
 
 /// The snapshot plan when snapshots are asked for, or why there is none: then every step
 /// still has its phases, and the reason is said once.
-fn plan_capture(
+fn plan_snapshots(
     reader: &PyReader<LiveProcess>,
     engine: &Engine,
     plan: &ProbePlan,
     snapshots: Option<shadow::Mode>,
-) -> (Option<Capture>, Option<String>) {
+) -> (Option<SnapshotPlan>, Option<String>) {
     let Some(mode) = snapshots else {
         return (None, None);
     };
-    let capture = reader
+    let snapshots = reader
         .sys_modules(engine.target.python.runtime)
-        .map_err(CaptureError::from)
-        .and_then(|modules| Capture::plan(reader, modules, &engine.resolved, plan));
-    match capture {
-        Ok(mut capture) => {
+        .map_err(SnapshotPlanError::from)
+        .and_then(|modules| SnapshotPlan::plan(reader, modules, &engine.resolved, plan));
+    match snapshots {
+        Ok(mut snapshots) => {
             if mode == shadow::Mode::Shadow {
-                capture.set_shadow(true);
+                snapshots.set_shadow(true);
             }
-            (Some(capture), None)
+            (Some(snapshots), None)
         }
         Err(e) => {
             say(&format!(
@@ -541,17 +545,17 @@ fn plan_capture(
 fn request_readers<'r>(
     reader: &'r PyReader<'r, LiveProcess>,
     resolved: &Resolved,
-    capture: Option<&Capture>,
+    snapshots: Option<&SnapshotPlan>,
     options: &Options,
 ) -> (
     Option<LiveRequests<'r, LiveProcess>>,
     Option<shadow::Shadow<'r, LiveProcess>>,
 ) {
     let names = resolved.names.state;
-    let source = capture.map(|_| LiveRequests::new(reader, names));
-    let shadow = capture
+    let source = snapshots.map(|_| LiveRequests::new(reader, names));
+    let shadow = snapshots
         .zip(options.snapshots)
-        .map(|(capture, mode)| shadow::Shadow::new(reader, names, capture, mode));
+        .map(|(snapshots, mode)| shadow::Shadow::new(reader, names, snapshots, mode));
     if shadow
         .as_ref()
         .is_some_and(|s| s.mode != shadow::Mode::Sync)
@@ -561,7 +565,7 @@ fn request_readers<'r>(
     (source, shadow)
 }
 
-/// How a snapshot's raw words are typed: [`Capture::state`] (or a replay's typing).
+/// How a snapshot's raw words are typed: [`SnapshotPlan::state`] (or a replay's typing).
 pub(crate) type TypeState<'a> = dyn Fn(&RawSnapshot) -> snapshot::SchedulerState + 'a;
 
 /// The scheduler as a snapshot shows it, unless the snapshot was dropped.

@@ -626,7 +626,7 @@ mod tests {
             error: error.map(Into::into),
         };
         let engine = process(1, None, None);
-        assert!(!has_workers(&[engine.clone()]));
+        assert!(!has_workers(std::slice::from_ref(&engine)));
         assert!(!has_workers(&[
             engine.clone(),
             process(2, Some("TP0"), Some("gone"))

@@ -103,15 +103,15 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
     pub fn new(
         reader: &'r PyReader<'r, M>,
         names: &'static StateNames,
-        capture: &crate::live::snapshot::Capture,
+        snapshots: &crate::live::snapshot::SnapshotPlan,
         mode: Mode,
     ) -> Self {
         Self {
             reader,
             names,
-            output_class: capture.output_class(),
-            output_local: capture.plan.output_local,
-            per_batch: capture.per_batch(),
+            output_class: snapshots.output_class(),
+            output_local: snapshots.plan.output_local,
+            per_batch: snapshots.per_batch(),
             scheduled_at: None,
             listed: HashSet::new(),
             held: None,

@@ -9,7 +9,7 @@ pub mod plan;
 pub mod state;
 
 pub use facts::{LiveRequests, RequestInfo, RequestSource};
-pub use plan::{engine_config, Capture, CaptureError};
+pub use plan::{engine_config, SnapshotPlan, SnapshotPlanError};
 pub use state::{RequestState, SchedulerState};
 
 pub use crate::schema::run_info::Budgets;

@@ -1,5 +1,5 @@
 //! The plan the watch program follows at the hits after `schedule()`, `execute_model()` and
-//! `update_from_output()`, and [`Capture`], which keeps it with what its copies are read with.
+//! `update_from_output()`, and [`SnapshotPlan`], which keeps it with what its copies are read with.
 //!
 //! The plan names objects by address and attributes by their key-table entry: the entry's
 //! index (the same in every instance of a class, which all insert their attributes in one
@@ -32,7 +32,7 @@ use crate::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
+pub enum SnapshotPlanError {
     #[error("the engine object was not found on the engine thread's stack")]
     NoEngine,
     #[error("{what} not found ({names:?})")]
@@ -64,7 +64,7 @@ fn snapshot_at([schedule, execute, update]: [u64; 3], per_batch: bool, shadow: b
 
 /// The plan, and what is needed to read its copies back.
 #[derive(Clone, Debug)]
-pub struct Capture {
+pub struct SnapshotPlan {
     pub plan: Plan,
     /// The watches that end schedule, execute and update.
     marks: [u64; 3],
@@ -77,7 +77,7 @@ pub struct Capture {
     /// keys (the fallback) hold at most 30 names; a release whose requests set more (0.33's
     /// `__init__` sets 52) keeps the rest in a combined dict whose positions only a live
     /// request shows, and fields set at scheduling (0.33's `num_cached_tokens`) only a
-    /// scheduled one: see [`Capture::refresh`].
+    /// scheduled one: see [`SnapshotPlan::refresh`].
     pub sampled: bool,
     /// Both queues were empty when the plan was made: no request was in flight at the start.
     pub idle_at_start: bool,
@@ -178,8 +178,8 @@ fn outputs_plan<M: ProcessMemory>(
     })
 }
 
-fn missing(what: &str, names: &[&str]) -> CaptureError {
-    CaptureError::Missing {
+fn missing(what: &str, names: &[&str]) -> SnapshotPlanError {
+    SnapshotPlanError::Missing {
         what: what.into(),
         names: names.iter().map(|n| n.to_string()).collect(),
     }
@@ -193,7 +193,7 @@ fn source<M: ProcessMemory>(
     obj: u64,
     names: &[&str],
     container: u64,
-) -> Result<(Source, u64), CaptureError> {
+) -> Result<(Source, u64), SnapshotPlanError> {
     let what = format!("scheduler attribute {}", names.join("."));
     let (last, path) = names.split_last().ok_or_else(|| missing(&what, names))?;
     let mut owner = obj;
@@ -359,7 +359,7 @@ fn queues<M: ProcessMemory>(
     reader: &PyReader<M>,
     scheduler: u64,
     names: &StateNames,
-) -> Result<Queues, CaptureError> {
+) -> Result<Queues, SnapshotPlanError> {
     let (running, running_list) = source(reader, scheduler, names.running, container::LIST)?;
     let waiting_kind = if names.waiting_is_deque {
         container::DEQUE
@@ -392,13 +392,13 @@ fn statuses<M: ProcessMemory>(
     reader: &PyReader<M>,
     modules: u64,
     names: &StateNames,
-) -> Result<HashMap<u64, String>, CaptureError> {
+) -> Result<HashMap<u64, String>, SnapshotPlanError> {
     let Some(status) = class(reader, modules, names.status_enum)? else {
         return Ok(HashMap::new());
     };
     let members = reader
         .dict_get(reader.class_dict(status)?, "_member_map_")?
-        .ok_or_else(|| CaptureError::Missing {
+        .ok_or_else(|| SnapshotPlanError::Missing {
             what: "RequestStatus members".into(),
             names: vec!["_member_map_".into()],
         })?;
@@ -436,21 +436,21 @@ fn marks(probes: &ProbePlan) -> [u64; 3] {
     })
 }
 
-impl Capture {
+impl SnapshotPlan {
     /// Plans snapshots at the hits after `execute_model()` and `update_from_output()`.
     pub fn plan<M: ProcessMemory>(
         reader: &PyReader<M>,
         modules: u64,
         resolved: &Resolved,
         probes: &ProbePlan,
-    ) -> Result<Self, CaptureError> {
+    ) -> Result<Self, SnapshotPlanError> {
         let names: &StateNames = resolved.names.state;
         if resolved.engine == 0 {
-            return Err(CaptureError::NoEngine);
+            return Err(SnapshotPlanError::NoEngine);
         }
         let scheduler = reader
             .attr(resolved.engine, names.scheduler)?
-            .ok_or_else(|| CaptureError::Missing {
+            .ok_or_else(|| SnapshotPlanError::Missing {
                 what: "the engine's scheduler".into(),
                 names: vec![names.scheduler.into()],
             })?;
