@@ -179,8 +179,9 @@ pub struct ShadowCounts {
     pub copies: u64,
     /// Copies that ended after the engine thread moved on (dropped).
     pub late: u64,
-    /// Copies whose reads failed (the target changed under them, or the engine thread had
-    /// not stored the step's scheduler output within 50 ms of its hit): dropped too.
+    /// Copies whose reads failed (the target changed under them, or, for the trace's first
+    /// copy, the engine thread had not stored the step's scheduler output within 50 ms of its
+    /// hit): dropped too.
     pub failed: u64,
     /// `auto` switches between synchronous and shadow copies.
     pub switches: u64,

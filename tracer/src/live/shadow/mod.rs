@@ -63,21 +63,48 @@ const AUTO_WINDOW: usize = 32;
 /// Late copies in a window of [`AUTO_WINDOW`] after which `auto` goes back to synchronous.
 const AUTO_MAX_LATE: usize = 4;
 
-/// Longest wait for the step's `scheduler_output` local to be stored after its hit. The
-/// tracer, woken by the hit at a higher priority, reads first: on the dev VM the first look
-/// found it unset in 500 of 500 copies, stored after p50 113 us, p99 4.2 ms (quiet) and
-/// p99 4.8 ms, max 16 ms (two busy loops), while the engine thread waited for a CPU. The
-/// store comes before the engine thread's next mark, so waiting for it never makes a copy
-/// late by itself; the bound is for an engine thread that never comes back.
-const STORE_WAIT_NS: u64 = 50_000_000;
-/// Pause between looks at the local: a sleep, so that on a machine with few free cores the
-/// engine thread gets the CPU it needs to store it.
+/// How long a copy waits for the step's `scheduler_output` local to be stored after its hit,
+/// yielding its CPU between looks (which hands it straight to an engine thread waiting on
+/// the same one). The tracer, woken by the hit at a higher priority, reads first: on the dev
+/// VM the first look found the local unset in 500 of 500 fixture copies, and it was stored
+/// p50 8 us, p99 148 us after the hit (under two busy loops: p50 5, p99 133 us, 1 of 500
+/// later than this). A copy that finds it unset after this goes on without the step's
+/// scheduled tokens, which the correlator tells from the requests' computed counts against
+/// the last copy's; waiting on would risk ending the copy after the next mark, which loses
+/// the whole step's columns.
+const STORE_SPIN_NS: u64 = 200_000;
+/// The trace's first copy has no earlier counts to tell tokens from: it waits for the store
+/// this long, sleeping between looks so that the engine thread gets a CPU to store it (on
+/// the dev VM at load average ~5, up to 16 ms after the hit). The store comes before the
+/// engine thread's next mark; the bound is for one that never comes back.
+const FIRST_STORE_WAIT_NS: u64 = 50_000_000;
+/// Pause between the first copy's looks after [`STORE_SPIN_NS`].
 const STORE_POLL: std::time::Duration = std::time::Duration::from_micros(20);
 
-/// The step's `scheduler_output` local was still unset when the tracer gave up waiting: the
-/// copy has no batch columns to give (its requests' computed counts tell them only from an
-/// earlier step's), and counts as failed.
+/// The trace's first copy found the step's `scheduler_output` local still unset after
+/// [`FIRST_STORE_WAIT_NS`]: without it and without earlier counts the batch is unknown, and
+/// the copy counts as failed.
 struct NotStored;
+
+/// What a copy does after finding the `scheduler_output` local unset.
+#[derive(Debug, PartialEq, Eq)]
+enum Look {
+    AfterYield,
+    AfterSleep,
+    /// Without the step's scheduled tokens (the computed counts tell them).
+    GoOnWithout,
+    GiveUp,
+}
+
+/// After `waited_ns` since the hit; `first`: no copy that counted had scheduled tokens yet.
+fn next_look(waited_ns: u64, first: bool) -> Look {
+    match (waited_ns, first) {
+        (w, _) if w < STORE_SPIN_NS => Look::AfterYield,
+        (_, false) => Look::GoOnWithout,
+        (w, true) if w < FIRST_STORE_WAIT_NS => Look::AfterSleep,
+        _ => Look::GiveUp,
+    }
+}
 
 /// Reads shadow snapshots' fields, and judges them against the engine thread's next mark.
 pub struct Shadow<'r, M: ProcessMemory> {
@@ -89,6 +116,9 @@ pub struct Shadow<'r, M: ProcessMemory> {
     scheduled_at: Option<AttrLocation>,
     /// Requests (object, id) the last copy listed: their facts are copied already.
     listed: HashSet<(u64, u64)>,
+    /// No copy that counted has had the step's scheduled tokens yet (see
+    /// [`FIRST_STORE_WAIT_NS`]).
+    first_pending: bool,
     /// A shadow hit waiting for the next hit of its thread, and when its copy ended.
     held: Option<(Hit, u64)>,
     pub mode: Mode,
@@ -114,6 +144,8 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
             per_batch: snapshots.per_batch(),
             scheduled_at: None,
             listed: HashSet::new(),
+            // `auto` copies in the trap first: its shadow copies have earlier counts.
+            first_pending: mode == Mode::Shadow,
             held: None,
             mode,
             shadowing: mode == Mode::Shadow,
@@ -170,6 +202,10 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
     pub fn settle(&mut self, next_ns: u64) -> Option<Hit> {
         let (mut hit, done_ns) = self.held.take()?;
         let late = done_ns >= next_ns;
+        let scheduled = |s: &RawSnapshot| s.header.flags & snap::SCHEDULED != 0;
+        if !late && hit.snapshot.as_ref().is_some_and(scheduled) {
+            self.first_pending = false;
+        }
         if late {
             self.counts.late += 1;
             if let Some(raw) = &mut hit.snapshot {
@@ -272,8 +308,8 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
         let slot = frame
             .wrapping_add(self.reader.layout.frame_localsplus)
             .wrapping_add(8 * self.output_local);
-        // The hit is on the instruction that stores the local (see [`STORE_WAIT_NS`]).
-        let deadline = monotonic_ns() + STORE_WAIT_NS;
+        // The hit is on the instruction that stores the local (see [`STORE_SPIN_NS`]).
+        let start = monotonic_ns();
         let output = loop {
             let Ok(word) = self.reader.mem.read_u64(slot) else {
                 return Ok(None);
@@ -282,10 +318,12 @@ impl<'r, M: ProcessMemory> Shadow<'r, M> {
             if output != 0 {
                 break output;
             }
-            if monotonic_ns() > deadline {
-                return Err(NotStored);
+            match next_look(monotonic_ns() - start, self.first_pending) {
+                Look::AfterYield => std::thread::yield_now(),
+                Look::AfterSleep => std::thread::sleep(STORE_POLL),
+                Look::GoOnWithout => return Ok(None),
+                Look::GiveUp => return Err(NotStored),
             }
-            std::thread::sleep(STORE_POLL);
         };
         Ok(self.scheduled_of(output))
     }
@@ -355,4 +393,22 @@ fn drop_copy(raw: &mut RawSnapshot) {
         },
         ..Default::default()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_waits_briefly_for_the_store_and_the_first_one_longer() {
+        for first in [false, true] {
+            assert_eq!(next_look(0, first), Look::AfterYield);
+            assert_eq!(next_look(STORE_SPIN_NS - 1, first), Look::AfterYield);
+        }
+        assert_eq!(next_look(STORE_SPIN_NS, false), Look::GoOnWithout);
+        assert_eq!(next_look(FIRST_STORE_WAIT_NS * 2, false), Look::GoOnWithout);
+        assert_eq!(next_look(STORE_SPIN_NS, true), Look::AfterSleep);
+        assert_eq!(next_look(FIRST_STORE_WAIT_NS - 1, true), Look::AfterSleep);
+        assert_eq!(next_look(FIRST_STORE_WAIT_NS, true), Look::GiveUp);
+    }
 }
