@@ -263,6 +263,25 @@ pub struct ProcessReport {
     pub error: Option<String>,
 }
 
+impl ProcessReport {
+    /// A process seen mapping `libcuda` (empty if unknown), before any probe went in.
+    pub fn new(pid: u32, libcuda: String) -> Self {
+        Self {
+            pid,
+            rank: None,
+            rank_steps: 0,
+            slowest_steps: 0,
+            gpu_wait_ns: 0,
+            libcuda,
+            attached_ns: 0,
+            attach_ms: 0.0,
+            functions: Vec::new(),
+            not_probed: Vec::new(),
+            error: None,
+        }
+    }
+}
+
 /// Calls by class, and the host time spent in the timed ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CallTotals {

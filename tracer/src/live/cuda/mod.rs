@@ -469,22 +469,11 @@ impl Active {
                 // Not loaded (yet), or the process is gone.
                 Ok(None) => continue,
                 Err(e) => {
-                    self.processes.insert(
-                        pid,
-                        ProcessReport {
-                            pid,
-                            rank: None,
-                            rank_steps: 0,
-                            slowest_steps: 0,
-                            gpu_wait_ns: 0,
-                            libcuda: String::new(),
-                            attached_ns: 0,
-                            attach_ms: 0.0,
-                            functions: Vec::new(),
-                            not_probed: Vec::new(),
-                            error: Some(format!("reading /proc/{pid}/maps: {e}")),
-                        },
-                    );
+                    let report = ProcessReport {
+                        error: Some(format!("reading /proc/{pid}/maps: {e}")),
+                        ..ProcessReport::new(pid, String::new())
+                    };
+                    self.processes.insert(pid, report);
                     continue;
                 }
             };
@@ -517,19 +506,7 @@ impl Active {
 
     fn attach(&mut self, level: Level, pid: u32, mapping: libcuda::Mapping) -> ProcessReport {
         let started = Instant::now();
-        let mut report = ProcessReport {
-            pid,
-            rank: None,
-            rank_steps: 0,
-            slowest_steps: 0,
-            gpu_wait_ns: 0,
-            libcuda: mapping.path.clone(),
-            attached_ns: 0,
-            attach_ms: 0.0,
-            functions: Vec::new(),
-            not_probed: Vec::new(),
-            error: None,
-        };
+        let mut report = ProcessReport::new(pid, mapping.path.clone());
         let offsets = self
             .offsets
             .entry(mapping.file.clone())
@@ -613,17 +590,9 @@ mod tests {
     #[test]
     fn only_a_probed_worker_is_folded_by_time_across_processes() {
         let process = |pid: u32, rank: Option<&str>, error: Option<&str>| ProcessReport {
-            pid,
             rank: rank.map(Into::into),
-            rank_steps: 0,
-            slowest_steps: 0,
-            gpu_wait_ns: 0,
-            libcuda: String::new(),
-            attached_ns: 0,
-            attach_ms: 0.0,
-            functions: Vec::new(),
-            not_probed: Vec::new(),
             error: error.map(Into::into),
+            ..ProcessReport::new(pid, String::new())
         };
         let engine = process(1, None, None);
         assert!(!has_workers(std::slice::from_ref(&engine)));
