@@ -152,11 +152,12 @@ impl CudaReport {
         if !slowest.is_empty() {
             slowest[0].insert_str(0, "; slowest rank: ");
         }
+        let probed = self.processes.iter().filter(|p| p.error.is_none()).count();
         format!(
-            "CUDA ({:?}): {} processes probed; in steps {} kernel launches, {} graph launches, \
+            "CUDA ({:?}): {probed} {} probed; in steps {} kernel launches, {} graph launches, \
              {} syncs; outside steps {} calls{}",
             self.level,
-            self.processes.iter().filter(|p| p.error.is_none()).count(),
+            if probed == 1 { "process" } else { "processes" },
             self.in_steps.launches,
             self.in_steps.graph_launches,
             self.in_steps.syncs,
