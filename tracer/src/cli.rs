@@ -137,10 +137,33 @@ pub struct Attach {
     /// Engine thread id, if the tracer cannot find the thread running the busy loop.
     #[arg(long)]
     pub tid: Option<u32>,
+    #[command(flatten)]
+    pub trace: TraceOptions,
+}
+
+// The options of `tracer run` (its help text is the doc comment of `Command::Run`).
+#[derive(Args)]
+pub struct Run {
+    /// Give up if no engine loop runs after this many seconds (vLLM loads the model first).
+    #[arg(long, value_parser = parse_seconds, default_value = "1200")]
+    pub wait: Duration,
+    /// Under sudo, run the command as root too (by default it runs as the invoking user).
+    #[arg(long)]
+    pub as_root: bool,
+    #[command(flatten)]
+    pub trace: TraceOptions,
+    /// The command and its arguments, after `--`.
+    #[arg(required = true, last = true)]
+    pub command: Vec<String>,
+}
+
+/// The options `attach` and `run` share: where the trace goes and what it holds.
+#[derive(Args)]
+pub struct TraceOptions {
     /// Output directory (created if missing).
     #[arg(long, short, default_value = "out")]
     pub output: PathBuf,
-    /// Stop after this many seconds (fractions allowed; 0 writes an empty trace).
+    /// Stop after this many seconds of tracing (fractions allowed; 0 writes an empty trace).
     #[arg(long, short, value_parser = parse_seconds)]
     pub duration: Option<Duration>,
     /// Print nothing but errors (no status line, no summary).
@@ -174,47 +197,6 @@ pub struct Attach {
     /// reports lost hits or snapshots (a stalled tracer, or very long queues).
     #[arg(long, value_name = "KIB", default_value_t = tracer_common::EVENTS_BYTES / 1024, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
-}
-
-// The options of `tracer run` (its help text is the doc comment of `Command::Run`).
-#[derive(Args)]
-pub struct Run {
-    /// Output directory (created if missing).
-    #[arg(long, short, default_value = "out")]
-    pub output: PathBuf,
-    /// Stop after this many seconds of tracing.
-    #[arg(long, short, value_parser = parse_seconds)]
-    pub duration: Option<Duration>,
-    /// Give up if no engine loop runs after this many seconds (vLLM loads the model first).
-    #[arg(long, value_parser = parse_seconds, default_value = "1200")]
-    pub wait: Duration,
-    /// Print nothing but errors.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// CUDA probes, as for `attach`.
-    #[arg(long, value_enum, default_value_t = cuda::Level::default())]
-    pub cuda: cuda::Level,
-    /// Phases only, as for `attach`.
-    #[arg(long)]
-    pub phases_only: bool,
-    /// Where snapshots read the requests' fields, as for `attach`.
-    #[arg(long, value_enum, value_name = "WHERE", default_value_t = shadow::Mode::Auto)]
-    pub snapshots: shadow::Mode,
-    /// Ring buffer size in KiB, as for `attach`.
-    #[arg(long, value_name = "KIB", default_value_t = tracer_common::EVENTS_BYTES / 1024, value_parser = parse_ring_kib)]
-    pub ring_kib: u32,
-    /// Also write seed.csv, as for `attach`.
-    #[arg(long)]
-    pub seed_csv: bool,
-    /// A label for run.json, e.g. `--label dataset=sharegpt` (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = launch::parse_label)]
-    pub labels: Vec<(String, String)>,
-    /// Under sudo, run the command as root too (by default it runs as the invoking user).
-    #[arg(long)]
-    pub as_root: bool,
-    /// The command and its arguments, after `--`.
-    #[arg(required = true, last = true)]
-    pub command: Vec<String>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -256,49 +238,16 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
     }
 }
 
-impl Attach {
+impl TraceOptions {
     /// What each engine's trace is asked for.
     pub fn session(&self) -> session::Options {
-        session_options(
-            self.duration,
-            self.quiet,
-            self.cuda,
-            self.phases_only,
-            self.snapshots,
-            self.ring_kib,
-        )
-    }
-}
-
-impl Run {
-    /// What each engine's trace is asked for.
-    pub fn session(&self) -> session::Options {
-        session_options(
-            self.duration,
-            self.quiet,
-            self.cuda,
-            self.phases_only,
-            self.snapshots,
-            self.ring_kib,
-        )
-    }
-}
-
-/// The trace of every engine of a deployment, from the options `attach` and `run` share.
-fn session_options(
-    duration: Option<Duration>,
-    quiet: bool,
-    cuda: cuda::Level,
-    phases_only: bool,
-    snapshots: shadow::Mode,
-    ring_kib: u32,
-) -> session::Options {
-    session::Options {
-        duration,
-        quiet,
-        cuda,
-        snapshots: (!phases_only).then_some(snapshots),
-        ring_bytes: ring_kib * 1024,
+        session::Options {
+            duration: self.duration,
+            quiet: self.quiet,
+            cuda: self.cuda,
+            snapshots: (!self.phases_only).then_some(self.snapshots),
+            ring_bytes: self.ring_kib * 1024,
+        }
     }
 }
 

@@ -81,30 +81,32 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// `tracer attach`: the engines of the deployment `--pid` names, traced until the trace ends.
 fn run_attach(args: &cli::Attach) -> anyhow::Result<()> {
     let engines = engines::find(args.pid, args.tid)?;
-    let out_dir = output_dir(&args.output)?;
+    let trace = &args.trace;
+    let out_dir = output_dir(&trace.output)?;
     launch::trace_and_finish(
         &engines,
         &out_dir,
-        &args.labels,
-        args.quiet,
-        &args.session(),
+        &trace.labels,
+        trace.quiet,
+        &trace.session(),
     )?;
-    write_seed(args.seed_csv, &args.output)
+    write_seed(trace.seed_csv, &trace.output)
 }
 
 /// `tracer run`: the command started, its engines traced, what is left of it stopped.
 fn run_command(args: &cli::Run) -> anyhow::Result<()> {
-    let out_dir = output_dir(&args.output)?;
+    let trace = &args.trace;
+    let out_dir = output_dir(&trace.output)?;
     launch::run(
         &args.command,
         args.as_root,
         args.wait,
         &out_dir,
-        &args.labels,
-        args.quiet,
-        &args.session(),
+        &trace.labels,
+        trace.quiet,
+        &trace.session(),
     )?;
-    write_seed(args.seed_csv, &args.output)
+    write_seed(trace.seed_csv, &trace.output)
 }
 
 /// The trace's output directory, open, with every file name a trace writes checked: a
