@@ -1,15 +1,18 @@
 //! Uprobes on libcuda's driver API. Which function fired is the attach cookie that
-//! userspace chose; these programs only stamp times and push [`CudaCall`]s.
+//! userspace chose; these programs only stamp times and push [`CudaCall`]s. A worker's
+//! batch marks (a hardware watchpoint) go into the same ring.
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, uprobe, uretprobe},
+    macros::{map, perf_event, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{PerfEventContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use tracer_common::cuda::{CallKey, CudaCall, CudaCounter, CUDA_COUNTER_SLOTS, CUDA_MAX_IN_FLIGHT};
+use tracer_common::cuda::{
+    CallKey, CudaCall, CudaCounter, BATCH_MARK_COOKIE, CUDA_COUNTER_SLOTS, CUDA_MAX_IN_FLIGHT,
+};
 
 // One page here; the CUDA loader sizes it to CUDA_EVENTS_BYTES, so the watch path's
 // instance of this object does not pin 4 MiB it never uses.
@@ -94,6 +97,21 @@ pub fn cuda_exit(ctx: RetProbeContext) -> u32 {
         end_ns: now,
         pid_tgid: key.pid_tgid,
         cookie,
+    });
+    0
+}
+
+/// A worker thread began a batch (the watched `RESUME` was read).
+#[perf_event]
+pub fn batch_mark(_ctx: PerfEventContext) -> u32 {
+    bump(CudaCounter::Probes);
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    push(CudaCall {
+        start_ns: now,
+        end_ns: now,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        cookie: BATCH_MARK_COOKIE,
     });
     0
 }

@@ -291,6 +291,13 @@ pub const ENGINES: &[EngineNames] = &[
     V1_BATCH_QUEUE_0_10,
 ];
 
+/// Where a worker process begins each batch the engine sends it, as `(module, qualified
+/// name)`, tried in order: its main thread calls this once per batch (vLLM's
+/// `WorkerProc.worker_busy_loop` → `Worker.execute_model`; the same in every V1 release
+/// read, 0.8–0.26), and the batch's CUDA calls on that thread follow, up to the next call.
+pub const WORKER_BATCH_ENTRY: &[(&str, &str)] =
+    &[("vllm.v1.worker.gpu_worker", "Worker.execute_model")];
+
 /// Where a request keeps vLLM's own stamp of its queueing: the first of its `events` (a
 /// list of `EngineCoreEvent`s vLLM fills while it logs stats, and empties at the request's
 /// first output), whose `type` is `EngineCoreEventType.QUEUED` and `timestamp` the

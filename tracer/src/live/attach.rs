@@ -161,27 +161,34 @@ pub fn attach(
 /// thread only.
 fn watch_each(program: &mut PerfEvent, plan: &ProbePlan) -> Result<(), AttachError> {
     for watch in &plan.watches {
-        let config = PerfEventConfig::Breakpoint(BreakpointConfig::Data {
-            // x86 has no read-only data watch; writes (rare rewrites of the byte) are filtered later.
-            r#type: PerfBreakpointType::ReadWrite,
-            address: watch.addr,
-            // One byte, the opcode: a wider watch also traps on the oparg read (2 hits a call on 3.12).
-            length: PerfBreakpointLength::Len1,
-        });
-        let scope = PerfEventScope::OneProcess {
-            pid: plan.tid,
-            cpu: None,
-        };
-        program
-            .attach(config, scope, SamplePolicy::Period(1), false)
-            .map_err(|e| AttachError::Watch {
-                what: format!("{} ({:#x})", watch.mark, watch.addr),
-                tid: plan.tid,
-                source: match e {
-                    ProgramError::SyscallError(e) => e.io_error,
-                    other => std::io::Error::other(other.to_string()),
-                },
-            })?;
+        watch_byte(program, plan.tid, watch.addr).map_err(|source| AttachError::Watch {
+            what: format!("{} ({:#x})", watch.mark, watch.addr),
+            tid: plan.tid,
+            source,
+        })?;
     }
     Ok(())
+}
+
+/// Runs `program` at each access of thread `tid` to the byte at `addr` (an instruction's
+/// opcode), for as long as the program is loaded.
+pub(crate) fn watch_byte(program: &mut PerfEvent, tid: u32, addr: u64) -> std::io::Result<()> {
+    let config = PerfEventConfig::Breakpoint(BreakpointConfig::Data {
+        // x86 has no read-only data watch; writes (rare rewrites of the byte) are filtered later.
+        r#type: PerfBreakpointType::ReadWrite,
+        address: addr,
+        // One byte, the opcode: a wider watch also traps on the oparg read (2 hits a call on 3.12).
+        length: PerfBreakpointLength::Len1,
+    });
+    let scope = PerfEventScope::OneProcess {
+        pid: tid,
+        cpu: None,
+    };
+    program
+        .attach(config, scope, SamplePolicy::Period(1), false)
+        .map(drop)
+        .map_err(|e| match e {
+            ProgramError::SyscallError(e) => e.io_error,
+            other => std::io::Error::other(other.to_string()),
+        })
 }

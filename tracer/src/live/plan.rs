@@ -6,7 +6,7 @@
 use std::fmt;
 
 use crate::{
-    inspect::cpython::{bytecode, Layout},
+    inspect::cpython::{bytecode, reader::Code, Layout},
     live::resolve::Resolved,
 };
 
@@ -111,4 +111,15 @@ pub fn plan(resolved: &Resolved, layout: &Layout) -> Result<ProbePlan, PlanError
             deque => deque + layout.var_size,
         },
     })
+}
+
+/// The instruction byte a worker's batch marks watch: the `RESUME` of its per-batch entry.
+pub fn batch_entry(code: &Code, layout: &Layout) -> Result<u64, PlanError> {
+    let instrs = bytecode::instructions(&code.bytecode, layout.opcodes);
+    let offset = bytecode::entry_point(&instrs, layout.opcodes).ok_or_else(|| PlanError {
+        what: "the RESUME instruction".into(),
+        function: code.qualname.clone(),
+        version: format!("{}.{}", layout.version.0, layout.version.1),
+    })?;
+    Ok(code.bytecode_addr + offset as u64)
 }

@@ -11,7 +11,7 @@ use crate::{
             PyReader, ReadError,
         },
         memory::LiveProcess,
-        vllm::{EngineNames, ENGINES},
+        vllm::{EngineNames, ENGINES, WORKER_BATCH_ENTRY},
     },
     live::discover::Target,
     text::printable,
@@ -159,6 +159,29 @@ pub fn resolve_with(
         batch_queue,
         fallback,
     })
+}
+
+/// A worker process's per-batch entry ([`WORKER_BATCH_ENTRY`]): the first row whose module
+/// the worker has imported.
+pub fn worker_batch_entry(target: &Target) -> Result<Code, ResolveError> {
+    let (pid, py) = (target.pid, &target.python);
+    let mem = LiveProcess { pid };
+    let reader = PyReader::new(&mem, py.layout, py.types);
+    let objects = Objects {
+        reader: &reader,
+        modules: reader
+            .sys_modules(py.runtime)
+            .map_err(|source| ResolveError::Read { pid, source })?,
+        pid,
+    };
+    let mut rows = WORKER_BATCH_ENTRY.iter();
+    loop {
+        let &(module, qualname) = rows.next().expect("the table has rows");
+        match objects.code(module, qualname) {
+            Err(ResolveError::Missing { .. }) if rows.len() > 0 => continue,
+            found => return found,
+        }
+    }
 }
 
 /// Whether `engine` steps per batch (its `attr` holds a batch queue, not None), and that

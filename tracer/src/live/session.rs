@@ -153,7 +153,7 @@ impl<'r> Session<'r> {
             options.ring_bytes,
         )?;
         // Before the "attached" line: from then on every step has its CUDA columns.
-        let cuda = CudaTracer::start(options.cuda, target.pid, options.quiet)?;
+        let cuda = CudaTracer::start(options.cuda, target.pid, plan.per_batch, options.quiet)?;
         note(
             options.quiet,
             format!(

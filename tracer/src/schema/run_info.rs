@@ -235,7 +235,12 @@ pub struct CudaReport {
     /// Calls of worker processes were folded into the batches of an engine that steps per
     /// batch (async scheduling): by time, where a worker runs a batch while the engine
     /// already waits on the one before, so a batch's calls can land in a neighbour's row.
+    /// False when every probed worker's batches were marked ([`ProcessReport::batch_marks`]).
     pub workers_folded_by_time: bool,
+    /// Workers' batch marks matched to a batch row, and marks that fit none (batches begun
+    /// before the trace's first row, or whose engine step did not complete).
+    pub batch_marks_matched: u64,
+    pub batch_marks_unmatched: u64,
 }
 
 /// One traced process, for run.json.
@@ -261,6 +266,11 @@ pub struct ProcessReport {
     /// another one: probed once, under the first name).
     pub not_probed: Vec<&'static str>,
     pub error: Option<String>,
+    /// A worker under an engine that steps per batch: the function whose entry marks each
+    /// batch its main thread begins (its calls are then placed by batch, not by time), or
+    /// why it could not be watched.
+    pub batch_marks: Option<String>,
+    pub batch_marks_error: Option<String>,
 }
 
 impl ProcessReport {
@@ -278,6 +288,8 @@ impl ProcessReport {
             functions: Vec::new(),
             not_probed: Vec::new(),
             error: None,
+            batch_marks: None,
+            batch_marks_error: None,
         }
     }
 }

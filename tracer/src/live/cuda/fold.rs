@@ -16,6 +16,17 @@
 //! launch, the sync and what follows are the wait. Without a sync in the stretch it is all
 //! launch.
 //!
+//! A worker process whose batches are marked ([`BatchMark`]: the entry of its per-batch
+//! function, watched on the thread that runs it) is not folded by the engine's spans: under
+//! async scheduling it launches batch N+1 while the engine still waits for N, and waits for
+//! N's output in another thread. Its batch N is the first mark after the engine's
+//! `schedule()` of N returned (the engine sends N after that) and before N's output came in
+//! (the worker begins N before it answers it). The marking thread's calls from that mark up
+//! to its next are N's; the process's other threads' calls that end after N began, after
+//! the previous batch's output came in, and no later than N's output are N's wait (the
+//! output of N is answered once they end). Where the engine makes no sync of its own, a
+//! batch's launch ends where its first worker began it.
+//!
 //! Calls no step claims (between steps, before the first, during steps that did not
 //! complete) are counted as outside steps, never dropped.
 //!
@@ -36,8 +47,9 @@ pub const HORIZON_NS: u64 = 10_000_000_000;
 /// One decoded call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Call {
-    /// The process that made it.
+    /// The process and thread that made it.
     pub pid: u32,
+    pub tid: u32,
     pub start_ns: u64,
     /// When it was recorded: at return for timed calls, at entry (= start) for the others.
     pub end_ns: u64,
@@ -131,6 +143,57 @@ pub struct StepCalls {
     pub processes: Vec<ProcessCalls>,
 }
 
+/// A worker thread began a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchMark {
+    pub pid: u32,
+    pub tid: u32,
+    pub ns: u64,
+}
+
+/// Where the calls of a marked worker go, for one step.
+struct MarkedBatch {
+    pid: u32,
+    /// The thread that marks batches.
+    tid: u32,
+    /// Its mark of this batch, if one was found.
+    began_ns: Option<u64>,
+    /// Its next mark, if already in: the marking thread's calls from then on are a later
+    /// batch's.
+    next_ns: u64,
+    /// Other threads' calls ending in `(after, until]` are this batch's.
+    output_after_ns: u64,
+    output_until_ns: u64,
+}
+
+/// Where a call goes when a step is folded.
+enum Place {
+    Step,
+    Later,
+    Outside,
+}
+
+impl MarkedBatch {
+    fn place(&self, call: &Call) -> Place {
+        let end = call.end_ns;
+        if call.tid == self.tid {
+            match self.began_ns {
+                _ if end >= self.next_ns => Place::Later,
+                Some(began) if end >= began => Place::Step,
+                // No mark for this batch: a later one may claim what came after it began.
+                None if end > self.output_after_ns => Place::Later,
+                _ => Place::Outside,
+            }
+        } else if end > self.output_until_ns {
+            Place::Later
+        } else if end > self.output_after_ns {
+            Place::Step
+        } else {
+            Place::Outside
+        }
+    }
+}
+
 /// Calls waiting for their step, and the counts of those that got none.
 #[derive(Debug, Default)]
 pub struct Folder {
@@ -149,6 +212,16 @@ pub struct Folder {
     /// Where the wait began in stretches shared by two batches, by the stretch's end: the
     /// older batch, folded first, takes the sync; the newer finds its launch's end here.
     wait_starts: Vec<(u64, u64)>,
+    /// Processes whose batches are marked, with the marking thread.
+    marked: Vec<(u32, u32)>,
+    /// Marks not matched to a batch yet, by time.
+    marks: Vec<BatchMark>,
+    /// Marks matched to a batch, and marks that fit none (a batch before the trace's first,
+    /// or one whose engine step was not complete).
+    pub marks_matched: u64,
+    pub marks_unmatched: u64,
+    /// When the output of the last folded step came in (its `execute_done_ns`).
+    last_output_ns: u64,
 }
 
 /// `[from, to]` in ns, inclusive of the moment a call at `to` was recorded.
@@ -169,18 +242,38 @@ impl Folder {
         self.pending.sort_by_key(|c| c.end_ns);
     }
 
+    /// Marks the batches of process `pid`: from now on its calls are placed by the marks
+    /// thread `tid` makes ([`Folder::push_mark`]).
+    pub fn mark_batches(&mut self, pid: u32, tid: u32) {
+        if !self.marked.contains(&(pid, tid)) {
+            self.marked.push((pid, tid));
+        }
+    }
+
+    pub fn push_mark(&mut self, mark: BatchMark) {
+        let at = self.marks.partition_point(|m| m.ns <= mark.ns);
+        self.marks.insert(at, mark);
+    }
+
+    fn is_marked(&self, pid: u32) -> bool {
+        self.marked.iter().any(|&(p, _)| p == pid)
+    }
+
     /// Where the wait for an older batch starts in a stretch `[from, to]` that began with a
-    /// launch: the entry of the last sync recorded in it; `to` (all launch) without one.
+    /// launch: the entry of the last sync the engine's own threads recorded in it, else the
+    /// first batch mark in it (a worker began the batch: it was sent), else `to` (all launch).
     fn wait_start(&mut self, (from, to): Span) -> u64 {
         if let Some(&(_, start)) = self.wait_starts.iter().find(|(end, _)| *end == to) {
             return start;
         }
+        let within = |ns: u64| from <= ns && ns <= to;
         let start = self
             .pending
             .iter()
             .rev()
-            .find(|c| c.class == Class::Sync && c.end_ns >= from && c.end_ns <= to)
+            .find(|c| c.class == Class::Sync && within(c.end_ns) && !self.is_marked(c.pid))
             .map(|c| c.start_ns.max(from))
+            .or_else(|| self.marks.iter().map(|m| m.ns).find(|&ns| within(ns)))
             .unwrap_or(to);
         self.wait_starts.push((to, start));
         start
@@ -225,10 +318,60 @@ impl Folder {
         }
     }
 
+    /// Each marked process's batch for the step in `window`: its first mark after
+    /// `schedule()` returned and before the output came in. Earlier marks fit no step.
+    fn marked_batches(&mut self, window: &Window) -> Vec<MarkedBatch> {
+        let (after, until) = (window.schedule_done_ns, window.execute_done_ns);
+        let older_output_ns = window
+            .batch
+            .filter(|b| b.launch_shared)
+            .map_or(0, |b| b.launch_until_ns);
+        let marked = self.marked.clone();
+        marked
+            .into_iter()
+            .map(|(pid, tid)| {
+                let stale = |m: &BatchMark| m.pid == pid && m.ns <= after;
+                self.marks_unmatched += self.marks.iter().filter(|m| stale(m)).count() as u64;
+                self.marks.retain(|m| !stale(m));
+                let mut own = self.marks.iter().filter(|m| m.pid == pid).map(|m| m.ns);
+                let began_ns = own.next().filter(|&ns| ns < until);
+                let next_ns = match began_ns {
+                    Some(_) => own.next(),
+                    None => self.marks.iter().find(|m| m.pid == pid).map(|m| m.ns),
+                }
+                .unwrap_or(u64::MAX);
+                if let Some(began) = began_ns {
+                    self.marks_matched += 1;
+                    self.marks.retain(|m| !(m.pid == pid && m.ns == began));
+                }
+                MarkedBatch {
+                    pid,
+                    tid,
+                    began_ns,
+                    next_ns,
+                    // The older batch's output came in before this one's could: known from
+                    // the last step folded, or for the trace's first from its own spans.
+                    output_after_ns: self
+                        .last_output_ns
+                        .max(older_output_ns)
+                        .max(began_ns.unwrap_or(after)),
+                    output_until_ns: until,
+                }
+            })
+            .collect()
+    }
+
     /// The calls of one step. Steps must come in the order they complete.
     pub fn fold(&mut self, window: Window) -> StepCalls {
         let (owned, launch, wait) = self.stretches(&window);
-        let in_step = |c: &Call| owned.iter().any(|&(a, b)| a <= c.end_ns && c.end_ns <= b);
+        let marked = self.marked_batches(&window);
+        let horizon = window.next_start_bound();
+        let place = |c: &Call| match marked.iter().find(|m| m.pid == c.pid) {
+            Some(batch) => batch.place(c),
+            None if owned.iter().any(|&(a, b)| a <= c.end_ns && c.end_ns <= b) => Place::Step,
+            None if c.end_ns < horizon => Place::Outside,
+            None => Place::Later,
+        };
         let mut step = StepCalls {
             launch_ns: launch.1.saturating_sub(launch.0),
             ..Default::default()
@@ -238,9 +381,9 @@ impl Folder {
         let mut processes: Vec<(ProcessCalls, Vec<Span>)> = Vec::new();
         let clip = |c: &Call, (a, b): Span| (c.start_ns.max(a), c.end_ns.min(b));
         let mut kept = Vec::with_capacity(self.pending.len());
-        let horizon = window.next_start_bound();
         for call in self.pending.drain(..) {
-            if in_step(&call) {
+            let place = place(&call);
+            if let Place::Step = place {
                 step.totals.add(&call);
                 let (share, blocked) = share_of(&mut processes, call.pid);
                 share.totals.add(&call);
@@ -258,13 +401,14 @@ impl Folder {
                         share.last_wait = Some((call.start_ns, call.end_ns));
                     }
                 }
-            } else if call.end_ns < horizon {
+            } else if let Place::Outside = place {
                 self.outside.add(&call);
             } else {
                 kept.push(call);
             }
         }
         self.pending = kept;
+        self.last_output_ns = window.execute_done_ns;
         step.launch_blocked_ns = union_length(&mut launch_blocked);
         step.wait_blocked_ns = union_length(&mut wait_blocked);
         step.processes = processes
@@ -347,6 +491,7 @@ mod tests {
     fn launch(at: u64) -> Call {
         Call {
             pid: 1,
+            tid: 1,
             start_ns: at,
             end_ns: at,
             class: Class::Launch,
@@ -356,6 +501,7 @@ mod tests {
     fn timed(class: Class, start_ns: u64, end_ns: u64) -> Call {
         Call {
             pid: 1,
+            tid: 1,
             start_ns,
             end_ns,
             class,
@@ -439,6 +585,7 @@ mod tests {
             launch(215),
             Call {
                 pid: 1,
+                tid: 1,
                 start_ns: 220,
                 end_ns: 220,
                 class: Class::GraphLaunch,
@@ -500,6 +647,84 @@ mod tests {
     }
 
     #[test]
+    fn a_marked_worker_gives_each_batch_its_own_launches_and_output_wait() {
+        // The engine (no calls of its own) schedules and sends A, B, C, D, each call waiting
+        // for the batch before. Worker 9 begins each batch on thread 9 as soon as it is
+        // sent, launching it while its thread 10 still waits for the one before; X was
+        // begun before the trace's first batch.
+        let mut folder = Folder::default();
+        folder.mark_batches(9, 9);
+        let worker = |tid, class, start_ns, end_ns| Call {
+            pid: 9,
+            tid,
+            start_ns,
+            end_ns,
+            class,
+        };
+        let main = |at| worker(9, Class::Launch, at, at);
+        let output = |start, end| worker(10, Class::Sync, start, end);
+        // X, A, B, C, D.
+        for ns in [2, 12, 72, 172, 272] {
+            folder.push_mark(BatchMark { pid: 9, tid: 9, ns });
+        }
+        folder.push([
+            main(3),
+            main(4),
+            output(5, 45),
+            main(13),
+            main(14),
+            main(15),
+            output(46, 140),
+            worker(9, Class::GraphLaunch, 73, 73),
+            output(141, 240),
+            main(173),
+            main(174),
+            output(241, 340),
+            main(273),
+            output(341, 430),
+        ]);
+        let batch = |start, schedule_done, older_out, next_schedule_done, out| Window {
+            batch: Some(BatchSpans {
+                launch_until_ns: older_out,
+                launch_shared: true,
+                wait_from_ns: next_schedule_done,
+                wait_shared: true,
+                update_call_ns: start + 60,
+            }),
+            ..window(start, schedule_done, out, out + 10)
+        };
+        let a = folder.fold(batch(0, 10, 50, 70, 150));
+        assert_eq!(
+            (a.totals.launches, a.totals.graph_launches, a.totals.syncs),
+            (3, 0, 1),
+            "A: its three launches and its own output's sync, not X's"
+        );
+        assert_eq!(a.totals.sync_ns, 94);
+        assert_eq!(a.launch_ns, 2, "A's launch ends where the worker began it");
+        assert_eq!(a.wait_blocked_ns, 140 - 72);
+        let b = folder.fold(batch(60, 70, 150, 170, 250));
+        assert_eq!(
+            (b.totals.launches, b.totals.graph_launches, b.totals.syncs),
+            (0, 1, 1),
+            "B: its graph (C's launches came before B's output)"
+        );
+        let c = folder.fold(batch(160, 170, 250, 270, 350));
+        assert_eq!((c.totals.launches, c.totals.syncs), (2, 1));
+        assert_eq!(c.processes[0].last_wait, Some((241, 340)));
+        folder.finish();
+        assert_eq!(
+            (folder.marks_matched, folder.marks_unmatched),
+            (3, 1),
+            "X's mark fits no batch; D's is left"
+        );
+        assert_eq!(
+            (folder.outside.launches, folder.outside.syncs),
+            (3, 2),
+            "X's and D's calls"
+        );
+    }
+
+    #[test]
     fn parallel_waits_count_once_in_the_execute_split() {
         let mut folder = Folder::default();
         // Two workers wait at once, partly overlapping.
@@ -516,7 +741,11 @@ mod tests {
     #[test]
     fn each_process_gets_its_share_and_its_last_wait() {
         let mut folder = Folder::default();
-        let of = |pid, call: Call| Call { pid, ..call };
+        let of = |pid, call: Call| Call {
+            pid,
+            tid: pid,
+            ..call
+        };
         // Rank 7 launches late and waits least; rank 5 waits for it. The engine (3) makes a
         // launch of its own; rank 5's copy before its sync is not its last wait.
         folder.push([

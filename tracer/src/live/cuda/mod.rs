@@ -29,19 +29,27 @@ use std::{
 pub use api::{Class, DRIVER_API};
 pub use fold::HORIZON_NS;
 use serde::Serialize;
-use tracer_common::cuda::{CudaCall, CudaCounter};
+use tracer_common::cuda::{CudaCall, CudaCounter, BATCH_MARK_COOKIE};
 
 use self::{
-    fold::{Call, Folder, ProcessCalls, Window},
+    fold::{BatchMark, Call, Folder, ProcessCalls, Window},
     libcuda::Offsets,
     probes::CudaProbes,
 };
 pub use crate::schema::run_info::Level;
 use crate::{
     clock::monotonic_ns,
-    live::{correlate::Step, engines},
+    live::{
+        correlate::Step,
+        discover, engines, plan,
+        resolve::{self, ResolveError},
+    },
     schema::run_info::{CallTotals, CudaReport, ProcessReport},
 };
+
+/// Why a worker's batches are not marked yet: it has not imported its per-batch function
+/// (tried again at each scan).
+const NOT_YET_IMPORTED: &str = "the worker's per-batch function is not imported yet";
 
 /// How often the engine's processes are re-checked for a newly loaded libcuda.
 pub const SCAN_EVERY: Duration = Duration::from_millis(200);
@@ -170,11 +178,11 @@ impl CudaReport {
     }
 }
 
-/// Whether a worker process (not the engine's own) was probed.
-fn has_workers(processes: &[ProcessReport]) -> bool {
+/// Whether a worker process (not the engine's own) was probed without marks of its batches.
+fn has_unmarked_workers(processes: &[ProcessReport]) -> bool {
     processes
         .iter()
-        .any(|p| p.rank.is_some() && p.error.is_none())
+        .any(|p| p.rank.is_some() && p.error.is_none() && p.batch_marks.is_none())
 }
 
 /// A process under an engine that maps libcuda now: what `--cuda` would probe.
@@ -223,6 +231,8 @@ struct Active {
     probes: CudaProbes,
     folder: Folder,
     root_pid: u32,
+    /// Mark each worker's batches (the engine steps per batch).
+    mark_workers: bool,
     quiet: bool,
     /// Every process looked at and found mapping libcuda, probed or not.
     processes: BTreeMap<u32, ProcessReport>,
@@ -241,8 +251,14 @@ struct Active {
 
 impl CudaTracer {
     /// Loads the programs and probes the processes of the engine rooted at `root_pid` that
-    /// map libcuda now; later ones are probed as [`CudaTracer::poll`] finds them.
-    pub fn start(level: Level, root_pid: u32, quiet: bool) -> Result<Self, CudaError> {
+    /// map libcuda now; later ones are probed as [`CudaTracer::poll`] finds them. When the
+    /// engine steps `per_batch`, each worker's batches are marked too.
+    pub fn start(
+        level: Level,
+        root_pid: u32,
+        per_batch: bool,
+        quiet: bool,
+    ) -> Result<Self, CudaError> {
         if level == Level::Off {
             return Ok(Self {
                 level,
@@ -253,6 +269,7 @@ impl CudaTracer {
             probes: CudaProbes::load().map_err(CudaError)?,
             folder: Folder::default(),
             root_pid,
+            mark_workers: per_batch,
             quiet,
             processes: BTreeMap::new(),
             gone: BTreeMap::new(),
@@ -364,6 +381,8 @@ impl CudaTracer {
                 late_calls: 0,
                 expired_calls: 0,
                 workers_folded_by_time: false,
+                batch_marks_matched: 0,
+                batch_marks_unmatched: 0,
             };
         };
         active.drain();
@@ -371,7 +390,9 @@ impl CudaTracer {
         let probes = &active.probes;
         let processes: Vec<ProcessReport> = active.processes.values().cloned().collect();
         CudaReport {
-            workers_folded_by_time: per_batch && has_workers(&processes),
+            workers_folded_by_time: per_batch && has_unmarked_workers(&processes),
+            batch_marks_matched: active.folder.marks_matched,
+            batch_marks_unmatched: active.folder.marks_unmatched,
             level: self.level,
             probe_runs: probes.counter(CudaCounter::Probes),
             ring_buffer_drops: probes.counter(CudaCounter::RingFull),
@@ -422,16 +443,26 @@ impl Active {
                 self.malformed += 1;
                 continue;
             };
+            let (pid, tid) = ((raw.pid_tgid >> 32) as u32, raw.pid_tgid as u32);
+            if !self.processes.contains_key(&pid) {
+                self.foreign += 1;
+                continue;
+            }
+            if raw.cookie == BATCH_MARK_COOKIE {
+                self.folder.push_mark(BatchMark {
+                    pid,
+                    tid,
+                    ns: raw.start_ns,
+                });
+                continue;
+            }
             let Some(function) = api::by_cookie(raw.cookie) else {
                 self.malformed += 1;
                 continue;
             };
-            if !self.processes.contains_key(&((raw.pid_tgid >> 32) as u32)) {
-                self.foreign += 1;
-                continue;
-            }
             calls.push(Call {
-                pid: (raw.pid_tgid >> 32) as u32,
+                pid,
+                tid,
                 start_ns: raw.start_ns,
                 end_ns: raw.end_ns,
                 class: function.class,
@@ -460,6 +491,15 @@ impl Active {
                 }
                 Some(_) => {}
             }
+        }
+        let unmarked: Vec<u32> = self
+            .processes
+            .values()
+            .filter(|p| p.batch_marks_error.as_deref() == Some(NOT_YET_IMPORTED))
+            .map(|p| p.pid)
+            .collect();
+        for pid in unmarked {
+            self.mark_batches(pid);
         }
         for pid in libcuda::process_tree(self.root_pid) {
             if self.processes.contains_key(&pid) {
@@ -501,7 +541,58 @@ impl Active {
                 ),
                 Some(e) => format!("tracer: warning: CUDA probes on pid {pid} failed: {e}"),
             });
+            let worker = pid != self.root_pid && report.error.is_none();
             self.processes.insert(pid, report);
+            if worker && self.mark_workers {
+                self.mark_batches(pid);
+            }
+        }
+    }
+
+    /// Watches the entry of worker `pid`'s per-batch function on its main thread (vLLM's
+    /// worker runs its busy loop, and so every batch, there), for [`Folder::mark_batches`].
+    /// Says how in its report; a worker that has not imported the function yet is tried
+    /// again at the next scans.
+    fn mark_batches(&mut self, pid: u32) {
+        let marked = discover::discover(pid)
+            .map_err(|e| e.to_string())
+            .and_then(|target| {
+                let code = resolve::worker_batch_entry(&target).map_err(|e| match e {
+                    ResolveError::Missing { .. } => NOT_YET_IMPORTED.to_owned(),
+                    other => other.to_string(),
+                })?;
+                let addr =
+                    plan::batch_entry(&code, target.python.layout).map_err(|e| e.to_string())?;
+                self.probes
+                    .mark_batches(pid, addr)
+                    .map_err(|e| format!("watching {} on thread {pid}: {e}", code.qualname))?;
+                Ok(format!(
+                    "{} (RESUME at {addr:#x}) on thread {pid}",
+                    code.qualname
+                ))
+            });
+        let Some(report) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        let retry = report.batch_marks_error.is_some();
+        match marked {
+            Ok(what) => {
+                self.folder.mark_batches(pid, pid);
+                self.notes
+                    .push(format!("tracer: batches of pid {pid} marked by {what}"));
+                report.batch_marks = Some(what);
+                report.batch_marks_error = None;
+            }
+            Err(e) if e == NOT_YET_IMPORTED && retry => {}
+            Err(e) => {
+                if e != NOT_YET_IMPORTED {
+                    self.notes.push(format!(
+                        "tracer: warning: the batches of worker pid {pid} cannot be marked \
+                         (its CUDA calls are folded by time): {e}"
+                    ));
+                }
+                report.batch_marks_error = Some(e);
+            }
         }
     }
 
@@ -589,19 +680,25 @@ mod tests {
     }
 
     #[test]
-    fn only_a_probed_worker_is_folded_by_time_across_processes() {
+    fn only_a_probed_worker_without_batch_marks_is_folded_by_time() {
         let process = |pid: u32, rank: Option<&str>, error: Option<&str>| ProcessReport {
             rank: rank.map(Into::into),
             error: error.map(Into::into),
             ..ProcessReport::new(pid, String::new())
         };
         let engine = process(1, None, None);
-        assert!(!has_workers(std::slice::from_ref(&engine)));
-        assert!(!has_workers(&[
+        assert!(!has_unmarked_workers(std::slice::from_ref(&engine)));
+        assert!(!has_unmarked_workers(&[
             engine.clone(),
             process(2, Some("TP0"), Some("gone"))
         ]));
-        assert!(has_workers(&[engine, process(3, Some("pid3"), None)]));
+        let worker = process(3, Some("pid3"), None);
+        assert!(has_unmarked_workers(&[engine.clone(), worker.clone()]));
+        let marked = ProcessReport {
+            batch_marks: Some("Worker.execute_model".into()),
+            ..worker
+        };
+        assert!(!has_unmarked_workers(&[engine, marked]));
     }
 
     #[test]

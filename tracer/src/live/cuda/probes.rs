@@ -11,19 +11,19 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
-        ProgramError, UProbe,
+        PerfEvent, ProgramError, UProbe,
     },
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
     cuda::{
-        CudaCounter, CUDA_COUNTERS_MAP, CUDA_COUNT_PROGRAM, CUDA_ENTER_PROGRAM, CUDA_EVENTS_BYTES,
-        CUDA_EVENTS_MAP, CUDA_EXIT_PROGRAM,
+        CudaCounter, BATCH_MARK_PROGRAM, CUDA_COUNTERS_MAP, CUDA_COUNT_PROGRAM, CUDA_ENTER_PROGRAM,
+        CUDA_EVENTS_BYTES, CUDA_EVENTS_MAP, CUDA_EXIT_PROGRAM,
     },
     EVENTS_MAP,
 };
 
-use crate::live::attach::EBPF_OBJECT;
+use crate::live::attach::{watch_byte, EBPF_OBJECT};
 
 pub struct CudaProbes {
     /// The uprobes. The kernel detaches them one after the other, each after a grace period
@@ -55,6 +55,14 @@ impl CudaProbes {
                 .map_err(|e: ProgramError| e.to_string())?;
             program.load().map_err(|e| format!("{name}: {e}"))?;
         }
+        let marks: &mut PerfEvent = ebpf
+            .program_mut(BATCH_MARK_PROGRAM)
+            .ok_or_else(|| format!("{BATCH_MARK_PROGRAM} missing from the eBPF object"))?
+            .try_into()
+            .map_err(|e: ProgramError| e.to_string())?;
+        marks
+            .load()
+            .map_err(|e| format!("{BATCH_MARK_PROGRAM}: {e}"))?;
         let ring = ebpf
             .take_map(CUDA_EVENTS_MAP)
             .ok_or("CUDA events map missing")?
@@ -111,6 +119,19 @@ impl CudaProbes {
             self.links.push(link);
         }
         Ok(())
+    }
+
+    /// Marks each batch a worker thread begins: a watchpoint on the instruction byte at
+    /// `addr` (the `RESUME` of its per-batch function) of thread `tid` only. Detached with
+    /// the programs.
+    pub fn mark_batches(&mut self, tid: u32, addr: u64) -> Result<(), std::io::Error> {
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(BATCH_MARK_PROGRAM)
+            .expect("loaded in load()")
+            .try_into()
+            .expect("a perf_event program");
+        watch_byte(program, tid, addr)
     }
 
     /// A counter summed over CPUs (0 if it cannot be read).
