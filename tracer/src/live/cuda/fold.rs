@@ -22,10 +22,9 @@
 //! N's output in another thread. Its batch N is the first mark after the engine's
 //! `schedule()` of N returned (the engine sends N after that) and before N's output came in
 //! (the worker begins N before it answers it). The marking thread's calls from that mark up
-//! to its next are N's; the process's other threads' calls that end after N began, after
-//! the previous batch's output came in, and no later than N's output are N's wait (the
-//! output of N is answered once they end). Where the engine makes no sync of its own, a
-//! batch's launch ends where its first worker began it.
+//! to its next are N's; the process's other threads' calls after N began, up to the first
+//! sync that ends by N's output, are N's wait ([`Folder::marked_batches`]). Where the engine
+//! makes no sync of its own, a batch's launch ends where its first worker began it.
 //!
 //! Calls no step claims (between steps, before the first, during steps that did not
 //! complete) are counted as outside steps, never dropped.
@@ -161,8 +160,10 @@ struct MarkedBatch {
     /// Its next mark, if already in: the marking thread's calls from then on are a later
     /// batch's.
     next_ns: u64,
-    /// Other threads' calls ending in `(after, until]` are this batch's.
-    output_after_ns: u64,
+    /// Other threads' calls that began after `output_from_ns`, end after `output_floor_ns`
+    /// and no later than `output_until_ns` are this batch's.
+    output_from_ns: u64,
+    output_floor_ns: u64,
     output_until_ns: u64,
 }
 
@@ -181,12 +182,12 @@ impl MarkedBatch {
                 _ if end >= self.next_ns => Place::Later,
                 Some(began) if end >= began => Place::Step,
                 // No mark for this batch: a later one may claim what came after it began.
-                None if end > self.output_after_ns => Place::Later,
+                None if end > self.output_from_ns => Place::Later,
                 _ => Place::Outside,
             }
         } else if end > self.output_until_ns {
             Place::Later
-        } else if end > self.output_after_ns {
+        } else if call.start_ns > self.output_from_ns && end > self.output_floor_ns {
             Place::Step
         } else {
             Place::Outside
@@ -220,8 +221,8 @@ pub struct Folder {
     /// or one whose engine step was not complete).
     pub marks_matched: u64,
     pub marks_unmatched: u64,
-    /// When the output of the last folded step came in (its `execute_done_ns`).
-    last_output_ns: u64,
+    /// A step was folded (the trace's first is the one step whose older batch was not).
+    folded_any: bool,
 }
 
 /// `[from, to]` in ns, inclusive of the moment a call at `to` was recorded.
@@ -320,12 +321,20 @@ impl Folder {
 
     /// Each marked process's batch for the step in `window`: its first mark after
     /// `schedule()` returned and before the output came in. Earlier marks fit no step.
+    ///
+    /// The batch's output is waited for in another thread, once the batch has begun, with one
+    /// sync (vLLM's async output thread: one event synchronize per batch), and batches are
+    /// answered in order: the batch's are the other threads' calls that began after its mark,
+    /// up to the end of the first sync among them. A later batch's sync can end before the
+    /// engine takes this one's output (the engine was busy), so the output's arrival bounds
+    /// the wait only from above. The trace's first batch also bounds it from below by the
+    /// older batch's output: an older batch's sync can begin after this one's mark.
     fn marked_batches(&mut self, window: &Window) -> Vec<MarkedBatch> {
         let (after, until) = (window.schedule_done_ns, window.execute_done_ns);
-        let older_output_ns = window
-            .batch
-            .filter(|b| b.launch_shared)
-            .map_or(0, |b| b.launch_until_ns);
+        let output_floor_ns = match window.batch {
+            Some(batch) if batch.launch_shared && !self.folded_any => batch.launch_until_ns,
+            _ => 0,
+        };
         let marked = self.marked.clone();
         marked
             .into_iter()
@@ -344,18 +353,23 @@ impl Folder {
                     self.marks_matched += 1;
                     self.marks.retain(|m| !(m.pid == pid && m.ns == began));
                 }
+                let output_from_ns = began_ns.unwrap_or(after);
+                let output_until_ns = self
+                    .pending
+                    .iter()
+                    .filter(|c| c.pid == pid && c.tid != tid && c.class == Class::Sync)
+                    .filter(|c| c.start_ns > output_from_ns && c.end_ns > output_floor_ns)
+                    .filter(|c| c.end_ns <= until)
+                    .min_by_key(|c| c.start_ns)
+                    .map_or(until, |c| c.end_ns);
                 MarkedBatch {
                     pid,
                     tid,
                     began_ns,
                     next_ns,
-                    // The older batch's output came in before this one's could: known from
-                    // the last step folded, or for the trace's first from its own spans.
-                    output_after_ns: self
-                        .last_output_ns
-                        .max(older_output_ns)
-                        .max(began_ns.unwrap_or(after)),
-                    output_until_ns: until,
+                    output_from_ns,
+                    output_floor_ns,
+                    output_until_ns,
                 }
             })
             .collect()
@@ -408,7 +422,7 @@ impl Folder {
             }
         }
         self.pending = kept;
-        self.last_output_ns = window.execute_done_ns;
+        self.folded_any = true;
         step.launch_blocked_ns = union_length(&mut launch_blocked);
         step.wait_blocked_ns = union_length(&mut wait_blocked);
         step.processes = processes
@@ -702,13 +716,14 @@ mod tests {
         assert_eq!(a.totals.sync_ns, 94);
         assert_eq!(a.launch_ns, 2, "A's launch ends where the worker began it");
         assert_eq!(a.wait_blocked_ns, 140 - 72);
-        let b = folder.fold(batch(60, 70, 150, 170, 250));
+        // The engine takes B's output late, at 345: C's sync has ended by then.
+        let b = folder.fold(batch(60, 70, 150, 170, 345));
         assert_eq!(
             (b.totals.launches, b.totals.graph_launches, b.totals.syncs),
             (0, 1, 1),
-            "B: its graph (C's launches came before B's output)"
+            "B: its graph and its sync, not C's launches and sync before B's output"
         );
-        let c = folder.fold(batch(160, 170, 250, 270, 350));
+        let c = folder.fold(batch(160, 170, 345, 270, 350));
         assert_eq!((c.totals.launches, c.totals.syncs), (2, 1));
         assert_eq!(c.processes[0].last_wait, Some((241, 340)));
         folder.finish();
