@@ -629,6 +629,8 @@ fn async_run(
     Vec<BatchTruth>,
     Vec<String>,
 ) {
+    // Its worker spins through each launch: alone, so that it slows no other test's tracer.
+    let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let truth_path = dir.path().join("batch_truth.csv");
     let out = dir.path().join("out");
