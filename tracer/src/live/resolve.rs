@@ -203,6 +203,9 @@ fn batch_queue(reader: &PyReader<LiveProcess>, engine: u64, attr: &str) -> (bool
     (true, if deque { queue } else { 0 })
 }
 
+/// Most decorators unwrapped to reach a function's own code.
+const MAX_WRAPPERS: usize = 8;
+
 /// Functions of the target, looked up by module and qualified name.
 struct Objects<'r> {
     reader: &'r PyReader<'r, LiveProcess>,
@@ -237,6 +240,15 @@ impl Objects<'_> {
                 .dict_get(dict, part)
                 .map_err(read)?
                 .ok_or_else(|| missing(format!("no attribute {part}")))?;
+        }
+        // A decorated method (vLLM's `@torch.inference_mode()` on `Worker.execute_model`) is
+        // a wrapper whose code every function so decorated shares: watch the function it
+        // wraps (`functools.wraps` leaves it in `__wrapped__`).
+        for _ in 0..MAX_WRAPPERS {
+            match reader.attr(object, "__wrapped__") {
+                Ok(Some(inner)) => object = inner,
+                _ => break,
+            }
         }
         let code = reader
             .function_code(object)
