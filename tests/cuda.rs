@@ -619,16 +619,8 @@ fn median_abs(mut errors: Vec<i64>) -> u64 {
 /// trace starts with a batch in flight (the one the fixture's warmup left in the queue).
 /// The fixture under async scheduling (800 batches, --fake-cuda, `extra` fixture options)
 /// traced with copies in the trap (this is about rows and CUDA calls: tests/requests.rs has
-/// the shadow copies, which a loaded machine may make late): run.json, the rows, the truth
-/// of the batches scheduled after the attach (one per row), and the tracer's stderr.
-fn async_run(
-    extra: &[&str],
-) -> (
-    serde_json::Value,
-    Vec<BatchRow>,
-    Vec<BatchTruth>,
-    Vec<String>,
-) {
+/// the shadow copies, which a loaded machine may make late).
+fn async_run(extra: &[&str]) -> AsyncRun {
     // Its worker spins through each launch: alone, so that it slows no other test's tracer.
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
@@ -675,12 +667,36 @@ fn async_run(
         .collect();
     assert!(truth.len() > 700, "{} batches", truth.len());
     assert_eq!(rows.len(), truth.len(), "batches lost or invented");
-    (run, rows, truth, stderr)
+    let ranks_path = out.join("ranks.csv");
+    let ranks = if ranks_path.exists() {
+        read_csv(&ranks_path)
+    } else {
+        Vec::new()
+    };
+    AsyncRun {
+        run,
+        rows,
+        truth,
+        ranks,
+        stderr,
+    }
+}
+
+/// What [`async_run`] gives: run.json, the rows of steps.csv and of ranks.csv, the truth of
+/// the batches scheduled after the attach (one per row), and the tracer's stderr.
+struct AsyncRun {
+    run: serde_json::Value,
+    rows: Vec<BatchRow>,
+    truth: Vec<BatchTruth>,
+    ranks: Vec<RankRow>,
+    stderr: Vec<String>,
 }
 
 #[test]
 fn async_batches_get_their_own_launches_and_waits() {
-    let (run, rows, truth, _) = async_run(&[]);
+    let AsyncRun {
+        run, rows, truth, ..
+    } = async_run(&[]);
     assert_eq!(run["cuda"]["workers_folded_by_time"], false);
     let eager = truth.iter().filter(|t| t.launches > 0).count();
     assert!(
@@ -747,26 +763,35 @@ fn async_batches_get_their_own_launches_and_waits() {
     assert!(overlapping > rows.len() / 2, "{overlapping} rows overlap");
 }
 
-/// The model in a worker process under async scheduling (vLLM's MultiprocExecutor with
-/// `step_with_batch_queue`; fixture async_workers.py): the engine sends a batch and goes on,
-/// the worker launches it after the one before and waits for its output in another thread.
-/// Folded by time, worker calls landed in neighbouring rows (the H200 showed it: README
-/// "Worker processes under async scheduling"). With the worker's batches marked (the entry
-/// of `Worker.execute_model` on its main thread), every row has its own batch's launches
-/// and its own output wait, and ranks.csv the worker's share of it.
+/// The model in worker processes under async scheduling (vLLM's MultiprocExecutor with
+/// `step_with_batch_queue`; fixture async_workers.py, tensor parallel over two ranks): the
+/// engine sends a batch and goes on, each worker launches it after the one before, and the
+/// output rank waits for its output in another thread. Folded by time, worker calls landed
+/// in neighbouring rows (the H200 showed it: README "Worker processes under async
+/// scheduling"). With each worker's batches marked (the entry of `Worker.execute_model` on
+/// its main thread), every row has its own batch's launches from both ranks and the output
+/// rank's wait, and ranks.csv each rank's share: equal launches, one sync on rank 0.
 #[test]
 fn async_workers_batches_get_their_own_worker_calls() {
-    let (run, rows, truth, stderr) = async_run(&["--async-workers", "1"]);
+    let AsyncRun {
+        run,
+        rows,
+        truth,
+        ranks,
+        stderr,
+    } = async_run(&["--async-workers", "2"]);
     let cuda = &run["cuda"];
     assert_eq!(cuda["workers_folded_by_time"], false, "{stderr:?}");
-    let processes = cuda["processes"].as_array().unwrap();
-    let worker = processes.iter().find(|p| !p["rank"].is_null()).unwrap();
-    assert!(
-        worker["batch_marks"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("Worker.execute_model")),
-        "{cuda}"
-    );
+    let workers = cuda["processes"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "the engine loads no libcuda: {cuda}");
+    for worker in workers {
+        assert!(
+            worker["batch_marks"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Worker.execute_model")),
+            "{worker}"
+        );
+    }
     assert!(
         !stderr.iter().any(|l| l.contains("folded by time")),
         "{stderr:?}"
@@ -776,7 +801,12 @@ fn async_workers_batches_get_their_own_worker_calls() {
         eager > 50 && eager < truth.len() - 50,
         "both eager and graph batches: {eager} eager"
     );
-    for (i, (row, t)) in rows.iter().zip(&truth).enumerate() {
+    assert_eq!(
+        ranks.len(),
+        2 * rows.len(),
+        "a ranks.csv row per rank and batch"
+    );
+    for (i, ((row, t), ranks)) in rows.iter().zip(&truth).zip(ranks.chunks(2)).enumerate() {
         assert_eq!(
             (
                 row.scheduled_tokens,
@@ -786,16 +816,25 @@ fn async_workers_batches_get_their_own_worker_calls() {
             ),
             (
                 Some(t.tokens),
-                Some(t.launches),
-                Some(t.graph_launches),
+                Some(2 * t.launches),
+                Some(2 * t.graph_launches),
                 Some(t.syncs)
             ),
             "batch {i}: tokens, launches, graph launches, syncs"
         );
+        for (rank, syncs) in [("TP0", t.syncs), ("TP1", 0)] {
+            let r = ranks.iter().find(|r| r.rank == rank).unwrap();
+            assert_eq!(
+                (r.cuda_launches, r.cuda_graph_launches, r.cuda_syncs),
+                (Some(t.launches), t.graph_launches, syncs),
+                "batch {i} rank {rank}"
+            );
+        }
     }
-    // One mark per row; the worker may have begun up to two batches before the first row.
+    // One mark per row and rank; each worker may have begun up to two batches before the
+    // first row.
     let matched = cuda["batch_marks_matched"].as_u64().unwrap();
     let unmatched = cuda["batch_marks_unmatched"].as_u64().unwrap();
-    assert_eq!(matched, rows.len() as u64);
-    assert!(unmatched <= 2, "{unmatched} marks fit no row");
+    assert_eq!(matched, 2 * rows.len() as u64);
+    assert!(unmatched <= 4, "{unmatched} marks fit no row");
 }

@@ -19,9 +19,11 @@
 //! A worker process whose batches are marked ([`BatchMark`]: the entry of its per-batch
 //! function, watched on the thread that runs it) is not folded by the engine's spans: under
 //! async scheduling it launches batch N+1 while the engine still waits for N, and waits for
-//! N's output in another thread. Its batch N is the first mark after the engine's
-//! `schedule()` of N returned (the engine sends N after that) and before N's output came in
-//! (the worker begins N before it answers it). The marking thread's calls from that mark up
+//! N's output in another thread. It begins batches in the order the engine sends them: N's
+//! mark is its next after the engine's `schedule()` of N returned (the engine sends N after
+//! that; an older mark is a batch before the trace's first row). A rank that begins N only
+//! after N's row was written has its mark skipped when it comes. The marking thread's calls
+//! from that mark up
 //! to its next are N's; the process's other threads' calls after N began, up to the first
 //! sync that ends by N's output, are N's wait ([`Folder::marked_batches`]). Where the engine
 //! makes no sync of its own, a batch's launch ends where its first worker began it.
@@ -150,6 +152,17 @@ pub struct BatchMark {
     pub ns: u64,
 }
 
+/// A thread that marks the batches of its process.
+#[derive(Clone, Copy, Debug)]
+struct MarkedThread {
+    pid: u32,
+    tid: u32,
+    /// One of its marks was matched: from then on each step takes its next.
+    aligned: bool,
+    /// Steps written before their mark came: the next marks to come are theirs.
+    owed: u64,
+}
+
 /// Where the calls of a marked worker go, for one step.
 struct MarkedBatch {
     pid: u32,
@@ -213,8 +226,8 @@ pub struct Folder {
     /// Where the wait began in stretches shared by two batches, by the stretch's end: the
     /// older batch, folded first, takes the sync; the newer finds its launch's end here.
     wait_starts: Vec<(u64, u64)>,
-    /// Processes whose batches are marked, with the marking thread.
-    marked: Vec<(u32, u32)>,
+    /// Processes whose batches are marked.
+    marked: Vec<MarkedThread>,
     /// Marks not matched to a batch yet, by time.
     marks: Vec<BatchMark>,
     /// Marks matched to a batch, and marks that fit none (a batch before the trace's first,
@@ -246,8 +259,13 @@ impl Folder {
     /// Marks the batches of process `pid`: from now on its calls are placed by the marks
     /// thread `tid` makes ([`Folder::push_mark`]).
     pub fn mark_batches(&mut self, pid: u32, tid: u32) {
-        if !self.marked.contains(&(pid, tid)) {
-            self.marked.push((pid, tid));
+        if !self.marked.iter().any(|m| (m.pid, m.tid) == (pid, tid)) {
+            self.marked.push(MarkedThread {
+                pid,
+                tid,
+                aligned: false,
+                owed: 0,
+            });
         }
     }
 
@@ -257,7 +275,7 @@ impl Folder {
     }
 
     fn is_marked(&self, pid: u32) -> bool {
-        self.marked.iter().any(|&(p, _)| p == pid)
+        self.marked.iter().any(|m| m.pid == pid)
     }
 
     /// Where the wait for an older batch starts in a stretch `[from, to]` that began with a
@@ -319,8 +337,8 @@ impl Folder {
         }
     }
 
-    /// Each marked process's batch for the step in `window`: its first mark after
-    /// `schedule()` returned and before the output came in. Earlier marks fit no step.
+    /// Each marked process's batch for the step in `window`: its next mark, once marks of
+    /// steps already written and marks from before `schedule()` returned are dropped.
     ///
     /// The batch's output is waited for in another thread, once the batch has begun, with one
     /// sync (vLLM's async output thread: one event synchronize per batch), and batches are
@@ -335,44 +353,51 @@ impl Folder {
             Some(batch) if batch.launch_shared && !self.folded_any => batch.launch_until_ns,
             _ => 0,
         };
-        let marked = self.marked.clone();
-        marked
-            .into_iter()
-            .map(|(pid, tid)| {
-                let stale = |m: &BatchMark| m.pid == pid && m.ns <= after;
-                self.marks_unmatched += self.marks.iter().filter(|m| stale(m)).count() as u64;
-                self.marks.retain(|m| !stale(m));
-                let mut own = self.marks.iter().filter(|m| m.pid == pid).map(|m| m.ns);
-                let began_ns = own.next().filter(|&ns| ns < until);
-                let next_ns = match began_ns {
-                    Some(_) => own.next(),
-                    None => self.marks.iter().find(|m| m.pid == pid).map(|m| m.ns),
-                }
-                .unwrap_or(u64::MAX);
-                if let Some(began) = began_ns {
+        let mut batches = Vec::with_capacity(self.marked.len());
+        for i in 0..self.marked.len() {
+            let MarkedThread { pid, tid, .. } = self.marked[i];
+            while self.marked[i].owed > 0 {
+                let Some(at) = self.marks.iter().position(|m| m.pid == pid) else {
+                    break;
+                };
+                self.marks.remove(at);
+                self.marked[i].owed -= 1;
+                self.marks_unmatched += 1;
+            }
+            let stale = |m: &BatchMark| m.pid == pid && m.ns <= after;
+            self.marks_unmatched += self.marks.iter().filter(|m| stale(m)).count() as u64;
+            self.marks.retain(|m| !stale(m));
+            let mut own = self.marks.iter().filter(|m| m.pid == pid).map(|m| m.ns);
+            let (began_ns, next_ns) = (own.next(), own.next().unwrap_or(u64::MAX));
+            match began_ns {
+                Some(began) => {
                     self.marks_matched += 1;
+                    self.marked[i].aligned = true;
                     self.marks.retain(|m| !(m.pid == pid && m.ns == began));
                 }
-                let output_from_ns = began_ns.unwrap_or(after);
-                let output_until_ns = self
-                    .pending
-                    .iter()
-                    .filter(|c| c.pid == pid && c.tid != tid && c.class == Class::Sync)
-                    .filter(|c| c.start_ns > output_from_ns && c.end_ns > output_floor_ns)
-                    .filter(|c| c.end_ns <= until)
-                    .min_by_key(|c| c.start_ns)
-                    .map_or(until, |c| c.end_ns);
-                MarkedBatch {
-                    pid,
-                    tid,
-                    began_ns,
-                    next_ns,
-                    output_from_ns,
-                    output_floor_ns,
-                    output_until_ns,
-                }
-            })
-            .collect()
+                None if self.marked[i].aligned => self.marked[i].owed += 1,
+                None => {}
+            }
+            let output_from_ns = began_ns.unwrap_or(after);
+            let output_until_ns = self
+                .pending
+                .iter()
+                .filter(|c| c.pid == pid && c.tid != tid && c.class == Class::Sync)
+                .filter(|c| c.start_ns > output_from_ns && c.end_ns > output_floor_ns)
+                .filter(|c| c.end_ns <= until)
+                .min_by_key(|c| c.start_ns)
+                .map_or(until, |c| c.end_ns);
+            batches.push(MarkedBatch {
+                pid,
+                tid,
+                began_ns,
+                next_ns,
+                output_from_ns,
+                output_floor_ns,
+                output_until_ns,
+            });
+        }
+        batches
     }
 
     /// The calls of one step. Steps must come in the order they complete.
@@ -737,6 +762,39 @@ mod tests {
             (3, 2),
             "X's and D's calls"
         );
+    }
+
+    #[test]
+    fn a_mark_that_comes_after_its_row_is_skipped() {
+        // Rank 5 (no output thread) begins the second batch only after its row was written,
+        // and after the third was scheduled.
+        let mut folder = Folder::default();
+        folder.mark_batches(5, 5);
+        let rank = |at| Call {
+            pid: 5,
+            tid: 5,
+            ..launch(at)
+        };
+        folder.push_mark(BatchMark {
+            pid: 5,
+            tid: 5,
+            ns: 12,
+        });
+        folder.push([rank(13)]);
+        assert_eq!(folder.fold(window(0, 10, 100, 110)).totals.launches, 1);
+        assert_eq!(folder.fold(window(100, 110, 200, 210)).totals.launches, 0);
+        for ns in [320, 420] {
+            folder.push_mark(BatchMark { pid: 5, tid: 5, ns });
+        }
+        folder.push([rank(321), rank(421), rank(422)]);
+        let third = folder.fold(window(250, 310, 500, 510));
+        assert_eq!(
+            third.totals.launches, 2,
+            "the launches after its own mark, 420"
+        );
+        folder.finish();
+        assert_eq!((folder.outside.launches, folder.late), (1, 0));
+        assert_eq!((folder.marks_matched, folder.marks_unmatched), (2, 1));
     }
 
     #[test]
