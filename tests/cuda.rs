@@ -620,7 +620,7 @@ fn median_abs(mut errors: Vec<i64>) -> u64 {
 /// The fixture under async scheduling (800 batches, --fake-cuda, `extra` fixture options)
 /// traced with copies in the trap (this is about rows and CUDA calls: tests/requests.rs has
 /// the shadow copies, which a loaded machine may make late).
-fn async_run(extra: &[&str]) -> AsyncRun {
+fn async_run(python: &str, extra: &[&str]) -> AsyncRun {
     // Its worker spins through each launch: alone, so that it slows no other test's tracer.
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
@@ -639,7 +639,7 @@ fn async_run(extra: &[&str]) -> AsyncRun {
         truth_path.to_str().unwrap(),
     ];
     args.extend(extra);
-    let mut fixture = Fixture::spawn(&pyenv("3.12.1"), &args);
+    let mut fixture = Fixture::spawn(python, &args);
     let pid = fixture.pid.to_string();
     let mut tracer = Tracer::spawn(&[
         "attach",
@@ -696,7 +696,7 @@ struct AsyncRun {
 fn async_batches_get_their_own_launches_and_waits() {
     let AsyncRun {
         run, rows, truth, ..
-    } = async_run(&[]);
+    } = async_run(&pyenv("3.12.1"), &[]);
     assert_eq!(run["cuda"]["workers_folded_by_time"], false);
     let eager = truth.iter().filter(|t| t.launches > 0).count();
     assert!(
@@ -773,13 +773,23 @@ fn async_batches_get_their_own_launches_and_waits() {
 /// rank's wait, and ranks.csv each rank's share: equal launches, one sync on rank 0.
 #[test]
 fn async_workers_batches_get_their_own_worker_calls() {
+    check_async_workers(&pyenv("3.12.1"));
+}
+
+/// As above on 3.10, whose functions have no `RESUME`: the mark is the first instruction.
+#[test]
+fn async_workers_batches_are_marked_on_3_10() {
+    check_async_workers(&pyenv("3.10.13"));
+}
+
+fn check_async_workers(python: &str) {
     let AsyncRun {
         run,
         rows,
         truth,
         ranks,
         stderr,
-    } = async_run(&["--async-workers", "2"]);
+    } = async_run(python, &["--async-workers", "2"]);
     let cuda = &run["cuda"];
     assert_eq!(cuda["workers_folded_by_time"], false, "{stderr:?}");
     let workers = cuda["processes"].as_array().unwrap();
@@ -788,7 +798,7 @@ fn async_workers_batches_get_their_own_worker_calls() {
         assert!(
             worker["batch_marks"]
                 .as_str()
-                .is_some_and(|m| m.starts_with("Worker.execute_model")),
+                .is_some_and(|m| m.starts_with("Worker.execute_model (entry at")),
             "{worker}"
         );
     }

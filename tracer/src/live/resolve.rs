@@ -161,9 +161,9 @@ pub fn resolve_with(
     })
 }
 
-/// A worker process's per-batch entry ([`WORKER_BATCH_ENTRY`]): the first row whose module
-/// the worker has imported.
-pub fn worker_batch_entry(target: &Target) -> Result<Code, ResolveError> {
+/// A worker process's per-batch entry ([`WORKER_BATCH_ENTRY`]), by its qualified name: the
+/// first row whose module the worker has imported.
+pub fn worker_batch_entry(target: &Target) -> Result<(&'static str, Code), ResolveError> {
     let (pid, py) = (target.pid, &target.python);
     let mem = LiveProcess { pid };
     let reader = PyReader::new(&mem, py.layout, py.types);
@@ -179,7 +179,7 @@ pub fn worker_batch_entry(target: &Target) -> Result<Code, ResolveError> {
         let &(module, qualname) = rows.next().expect("the table has rows");
         match objects.code(module, qualname) {
             Err(ResolveError::Missing { .. }) if rows.len() > 0 => continue,
-            found => return found,
+            found => return found.map(|code| (qualname, code)),
         }
     }
 }

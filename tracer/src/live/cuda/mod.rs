@@ -557,7 +557,7 @@ impl Active {
         let marked = discover::discover(pid)
             .map_err(|e| e.to_string())
             .and_then(|target| {
-                let code = resolve::worker_batch_entry(&target).map_err(|e| match e {
+                let (name, code) = resolve::worker_batch_entry(&target).map_err(|e| match e {
                     ResolveError::Missing { .. } => NOT_YET_IMPORTED.to_owned(),
                     other => other.to_string(),
                 })?;
@@ -565,11 +565,8 @@ impl Active {
                     plan::batch_entry(&code, target.python.layout).map_err(|e| e.to_string())?;
                 self.probes
                     .mark_batches(pid, addr)
-                    .map_err(|e| format!("watching {} on thread {pid}: {e}", code.qualname))?;
-                Ok(format!(
-                    "{} (RESUME at {addr:#x}) on thread {pid}",
-                    code.qualname
-                ))
+                    .map_err(|e| format!("watching {name} on thread {pid}: {e}"))?;
+                Ok(format!("{name} (entry at {addr:#x}) on thread {pid}"))
             });
         let Some(report) = self.processes.get_mut(&pid) else {
             return;
