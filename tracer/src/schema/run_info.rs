@@ -268,7 +268,7 @@ pub struct ProcessReport {
     pub error: Option<String>,
     /// A worker under an engine that steps per batch: the function whose entry marks each
     /// batch its main thread begins (its calls are then placed by batch, not by time), or
-    /// why it could not be watched.
+    /// why it could not be watched or marked nothing (its calls were then folded by time).
     pub batch_marks: Option<String>,
     pub batch_marks_error: Option<String>,
 }

@@ -274,6 +274,11 @@ impl Folder {
         self.marks.insert(at, mark);
     }
 
+    /// Marked processes none of whose marks fitted a step: their calls were folded by time.
+    pub fn never_marked(&self) -> impl Iterator<Item = u32> + '_ {
+        self.marked.iter().filter(|m| !m.aligned).map(|m| m.pid)
+    }
+
     fn is_marked(&self, pid: u32) -> bool {
         self.marked.iter().any(|m| m.pid == pid)
     }
@@ -376,7 +381,8 @@ impl Folder {
                     self.marks.retain(|m| !(m.pid == pid && m.ns == began));
                 }
                 None if self.marked[i].aligned => self.marked[i].owed += 1,
-                None => {}
+                // No batch of it marked yet (or its batches run on another thread): by time.
+                None => continue,
             }
             let output_from_ns = began_ns.unwrap_or(after);
             let output_until_ns = self
@@ -795,6 +801,20 @@ mod tests {
         folder.finish();
         assert_eq!((folder.outside.launches, folder.late), (1, 0));
         assert_eq!((folder.marks_matched, folder.marks_unmatched), (2, 1));
+    }
+
+    #[test]
+    fn a_worker_that_never_marks_a_batch_is_folded_by_time() {
+        // Its batches run on another thread than the watched one.
+        let mut folder = Folder::default();
+        folder.mark_batches(9, 9);
+        folder.push([Call {
+            pid: 9,
+            tid: 12,
+            ..launch(50)
+        }]);
+        assert_eq!(folder.fold(window(0, 10, 100, 110)).totals.launches, 1);
+        assert_eq!(folder.never_marked().collect::<Vec<_>>(), [9]);
     }
 
     #[test]

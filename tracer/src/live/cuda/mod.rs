@@ -180,9 +180,11 @@ impl CudaReport {
 
 /// Whether a worker process (not the engine's own) was probed without marks of its batches.
 fn has_unmarked_workers(processes: &[ProcessReport]) -> bool {
-    processes
-        .iter()
-        .any(|p| p.rank.is_some() && p.error.is_none() && p.batch_marks.is_none())
+    processes.iter().any(|p| {
+        p.rank.is_some()
+            && p.error.is_none()
+            && (p.batch_marks.is_none() || p.batch_marks_error.is_some())
+    })
 }
 
 /// A process under an engine that maps libcuda now: what `--cuda` would probe.
@@ -387,6 +389,14 @@ impl CudaTracer {
         };
         active.drain();
         active.folder.finish();
+        let never: Vec<u32> = active.folder.never_marked().collect();
+        for pid in never {
+            if let Some(report) = active.processes.get_mut(&pid) {
+                report.batch_marks_error = Some(
+                    "no batch began on the watched thread: its calls were folded by time".into(),
+                );
+            }
+        }
         let probes = &active.probes;
         let processes: Vec<ProcessReport> = active.processes.values().cloned().collect();
         CudaReport {
@@ -695,7 +705,12 @@ mod tests {
             batch_marks: Some("Worker.execute_model".into()),
             ..worker
         };
-        assert!(!has_unmarked_workers(&[engine, marked]));
+        assert!(!has_unmarked_workers(&[engine.clone(), marked.clone()]));
+        let never = ProcessReport {
+            batch_marks_error: Some("no batch began on the watched thread".into()),
+            ..marked
+        };
+        assert!(has_unmarked_workers(&[engine, never]));
     }
 
     #[test]
