@@ -581,6 +581,8 @@ fn level_sync_leaves_launches_empty_and_off_leaves_every_column_empty() {
 /// A row of steps.csv as the async check reads it.
 #[derive(Debug, serde::Deserialize)]
 struct BatchRow {
+    step: u64,
+    start_ns: u64,
     step_ns: u64,
     overlap_ns: u64,
     tracer_ns: Option<u64>,
@@ -619,8 +621,9 @@ fn median_abs(mut errors: Vec<i64>) -> u64 {
 /// trace starts with a batch in flight (the one the fixture's warmup left in the queue).
 /// The fixture under async scheduling (800 batches, --fake-cuda, `extra` fixture options)
 /// traced with copies in the trap (this is about rows and CUDA calls: tests/requests.rs has
-/// the shadow copies, which a loaded machine may make late).
-fn async_run(python: &str, extra: &[&str]) -> AsyncRun {
+/// the shadow copies, which a loaded machine may make late). `mid_run`: 2 000 batches, the
+/// tracer attached while they run (else before the first).
+fn async_run(python: &str, extra: &[&str], mid_run: bool) -> AsyncRun {
     // Its worker spins through each launch: alone, so that it slows no other test's tracer.
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
@@ -631,7 +634,7 @@ fn async_run(python: &str, extra: &[&str]) -> AsyncRun {
         "--warmup",
         "50",
         "--steps",
-        "800",
+        if mid_run { "2000" } else { "800" },
         "--async-scheduling",
         "--fake-cuda",
         fake_libcuda().to_str().unwrap(),
@@ -640,6 +643,9 @@ fn async_run(python: &str, extra: &[&str]) -> AsyncRun {
     ];
     args.extend(extra);
     let mut fixture = Fixture::spawn(python, &args);
+    if mid_run {
+        fixture.go();
+    }
     let pid = fixture.pid.to_string();
     let mut tracer = Tracer::spawn(&[
         "attach",
@@ -653,17 +659,20 @@ fn async_run(python: &str, extra: &[&str]) -> AsyncRun {
     tracer
         .stderr
         .wait_for("tracer: attached", Duration::from_secs(30));
-    fixture.go();
+    if !mid_run {
+        fixture.go();
+    }
     assert!(fixture.wait().success());
     let (status, stderr) = tracer.finish(Duration::from_secs(30));
     assert!(status.success(), "tracer failed: {stderr:?}");
     let run = read_run_json(&out);
     let rows: Vec<BatchRow> = read_csv(&out.join("steps.csv"));
-    let trace_start = run["trace_start_ns"].as_u64().unwrap();
-    // Batches scheduled before the attach have no row.
+    // Batches begun before the watchpoints were in have no row (the fixture stamps a batch's
+    // entry just after the step's entry hit).
+    let first_start = rows[0].start_ns;
     let truth: Vec<BatchTruth> = read_csv::<BatchTruth>(&truth_path)
         .into_iter()
-        .filter(|t| t.entry_ns > trace_start)
+        .filter(|t| t.entry_ns > first_start)
         .collect();
     assert!(truth.len() > 700, "{} batches", truth.len());
     assert_eq!(rows.len(), truth.len(), "batches lost or invented");
@@ -696,7 +705,7 @@ struct AsyncRun {
 fn async_batches_get_their_own_launches_and_waits() {
     let AsyncRun {
         run, rows, truth, ..
-    } = async_run(&pyenv("3.12.1"), &[]);
+    } = async_run(&pyenv("3.12.1"), &[], false);
     assert_eq!(run["cuda"]["workers_folded_by_time"], false);
     let eager = truth.iter().filter(|t| t.launches > 0).count();
     assert!(
@@ -773,23 +782,30 @@ fn async_batches_get_their_own_launches_and_waits() {
 /// rank's wait, and ranks.csv each rank's share: equal launches, one sync on rank 0.
 #[test]
 fn async_workers_batches_get_their_own_worker_calls() {
-    check_async_workers(&pyenv("3.12.1"));
+    check_async_workers(&pyenv("3.12.1"), false);
 }
 
 /// As above on 3.10, whose functions have no `RESUME`: the mark is the first instruction.
 #[test]
 fn async_workers_batches_are_marked_on_3_10() {
-    check_async_workers(&pyenv("3.10.13"));
+    check_async_workers(&pyenv("3.10.13"), false);
 }
 
-fn check_async_workers(python: &str) {
+/// As above, attached while batches run: each rank's rows are exact from its first (its
+/// batches are marked before its CUDA probes go in, so every batch they see is marked).
+#[test]
+fn async_workers_attached_mid_run_are_exact_from_each_ranks_first_row() {
+    check_async_workers(&pyenv("3.12.1"), true);
+}
+
+fn check_async_workers(python: &str, mid_run: bool) {
     let AsyncRun {
         run,
         rows,
         truth,
         ranks,
         stderr,
-    } = async_run(python, &["--async-workers", "2"]);
+    } = async_run(python, &["--async-workers", "2"], mid_run);
     let cuda = &run["cuda"];
     assert_eq!(cuda["workers_folded_by_time"], false, "{stderr:?}");
     let workers = cuda["processes"].as_array().unwrap();
@@ -811,33 +827,49 @@ fn check_async_workers(python: &str) {
         eager > 50 && eager < truth.len() - 50,
         "both eager and graph batches: {eager} eager"
     );
-    assert_eq!(
-        ranks.len(),
-        2 * rows.len(),
-        "a ranks.csv row per rank and batch"
-    );
-    for (i, ((row, t), ranks)) in rows.iter().zip(&truth).zip(ranks.chunks(2)).enumerate() {
-        assert_eq!(
-            (
-                row.scheduled_tokens,
-                row.cuda_launches,
-                row.cuda_graph_launches,
-                row.cuda_syncs
-            ),
-            (
-                Some(t.tokens),
-                Some(2 * t.launches),
-                Some(2 * t.graph_launches),
-                Some(t.syncs)
-            ),
-            "batch {i}: tokens, launches, graph launches, syncs"
+    // Each rank's share of each row it has, from its first: its own batch's launches, and
+    // rank 0's output sync.
+    let at: std::collections::HashMap<u64, usize> =
+        rows.iter().enumerate().map(|(i, r)| (r.step, i)).collect();
+    for (rank, output) in [("TP0", true), ("TP1", false)] {
+        let own: Vec<&RankRow> = ranks.iter().filter(|r| r.rank == rank).collect();
+        let first = own.first().map_or(rows.len(), |r| at[&r.step]);
+        assert!(
+            !mid_run && first == 0 || mid_run && first < rows.len() / 2,
+            "{rank}: first row {first} of {}",
+            rows.len()
         );
-        for (rank, syncs) in [("TP0", t.syncs), ("TP1", 0)] {
-            let r = ranks.iter().find(|r| r.rank == rank).unwrap();
+        assert_eq!(
+            own.len(),
+            rows.len() - first,
+            "{rank}: a row per batch from its first"
+        );
+        for r in own {
+            let i = at[&r.step];
+            let t = &truth[i];
             assert_eq!(
                 (r.cuda_launches, r.cuda_graph_launches, r.cuda_syncs),
-                (Some(t.launches), t.graph_launches, syncs),
+                (
+                    Some(t.launches),
+                    t.graph_launches,
+                    if output { t.syncs } else { 0 }
+                ),
                 "batch {i} rank {rank}"
+            );
+        }
+    }
+    // Rows with both ranks: the ranks' sums.
+    for (i, (row, t)) in rows.iter().zip(&truth).enumerate() {
+        assert_eq!(row.scheduled_tokens, Some(t.tokens), "batch {i}: tokens");
+        if ranks.iter().filter(|r| r.step == row.step).count() == 2 {
+            assert_eq!(
+                (row.cuda_launches, row.cuda_graph_launches, row.cuda_syncs),
+                (
+                    Some(2 * t.launches),
+                    Some(2 * t.graph_launches),
+                    Some(t.syncs)
+                ),
+                "batch {i}: launches, graph launches, syncs"
             );
         }
     }
@@ -845,6 +877,11 @@ fn check_async_workers(python: &str) {
     // first row.
     let matched = cuda["batch_marks_matched"].as_u64().unwrap();
     let unmatched = cuda["batch_marks_unmatched"].as_u64().unwrap();
-    assert_eq!(matched, 2 * rows.len() as u64);
+    if mid_run {
+        // Batches begun while the probes went in have marks and no rank row.
+        assert!(matched >= ranks.len() as u64, "{matched} marks matched");
+    } else {
+        assert_eq!(matched, 2 * rows.len() as u64);
+    }
     assert!(unmatched <= 4, "{unmatched} marks fit no row");
 }

@@ -52,9 +52,11 @@ def union(spans):
 CALLS = ("cuda_launches", "cuda_graph_launches", "cuda_syncs", "cuda_d2h_copies")
 
 
-def ranks_report(trace, rows, cuda_rows, expected, problems):
+def ranks_report(trace, run, rows, cuda_rows, expected, problems):
     """Per worker rank (ranks.csv): rows, calls, GPU wait; whether every CUDA row has each
-    rank's share, the ranks' calls agree, and they add up to the row's."""
+    rank's share, the ranks' launches agree (under async scheduling only the output rank
+    syncs, in its output thread), and they add up to the row's; how the workers' batches
+    were marked (run.json)."""
     path = os.path.join(trace, "ranks.csv")
     shares = read_csv(path) if os.path.exists(path) else []
     by_step = {}
@@ -70,7 +72,7 @@ def ranks_report(trace, rows, cuda_rows, expected, problems):
         }
         for name in names
     }  # fmt: skip
-    calls = lambda r: tuple(r[c] for c in CALLS)  # noqa: E731
+    calls = lambda r: (r["cuda_launches"], r["cuda_graph_launches"])  # noqa: E731
     steps = [r["step"] for r in cuda_rows]
     full = [st for st in steps if names
             and len({r["rank"] for r in by_step.get(st, [])}) == len(names)]
@@ -88,8 +90,15 @@ def ranks_report(trace, rows, cuda_rows, expected, problems):
         elif len(full) < len(steps):
             problems.append(f"{len(steps) - len(full)} of {len(steps)} CUDA rows lack a rank's share")
         elif len(agree) < len(full):
-            problems.append(f"{len(full) - len(agree)} of {len(full)} rows' ranks made other calls")
+            problems.append(f"{len(full) - len(agree)} of {len(full)} rows' ranks made other launches")
+        if run["cuda"]["workers_folded_by_time"]:
+            problems.append("workers folded by time (no batch marks): "
+                            + str([p.get("batch_marks_error") for p in run["cuda"]["processes"]]))
+    cuda = run["cuda"]
     return {
+        "batch_marks": [p.get("batch_marks") for p in cuda["processes"]],
+        "batch_marks_matched": cuda.get("batch_marks_matched"),
+        "batch_marks_unmatched": cuda.get("batch_marks_unmatched"),
         "per_rank": per_rank, "cuda_rows": len(steps), "with_every_rank": len(full),
         "ranks_agree": len(agree), "ranks_add_up_to_row": len(adds_up), "slowest": slowest,
     }  # fmt: skip
@@ -180,7 +189,7 @@ def main(argv):
         return dist([int(r[ours]) - round(float(s[theirs]) * 1e9) for r, s in both
                      if r[ours] and float(s[theirs]) > 0])
 
-    ranks = ranks_report(a.trace, rows, cuda_rows, a.ranks, problems)
+    ranks = ranks_report(a.trace, run, rows, cuda_rows, a.ranks, problems)
     result = {
         "gt_batches": len(window), "matched": len(matched), "rows": len(rows),
         "wrong_tokens": wrong_tokens, "phases": phases,

@@ -157,6 +157,8 @@ pub struct BatchMark {
 struct MarkedThread {
     pid: u32,
     tid: u32,
+    /// When its watch went in.
+    since_ns: u64,
     /// One of its marks was matched: from then on each step takes its next.
     aligned: bool,
     /// Steps written before their mark came: the next marks to come are theirs.
@@ -256,13 +258,15 @@ impl Folder {
         self.pending.sort_by_key(|c| c.end_ns);
     }
 
-    /// Marks the batches of process `pid`: from now on its calls are placed by the marks
-    /// thread `tid` makes ([`Folder::push_mark`]).
-    pub fn mark_batches(&mut self, pid: u32, tid: u32) {
+    /// Marks the batches of process `pid`: its calls are placed by the marks thread `tid`
+    /// makes ([`Folder::push_mark`]) from the first step scheduled after `since_ns`, when the
+    /// watch on the thread was in (an earlier step's mark may be missing).
+    pub fn mark_batches(&mut self, pid: u32, tid: u32, since_ns: u64) {
         if !self.marked.iter().any(|m| (m.pid, m.tid) == (pid, tid)) {
             self.marked.push(MarkedThread {
                 pid,
                 tid,
+                since_ns,
                 aligned: false,
                 owed: 0,
             });
@@ -343,7 +347,9 @@ impl Folder {
     }
 
     /// Each marked process's batch for the step in `window`: its next mark, once marks of
-    /// steps already written and marks from before `schedule()` returned are dropped.
+    /// steps already written and marks from before `schedule()` returned are dropped. The
+    /// first is the first mark between `schedule()`'s return and the output's arrival (the
+    /// worker begins a batch before it answers it).
     ///
     /// The batch's output is waited for in another thread, once the batch has begun, with one
     /// sync (vLLM's async output thread: one event synchronize per batch), and batches are
@@ -374,6 +380,12 @@ impl Folder {
             self.marks.retain(|m| !stale(m));
             let mut own = self.marks.iter().filter(|m| m.pid == pid).map(|m| m.ns);
             let (began_ns, next_ns) = (own.next(), own.next().unwrap_or(u64::MAX));
+            // The first match needs a step sent after the watch was in (its mark cannot be
+            // missing, so the first after `schedule()` is its own or an older batch's, which
+            // a later step drops as stale), and the mark before its output came in.
+            let thread = self.marked[i];
+            let began_ns =
+                began_ns.filter(|&ns| thread.aligned || (thread.since_ns < after && ns < until));
             match began_ns {
                 Some(began) => {
                     self.marks_matched += 1;
@@ -698,7 +710,7 @@ mod tests {
         // sent, launching it while its thread 10 still waits for the one before; X was
         // begun before the trace's first batch.
         let mut folder = Folder::default();
-        folder.mark_batches(9, 9);
+        folder.mark_batches(9, 9, 0);
         let worker = |tid, class, start_ns, end_ns| Call {
             pid: 9,
             tid,
@@ -775,7 +787,7 @@ mod tests {
         // Rank 5 (no output thread) begins the second batch only after its row was written,
         // and after the third was scheduled.
         let mut folder = Folder::default();
-        folder.mark_batches(5, 5);
+        folder.mark_batches(5, 5, 0);
         let rank = |at| Call {
             pid: 5,
             tid: 5,
@@ -807,7 +819,7 @@ mod tests {
     fn a_worker_that_never_marks_a_batch_is_folded_by_time() {
         // Its batches run on another thread than the watched one.
         let mut folder = Folder::default();
-        folder.mark_batches(9, 9);
+        folder.mark_batches(9, 9, 0);
         folder.push([Call {
             pid: 9,
             tid: 12,

@@ -509,7 +509,10 @@ impl Active {
             .map(|p| p.pid)
             .collect();
         for pid in unmarked {
-            self.mark_batches(pid);
+            if let Some(mut report) = self.processes.remove(&pid) {
+                self.mark_batches(&mut report);
+                self.processes.insert(pid, report);
+            }
         }
         for pid in libcuda::process_tree(self.root_pid) {
             if self.processes.contains_key(&pid) {
@@ -528,7 +531,12 @@ impl Active {
                     continue;
                 }
             };
-            let mut report = self.attach(level, pid, mapping);
+            let mut report = ProcessReport::new(pid, mapping.path.clone());
+            if pid != self.root_pid && self.mark_workers {
+                // Before the probes: every batch whose calls they see has its mark.
+                self.mark_batches(&mut report);
+            }
+            self.attach(level, mapping, &mut report);
             if pid != self.root_pid {
                 let title = engines::Process::read(pid).map(|p| p.title);
                 report.rank = Some(
@@ -551,19 +559,17 @@ impl Active {
                 ),
                 Some(e) => format!("tracer: warning: CUDA probes on pid {pid} failed: {e}"),
             });
-            let worker = pid != self.root_pid && report.error.is_none();
             self.processes.insert(pid, report);
-            if worker && self.mark_workers {
-                self.mark_batches(pid);
-            }
         }
     }
 
-    /// Watches the entry of worker `pid`'s per-batch function on its main thread (vLLM's
+    /// Watches the entry of the worker's per-batch function on its main thread (vLLM's
     /// worker runs its busy loop, and so every batch, there), for [`Folder::mark_batches`].
     /// Says how in its report; a worker that has not imported the function yet is tried
     /// again at the next scans.
-    fn mark_batches(&mut self, pid: u32) {
+    fn mark_batches(&mut self, report: &mut ProcessReport) {
+        let pid = report.pid;
+        let started = Instant::now();
         let marked = discover::discover(pid)
             .map_err(|e| e.to_string())
             .and_then(|target| {
@@ -576,17 +582,21 @@ impl Active {
                 self.probes
                     .mark_batches(pid, addr)
                     .map_err(|e| format!("watching {name} on thread {pid}: {e}"))?;
-                Ok(format!("{name} (entry at {addr:#x}) on thread {pid}"))
+                // Every batch begun from now on is marked.
+                let since_ns = monotonic_ns();
+                Ok((
+                    format!("{name} (entry at {addr:#x}) on thread {pid}"),
+                    since_ns,
+                ))
             });
-        let Some(report) = self.processes.get_mut(&pid) else {
-            return;
-        };
         let retry = report.batch_marks_error.is_some();
         match marked {
-            Ok(what) => {
-                self.folder.mark_batches(pid, pid);
-                self.notes
-                    .push(format!("tracer: batches of pid {pid} marked by {what}"));
+            Ok((what, since_ns)) => {
+                self.folder.mark_batches(pid, pid, since_ns);
+                self.notes.push(format!(
+                    "tracer: batches of pid {pid} marked by {what} ({:.1} ms)",
+                    started.elapsed().as_secs_f64() * 1e3
+                ));
                 report.batch_marks = Some(what);
                 report.batch_marks_error = None;
             }
@@ -603,9 +613,9 @@ impl Active {
         }
     }
 
-    fn attach(&mut self, level: Level, pid: u32, mapping: libcuda::Mapping) -> ProcessReport {
+    fn attach(&mut self, level: Level, mapping: libcuda::Mapping, report: &mut ProcessReport) {
         let started = Instant::now();
-        let mut report = ProcessReport::new(pid, mapping.path.clone());
+        let pid = report.pid;
         let offsets = self
             .offsets
             .entry(mapping.file.clone())
@@ -614,7 +624,7 @@ impl Active {
             Ok(offsets) => offsets.clone(),
             Err(e) => {
                 report.error = Some(e.clone());
-                return report;
+                return;
             }
         };
         let mut probed = Vec::new();
@@ -644,7 +654,6 @@ impl Active {
         if report.error.is_none() {
             self.first_attach_ns.get_or_insert(report.attached_ns);
         }
-        report
     }
 }
 
