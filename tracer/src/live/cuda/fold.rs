@@ -159,8 +159,11 @@ struct MarkedThread {
     tid: u32,
     /// When its watch went in.
     since_ns: u64,
-    /// One of its marks was matched: from then on each step takes its next.
+    /// One of its marks was matched (since the last [`Folder::realign`]): from then on each
+    /// step takes its next.
     aligned: bool,
+    /// One of its marks was ever matched.
+    matched_any: bool,
     /// Steps written before their mark came: the next marks to come are theirs.
     owed: u64,
 }
@@ -268,6 +271,7 @@ impl Folder {
                 tid,
                 since_ns,
                 aligned: false,
+                matched_any: false,
                 owed: 0,
             });
         }
@@ -278,9 +282,19 @@ impl Folder {
         self.marks.insert(at, mark);
     }
 
+    /// Matches each marked process's marks afresh from steps scheduled after `now_ns` (marks
+    /// may have been lost before then, which would leave a rank a batch ahead for good).
+    pub fn realign(&mut self, now_ns: u64) {
+        for thread in &mut self.marked {
+            thread.aligned = false;
+            thread.owed = 0;
+            thread.since_ns = now_ns;
+        }
+    }
+
     /// Marked processes none of whose marks fitted a step: their calls were folded by time.
     pub fn never_marked(&self) -> impl Iterator<Item = u32> + '_ {
-        self.marked.iter().filter(|m| !m.aligned).map(|m| m.pid)
+        self.marked.iter().filter(|m| !m.matched_any).map(|m| m.pid)
     }
 
     fn is_marked(&self, pid: u32) -> bool {
@@ -390,6 +404,7 @@ impl Folder {
                 Some(began) => {
                     self.marks_matched += 1;
                     self.marked[i].aligned = true;
+                    self.marked[i].matched_any = true;
                     self.marks.retain(|m| !(m.pid == pid && m.ns == began));
                 }
                 None if self.marked[i].aligned => self.marked[i].owed += 1,
@@ -827,6 +842,29 @@ mod tests {
         }]);
         assert_eq!(folder.fold(window(0, 10, 100, 110)).totals.launches, 1);
         assert_eq!(folder.never_marked().collect::<Vec<_>>(), [9]);
+    }
+
+    #[test]
+    fn marks_are_matched_afresh_after_the_ring_lost_calls() {
+        let mut folder = Folder::default();
+        folder.mark_batches(5, 5, 0);
+        let rank = |at| Call {
+            pid: 5,
+            tid: 5,
+            ..launch(at)
+        };
+        let mark = |ns| BatchMark { pid: 5, tid: 5, ns };
+        folder.push_mark(mark(12));
+        folder.push([rank(13)]);
+        assert_eq!(folder.fold(window(0, 10, 100, 110)).totals.launches, 1);
+        // The full ring lost the second batch's mark; the third's came.
+        folder.realign(150);
+        folder.push_mark(mark(212));
+        folder.push([rank(213)]);
+        let second = folder.fold(window(100, 110, 200, 210));
+        assert_eq!(second.totals.launches, 0, "not the third batch's launch");
+        assert_eq!(folder.fold(window(205, 211, 300, 310)).totals.launches, 1);
+        assert_eq!(folder.never_marked().count(), 0);
     }
 
     #[test]

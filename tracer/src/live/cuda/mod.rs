@@ -249,6 +249,8 @@ struct Active {
     notes: Vec<String>,
     malformed: u64,
     foreign: u64,
+    /// Calls the full ring lost, as of the last drain.
+    ring_drops: u64,
 }
 
 impl CudaTracer {
@@ -281,6 +283,7 @@ impl CudaTracer {
             notes: Vec::new(),
             malformed: 0,
             foreign: 0,
+            ring_drops: 0,
         };
         active.scan(level);
         if active.processes.is_empty() {
@@ -447,6 +450,12 @@ impl Active {
     }
 
     fn drain(&mut self) {
+        // A full ring may have lost batch marks: each worker's next is matched afresh.
+        let drops = self.probes.counter(CudaCounter::RingFull);
+        if drops > self.ring_drops {
+            self.ring_drops = drops;
+            self.folder.realign(monotonic_ns());
+        }
         let mut calls = Vec::new();
         while let Some(record) = self.probes.ring.next() {
             let Some(raw) = tracer_common::parse::fixed_record::<CudaCall>(&record) else {
