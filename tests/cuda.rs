@@ -621,7 +621,7 @@ fn median_abs(mut errors: Vec<i64>) -> u64 {
 /// trace starts with a batch in flight (the one the fixture's warmup left in the queue).
 /// The fixture under async scheduling (800 batches, --fake-cuda, `extra` fixture options)
 /// traced with copies in the trap (this is about rows and CUDA calls: tests/requests.rs has
-/// the shadow copies, which a loaded machine may make late). `mid_run`: 2 000 batches, the
+/// the shadow copies, which a loaded machine may make late). `mid_run`: 3 000 batches, the
 /// tracer attached while they run (else before the first).
 fn async_run(python: &str, extra: &[&str], mid_run: bool) -> AsyncRun {
     // Its worker spins through each launch: alone, so that it slows no other test's tracer.
@@ -634,7 +634,7 @@ fn async_run(python: &str, extra: &[&str], mid_run: bool) -> AsyncRun {
         "--warmup",
         "50",
         "--steps",
-        if mid_run { "2000" } else { "800" },
+        if mid_run { "3000" } else { "800" },
         "--async-scheduling",
         "--fake-cuda",
         fake_libcuda().to_str().unwrap(),
@@ -643,9 +643,6 @@ fn async_run(python: &str, extra: &[&str], mid_run: bool) -> AsyncRun {
     ];
     args.extend(extra);
     let mut fixture = Fixture::spawn(python, &args);
-    if mid_run {
-        fixture.go();
-    }
     let pid = fixture.pid.to_string();
     let mut tracer = Tracer::spawn(&[
         "attach",
@@ -656,6 +653,10 @@ fn async_run(python: &str, extra: &[&str], mid_run: bool) -> AsyncRun {
         "--snapshots",
         "sync",
     ]);
+    // Mid-run: the batches begin while the tracer finds the engine (~100 ms) and attaches.
+    if mid_run {
+        fixture.go();
+    }
     tracer
         .stderr
         .wait_for("tracer: attached", Duration::from_secs(30));

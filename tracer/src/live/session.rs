@@ -203,7 +203,12 @@ impl<'r> Session<'r> {
     /// Drains the rings, flushes the files and ticks the status line until something ends
     /// the trace; returns what did.
     async fn wait_for_end(&mut self) -> Result<&'static str> {
-        let mut exited = pidfd(self.engine.target.pid).context("watching the target for exit")?;
+        let mut exited = match pidfd(self.engine.target.pid) {
+            Ok(exited) => exited,
+            // It exited (and was reaped) while we attached: the rings hold the whole trace.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok("target exited"),
+            Err(e) => return Err(e).context("watching the target for exit"),
+        };
         let (mut sigint, mut sigterm, mut sighup) = (
             signal(SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,

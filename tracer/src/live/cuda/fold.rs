@@ -23,10 +23,10 @@
 //! mark is its next after the engine's `schedule()` of N returned (the engine sends N after
 //! that; an older mark is a batch before the trace's first row). A rank that begins N only
 //! after N's row was written has its mark skipped when it comes. The marking thread's calls
-//! from that mark up
-//! to its next are N's; the process's other threads' calls after N began, up to the first
-//! sync that ends by N's output, are N's wait ([`Folder::marked_batches`]). Where the engine
-//! makes no sync of its own, a batch's launch ends where its first worker began it.
+//! from that mark up to its next are N's; the process's other threads' calls after N's last
+//! launch, up to the first sync that ends by N's output, are N's wait
+//! ([`Folder::marked_batches`]). Where the engine makes no sync of its own, a batch's launch
+//! ends where its first worker began it.
 //!
 //! Calls no step claims (between steps, before the first, during steps that did not
 //! complete) are counted as outside steps, never dropped.
@@ -178,10 +178,9 @@ struct MarkedBatch {
     /// Its next mark, if already in: the marking thread's calls from then on are a later
     /// batch's.
     next_ns: u64,
-    /// Other threads' calls that began after `output_from_ns`, end after `output_floor_ns`
-    /// and no later than `output_until_ns` are this batch's.
+    /// Other threads' calls that began after `output_from_ns` and end no later than
+    /// `output_until_ns` are this batch's.
     output_from_ns: u64,
-    output_floor_ns: u64,
     output_until_ns: u64,
 }
 
@@ -205,7 +204,7 @@ impl MarkedBatch {
             }
         } else if end > self.output_until_ns {
             Place::Later
-        } else if call.start_ns > self.output_from_ns && end > self.output_floor_ns {
+        } else if call.start_ns > self.output_from_ns {
             Place::Step
         } else {
             Place::Outside
@@ -239,8 +238,6 @@ pub struct Folder {
     /// or one whose engine step was not complete).
     pub marks_matched: u64,
     pub marks_unmatched: u64,
-    /// A step was folded (the trace's first is the one step whose older batch was not).
-    folded_any: bool,
 }
 
 /// `[from, to]` in ns, inclusive of the moment a call at `to` was recorded.
@@ -365,19 +362,16 @@ impl Folder {
     /// first is the first mark between `schedule()`'s return and the output's arrival (the
     /// worker begins a batch before it answers it).
     ///
-    /// The batch's output is waited for in another thread, once the batch has begun, with one
-    /// sync (vLLM's async output thread: one event synchronize per batch), and batches are
-    /// answered in order: the batch's are the other threads' calls that began after its mark,
-    /// up to the end of the first sync among them. A later batch's sync can end before the
-    /// engine takes this one's output (the engine was busy), so the output's arrival bounds
-    /// the wait only from above. The trace's first batch also bounds it from below by the
-    /// older batch's output: an older batch's sync can begin after this one's mark.
+    /// The batch's output is waited for in another thread once the marking thread has
+    /// launched it, with one sync (vLLM's async output thread: one event synchronize per
+    /// batch), and batches are answered in order: the batch's are the other threads' calls
+    /// that began after its last launch (or its mark), up to the end of the first sync among
+    /// them. A later batch's sync can end before the engine takes this one's output (the
+    /// engine was busy), so the output's arrival bounds the wait only from above; an older
+    /// batch's sync can begin after this one's mark (the output thread was late), rarely
+    /// after its last launch.
     fn marked_batches(&mut self, window: &Window) -> Vec<MarkedBatch> {
         let (after, until) = (window.schedule_done_ns, window.execute_done_ns);
-        let output_floor_ns = match window.batch {
-            Some(batch) if batch.launch_shared && !self.folded_any => batch.launch_until_ns,
-            _ => 0,
-        };
         let mut batches = Vec::with_capacity(self.marked.len());
         for i in 0..self.marked.len() {
             let MarkedThread { pid, tid, .. } = self.marked[i];
@@ -411,13 +405,22 @@ impl Folder {
                 // No batch of it marked yet (or its batches run on another thread): by time.
                 None => continue,
             }
-            let output_from_ns = began_ns.unwrap_or(after);
+            let output_from_ns = match began_ns {
+                Some(began) => self
+                    .pending
+                    .iter()
+                    .filter(|c| c.pid == pid && c.tid == tid)
+                    .map(|c| c.end_ns)
+                    .filter(|&end| began <= end && end < next_ns)
+                    .max()
+                    .unwrap_or(began),
+                None => after,
+            };
             let output_until_ns = self
                 .pending
                 .iter()
                 .filter(|c| c.pid == pid && c.tid != tid && c.class == Class::Sync)
-                .filter(|c| c.start_ns > output_from_ns && c.end_ns > output_floor_ns)
-                .filter(|c| c.end_ns <= until)
+                .filter(|c| c.start_ns > output_from_ns && c.end_ns <= until)
                 .min_by_key(|c| c.start_ns)
                 .map_or(until, |c| c.end_ns);
             batches.push(MarkedBatch {
@@ -426,7 +429,6 @@ impl Folder {
                 began_ns,
                 next_ns,
                 output_from_ns,
-                output_floor_ns,
                 output_until_ns,
             });
         }
@@ -480,7 +482,6 @@ impl Folder {
             }
         }
         self.pending = kept;
-        self.folded_any = true;
         step.launch_blocked_ns = union_length(&mut launch_blocked);
         step.wait_blocked_ns = union_length(&mut wait_blocked);
         step.processes = processes
