@@ -798,29 +798,39 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_mark_that_comes_after_its_row_is_skipped() {
-        // Rank 5 (no output thread) begins the second batch only after its row was written,
-        // and after the third was scheduled.
+    /// A folder marking the batches of rank 5 (no output thread) on its thread 5, which
+    /// began its first batch at 12 and launched it at 13, folded: its rows' launches.
+    fn rank_5() -> Folder {
         let mut folder = Folder::default();
         folder.mark_batches(5, 5, 0);
-        let rank = |at| Call {
+        folder.push_mark(rank_5_mark(12));
+        folder.push([rank_5_launch(13)]);
+        assert_eq!(folder.fold(window(0, 10, 100, 110)).totals.launches, 1);
+        folder
+    }
+
+    fn rank_5_mark(ns: u64) -> BatchMark {
+        BatchMark { pid: 5, tid: 5, ns }
+    }
+
+    fn rank_5_launch(at: u64) -> Call {
+        Call {
             pid: 5,
             tid: 5,
             ..launch(at)
-        };
-        folder.push_mark(BatchMark {
-            pid: 5,
-            tid: 5,
-            ns: 12,
-        });
-        folder.push([rank(13)]);
-        assert_eq!(folder.fold(window(0, 10, 100, 110)).totals.launches, 1);
+        }
+    }
+
+    #[test]
+    fn a_mark_that_comes_after_its_row_is_skipped() {
+        // Rank 5 begins the second batch only after its row was written, and after the third
+        // was scheduled.
+        let mut folder = rank_5();
         assert_eq!(folder.fold(window(100, 110, 200, 210)).totals.launches, 0);
         for ns in [320, 420] {
-            folder.push_mark(BatchMark { pid: 5, tid: 5, ns });
+            folder.push_mark(rank_5_mark(ns));
         }
-        folder.push([rank(321), rank(421), rank(422)]);
+        folder.push([rank_5_launch(321), rank_5_launch(421), rank_5_launch(422)]);
         let third = folder.fold(window(250, 310, 500, 510));
         assert_eq!(
             third.totals.launches, 2,
@@ -847,21 +857,11 @@ mod tests {
 
     #[test]
     fn marks_are_matched_afresh_after_the_ring_lost_calls() {
-        let mut folder = Folder::default();
-        folder.mark_batches(5, 5, 0);
-        let rank = |at| Call {
-            pid: 5,
-            tid: 5,
-            ..launch(at)
-        };
-        let mark = |ns| BatchMark { pid: 5, tid: 5, ns };
-        folder.push_mark(mark(12));
-        folder.push([rank(13)]);
-        assert_eq!(folder.fold(window(0, 10, 100, 110)).totals.launches, 1);
+        let mut folder = rank_5();
         // The full ring lost the second batch's mark; the third's came.
         folder.realign(150);
-        folder.push_mark(mark(212));
-        folder.push([rank(213)]);
+        folder.push_mark(rank_5_mark(212));
+        folder.push([rank_5_launch(213)]);
         let second = folder.fold(window(100, 110, 200, 210));
         assert_eq!(second.totals.launches, 0, "not the third batch's launch");
         assert_eq!(folder.fold(window(205, 211, 300, 310)).totals.launches, 1);
