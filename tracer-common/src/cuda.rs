@@ -10,8 +10,8 @@ pub const CUDA_COUNT_PROGRAM: &str = "cuda_count";
 pub const CUDA_ENTER_PROGRAM: &str = "cuda_enter";
 /// Uretprobe that emits one [`CudaCall`] spanning entry to return (syncs, copies).
 pub const CUDA_EXIT_PROGRAM: &str = "cuda_exit";
-/// Hardware watchpoint program on the `RESUME` of a worker process's per-batch entry
-/// (`Worker.execute_model`), on the thread that runs it: one [`CudaCall`] with
+/// Hardware watchpoint program on the first instruction (`RESUME`) of a worker process's
+/// per-batch function (`Worker.execute_model`), on the thread that runs it: one [`CudaCall`] with
 /// [`BATCH_MARK_COOKIE`] per batch, in the same ring as the thread's CUDA calls, so that
 /// userspace can tell which of them came after which batch began.
 pub const BATCH_MARK_PROGRAM: &str = "batch_mark";

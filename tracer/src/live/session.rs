@@ -635,10 +635,12 @@ fn say_what_was_lost(info: &RunInfo, unknown: bool) {
     }
     if info.cuda.workers_folded_by_time {
         say(
-            "tracer: warning: the CUDA columns come from worker processes while the engine \
-             steps per batch (async scheduling): folded by time, a batch's calls can land in a \
+            "tracer: warning: the CUDA calls of a worker process whose batches could not be \
+             marked (run.json cuda.processes[].batch_marks_error) were folded by time while \
+             the engine steps per batch (async scheduling): a batch's calls can land in a \
              neighbouring row (on an H200, 251 of 737 rows' launches fit another batch's \
-             tokens); totals over many steps hold; see README \"Tensor parallelism\"",
+             tokens); totals over many steps hold; see README \"Worker processes under async \
+             scheduling\"",
         );
     }
     if !info.empty_columns.is_empty() {

@@ -5,7 +5,10 @@
 //! Uprobes on libcuda's exported functions ([`api::DRIVER_API`]) in every process of the
 //! engine (the traced pid and its descendants) that maps libcuda, found in their memory
 //! maps and re-checked every [`SCAN_EVERY`] for processes that load it later. Calls are
-//! attributed to steps by time ([`fold`]).
+//! attributed to steps by time ([`fold`]), and a worker's under an engine that steps per
+//! batch by its batch marks: a watchpoint on the entry of its per-batch function
+//! ([`crate::inspect::vllm::WORKER_BATCH_ENTRY`]) on its main thread, whose hits share the
+//! CUDA ring.
 //!
 //! With tensor parallelism (TP > 1) vLLM runs the model in worker processes, children of the
 //! EngineCore, and the engine thread waits in `execute_model` while they work: their calls
