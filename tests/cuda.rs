@@ -660,6 +660,15 @@ fn async_run(python: &str, extra: &[&str], mid_run: bool) -> AsyncRun {
     tracer
         .stderr
         .wait_for("tracer: attached", Duration::from_secs(30));
+    // What `tracer probes` says of the engine, before the first batch.
+    let probes = (!mid_run).then(|| {
+        let out = Command::new(tracer_bin())
+            .args(["probes", "--pid", &pid, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    });
     if !mid_run {
         fixture.go();
     }
@@ -689,6 +698,7 @@ fn async_run(python: &str, extra: &[&str], mid_run: bool) -> AsyncRun {
         truth,
         ranks,
         stderr,
+        probes,
     }
 }
 
@@ -700,6 +710,8 @@ struct AsyncRun {
     truth: Vec<BatchTruth>,
     ranks: Vec<RankRow>,
     stderr: Vec<String>,
+    /// `tracer probes --json` before the first batch (not mid-run).
+    probes: Option<serde_json::Value>,
 }
 
 #[test]
@@ -810,7 +822,20 @@ fn check_async_workers(python: &str, mid_run: bool) {
         truth,
         ranks,
         stderr,
+        probes,
     } = async_run(python, &["--async-workers", "2"], mid_run);
+    if let Some(probes) = probes {
+        let listed = probes[0]["cuda_processes"].as_array().unwrap();
+        assert_eq!(listed.len(), 2, "{probes}");
+        for worker in listed {
+            assert!(
+                worker["batch_marks"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Worker.execute_model (entry at")),
+                "{worker}"
+            );
+        }
+    }
     let cuda = &run["cuda"];
     assert_eq!(cuda["workers_folded_by_time"], false, "{stderr:?}");
     let workers = cuda["processes"].as_array().unwrap();

@@ -63,7 +63,7 @@ pub fn list(pid: u32) -> Result<Vec<EngineProbes>> {
                     address: format!("{:#x}", w.addr),
                 })
                 .collect(),
-            cuda_processes: cuda::processes(engine.process.pid),
+            cuda_processes: cuda::processes(engine.process.pid, plan.per_batch),
         });
     }
     Ok(out)
@@ -116,6 +116,9 @@ pub fn text(engines: &[EngineProbes]) -> String {
                 "  CUDA: pid {} ({who}, {}) maps {}",
                 p.pid, p.title, p.libcuda
             );
+            if let Some(marks) = &p.batch_marks {
+                let _ = writeln!(out, "    batches marked by {marks}");
+            }
         }
     }
     out

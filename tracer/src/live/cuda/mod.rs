@@ -198,11 +198,25 @@ pub struct CudaProcess {
     pub rank: Option<String>,
     pub title: String,
     pub libcuda: String,
+    /// A worker under an engine that steps per batch: the function whose entry would mark
+    /// its batches, or why none can.
+    pub batch_marks: Option<String>,
+}
+
+/// Worker `pid`'s per-batch function and the instruction byte its batch marks watch.
+fn batch_entry(pid: u32) -> Result<(&'static str, u64), String> {
+    let target = discover::discover(pid).map_err(|e| e.to_string())?;
+    let (name, code) = resolve::worker_batch_entry(&target).map_err(|e| match e {
+        ResolveError::Missing { .. } => NOT_YET_IMPORTED.to_owned(),
+        other => other.to_string(),
+    })?;
+    let addr = plan::batch_entry(&code, target.python.layout).map_err(|e| e.to_string())?;
+    Ok((name, addr))
 }
 
 /// The engine `root` and its descendants that map libcuda now, engine first, then workers
-/// in rank order.
-pub fn processes(root: u32) -> Vec<CudaProcess> {
+/// in rank order; with `per_batch`, where each worker's batches would be marked.
+pub fn processes(root: u32, per_batch: bool) -> Vec<CudaProcess> {
     let mut found: Vec<CudaProcess> = libcuda::process_tree(root)
         .into_iter()
         .filter_map(|pid| {
@@ -210,11 +224,17 @@ pub fn processes(root: u32) -> Vec<CudaProcess> {
             let title = engines::Process::read(pid)?.title;
             let rank = (pid != root)
                 .then(|| engines::worker_rank(&title).unwrap_or_else(|| format!("pid{pid}")));
+            let batch_marks = (rank.is_some() && per_batch).then(|| {
+                batch_entry(pid)
+                    .map(|(name, addr)| format!("{name} (entry at {addr:#x}) on thread {pid}"))
+                    .unwrap_or_else(|e| format!("cannot be marked: {e}"))
+            });
             Some(CudaProcess {
                 pid,
                 rank,
                 title,
                 libcuda: mapping.path,
+                batch_marks,
             })
         })
         .collect();
@@ -582,25 +602,17 @@ impl Active {
     fn mark_batches(&mut self, report: &mut ProcessReport) {
         let pid = report.pid;
         let started = Instant::now();
-        let marked = discover::discover(pid)
-            .map_err(|e| e.to_string())
-            .and_then(|target| {
-                let (name, code) = resolve::worker_batch_entry(&target).map_err(|e| match e {
-                    ResolveError::Missing { .. } => NOT_YET_IMPORTED.to_owned(),
-                    other => other.to_string(),
-                })?;
-                let addr =
-                    plan::batch_entry(&code, target.python.layout).map_err(|e| e.to_string())?;
-                self.probes
-                    .mark_batches(pid, addr)
-                    .map_err(|e| format!("watching {name} on thread {pid}: {e}"))?;
-                // Every batch begun from now on is marked.
-                let since_ns = monotonic_ns();
-                Ok((
-                    format!("{name} (entry at {addr:#x}) on thread {pid}"),
-                    since_ns,
-                ))
-            });
+        let marked = batch_entry(pid).and_then(|(name, addr)| {
+            self.probes
+                .mark_batches(pid, addr)
+                .map_err(|e| format!("watching {name} on thread {pid}: {e}"))?;
+            // Every batch begun from now on is marked.
+            let since_ns = monotonic_ns();
+            Ok((
+                format!("{name} (entry at {addr:#x}) on thread {pid}"),
+                since_ns,
+            ))
+        });
         let retry = report.batch_marks_error.is_some();
         match marked {
             Ok((what, since_ns)) => {
