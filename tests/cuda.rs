@@ -824,10 +824,11 @@ fn check_async_workers(python: &str, mid_run: bool) {
         stderr,
         probes,
     } = async_run(python, &["--async-workers", "2"], mid_run);
-    if let Some(probes) = probes {
-        let listed = probes[0]["cuda_processes"].as_array().unwrap();
-        assert_eq!(listed.len(), 2, "{probes}");
-        for worker in listed {
+    // Both workers (the engine loads no libcuda), each marked at Worker.execute_model.
+    let marked_at_execute_model = |processes: &serde_json::Value| {
+        let workers = processes.as_array().unwrap();
+        assert_eq!(workers.len(), 2, "{processes}");
+        for worker in workers {
             assert!(
                 worker["batch_marks"]
                     .as_str()
@@ -835,19 +836,13 @@ fn check_async_workers(python: &str, mid_run: bool) {
                 "{worker}"
             );
         }
+    };
+    if let Some(probes) = probes {
+        marked_at_execute_model(&probes[0]["cuda_processes"]);
     }
     let cuda = &run["cuda"];
     assert_eq!(cuda["workers_folded_by_time"], false, "{stderr:?}");
-    let workers = cuda["processes"].as_array().unwrap();
-    assert_eq!(workers.len(), 2, "the engine loads no libcuda: {cuda}");
-    for worker in workers {
-        assert!(
-            worker["batch_marks"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("Worker.execute_model (entry at")),
-            "{worker}"
-        );
-    }
+    marked_at_execute_model(&cuda["processes"]);
     assert!(
         !stderr.iter().any(|l| l.contains("folded by time")),
         "{stderr:?}"
