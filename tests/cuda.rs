@@ -847,6 +847,12 @@ fn check_async_workers(python: &str, mid_run: bool) {
         !stderr.iter().any(|l| l.contains("folded by time")),
         "{stderr:?}"
     );
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("2 processes probed (2 with batch marks, ")),
+        "the summary line: {stderr:?}"
+    );
     let eager = truth.iter().filter(|t| t.launches > 0).count();
     assert!(
         eager > 50 && eager < truth.len() - 50,

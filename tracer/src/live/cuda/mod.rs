@@ -164,9 +164,22 @@ impl CudaReport {
             slowest[0].insert_str(0, "; slowest rank: ");
         }
         let probed = self.processes.iter().filter(|p| p.error.is_none()).count();
+        let marked = self
+            .processes
+            .iter()
+            .filter(|p| p.error.is_none() && p.batch_marks.is_some())
+            .filter(|p| p.batch_marks_error.is_none())
+            .count();
+        let marked = match marked {
+            0 => String::new(),
+            n => format!(
+                " ({n} with batch marks, {} matched)",
+                self.batch_marks_matched
+            ),
+        };
         format!(
-            "CUDA ({:?}): {probed} {} probed; in steps {} kernel launches, {} graph launches, \
-             {} syncs; outside steps {} calls{}",
+            "CUDA ({:?}): {probed} {} probed{marked}; in steps {} kernel launches, {} graph \
+             launches, {} syncs; outside steps {} calls{}",
             self.level,
             if probed == 1 { "process" } else { "processes" },
             self.in_steps.launches,
