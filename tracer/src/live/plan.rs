@@ -66,15 +66,21 @@ pub struct PlanError {
     pub version: String,
 }
 
+impl PlanError {
+    fn missing(what: String, code: &Code, layout: &Layout) -> Self {
+        Self {
+            what,
+            function: code.qualname.clone(),
+            version: format!("{}.{}", layout.version.0, layout.version.1),
+        }
+    }
+}
+
 pub fn plan(resolved: &Resolved, layout: &Layout) -> Result<ProbePlan, PlanError> {
     let ops = layout.opcodes;
     let code = &resolved.step;
     let instrs = bytecode::instructions(&code.bytecode, ops);
-    let missing = |what: String| PlanError {
-        what,
-        function: code.qualname.clone(),
-        version: format!("{}.{}", layout.version.0, layout.version.1),
-    };
+    let missing = |what: String| PlanError::missing(what, code, layout);
     let names = resolved.names;
     let mut watches = vec![Watch {
         addr: 0,
@@ -116,10 +122,7 @@ pub fn plan(resolved: &Resolved, layout: &Layout) -> Result<ProbePlan, PlanError
 /// The instruction byte a worker's batch marks watch: the `RESUME` of its per-batch entry.
 pub fn batch_entry(code: &Code, layout: &Layout) -> Result<u64, PlanError> {
     let instrs = bytecode::instructions(&code.bytecode, layout.opcodes);
-    let offset = bytecode::entry_point(&instrs, layout.opcodes).ok_or_else(|| PlanError {
-        what: "the RESUME instruction".into(),
-        function: code.qualname.clone(),
-        version: format!("{}.{}", layout.version.0, layout.version.1),
-    })?;
+    let offset = bytecode::entry_point(&instrs, layout.opcodes)
+        .ok_or_else(|| PlanError::missing("the RESUME instruction".into(), code, layout))?;
     Ok(code.bytecode_addr + offset as u64)
 }

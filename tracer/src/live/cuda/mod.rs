@@ -487,10 +487,12 @@ impl Active {
 
     fn drain(&mut self) {
         // A full ring may have lost batch marks: each worker's next is matched afresh.
-        let drops = self.probes.counter(CudaCounter::RingFull);
-        if drops > self.ring_drops {
-            self.ring_drops = drops;
-            self.folder.realign(monotonic_ns());
+        if self.mark_workers {
+            let drops = self.probes.counter(CudaCounter::RingFull);
+            if drops > self.ring_drops {
+                self.ring_drops = drops;
+                self.folder.realign(monotonic_ns());
+            }
         }
         let mut calls = Vec::new();
         while let Some(record) = self.probes.ring.next() {
