@@ -218,7 +218,7 @@ pub fn run(args: &[String]) -> Result<()> {
 fn step_overhead() -> Result<()> {
     let results = workspace_root().join("out/bench");
     std::fs::create_dir_all(&results)?;
-    let fake_cuda = build_fake_libcuda(&results)?;
+    let fake_cuda = crate::fixture::build_fake_libcuda(&results)?;
     let mut table = String::from(
         "execute_ms,batch,mode,untraced_step_us,traced_step_us,ratio,untraced_steps,\
          traced_steps,attach_ms,tracer_cpu_percent,tracer_peak_rss_mb,hits_per_s,ring_drops\n",
@@ -316,20 +316,6 @@ fn sustained(results: &std::path::Path) -> Result<()> {
     }
     std::fs::write(results.join("sustained.csv"), table)?;
     Ok(())
-}
-
-/// tests/fixtures/fakecuda built as libcuda.so.1 (the name the tracer looks for).
-fn build_fake_libcuda(results: &std::path::Path) -> Result<PathBuf> {
-    let lib = results.join("fakecuda/libcuda.so.1");
-    std::fs::create_dir_all(lib.parent().expect("has a parent"))?;
-    let status = Command::new("gcc")
-        .args(["-O2", "-fPIC", "-shared", "-fno-ipa-icf", "-o"])
-        .arg(&lib)
-        .arg(workspace_root().join("tests/fixtures/fakecuda/fakecuda.c"))
-        .status()
-        .context("running gcc")?;
-    anyhow::ensure!(status.success(), "building the fake libcuda failed");
-    Ok(lib)
 }
 
 /// Untraced and traced step times of one fixture process, alternating windows.

@@ -92,3 +92,18 @@ pub fn demo() -> Result<()> {
     }
     Ok(())
 }
+
+/// tests/fixtures/fakecuda built as `dir`/fakecuda/libcuda.so.1 (the name the tracer looks
+/// for).
+pub fn build_fake_libcuda(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let lib = dir.join("fakecuda/libcuda.so.1");
+    std::fs::create_dir_all(lib.parent().expect("has a parent"))?;
+    let status = Command::new("gcc")
+        .args(["-O2", "-fPIC", "-shared", "-fno-ipa-icf", "-o"])
+        .arg(&lib)
+        .arg(workspace_root().join("tests/fixtures/fakecuda/fakecuda.c"))
+        .status()
+        .context("running gcc")?;
+    anyhow::ensure!(status.success(), "building the fake libcuda failed");
+    Ok(lib)
+}

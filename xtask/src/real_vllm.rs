@@ -51,6 +51,9 @@ const SHAPES: &[(&str, &[&str])] = &[
     ("multiprocess", &[]),
     ("in-process", &["--in-process"]),
     ("async-scheduling", &["--async-scheduling"]),
+    // vLLM's MultiprocExecutor and GPU Worker, 2 worker processes, a stand-in model runner
+    // on the fake libcuda: the tracer's CUDA probes and batch marks per worker.
+    ("tensor-parallel", &["--async-scheduling", "--workers", "2"]),
 ];
 
 /// The harness's exit status when the release lacks what an option asks for (e.g.
@@ -232,7 +235,9 @@ pub enum Outcome {
 /// harness process for `--in-process`, where the load starts first), lets the load go, and
 /// checks the trace against the ground truth (check_trace.py). Outputs under
 /// `out/real-vllm/<V>/{harness,trace}`. `--async-scheduling` runs `step_with_batch_queue`
-/// (per-batch records). The harness runs in its own process group, killed after
+/// (per-batch records); `--workers N` runs the model in N worker processes (vLLM's
+/// MultiprocExecutor, tensor parallel) that call the fake libcuda, built here, and traces them
+/// with CUDA probes. The harness runs in its own process group, killed after
 /// [`RUN_LIMIT`] (a release whose engine never finishes a request must not hang a sweep).
 fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<Outcome> {
     let python = setup(version)?;
@@ -265,6 +270,13 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<Outcome> 
     if harness.is_empty() {
         // The harness defaults (200 requests, 128 KV blocks) are sized to preempt.
         cmd.arg("--expect-preemption");
+    }
+    // Worker processes run a stand-in model runner that launches on the fake libcuda: the
+    // tracer probes it in each (its CUDA probes are off otherwise: nothing calls libcuda).
+    let workers = harness.iter().any(|a| a == "--workers");
+    if workers {
+        cmd.arg("--fake-cuda")
+            .arg(crate::fixture::build_fake_libcuda(&out)?);
     }
     let mut child = Kill(cmd.spawn().context("starting the harness")?);
     let _watchdog = Watchdog::new(child.0.id(), RUN_LIMIT);
@@ -315,15 +327,12 @@ fn run(version: &str, phases_only: bool, harness: &[String]) -> Result<Outcome> 
     });
 
     let mut tracer = Command::new(tracer_bin());
+    tracer.arg("attach");
+    if !workers {
+        tracer.args(["--cuda", "off"]);
+    }
     tracer
-        .args([
-            "attach",
-            "--cuda",
-            "off",
-            "--pid",
-            &harness_pid.to_string(),
-            "-o",
-        ])
+        .args(["--pid", &harness_pid.to_string(), "-o"])
         .arg(&trace_out)
         .stderr(Stdio::piped());
     if phases_only {

@@ -51,6 +51,12 @@ def parse_args(argv):
         "--async-scheduling", action="store_true",
         help="AsyncScheduler, 2 batches in flight: EngineCore.step_with_batch_queue",
     )  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=0,
+        help="tensor parallel over N worker processes: vLLM's MultiprocExecutor and Worker"
+        " around a stand-in model runner (workers.py); needs --fake-cuda",
+    )  # fmt: skip
+    p.add_argument("--fake-cuda", help="the fake libcuda.so.1 the workers' runners call")
     p.add_argument("--forward-ms", type=float, default=2.0, help="stand-in forward time per step")
     p.add_argument("--per-token-us", type=float, default=10.0, help="plus this per scheduled token")
     p.add_argument("--wait-go", help="send requests only once this file exists")
@@ -110,6 +116,13 @@ def main(argv) -> int:
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     if a.facts and not a.in_process:
         sys.exit("--facts needs --in-process (it inspects the live EngineCore)")
+    if a.workers:
+        if not a.fake_cuda:
+            sys.exit("--workers needs --fake-cuda (the workers' runners launch on it)")
+        os.environ["REAL_VLLM_FAKE_CUDA"] = os.path.abspath(a.fake_cuda)
+        # 0.33's MultiprocExecutor binds each CPU worker's OpenMP threads to a NUMA node of
+        # its own, and refuses more workers than nodes; nothing here computes on them.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
     import vllm
     from vllm import SamplingParams
@@ -133,6 +146,17 @@ def main(argv) -> int:
         enforce_eager=True,
         seed=a.seed,
     )
+    if a.workers:
+        try:
+            from . import workers
+        except ImportError as e:
+            return unsupported(out, f"vLLM {vllm.__version__} lacks what --workers uses: {e}")
+        workers.Group.create(os.path.join(out, workers.GROUP_FILE), a.workers)
+        kwargs.update(
+            distributed_executor_backend="real_vllm_harness.workers.StandInMultiprocExecutor",
+            worker_cls="real_vllm_harness.workers.StandInWorker",
+            tensor_parallel_size=a.workers,
+        )
     # Releases differ in their EngineArgs: pass what this one has; a shape it cannot run is
     # "unsupported" (exit 3, the reason in unsupported.txt), not a failure.
     known = {f.name for f in dataclasses.fields(EngineArgs)}
@@ -184,6 +208,7 @@ def main(argv) -> int:
                 "enable_prefix_caching": not a.no_prefix_caching,
                 "async_scheduling": a.async_scheduling,
                 "in_process": a.in_process,
+                "workers": a.workers,
                 "requests": a.requests,
             },
             f,

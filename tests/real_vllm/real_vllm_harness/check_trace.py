@@ -258,6 +258,92 @@ def requests_check(stats, gt_requests, requests, steps, problems):
     return out
 
 
+def ranks_check(harness, args, pairs, ranks, run, problems):
+    """With `--workers`: every rank's calls per batch (ranks.csv) against what its stand-in
+    runner launched for the batch the row is (workers.launches_for of the ground truth's
+    tokens and requests), its GPU wait against the runner's sync, and the batch marks.
+    The calls a neighbouring batch would have had are counted too (`next_would_differ`): it
+    shows how many misplaced rows the check would catch."""
+    from .workers import launches_for
+
+    out = {}
+    cuda = run.get("cuda") or {}
+    for key in ("batch_marks_matched", "batch_marks_unmatched", "workers_folded_by_time"):
+        out[key] = cuda.get(key)
+    # Workers of a per-step engine are folded by the engine's step spans (a step holds its
+    # batch's whole life); under async scheduling each must be marked.
+    unmarked = [p["pid"] for p in cuda.get("processes", []) if not p.get("batch_marks")]
+    if args["async_scheduling"] and (unmarked or cuda.get("workers_folded_by_time")):
+        problems.append(f"workers without batch marks: {unmarked or 'folded by time'}")
+    by_step = {}
+    for r in ranks:
+        by_step.setdefault(r["step"], {})[int(r["worker_pid"])] = r
+    executed = [(g, t) for g, t in pairs if int(g["scheduled_tokens"])]
+    want = [launches_for(int(g["scheduled_tokens"]), int(g["scheduled_reqs"])) for g, _ in executed]
+    workers = sorted({int(r["worker_pid"]) for r in ranks})
+    for pid in workers:
+        rows = [by_step.get(t["step"], {}).get(pid) for _, t in executed]
+        got = [(int(r["cuda_launches"]), int(r["cuda_graph_launches"])) if r else None for r in rows]
+        own = sum(g != w for g, w in zip(got, want))
+        neighbour = sum(g != w for g, w in zip(got[1:], want[:-1]))
+        truth = _rank_truth(harness, pid, executed)
+        # The wait itself (ranks.csv wait_start/wait_end: its sync's entry and return); its
+        # gpu_wait_ns leaves out what of it lay in other batches' phases, so is not compared.
+        waits = {"start": [], "end": []}
+        for r, (_, sync) in zip(rows, truth):
+            if r and sync and r["wait_start_ns"]:
+                waits["start"].append(int(r["wait_start_ns"]) - sync[0])
+                waits["end"].append(int(r["wait_end_ns"]) - sync[1])
+        name = next((r["rank"] for r in rows if r), f"pid{pid}")
+        out[name] = {
+            "rows": sum(r is not None for r in rows),
+            "batches": len(executed),
+            "calls_differ": own,
+            "next_would_differ": neighbour,
+            "truth_tokens_differ": sum(t != int(g["scheduled_tokens"]) for (t, _), (g, _) in zip(truth, executed))
+            + abs(len(truth) - len(executed)),
+            "syncs": sum(sync is not None for _, sync in truth),
+            "wait_start_error": dist(waits["start"]),
+            "wait_end_error": dist(waits["end"]),
+        }  # fmt: skip
+        if own:
+            first = [(t["step"], g, w) for (_, t), g, w in zip(executed, got, want) if g != w][:3]
+            problems.append(f"ranks.csv {name}: {own} of {len(executed)} batches' calls differ: {first}")
+        if out[name]["truth_tokens_differ"]:
+            problems.append(f"{name}: the runner's batches do not line up with the engine's")
+        # A per-step engine waits for the output rank only: another rank's wait that ended
+        # after the step did is folded (by time) into the next step. Rare; more is a fault.
+        missed = out[name]["syncs"] - len(waits["start"])
+        if missed and (args["async_scheduling"] or missed * 100 > len(executed)):
+            problems.append(f"{name}: {out[name]['syncs']} syncs, {len(waits['start'])} waits")
+        for edge in ("start", "end"):
+            d = out[name][f"wait_{edge}_error"]
+            for key, bound in PHASE_BOUND_US.items():
+                if d and d[f"{key}_us"] > bound:
+                    problems.append(f"{name} wait {edge} error {key} {d[f'{key}_us']} µs > {bound} µs")
+    if len(workers) != args["workers"]:
+        problems.append(f"ranks.csv has {len(workers)} ranks, the engine {args['workers']}")
+    return out
+
+
+def _rank_truth(harness, pid, executed):
+    """The runner's record of the worker `pid`'s batches lined up with `executed`: (tokens,
+    its sync's (start, end) or None: only the output rank syncs under async scheduling),
+    from its first batch that began after the first executed batch was scheduled."""
+    for name in os.listdir(harness):
+        if name.startswith("gt_rank"):
+            rows = read_csv(os.path.join(harness, name))
+            if rows and int(rows[0]["tid"]) == pid:
+                break
+    else:
+        return []
+    first = int(executed[0][0]["schedule_end_ns"]) if executed else 0
+    launches = [r for r in rows if r["kind"] == "launch" and int(r["start_ns"]) >= first]
+    launches = launches[: len(executed)]  # batches after the trace ended are not compared
+    syncs = {r["seq"]: (int(r["start_ns"]), int(r["end_ns"])) for r in rows if r["kind"] == "sync"}
+    return [(int(r["scheduled_tokens"]), syncs.get(r["seq"])) for r in launches]
+
+
 def config_check(run, args, problems):
     config = run.get("config") or {}
     keys = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
@@ -295,6 +381,8 @@ def main(argv):
             if s["request_id"].startswith("req-")
             and float(s["queued_ts"] or s["added_ts"]) * 1e9 > armed_ns(run)
         ]  # fmt: skip
+        if args.get("workers"):
+            result["ranks"] = ranks_check(a.harness, args, pairs, read_csv(t("ranks.csv")), run, problems)
         result["requests"] = requests_check(
             stats, read_csv(h("gt_requests.csv")), read_csv(t("requests.csv")), steps, problems
         )

@@ -108,9 +108,7 @@ class StandInExecutor(Executor):
         self.worker = _Worker(self.vllm_config)
         self.forward_s = float(os.environ.get("REAL_VLLM_FORWARD_MS", "2")) / 1e3
         self.per_token_s = float(os.environ.get("REAL_VLLM_PER_TOKEN_US", "10")) / 1e6
-        # Tokens each request has (prompt + sampled): a step completes the prefill of a
-        # request when its computed tokens reach this count.
-        self.num_tokens: dict[str, int] = {}
+        self.book = TokenBook()
         # Async scheduling: forward passes run on this thread, as a GPU runs behind the CPU.
         self.pool = (
             ThreadPoolExecutor(1, thread_name_prefix="standin-gpu")
@@ -175,6 +173,22 @@ class StandInExecutor(Executor):
         return None
 
     def _forward(self, so):
+        output = self.book.sample(so)
+        if so.total_num_scheduled_tokens:
+            time.sleep(self.forward_s + self.per_token_s * so.total_num_scheduled_tokens)
+        return output
+
+
+class TokenBook:
+    """What the GPU model runner samples: one token for each scheduled request whose prefill
+    is complete after this batch, nothing for a request still in a chunked prefill. Keeps the
+    tokens each request has (prompt + sampled): a batch completes the prefill of a request
+    when its computed tokens reach that count."""
+
+    def __init__(self):
+        self.num_tokens: dict[str, int] = {}
+
+    def sample(self, so):
         for rid in so.finished_req_ids:
             self.num_tokens.pop(rid, None)
         computed = {}
@@ -206,7 +220,6 @@ class StandInExecutor(Executor):
                 self.num_tokens[rid] = total + 1
             else:
                 sampled.append([])
-        time.sleep(self.forward_s + self.per_token_s * so.total_num_scheduled_tokens)
         fields = dict(req_ids=req_ids, sampled_token_ids=sampled)
         if "req_id_to_index" in OUTPUT_FIELDS:  # gone in 0.34
             fields["req_id_to_index"] = {rid: i for i, rid in enumerate(req_ids)}
