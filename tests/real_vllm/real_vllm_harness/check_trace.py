@@ -74,9 +74,11 @@ def gt_records(gt_steps):
     records, in_flight, last_end = [], [], None
     for s in gt_steps:
         previous_end, last_end = last_end, int(s["step_end_ns"]) if s["step_end_ns"] else None
-        if s["raised"]:  # the tracer makes no record of a call an exception ended
+        # The tracer makes no record of a call an exception ended, but a batch whose update
+        # returned before it (vLLM's SIGTERM at shutdown: SystemExit) is complete.
+        if s["raised"] and not (s["step_fn"] == "step_with_batch_queue" and s["update_end_ns"]):
             continue
-        if s["schedule_end_ns"]:
+        if s["schedule_end_ns"] and not s["raised"]:
             in_flight.append((int(s["step_start_ns"]), int(s["schedule_cb_end_ns"]), s, previous_end))
         if s["update_end_ns"] and in_flight:
             start, sched, row, before = in_flight.pop(0)
