@@ -314,9 +314,10 @@ def ranks_check(harness, args, pairs, ranks, run, problems):
         if out[name]["truth_tokens_differ"]:
             problems.append(f"{name}: the runner's batches do not line up with the engine's")
         # A per-step engine waits for the output rank only: another rank's wait that ended
-        # after the step did is folded (by time) into the next step. Rare; more is a fault.
+        # after the step did is folded (by time) into the next step: 0.1–0.8 % of batches
+        # here (2 cores, 3 busy processes); over 2 % is a fault.
         missed = out[name]["syncs"] - len(waits["start"])
-        if missed and (args["async_scheduling"] or missed * 100 > len(executed)):
+        if missed and (args["async_scheduling"] or missed * 50 > len(executed)):
             problems.append(f"{name}: {out[name]['syncs']} syncs, {len(waits['start'])} waits")
         for edge in ("start", "end"):
             d = out[name][f"wait_{edge}_error"]
