@@ -512,6 +512,77 @@ fn tensor_parallel_ranks_are_folded_per_rank_with_the_slowest() {
             .count();
         assert_eq!(waits, STEPS, "{rank}'s waits in trace.json");
     }
+
+    // `tracer report`: the ranks table's numbers are a recomputation of ranks.csv and the
+    // slowest-rank columns of steps.csv.
+    let out = Command::new(tracer_bin())
+        .arg("report")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Tensor-parallel ranks"));
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/report/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let reported = summary["ranks"].as_array().unwrap();
+    assert_eq!(reported.len(), 2, "{reported:?}");
+    for r in reported {
+        let rank = r["rank"].as_str().unwrap();
+        let pid = named.iter().find(|(name, _)| *name == rank).unwrap().1;
+        let rows: Vec<&RankRow> = ranks.iter().filter(|row| row.rank == rank).collect();
+        let mean = |f: fn(&RankRow) -> u64| {
+            rows.iter().map(|row| f(row)).sum::<u64>() as f64 / rows.len() as f64
+        };
+        let mut waits: Vec<i64> = rows.iter().map(|row| row.gpu_wait_ns as i64).collect();
+        let slowest = steps
+            .iter()
+            .filter(|s| s.slowest_rank.as_deref() == Some(rank))
+            .count();
+        assert_eq!(
+            (r["worker_pid"].as_u64(), r["steps"].as_u64()),
+            (Some(pid), Some(rows.len() as u64)),
+            "{rank}"
+        );
+        for (key, want) in [
+            ("launches_per_step", mean(|row| row.cuda_launches.unwrap())),
+            (
+                "graph_launches_per_step",
+                mean(|row| row.cuda_graph_launches),
+            ),
+            ("syncs_per_step", mean(|row| row.cuda_syncs)),
+        ] {
+            assert!(
+                (r[key].as_f64().unwrap() - want).abs() < 1e-9,
+                "{rank} {key}"
+            );
+        }
+        assert_eq!(
+            (
+                r["gpu_wait"]["p50_ns"].as_i64(),
+                r["gpu_wait"]["p99_ns"].as_i64(),
+                r["slowest_steps"].as_u64()
+            ),
+            (
+                Some(percentile(&mut waits.clone(), 50.0)),
+                Some(percentile(&mut waits, 99.0)),
+                Some(slowest as u64)
+            ),
+            "{rank}"
+        );
+    }
+    let mut skews: Vec<i64> = steps
+        .iter()
+        .map(|s| s.rank_skew_ns.unwrap() as i64)
+        .collect();
+    assert_eq!(
+        (
+            summary["rank_skew"]["n"].as_u64(),
+            summary["rank_skew"]["p99_ns"].as_i64()
+        ),
+        (Some(STEPS as u64), Some(percentile(&mut skews, 99.0)))
+    );
 }
 
 /// libcuda loaded after the tracer attached (as frameworks do on first GPU use) is found

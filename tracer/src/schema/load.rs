@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::schema::rows::{EventRow, Queue, QueueRow, RequestRow, StepRow, WaitReason};
+use crate::schema::rows::{EventRow, Queue, QueueRow, RankRow, RequestRow, StepRow, WaitReason};
 
 /// Columns of steps.csv that name CUDA counters (`cuda_launches`, `cuda_sync_ns`, …): read
 /// as numbers by name, so new ones show up without a change here.
@@ -26,6 +26,20 @@ pub struct ReasonCount {
     pub request_steps: u64,
     /// Distinct requests that waited for it at least once.
     pub requests: u64,
+}
+
+/// One worker rank's rows of ranks.csv over a run (streamed: it has a row per step and rank).
+#[derive(Clone, Debug, Default)]
+pub struct RankTotals {
+    pub worker_pid: u32,
+    /// Its rows: the steps it made calls in.
+    pub steps: u64,
+    /// `None` where launches were not counted (`--cuda sync`).
+    pub launches: Option<u64>,
+    pub graph_launches: u64,
+    pub syncs: u64,
+    /// Each row's `gpu_wait_ns`, in file order.
+    pub gpu_wait_ns: Vec<u64>,
 }
 
 /// One trace, loaded.
@@ -43,6 +57,8 @@ pub struct Run {
     pub events: Vec<EventRow>,
     /// Per reason (`None`: waiting without a known reason); empty without queues.csv.
     pub wait_reasons: BTreeMap<Option<WaitReason>, ReasonCount>,
+    /// Per engine pid and worker rank (ranks.csv `rank`); empty without worker processes.
+    pub ranks: BTreeMap<(u32, String), RankTotals>,
     /// Whether each optional file was present (a run without request capture has none).
     pub has_requests: bool,
     pub has_events: bool,
@@ -73,6 +89,10 @@ impl Run {
             if queues.exists() {
                 run.has_queues = true;
                 run.count_reasons(&queues)?;
+            }
+            let ranks = engine_dir.join("ranks.csv");
+            if ranks.exists() {
+                run.count_ranks(&ranks)?;
             }
         }
         // Several engines: one timeline.
@@ -131,6 +151,28 @@ impl Run {
             if seen.insert((row.reason, row.request_id)) {
                 count.requests += 1;
             }
+        }
+        Ok(())
+    }
+
+    fn count_ranks(&mut self, path: &Path) -> Result<()> {
+        let mut reader =
+            csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+        for row in reader.deserialize::<RankRow>() {
+            let row = row.with_context(|| format!("reading {}", path.display()))?;
+            let totals = self
+                .ranks
+                .entry((row.pid, row.rank))
+                .or_insert_with(|| RankTotals {
+                    worker_pid: row.worker_pid,
+                    launches: Some(0),
+                    ..Default::default()
+                });
+            totals.steps += 1;
+            totals.launches = totals.launches.zip(row.cuda_launches).map(|(a, b)| a + b);
+            totals.graph_launches += row.cuda_graph_launches;
+            totals.syncs += row.cuda_syncs;
+            totals.gpu_wait_ns.push(row.gpu_wait_ns);
         }
         Ok(())
     }

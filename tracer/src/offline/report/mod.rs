@@ -33,6 +33,7 @@ pub fn tables(summary: &Summary, run: &Run) -> Vec<Table> {
         latency_table(summary),
         wait_reason_table(summary, run),
         preemption_table(summary),
+        rank_table(summary),
         model::table(&summary.model),
     ]
 }
@@ -134,6 +135,59 @@ fn preemption_table(summary: &Summary) -> Table {
         }
     }
     preempt
+}
+
+fn rank_table(summary: &Summary) -> Table {
+    let mut ranks = Table::new(
+        "Tensor-parallel ranks",
+        &[
+            "rank",
+            "worker pid",
+            "steps",
+            "launches/step",
+            "graph launches/step",
+            "syncs/step",
+            "GPU wait p50 ms",
+            "GPU wait p99 ms",
+            "slowest in steps",
+        ],
+    );
+    if summary.ranks.is_empty() {
+        return ranks.with_note(
+            "no worker process made CUDA calls in this run (no ranks.csv rows): the engine \
+             process made them, or CUDA was not traced",
+        );
+    }
+    let engines: std::collections::BTreeSet<u32> =
+        summary.ranks.iter().map(|r| r.engine_pid).collect();
+    for r in &summary.ranks {
+        ranks.row(vec![
+            if engines.len() > 1 {
+                format!("{} (engine {})", r.rank, r.engine_pid)
+            } else {
+                r.rank.clone()
+            },
+            r.worker_pid.to_string(),
+            r.steps.to_string(),
+            r.launches_per_step
+                .map_or("-".into(), |n| format!("{n:.1}")),
+            format!("{:.1}", r.graph_launches_per_step),
+            format!("{:.2}", r.syncs_per_step),
+            ms(r.gpu_wait.as_ref().map(|d| d.p50_ns as f64)),
+            ms(r.gpu_wait.as_ref().map(|d| d.p99_ns as f64)),
+            r.slowest_steps.to_string(),
+        ]);
+    }
+    ranks.with_note(match &summary.rank_skew {
+        Some(skew) => format!(
+            "slowest = the rank that began its last wait last, the one the others waited for; \
+             it began p50 {} ms, p99 {} ms after the first ({} steps with two or more ranks waiting)",
+            ms(Some(skew.p50_ns as f64)),
+            ms(Some(skew.p99_ns as f64)),
+            skew.n
+        ),
+        None => "no step had two or more ranks waiting: no slowest rank".into(),
+    })
 }
 
 fn distribution_cells(d: &summary::Distribution) -> Vec<String> {

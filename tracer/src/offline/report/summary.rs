@@ -48,6 +48,28 @@ pub struct Summary {
     pub preemptions: Option<Preemptions>,
     /// Phase times fitted on the batch features (see [`super::model`]).
     pub model: Vec<super::model::Fit>,
+    /// Tensor-parallel worker ranks (ranks.csv), by engine and rank; empty without workers.
+    pub ranks: Vec<RankSummary>,
+    /// How much later than the first the slowest rank began its last wait, per step with two
+    /// or more ranks waiting (steps.csv `rank_skew_ns`).
+    pub rank_skew: Option<Distribution>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RankSummary {
+    pub rank: String,
+    pub engine_pid: u32,
+    pub worker_pid: u32,
+    /// Steps with a row of this rank.
+    pub steps: u64,
+    /// Means over those steps; launches `None` where not counted (`--cuda sync`).
+    pub launches_per_step: Option<f64>,
+    pub graph_launches_per_step: f64,
+    pub syncs_per_step: f64,
+    /// Its GPU wait per step (ranks.csv `gpu_wait_ns`).
+    pub gpu_wait: Option<Distribution>,
+    /// Steps in which it was the slowest rank (steps.csv `slowest_rank`).
+    pub slowest_steps: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -224,7 +246,40 @@ pub fn summarize(run: &Run) -> Summary {
         wait_reasons,
         preemptions: preemptions(run),
         model: super::model::fits(run),
+        ranks: ranks(run),
+        rank_skew: Distribution::of(
+            "rank skew",
+            &mut run
+                .steps
+                .iter()
+                .filter_map(|s| s.rank_skew_ns)
+                .collect::<Vec<_>>(),
+        ),
     }
+}
+
+fn ranks(run: &Run) -> Vec<RankSummary> {
+    run.ranks
+        .iter()
+        .map(|((engine_pid, rank), totals)| {
+            let per_step = |n: u64| n as f64 / totals.steps.max(1) as f64;
+            RankSummary {
+                rank: rank.clone(),
+                engine_pid: *engine_pid,
+                worker_pid: totals.worker_pid,
+                steps: totals.steps,
+                launches_per_step: totals.launches.map(per_step),
+                graph_launches_per_step: per_step(totals.graph_launches),
+                syncs_per_step: per_step(totals.syncs),
+                gpu_wait: Distribution::of(rank.clone(), &mut totals.gpu_wait_ns.clone()),
+                slowest_steps: run
+                    .steps
+                    .iter()
+                    .filter(|s| s.pid == *engine_pid && s.slowest_rank.as_ref() == Some(rank))
+                    .count() as u64,
+            }
+        })
+        .collect()
 }
 
 fn preemptions(run: &Run) -> Option<Preemptions> {
