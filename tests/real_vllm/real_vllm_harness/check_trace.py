@@ -168,6 +168,14 @@ def batch_check(pairs, run, problems):
 
 def requests_check(stats, gt_requests, requests, steps, problems):
     """requests.csv against vLLM's RequestStateStats (front end) and what `_free_request` saw."""
+    schedule_done = [int(r["start_ns"]) + int(r["schedule_ns"]) for r in steps]
+
+    def after_unseen(t):
+        """The request was first seen scheduled right after a step without batch columns."""
+        at = t["first_scheduled_ns"] and int(t["first_scheduled_ns"])
+        i = schedule_done.index(at) if at in schedule_done else 0
+        return i > 0 and not steps[i - 1]["batch_size"]
+
     by_id = {r["request_id"]: r for r in requests}
     freed = {r["request_id"]: r for r in gt_requests}
     out = {"stats": len(stats), "tracer": len(requests)}
@@ -186,13 +194,21 @@ def requests_check(stats, gt_requests, requests, steps, problems):
         # where neither has it (0.8's Request has no num_cached_tokens), not compared.
         want = lambda s: s[scol] or freed[s["engine_request_id"]][scol]  # noqa: E731
         known = [(s, t) for s, t in both if want(s) != ""]
+        # The tracer leaves a prefix-cache hit empty where the step before the one it first
+        # saw the request scheduled in went unseen (a dropped shadow copy): that one may have
+        # been its first. Allowed only there.
+        unknown = [(s, t) for s, t in known if col == "cached_tokens" and t[col] == ""]
+        known = [p for p in known if p not in unknown]
         bad = [(s["request_id"], t[col], want(s)) for s, t in known if t[col] != want(s)]
         out[col] = {
             "equal": len(known) - len(bad), "differ": len(bad), "first": bad[:3],
-            "not_compared": len(both) - len(known),
+            "not_compared": len(both) - len(known) - len(unknown), "unknown": len(unknown),
         }  # fmt: skip
         if bad:
             problems.append(f"requests.csv {col} differs from vLLM's stats in {len(bad)} requests")
+        unexplained = [s["request_id"] for s, t in unknown if not after_unseen(t)]
+        if unexplained:
+            problems.append(f"requests.csv {col} empty for {unexplained[:3]}")
     # vLLM counts preemptions itself from 0.33; before, the monitor's count at schedule().
     bad = []
     for s, t in both:

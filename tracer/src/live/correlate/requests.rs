@@ -91,6 +91,9 @@ pub struct Requests {
     /// Requests of the last update that produced a token and still run: their count is
     /// known only from the next `schedule()`'s snapshot.
     produced_last: HashSet<Key>,
+    /// The last `schedule()` folded in had no snapshot (its copy was dropped): a request
+    /// first seen scheduled now may have been first scheduled by it.
+    after_unseen_step: bool,
     pub counts: RequestCounts,
 }
 
@@ -109,6 +112,7 @@ impl Requests {
             last_running: Vec::new(),
             last_waiting: Vec::new(),
             produced_last: HashSet::new(),
+            after_unseen_step: false,
             counts: RequestCounts::default(),
         }
     }
@@ -342,6 +346,7 @@ impl Requests {
             scheduled.and_then(|s| s.waiting.as_ref()),
         ) else {
             self.counts.steps_without_snapshot += 1;
+            self.after_unseen_step = true;
             return (out, None);
         };
         // The lengths are the target's: a copy longer than its queue reads as whole.
@@ -382,6 +387,7 @@ impl Requests {
             &mut out,
         );
         self.started = true;
+        self.after_unseen_step = false;
         self.last_running = running_keys.to_vec();
         self.last_waiting = waiting_keys.to_vec();
         // This snapshot shows the outputs of the updates before it.
@@ -523,6 +529,7 @@ impl Requests {
             prefill,
             u32::try_from(before.max(0)).unwrap_or(u32::MAX),
         );
+        let after_unseen_step = self.after_unseen_step;
         let track = self.tracks.get_mut(&k).expect("arrived above");
         Self::close_wait(track, step.schedule_done_ns);
         track.row.iterations += 1;
@@ -531,7 +538,9 @@ impl Requests {
         let resumed = std::mem::take(&mut track.preempted);
         if first {
             track.row.first_scheduled_ns = Some(step.schedule_done_ns);
-            Self::cached_at_first(track, r, tokens, exact.then_some(before));
+            // After an unseen step, what was computed before may hold that step's chunk.
+            let before = (exact && !after_unseen_step).then_some(before);
+            Self::cached_at_first(track, r, tokens, before, after_unseen_step);
             batch.new_requests += 1;
         } else if let Some(since) = track.cached_pending {
             Self::cached_later(track, since, resumed, tokens, exact.then_some(before));
@@ -554,8 +563,15 @@ impl Requests {
 
     /// A request's prefix-cache hit at its first scheduling: its own count, else (releases
     /// without the attribute: 0.33 keeps it in its prefill stats) what was computed before
-    /// (`before`, where exact), else told at its next scheduling.
-    fn cached_at_first(track: &mut Track, r: &RequestState, tokens: u32, before: Option<i64>) {
+    /// (`before`, where exact), else told at its next scheduling; unknown (empty) when the
+    /// step before went unseen (`after_unseen_step`: that may have been its first).
+    fn cached_at_first(
+        track: &mut Track,
+        r: &RequestState,
+        tokens: u32,
+        before: Option<i64>,
+        after_unseen_step: bool,
+    ) {
         let computed_before = before.and_then(|b| u32::try_from(b).ok());
         track.row.cached_tokens = r
             .cached_tokens
@@ -564,7 +580,8 @@ impl Requests {
         // Its computed count not planned yet (the plan is completed from the first running
         // request): told at its next scheduling, less what ran since.
         track.cached_pending =
-            (track.row.cached_tokens.is_none() && r.cached_tokens.is_none()).then_some(tokens);
+            (track.row.cached_tokens.is_none() && r.cached_tokens.is_none() && !after_unseen_step)
+                .then_some(tokens);
     }
 
     /// A later scheduling of a request whose prefix-cache hit is still to be told, `since`
@@ -1032,6 +1049,36 @@ mod tests {
         let rows = requests.finish(5000).finished;
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].cached_tokens, Some(64));
+    }
+
+    /// A request first seen scheduled after a step whose snapshot was lost: that step may
+    /// have scheduled its first chunk, so what was computed before is no prefix-cache hit.
+    #[test]
+    fn a_prefix_hit_is_unknown_when_the_first_scheduling_may_have_gone_unseen() {
+        // 64 prompt tokens from the prefix cache, chunks of 36; the lost step scheduled the
+        // first: seen at the next, 64 + 36 were computed before it.
+        let cached = |lost: bool| {
+            let mut requests = Requests::new(1, 0, true);
+            let states = [None, Some(scheduled(Some(136), 0, 36))];
+            let first = usize::from(!lost);
+            for (index, state) in states.iter().enumerate().skip(first) {
+                let mut row = StepRow::default();
+                let step = step(index as u64);
+                let (_, token) = requests.schedule(
+                    &mut OnePrompt,
+                    &step,
+                    state.as_ref(),
+                    &Budgets::default(),
+                    &mut row,
+                );
+                requests.update(&step, token, Some(&updated(&[1])), &mut row);
+            }
+            requests.finish(5000).finished[0].cached_tokens
+        };
+        assert_eq!(cached(true), None);
+        // Without a lost step, the same snapshot is read as a first scheduling with 100
+        // tokens computed before (the case the flag guards against).
+        assert_eq!(cached(false), Some(100));
     }
 
     /// Per batch with async scheduling: a batch is scheduled before the previous one's update,
