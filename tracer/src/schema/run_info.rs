@@ -171,6 +171,10 @@ pub struct RequestCounts {
     /// Scheduled requests whose token count was not in `num_scheduled_tokens` and came
     /// from the change of their computed tokens instead.
     pub scheduled_from_computed: u64,
+    /// Requests that arrived during the trace whose `queued_ns` is the start of the step that
+    /// first listed them: vLLM's own stamp was gone when read (its first output takes it;
+    /// read late when the tracer lags, snapshots copied in the trap).
+    pub queued_from_step: u64,
 }
 
 /// How the shadow copies went (run.json `counters.shadow`).

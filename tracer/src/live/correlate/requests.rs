@@ -212,16 +212,18 @@ impl Requests {
             ..RequestInfo::default()
         });
         self.counts.requests_seen += 1;
+        let arrived_in_trace = self.started || fresh;
+        let stamp = info
+            .queued_ns
+            .filter(|&queued| arrived_in_trace && queued <= t_ns);
+        self.counts.queued_from_step += u64::from(arrived_in_trace && stamp.is_none());
         let row = RequestRow {
             request_id: info.id.clone(),
             pid: self.pid,
             arrival_time_s: info.arrival_time_s,
             // vLLM's own stamp when it was read: it comes from `add_request`, before the
             // step in which the tracer first sees the request.
-            queued_ns: info
-                .queued_ns
-                .filter(|&queued| (self.started || fresh) && queued <= t_ns)
-                .unwrap_or(t_ns),
+            queued_ns: stamp.unwrap_or(t_ns),
             finish_status: "UNFINISHED".into(),
             prompt_tokens: info.prompt_tokens,
             // Set at first scheduling (−1 before), so known for requests in flight too.
@@ -1049,6 +1051,40 @@ mod tests {
         let rows = requests.finish(5000).finished;
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].cached_tokens, Some(64));
+    }
+
+    /// A request whose vLLM queueing stamp was gone when read is queued at the step that
+    /// first listed it, and counted; one with its stamp keeps it.
+    #[test]
+    fn a_queueing_stamp_gone_when_read_is_the_step_start_and_counted() {
+        struct Stamped(Option<u64>);
+        impl RequestSource for Stamped {
+            fn info(&mut self, _: u64, _: u64) -> Option<RequestInfo> {
+                Some(RequestInfo {
+                    id: "req-0".into(),
+                    prompt_tokens: Some(200),
+                    queued_ns: self.0,
+                    ..RequestInfo::default()
+                })
+            }
+        }
+        let queued = |stamp: Option<u64>| {
+            let mut requests = Requests::new(1, 0, true);
+            let step = step(3);
+            let mut row = StepRow::default();
+            let (_, token) = requests.schedule(
+                &mut Stamped(stamp),
+                &step,
+                Some(&scheduled(Some(36), 0, 36)),
+                &Budgets::default(),
+                &mut row,
+            );
+            requests.update(&step, token, Some(&updated(&[1])), &mut row);
+            let from_step = requests.counts.queued_from_step;
+            (requests.finish(5000).finished[0].queued_ns, from_step)
+        };
+        assert_eq!(queued(Some(2500)), (2500, 0));
+        assert_eq!(queued(None), (3000, 1));
     }
 
     /// A request first seen scheduled after a step whose snapshot was lost: that step may
