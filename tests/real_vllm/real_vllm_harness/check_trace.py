@@ -71,8 +71,13 @@ def gt_records(gt_steps):
     the later call that updated it). Each record: start, schedule end (after the monitor's
     bookkeeping), update start and end, the scheduling call's row (batch columns), and when the
     call before the scheduling one ended."""
-    records, in_flight, last_end = [], [], None
+    records, in_flight, last_end, last_step = [], [], None, None
     for s in gt_steps:
+        # A call written twice: returned, then SystemExit raised in the monitor's callback
+        # (monitors before that fix wrote the row again as raised).
+        if s["step"] == last_step:
+            continue
+        last_step = s["step"]
         previous_end, last_end = last_end, int(s["step_end_ns"]) if s["step_end_ns"] else None
         # The tracer makes no record of a call an exception ended, but a batch whose update
         # returned before it (vLLM's SIGTERM at shutdown: SystemExit) is complete.

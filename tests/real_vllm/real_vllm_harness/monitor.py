@@ -131,9 +131,11 @@ class Monitor:
         if role == "free" or self.row is None:
             return
         if role == "step":
-            self.row["step_end_ns"] = t
-            self.steps.writerow(self.row.values())
-            self.row = None
+            # Taken before it is written: vLLM's SIGTERM (SystemExit) can be raised inside
+            # this callback, and _unwind must not write the row again.
+            row, self.row = self.row, None
+            row["step_end_ns"] = t
+            self.steps.writerow(row.values())
             return
         self.row[f"{role}_end_ns"] = t
         if role == "schedule":
