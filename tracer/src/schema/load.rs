@@ -32,7 +32,7 @@ pub struct ReasonCount {
 #[derive(Clone, Debug, Default)]
 pub struct RankTotals {
     pub worker_pid: u32,
-    /// Its rows: the steps it made calls in.
+    /// Its rows: the steps it was probed through.
     pub steps: u64,
     /// `None` where launches were not counted (`--cuda sync`).
     pub launches: Option<u64>,
@@ -168,10 +168,15 @@ impl Run {
                     launches: Some(0),
                     ..Default::default()
                 });
+            // Saturating: a damaged file must not panic the report.
             totals.steps += 1;
-            totals.launches = totals.launches.zip(row.cuda_launches).map(|(a, b)| a + b);
-            totals.graph_launches += row.cuda_graph_launches;
-            totals.syncs += row.cuda_syncs;
+            totals.launches = (totals.launches)
+                .zip(row.cuda_launches)
+                .map(|(a, b)| a.saturating_add(b));
+            totals.graph_launches = totals
+                .graph_launches
+                .saturating_add(row.cuda_graph_launches);
+            totals.syncs = totals.syncs.saturating_add(row.cuda_syncs);
             totals.gpu_wait_ns.push(row.gpu_wait_ns);
         }
         Ok(())

@@ -60,7 +60,7 @@ pub struct RankSummary {
     pub rank: String,
     pub engine_pid: u32,
     pub worker_pid: u32,
-    /// Steps with a row of this rank.
+    /// Steps with a row of this rank (it was probed through them).
     pub steps: u64,
     /// Means over those steps; launches `None` where not counted (`--cuda sync`).
     pub launches_per_step: Option<f64>,
