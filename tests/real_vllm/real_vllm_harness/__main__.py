@@ -153,7 +153,7 @@ def main(argv) -> int:
             return unsupported(out, f"vLLM {vllm.__version__} lacks what --workers uses: {e}")
         workers.Group.create(os.path.join(out, workers.GROUP_FILE), a.workers)
         kwargs.update(
-            distributed_executor_backend="real_vllm_harness.workers.StandInMultiprocExecutor",
+            distributed_executor_backend="mp",
             worker_cls="real_vllm_harness.workers.StandInWorker",
             tensor_parallel_size=a.workers,
         )

@@ -2,9 +2,9 @@
 and message queues, and its `Worker.execute_model` (gpu_worker.py, decorated as released),
 around a stand-in model runner that calls a fake libcuda.
 
-vLLM takes the worker as `worker_cls`: `StandInWorker` subclasses vLLM's GPU `Worker` and
-replaces only what needs a GPU (device set-up, model load, memory profiling, the KV cache);
-torch.distributed runs on gloo, as vLLM's CPU worker does. Each rank's `StandInRunner` books
+vLLM takes the executor as `mp` and the worker as `worker_cls`: `StandInWorker` subclasses
+vLLM's GPU `Worker` and replaces only what needs a GPU (device set-up, model load, memory
+profiling, the KV cache); torch.distributed runs on gloo, as vLLM's CPU worker does. Each rank's `StandInRunner` books
 tokens as the stand-in executor does, launches kernels on the fake libcuda in a pattern that
 depends on the batch (`launches_for`), and ends the batch's "GPU work" `forward` later: under
 async scheduling the rank's output thread (vLLM's `async_output_busy_loop`) waits for it in
@@ -21,6 +21,7 @@ import ctypes
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
 
@@ -89,12 +90,23 @@ class Group:
 GROUP_FILE = "ranks.group"
 
 
-class StandInMultiprocExecutor(MultiprocExecutor):
-    """vLLM's MultiprocExecutor, unchanged, plus the ground-truth monitor in the EngineCore."""
+def watch_multiproc_executor() -> None:
+    """Installs the ground-truth monitor in the process that constructs vLLM's
+    MultiprocExecutor (the EngineCore), as its `_init_executor` returns: a `sys.monitoring`
+    return event on that code object, nothing replaced. The executor is passed as `mp`:
+    releases from 0.12 accept async scheduling only with an executor by that name."""
+    mon = sys.monitoring
+    tool = next(t for t in (5, 4, 3) if mon.get_tool(t) is None)
+    mon.use_tool_id(tool, "real_vllm_executor_watch")
+    code = MultiprocExecutor._init_executor.__code__
 
-    def _init_executor(self) -> None:
-        super()._init_executor()
-        monitor.install_from_env(self)
+    def returned(returning, offset, retval):
+        if returning is code:
+            monitor.install_from_env(sys._getframe(1).f_locals["self"])
+        return mon.DISABLE
+
+    mon.register_callback(tool, mon.events.PY_RETURN, returned)
+    mon.set_local_events(tool, code, mon.events.PY_RETURN)
 
 
 class StandInWorker(_Worker, Worker):
