@@ -82,11 +82,12 @@ class _Worker:
 
     def compile_or_warm_up_model(self):
         # 0.2x's initialize_from_config takes each worker's compile times (CompilationTimes,
-        # a NamedTuple) and reads `.language_model`; earlier releases want nothing back.
+        # a NamedTuple) and reads `.language_model`; 0.18 takes the max of plain seconds;
+        # earlier releases ignore what comes back.
         try:
             from vllm.v1.worker.worker_base import CompilationTimes
         except ImportError:
-            return None
+            return 0.0
         return CompilationTimes(*[0.0] * len(CompilationTimes._fields))
 
     # Calls whose GPU work (allocating caches, warm-up, profiling) has no stand-in equivalent.
