@@ -37,28 +37,42 @@ const ROUNDS: usize = 2;
 /// Half-second windows measured per side per round.
 const WINDOWS: usize = 3;
 /// What is traced: phases only; the default (phases plus two scheduler snapshots a step:
-/// request state); the default with the fixture driving the fake libcuda (CUDA probes).
+/// request state); the default with the fixture driving the fake libcuda (CUDA probes); the
+/// same calls made in two worker processes (tensor parallelism: the tracer probes each
+/// rank's libcuda and marks its batches).
 const MODES: &[Mode] = &[
     Mode {
         name: "phases-only",
         options: &["--phases-only"],
+        fixture: &[],
         cuda: false,
     },
     Mode {
         name: "+requests",
         options: &[],
+        fixture: &[],
         cuda: false,
     },
     Mode {
         name: "+cuda",
         options: &[],
+        fixture: &[],
+        cuda: true,
+    },
+    Mode {
+        name: "+cuda tp2",
+        options: &[],
+        fixture: &["--tp", "2"],
         cuda: true,
     },
 ];
 
 struct Mode {
     name: &'static str,
+    /// `tracer attach` options.
     options: &'static [&'static str],
+    /// Fixture engine options.
+    fixture: &'static [&'static str],
     cuda: bool,
 }
 
@@ -356,6 +370,7 @@ fn measure(
     if mode.cuda {
         args.extend(["--fake-cuda", &lib]);
     }
+    args.extend(mode.fixture);
     let mut fixture = Fixture::spawn(&args)?;
     let (mut untraced, mut traced) = (
         Side {

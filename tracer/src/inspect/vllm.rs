@@ -280,6 +280,16 @@ pub const V1_BATCH_QUEUE_0_10: EngineNames = EngineNames {
     ..V1_STEP_0_10
 };
 
+/// 0.12 `step_with_batch_queue`: `execute_model(non_block=True)` (and `sample_tokens`)
+/// launch the batch; the popped batch's `future.result()`, the next call, is its wait.
+pub const V1_BATCH_QUEUE_0_12: EngineNames = EngineNames {
+    releases: "vLLM 0.12.0, step_with_batch_queue (measured)",
+    step: "EngineCore.step_with_batch_queue",
+    per_batch: true,
+    execute: "result",
+    ..V1_STEP
+};
+
 /// Tried in order among the rows of the engine's loop (per call, or per batch when it has a
 /// batch queue); the first whose step contains all of its [`EngineNames::calls`] is used
 /// (0.33's step also names `execute_model`, so its row comes before the fixture's).
@@ -289,6 +299,7 @@ pub const ENGINES: &[EngineNames] = &[
     V1_STEP,
     V1_BATCH_QUEUE_0_33,
     V1_BATCH_QUEUE_0_10,
+    V1_BATCH_QUEUE_0_12,
 ];
 
 /// Where a worker process begins each batch the engine sends it, as `(module, qualified
