@@ -532,6 +532,46 @@ fn sigint_twice() {
     assert!(complete_trace(&out, "interrupted (SIGINT)") > 50);
 }
 
+/// A Ctrl-C while the probes go in (the eBPF programs load: its maps exist, the verifier
+/// runs for ~0.3 s) ends the trace once they are in, with its files, instead of killing
+/// the tracer.
+#[test]
+fn sigint_while_attaching() {
+    let fixture = fixture(&["--execute-ms", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let tracer = Tracer::spawn(&[
+        "attach",
+        "--pid",
+        &fixture.pid.to_string(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let fds = format!("/proc/{}/fd", tracer.pid());
+    wait_until(
+        Duration::from_secs(30),
+        "the tracer to create its maps",
+        || {
+            std::fs::read_dir(&fds)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|l| l.to_string_lossy().contains("bpf-map"))
+                })
+        },
+    );
+    tracer.signal(libc::SIGINT);
+    let (status, stderr) = tracer.finish(Duration::from_secs(30));
+    assert!(status.success(), "{status:?} {stderr:?}");
+    assert!(
+        stderr.iter().any(|l| l.contains("tracer: attached")),
+        "{stderr:?}"
+    );
+    complete_trace(&out, "interrupted (SIGINT)");
+}
+
 #[test]
 fn duration_zero_writes_an_empty_but_valid_trace() {
     let fixture = fixture(&["--execute-ms", "1"]);

@@ -8,7 +8,7 @@
 //!
 //! Then the queue axis ([`queues`]): the snapshots' engine-thread hold as the running and
 //! waiting queues grow. `cargo xtask bench queues [RxW …]` runs only that axis (or only
-//! those points of it).
+//! those points of it), `cargo xtask bench steps` only the step overhead.
 
 #[path = "bench_queues.rs"]
 mod queues;
@@ -140,6 +140,8 @@ struct Attached {
     child: Child,
     since: Instant,
     cpu_at_attach: f64,
+    /// The rest of its stderr, for the error if it fails.
+    stderr: std::thread::JoinHandle<String>,
 }
 
 fn attach(pid: u32, options: &[&str]) -> Result<Attached> {
@@ -155,12 +157,17 @@ fn attach(pid: u32, options: &[&str]) -> Result<Attached> {
     std::io::BufRead::read_line(&mut stderr, &mut line)?;
     anyhow::ensure!(line.contains("attached"), "tracer did not attach: {line}");
     // Keep reading, so the tracer's closing summary has somewhere to go.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let stderr = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
     let cpu_at_attach = cpu_seconds(tracer.id())?;
     Ok(Attached {
         child: tracer,
         since: Instant::now(),
         cpu_at_attach,
+        stderr,
     })
 }
 
@@ -205,7 +212,9 @@ fn detach(mut tracer: Attached) -> Result<TracerCost> {
     let peak_rss_kb = peak_rss_kb(pid)?;
     // SIGINT, as a user's Ctrl-C. SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
-    anyhow::ensure!(tracer.child.wait()?.success(), "tracer failed");
+    let status = tracer.child.wait()?;
+    let said = tracer.stderr.join().unwrap_or_default();
+    anyhow::ensure!(status.success(), "tracer failed ({status}):\n{said}");
     let run = std::fs::read_to_string(trace_dir().join("run.json"))?;
     Ok(TracerCost {
         attach_ms: json_number(&run, "attach_ms")?,
@@ -217,15 +226,19 @@ fn detach(mut tracer: Attached) -> Result<TracerCost> {
     })
 }
 
-/// `args`: none for the whole bench; `queues [RxW …]` for the queue axis alone.
+/// `args`: none for the whole bench; `steps` for the step overhead alone; `queues [RxW …]`
+/// for the queue axis alone.
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         None => {
             step_overhead()?;
             queues::run(&[])
         }
+        Some("steps") => step_overhead(),
         Some("queues") => queues::run(&args[1..]),
-        Some(other) => anyhow::bail!("usage: cargo xtask bench [queues [RxW …]], not {other}"),
+        Some(other) => {
+            anyhow::bail!("usage: cargo xtask bench [steps | queues [RxW …]], not {other}")
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
 };
 use tracer_common::{capture::snap, Counter};
 
@@ -80,12 +80,59 @@ pub fn run(engine: &Engine, out_dir: OutDir, options: &Options) -> Result<Totals
     };
     let python = &engine.target.python;
     let reader = PyReader::new(&memory, python.layout, python.types);
-    let mut session = Session::start(engine, &reader, out_dir, options)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let end_reason = runtime.block_on(session.wait_for_end())?;
+    // Before the probes go in: a Ctrl-C while they do ends the trace once they are in,
+    // with its files, instead of killing the tracer (or, where SIGINT was inherited
+    // ignored, being lost). Held off this thread meanwhile: a signal during the program
+    // load interrupted the verifier, and the load, retried, took 3.4 s instead of 0.3 s.
+    let stops = {
+        let _runtime = runtime.enter();
+        StopSignals::new()?
+    };
+    let session = stops.held(|| Session::start(engine, &reader, out_dir, options));
+    let mut session = session?;
+    let end_reason = runtime.block_on(session.wait_for_end(stops))?;
     session.finish(end_reason)
+}
+
+/// The signals that end a trace, listened for from before the attach.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    const KINDS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Runs `work` with these signals blocked on this thread; one that came meanwhile is
+    /// delivered (and heard by [`Session::wait_for_end`]) once it returns.
+    fn held<T>(&self, work: impl FnOnce() -> T) -> T {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use;
+        // pthread_sigmask only changes this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for kind in Self::KINDS {
+                libc::sigaddset(&mut set, kind);
+            }
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut before);
+            let result = work();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+            result
+        }
+    }
 }
 
 /// A line on stderr unless `--quiet`.
@@ -202,18 +249,13 @@ impl<'r> Session<'r> {
 
     /// Drains the rings, flushes the files and ticks the status line until something ends
     /// the trace; returns what did.
-    async fn wait_for_end(&mut self) -> Result<&'static str> {
+    async fn wait_for_end(&mut self, mut stops: StopSignals) -> Result<&'static str> {
         let mut exited = match pidfd(self.engine.target.pid) {
             Ok(exited) => exited,
             // It exited (and was reaped) while we attached: the rings hold the whole trace.
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok("target exited"),
             Err(e) => return Err(e).context("watching the target for exit"),
         };
-        let (mut sigint, mut sigterm, mut sighup) = (
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::hangup())?,
-        );
         let deadline = tokio::time::sleep(self.options.duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
@@ -242,9 +284,9 @@ impl<'r> Session<'r> {
                     drops: self.watchpoints.counter(Counter::RingFull),
                     ..Default::default()
                 }),
-                _ = sigint.recv() => break "interrupted (SIGINT)",
-                _ = sigterm.recv() => break "terminated (SIGTERM)",
-                _ = sighup.recv() => break "hung up (SIGHUP)",
+                _ = stops.interrupt.recv() => break "interrupted (SIGINT)",
+                _ = stops.terminate.recv() => break "terminated (SIGTERM)",
+                _ = stops.hangup.recv() => break "hung up (SIGHUP)",
                 _ = &mut deadline => break "duration reached",
                 guard = exited.readable_mut() => { guard?.clear_ready(); break "target exited" }
             }
