@@ -39,7 +39,7 @@ const WINDOWS: usize = 3;
 /// What is traced: phases only; the default (phases plus two scheduler snapshots a step:
 /// request state); the default with the fixture driving the fake libcuda (CUDA probes); the
 /// same calls made in two worker processes (tensor parallelism: the tracer probes each
-/// rank's libcuda and marks its batches).
+/// rank's libcuda and folds its calls by time into the step they fall in).
 const MODES: &[Mode] = &[
     Mode {
         name: "phases-only",
