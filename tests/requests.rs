@@ -518,6 +518,66 @@ fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
     );
 }
 
+/// vLLM's queueing stamp lives in a request's first event until its first output, a step
+/// or two later: a tracer that reads it late (here: stopped for a second, copies in the
+/// trap) still has it, from the kernel side's copy made when the request was first listed.
+#[test]
+fn queueing_stamps_survive_a_stalled_tracer() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth");
+    let out = dir.path().join("out");
+    // The fixture's default load: requests are scheduled at once, and output within steps.
+    let args = [
+        "--wait-go",
+        "--steps",
+        "3000",
+        "--execute-ms",
+        "1",
+        "--truth-dir",
+        truth.to_str().unwrap(),
+    ];
+    let mut fixture = Fixture::spawn(&pyenv("3.12.1"), &args);
+    let tracer = Tracer::attach_with(fixture.pid, &out, &["--snapshots", "sync"]);
+    fixture.go();
+    wait_for_rows(&out, 200);
+    tracer.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(1));
+    tracer.signal(libc::SIGCONT);
+    assert!(fixture.wait().success());
+    let (status, stderr) = tracer.finish(Duration::from_secs(60));
+    assert!(status.success(), "{stderr:?}");
+    let run = read_run_json(&out);
+    let counters = &run["counters"];
+    assert_eq!(counters["ring_buffer_drops"], 0, "{counters}");
+    assert_eq!(counters["facts_dropped"], 0, "{counters}");
+    assert_eq!(counters["requests"]["queued_from_step"], 0, "{counters}");
+
+    let traced: HashMap<String, Row> = rows(&out.join("requests.csv"))
+        .into_iter()
+        .map(|r| (r["request_id"].clone(), r))
+        .collect();
+    let trace_start = run["trace_start_ns"].as_u64().unwrap();
+    let (mut queued, mut stamped) = (0, 0);
+    for t in rows(&truth.join("requests.csv")) {
+        let Some(s) = traced.get(&t["request_id"]) else {
+            continue;
+        };
+        if num(&t, "queued_ns") < trace_start {
+            continue;
+        }
+        queued += 1;
+        // vLLM's stamp is taken inside `add_request`, the fixture's own clock read after.
+        let early = num(&t, "queued_ns") as i64 - num(s, "queued_ns") as i64;
+        stamped += u32::from((0..100_000).contains(&early));
+    }
+    assert!(queued > 300, "{queued} requests");
+    assert!(
+        stamped * 20 >= queued * 19,
+        "{stamped} of {queued} with vLLM's stamp"
+    );
+}
+
 #[test]
 fn shadow_copies_match_ground_truth_pyenv_3_10() {
     shadow_copies_match_ground_truth(&pyenv("3.10.13"), "shadow");

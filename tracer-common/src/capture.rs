@@ -164,6 +164,21 @@ pub struct Plan {
     pub shadow: u64,
     /// vLLM's stamp of the step's outputs, copied by the snapshot after the update.
     pub outputs: OutputsStamp,
+    /// vLLM's stamp of a request's queueing, copied into its [`RequestFacts`].
+    pub queued_event: QueuedEvent,
+}
+
+/// Where a request keeps vLLM's stamp of its queueing: the first item of its `events` list
+/// (emptied at its first output, which may come before userspace could read it), an object
+/// whose `kind` member is the event type (an enum member) and `stamp` member a `float`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueuedEvent {
+    /// The request's `events` attribute (`key` 0: not planned).
+    pub events: Field,
+    /// Offsets of the event's members in an instance.
+    pub kind: u64,
+    pub stamp: u64,
 }
 
 /// Where vLLM stamps a step's outputs (`EngineCoreOutputs.timestamp`, its `time.monotonic()`
@@ -267,10 +282,13 @@ pub struct RequestFacts {
     pub object: u64,
     /// Address of its id `str` (the snapshot items' id field).
     pub id: u64,
-    /// Bit i set: `fields[i]` was not copied; bit [`FACT_FIELDS`]: `id_bytes` was not.
+    /// Bit i set: `fields[i]` was not copied; bit [`FACT_FIELDS`]: `id_bytes` was not; bit
+    /// [`FACT_FIELDS`] + 1: `first_event` was not.
     pub missing: u64,
     /// The 16 bytes after each pointed-to object's header (a float's value, an int's digits).
     pub fields: [[u64; 2]; FACT_FIELDS],
+    /// The request's first event ([`QueuedEvent`]): its type object and its timestamp's bits.
+    pub first_event: [u64; 2],
     pub id_bytes: [u8; ID_BYTES],
 }
 

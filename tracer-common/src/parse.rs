@@ -206,6 +206,7 @@ mod tests {
             id: 0x20,
             missing: 0b100,
             fields: [[1, 2], [3, 4], [5, 6]],
+            first_event: [8, 9],
             id_bytes: [7; ID_BYTES],
         };
         let record = bytes(&facts);

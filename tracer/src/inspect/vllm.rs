@@ -314,6 +314,8 @@ pub const WORKER_BATCH_ENTRY: &[(&str, &str)] =
 /// first output), whose `type` is `EngineCoreEventType.QUEUED` and `timestamp` the
 /// `time.monotonic()` of `Scheduler.add_request`. The same in every V1 release (0.8–0.33).
 pub struct EventNames {
+    /// `(module, class)` of the events (members at fixed offsets: a `msgspec.Struct`).
+    pub class: (&'static str, &'static str),
     pub list: &'static str,
     pub kind: &'static str,
     pub timestamp: &'static str,
@@ -321,6 +323,7 @@ pub struct EventNames {
 }
 
 pub const REQUEST_EVENTS: EventNames = EventNames {
+    class: ("vllm.v1.engine", "EngineCoreEvent"),
     list: "events",
     kind: "type",
     timestamp: "timestamp",

@@ -369,11 +369,13 @@ fn copied_facts(
     id: u64,
     (fields, id_bytes): &FactReads,
 ) -> RequestFacts {
+    // The queueing stamp is read from the target at once (`stamp_queued`), not copied.
     let mut copied = RequestFacts {
         object,
         id,
-        missing: 0,
+        missing: 1 << (FACT_FIELDS + 1),
         fields: [[0; 2]; FACT_FIELDS],
+        first_event: [0; 2],
         id_bytes: [0; ID_BYTES],
     };
     for (i, read) in fields.iter().enumerate() {

@@ -72,6 +72,8 @@ pub struct LiveRequests<'r, M: ProcessMemory> {
     pub errors: u64,
     /// Objects counted in `errors`, to uncount them when a later try reads them.
     failed: HashSet<u64>,
+    /// The queueing event type's object, once a copied first event was read as it.
+    queued_kind: Option<u64>,
 }
 
 /// Most objects remembered in [`LiveRequests::failed`]; past it, failures stay counted.
@@ -134,6 +136,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             locations: HashMap::new(),
             errors: 0,
             failed: HashSet::new(),
+            queued_kind: None,
         }
     }
 
@@ -188,7 +191,23 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
         let seconds = reader
             .float(reader.attr(first, names.timestamp).ok()??)
             .ok()?;
-        (seconds.is_finite() && seconds > 0.0).then(|| (seconds * 1e9).round() as u64)
+        stamp_ns(seconds)
+    }
+
+    /// vLLM's stamp in the first event the kernel side copied with `facts`, if that event
+    /// is the queueing one (its type object, an enum member, lives as long as its class).
+    fn copied_stamp(&mut self, facts: &wire::RequestFacts) -> Option<u64> {
+        if facts.missing & (1 << (wire::FACT_FIELDS + 1)) != 0 {
+            return None;
+        }
+        let [kind, bits] = facts.first_event;
+        if self.queued_kind != Some(kind) {
+            if self.reader.int(kind).ok()? != crate::inspect::vllm::REQUEST_EVENTS.queued {
+                return None;
+            }
+            self.queued_kind = Some(kind);
+        }
+        stamp_ns(f64::from_bits(bits))
     }
 
     /// What the kernel side copied, decoded with this CPython's layout, and whether its id
@@ -280,13 +299,21 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
     }
 }
 
+/// A `time.monotonic()` value in seconds as nanoseconds, if it can be one.
+fn stamp_ns(seconds: f64) -> Option<u64> {
+    (seconds.is_finite() && seconds > 0.0).then(|| (seconds * 1e9).round() as u64)
+}
+
 impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
     fn info(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
-        let stamped = self.queued.take((object, id));
-        let copied = self
-            .facts
+        let facts = self.facts.take((object, id));
+        // Copied when the request was first listed: its first output may since have
+        // taken the stamp away.
+        let stamped = self
+            .queued
             .take((object, id))
-            .and_then(|facts| self.copied(&facts));
+            .or_else(|| facts.as_ref().and_then(|f| self.copied_stamp(f)));
+        let copied = facts.and_then(|facts| self.copied(&facts));
         // A long id the copy holds only the start of: up to MAX_ID_BYTES from the live
         // request, else the copied start (the request may be gone already).
         let info = match copied {
@@ -301,7 +328,11 @@ impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
             }),
             Some((info, false)) => self.live(object, id).or(Some(info)),
             None => self.live(object, id),
-        };
+        }
+        .map(|info| RequestInfo {
+            queued_ns: info.queued_ns.or(stamped),
+            ..info
+        });
         match &info {
             Some(_) if self.failed.remove(&object) => self.errors -= 1,
             Some(_) => {}

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use tracer_common::capture::{
-    self as wire, container, storage, Field, OutputsStamp, Plan, PyOffsets, Source,
+    self as wire, container, storage, Field, OutputsStamp, Plan, PyOffsets, QueuedEvent, Source,
 };
 
 use super::state::{small_int, SchedulerState, Typing, SMALL_INTS, SMALL_INT_BYTES, SMALL_INT_MIN};
@@ -21,7 +21,7 @@ use crate::{
             Layout, PyReader, ReadError, Value,
         },
         memory::ProcessMemory,
-        vllm::{RequestField, StateNames},
+        vllm::{RequestField, StateNames, REQUEST_EVENTS},
     },
     live::{
         decode::RawSnapshot,
@@ -175,6 +175,34 @@ fn outputs_plan<M: ProcessMemory>(
         slot: reader.stack_base(step_code)?,
         class,
         member,
+    })
+}
+
+/// Where the kernel side finds a request's queueing stamp ([`REQUEST_EVENTS`]): the
+/// members of the event class, and the request's `events` attribute as `sample` (or the
+/// class's shared keys) shows it. Unplanned (all zero) where the class or a member is not
+/// found.
+fn queued_event<M: ProcessMemory>(
+    reader: &PyReader<M>,
+    modules: u64,
+    request_class: u64,
+    sample: Option<u64>,
+) -> Result<QueuedEvent, ReadError> {
+    let names = &REQUEST_EVENTS;
+    let Some(class) = class(reader, modules, names.class)? else {
+        return Ok(QueuedEvent::default());
+    };
+    let (Some(kind), Some(stamp)) = (
+        reader.class_slot_offset(class, names.kind)?,
+        reader.class_slot_offset(class, names.timestamp)?,
+    ) else {
+        return Ok(QueuedEvent::default());
+    };
+    let [events] = attr_fields(reader, [names.list], request_class, sample);
+    Ok(QueuedEvent {
+        events,
+        kind,
+        stamp,
     })
 }
 
@@ -465,6 +493,7 @@ impl SnapshotPlan {
             .unwrap_or(u64::MAX);
         let output_class = class(reader, modules, names.output_class)?;
         let outputs = outputs_plan(reader, modules, names, resolved.step.addr)?;
+        let queued_event = queued_event(reader, modules, request_class, queues.sample)?;
         let statuses = statuses(reader, modules, names)?;
         let marks = marks(probes);
         let plan = Plan {
@@ -488,6 +517,7 @@ impl SnapshotPlan {
             small_ints: small_ints(reader, path(reader, scheduler, &[names.block_size])),
             shadow: 0,
             outputs,
+            queued_event,
         };
         Ok(Self {
             plan,
@@ -544,6 +574,15 @@ impl SnapshotPlan {
         self.plan.request_fields = request_fields;
         self.plan.fact_fields = fact_fields;
         self.plan.request_span = request_span;
+        if self.plan.queued_event.kind != 0 {
+            let [events] = attr_fields(
+                reader,
+                [REQUEST_EVENTS.list],
+                self.request_class,
+                Some(request),
+            );
+            self.plan.queued_event.events = events;
+        }
         if self.plan.output_scheduled.key == 0 {
             self.plan.output_scheduled = output_field(reader, self.names, self.output_class);
         }
