@@ -480,12 +480,8 @@ fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
         "{compared} steps compared"
     );
 
-    // Requests: the same counts, and vLLM's queueing stamp (set inside `add_request`, just
-    // before the fixture's own clock read after it returns).
-    let traced_requests: HashMap<String, Row> = rows(&out.join("requests.csv"))
-        .into_iter()
-        .map(|r| (r["request_id"].clone(), r))
-        .collect();
+    // Requests: the same counts, and vLLM's queueing stamp.
+    let traced_requests = requests_by_id(&out.join("requests.csv"));
     let trace_start = run["trace_start_ns"].as_u64().unwrap();
     let (mut queued, mut stamped) = (0, 0);
     for t in rows(&truth.join("requests.csv")) {
@@ -506,16 +502,28 @@ fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
             assert_eq!(s[traced], t[column], "{}: {column}", t["request_id"]);
         }
         queued += 1;
-        let early = num(&t, "queued_ns") as i64 - num(s, "queued_ns") as i64;
-        if (0..100_000).contains(&early) {
-            stamped += 1;
-        }
+        stamped += u32::from(has_vllm_stamp(&t, s));
     }
     assert!(queued > 150, "{queued} requests");
     assert!(
         stamped * 20 >= queued * 19,
         "{stamped} of {queued} with vLLM's stamp"
     );
+}
+
+/// requests.csv rows by request id.
+fn requests_by_id(path: &Path) -> HashMap<String, Row> {
+    rows(path)
+        .into_iter()
+        .map(|r| (r["request_id"].clone(), r))
+        .collect()
+}
+
+/// Whether a traced request's `queued_ns` is vLLM's stamp: taken inside `add_request`, up
+/// to 100 µs before the fixture's own clock read after it returns.
+fn has_vllm_stamp(truth: &Row, traced: &Row) -> bool {
+    let early = num(truth, "queued_ns") as i64 - num(traced, "queued_ns") as i64;
+    (0..100_000).contains(&early)
 }
 
 /// vLLM's queueing stamp lives in a request's first event until its first output, a step
@@ -553,10 +561,7 @@ fn queueing_stamps_survive_a_stalled_tracer() {
     assert_eq!(counters["facts_dropped"], 0, "{counters}");
     assert_eq!(counters["requests"]["queued_from_step"], 0, "{counters}");
 
-    let traced: HashMap<String, Row> = rows(&out.join("requests.csv"))
-        .into_iter()
-        .map(|r| (r["request_id"].clone(), r))
-        .collect();
+    let traced = requests_by_id(&out.join("requests.csv"));
     let trace_start = run["trace_start_ns"].as_u64().unwrap();
     let (mut queued, mut stamped) = (0, 0);
     for t in rows(&truth.join("requests.csv")) {
@@ -567,9 +572,7 @@ fn queueing_stamps_survive_a_stalled_tracer() {
             continue;
         }
         queued += 1;
-        // vLLM's stamp is taken inside `add_request`, the fixture's own clock read after.
-        let early = num(&t, "queued_ns") as i64 - num(s, "queued_ns") as i64;
-        stamped += u32::from((0..100_000).contains(&early));
+        stamped += u32::from(has_vllm_stamp(&t, s));
     }
     assert!(queued > 300, "{queued} requests");
     assert!(
