@@ -7,7 +7,9 @@
 //! request's planned entries in one go, then its fields and facts in loops of their own),
 //! the scheduled dict another; the verifier checks each callback's straight-line reads
 //! once, where unrolled loops would multiply the fields' outcomes into the instructions it
-//! must verify (and the seconds the program takes to load).
+//! must verify (and the seconds the program takes to load). For the same reason the record's
+//! build ([`build_record`]) and a request's copy ([`copy_request`]) are global functions,
+//! which the verifier checks once each, apart from the paths that call them.
 
 use core::{ffi::c_void, mem::size_of};
 
@@ -310,6 +312,22 @@ fn repeat(n: u64, callback: Callback) {
 }
 
 extern "C" fn queue_step(index: u64, _: *mut c_void) -> i64 {
+    // The verifier knows nothing of a global function's result: a callback must return 0 or 1.
+    if core::hint::black_box(copy_request(index)) == 0 {
+        0
+    } else {
+        1
+    }
+}
+
+/// Copies the walk's request `index` (the body of [`queue_step`]): 0 goes on, 1 stops. A
+/// global function (build.rs has the linker keep it global): the verifier checks it once,
+/// on its own, with nothing known of its argument, instead of in every path of the program
+/// that reaches a queue's loop (the snapshot program verified 240 058 instructions, ~330 ms
+/// of every attach on the dev VM, before; 43 674 after).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn copy_request(index: u64) -> i64 {
     let Some(area) = scratch() else { return 1 };
     // SAFETY: this CPU's slot; `take` copied the plan in and set up the walk.
     let (plan, walk) = unsafe { (&(*area).plan, &mut (*area).walk) };
@@ -771,19 +789,60 @@ pub struct Parts {
     pub outputs: bool,
 }
 
+impl Parts {
+    fn to_bits(self) -> u64 {
+        self.fields as u64
+            | (self.scheduled as u64) << 1
+            | (self.shadow as u64) << 2
+            | (self.outputs as u64) << 3
+    }
+
+    fn from_bits(bits: u64) -> Self {
+        Self {
+            fields: bits & 1 != 0,
+            scheduled: bits & 2 != 0,
+            shadow: bits & 4 != 0,
+            outputs: bits & 8 != 0,
+        }
+    }
+}
+
 /// Builds the record for a snapshot hit in the scratch area; returns its length, or the
 /// [`Counter`] of why it could not (parts it could not read are flagged or left out instead).
 pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Result<usize, Counter> {
+    let area = scratch().ok_or(Counter::NoScratch)?;
+    // SAFETY: this CPU's slot, a perf_event program does not nest on one CPU; the hit goes
+    // first in the record (HEADER_BYTES ≤ MAX_RECORD).
+    unsafe {
+        (*area).plan = *plan;
+        ((*area).record.as_mut_ptr() as *mut WatchHit).write_unaligned(hit);
+    }
+    // The verifier knows nothing of a global function's result.
+    match core::hint::black_box(build_record(parts.to_bits())) {
+        len @ 0.. => Ok(len as usize),
+        code if code == -(Counter::NoScratch as i64) => Err(Counter::NoScratch),
+        _ => Err(Counter::OverBound),
+    }
+}
+
+/// The body of [`take`], after its plan and hit are in the scratch area: the header and
+/// the parts ([`Parts::to_bits`]) after the hit; returns the record's length, or minus the
+/// [`Counter`] of why not. Global (see build.rs), as [`copy_request`]: verified once, with
+/// every combination of parts at once, instead of once per combination the program's paths
+/// reach it with (the snapshot program verified 43 674 instructions before, 12 367 after).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn build_record(parts: u64) -> i64 {
     let Parts {
         fields,
         scheduled,
         shadow,
         outputs,
-    } = parts;
-    let area = scratch().ok_or(Counter::NoScratch)?;
-    // SAFETY: this CPU's slot; a perf_event program does not nest on one CPU.
-    unsafe { (*area).plan = *plan };
-    // SAFETY: as above.
+    } = Parts::from_bits(parts);
+    let Some(area) = scratch() else {
+        return -(Counter::NoScratch as i64);
+    };
+    // SAFETY: this CPU's slot; `take` copied the plan in.
     let plan = unsafe { &(*area).plan };
     let mut header = SnapshotHeader::default();
     if !fields {
@@ -795,7 +854,7 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Result<usize, Counter> 
     }
     let start = copy_queues(area, &mut header);
     if start > ITEMS_END {
-        return Err(Counter::OverBound);
+        return -(Counter::OverBound as i64);
     }
     if scheduled && plan.output_local != u64::MAX {
         match copy_scheduled_tokens(area, start as u64) {
@@ -812,15 +871,15 @@ pub fn take(plan: &Plan, hit: WatchHit, parts: Parts) -> Result<usize, Counter> 
             header.outputs_stamp = stamp;
         }
     }
-    // SAFETY: a plain helper call without arguments.
-    header.copy_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(hit.ktime_ns);
-    // SAFETY: both writes are within `record` (HEADER_BYTES ≤ MAX_RECORD).
+    // SAFETY: `take` wrote the hit at the record's start; the header follows it (both within
+    // HEADER_BYTES ≤ MAX_RECORD).
     unsafe {
         let record = (*area).record.as_mut_ptr();
-        (record as *mut WatchHit).write_unaligned(hit);
+        let hit_ns = (record as *const WatchHit).read_unaligned().ktime_ns;
+        header.copy_ns = bpf_ktime_get_ns().saturating_sub(hit_ns);
         (record.add(size_of::<WatchHit>()) as *mut SnapshotHeader).write_unaligned(header);
     }
-    Ok(start + header.n_scheduled as usize * size_of::<ScheduledEntry>())
+    (start + header.n_scheduled as usize * size_of::<ScheduledEntry>()) as i64
 }
 
 /// Copies the running and waiting queues after the record's header, and reads the KV free
