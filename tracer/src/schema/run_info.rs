@@ -175,6 +175,11 @@ pub struct RequestCounts {
     /// first listed them: vLLM's own stamp was gone when read (its first output takes it;
     /// read late when the tracer lags, snapshots copied in the trap).
     pub queued_from_step: u64,
+    /// Requests that left the running queue in the update of a step whose `schedule()` no
+    /// snapshot showed: their last token is counted, as vLLM frees a running request in
+    /// its update only once a new token stopped it (one aborted between the steps would be
+    /// counted so too).
+    pub last_token_unseen: u64,
 }
 
 /// How the shadow copies went (run.json `counters.shadow`).

@@ -683,6 +683,8 @@ impl Requests {
         row: &mut StepRow,
     ) -> StepOutput {
         let mut out = StepOutput::default();
+        // No snapshot showed this step's `schedule()` (a shadow copy that ended late).
+        let unseen = scheduled.is_none();
         let produced = scheduled.map(|s| s.produced).unwrap_or_default();
         let index = step.index;
         // Two updates with no schedule() folded between (the trace ended while the batch
@@ -704,19 +706,7 @@ impl Requests {
         let waiting_after: Option<HashSet<u64>> = updated
             .and_then(|u| u.waiting.as_ref())
             .map(|w| w.iter().map(|r| r.object).collect());
-        let (running_gone, still_running): (Vec<Key>, Vec<Key>) =
-            std::mem::take(&mut self.last_running)
-                .into_iter()
-                .partition(|k| !after.contains(&k.0));
-        self.last_running = still_running;
-        // A request preempted after its batch was scheduled (per batch) can be finished by
-        // that batch's update while it waits; without a token there it was aborted.
-        let mut waiting_gone = Vec::new();
-        if let Some(waiting_after) = waiting_after {
-            (waiting_gone, self.last_waiting) = std::mem::take(&mut self.last_waiting)
-                .into_iter()
-                .partition(|k| !after.contains(&k.0) && !waiting_after.contains(&k.0));
-        }
+        let (running_gone, waiting_gone) = self.gone(&after, waiting_after.as_ref());
         let mut finished = 0;
         for (k, was_running) in running_gone
             .into_iter()
@@ -727,7 +717,11 @@ impl Requests {
                 continue;
             }
             // Its last token came from this update; the request is gone before we see it.
-            let made_token = produced.contains(&k);
+            // After an unseen `schedule()` a running one is taken to have made it: vLLM's
+            // update frees a running request only once a new token stopped it (an abort
+            // between the steps cannot be told apart then; counted).
+            let made_token = produced.contains(&k) || (unseen && was_running);
+            self.counts.last_token_unseen += u64::from(unseen && was_running);
             if made_token {
                 let track = self.tracks.get_mut(&k).expect("checked above");
                 track.output = track.output.saturating_add(1);
@@ -746,6 +740,37 @@ impl Requests {
         }
         row.finished = Some(finished);
         out
+    }
+
+    /// The requests last seen running, and those last seen waiting, that an update left in
+    /// neither queue (`running_after`, `waiting_after`: what it left there); the rest are
+    /// kept as last seen.
+    fn gone(
+        &mut self,
+        running_after: &HashSet<u64>,
+        waiting_after: Option<&HashSet<u64>>,
+    ) -> (Vec<Key>, Vec<Key>) {
+        let (mut running_gone, still_running): (Vec<Key>, Vec<Key>) =
+            std::mem::take(&mut self.last_running)
+                .into_iter()
+                .partition(|k| !running_after.contains(&k.0));
+        self.last_running = still_running;
+        // A request preempted after its batch was scheduled (per batch) can be finished by
+        // that batch's update while it waits; without a token there it was aborted.
+        let mut waiting_gone = Vec::new();
+        if let Some(waiting_after) = waiting_after {
+            (waiting_gone, self.last_waiting) = std::mem::take(&mut self.last_waiting)
+                .into_iter()
+                .partition(|k| !running_after.contains(&k.0) && !waiting_after.contains(&k.0));
+            // Left running for the waiting queue: preempted by a `schedule()` after the last
+            // one seen (the running list is that one's), not finished.
+            let preempted: Vec<Key>;
+            (preempted, running_gone) = running_gone
+                .into_iter()
+                .partition(|k| waiting_after.contains(&k.0));
+            self.last_waiting.extend(preempted);
+        }
+        (running_gone, waiting_gone)
     }
 
     /// The tokens of the last update that no `schedule()` snapshot showed, counted as
@@ -1051,6 +1076,94 @@ mod tests {
         let rows = requests.finish(5000).finished;
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].cached_tokens, Some(64));
+    }
+
+    /// Request (1, 10): a 200-token prompt, at most 3 output tokens.
+    struct Capped;
+    impl RequestSource for Capped {
+        fn info(&mut self, _: u64, _: u64) -> Option<RequestInfo> {
+            Some(RequestInfo {
+                id: "req-10".into(),
+                prompt_tokens: Some(200),
+                max_tokens: Some(3),
+                ..RequestInfo::default()
+            })
+        }
+    }
+
+    /// Steps of request (1, 10): `Some(state)` after `schedule()`, `None` for a step whose
+    /// `schedule()` no snapshot showed, each with what its update left; the rows and events.
+    fn run_steps(
+        states: Vec<(Option<SchedulerState>, SchedulerState)>,
+    ) -> (Requests, Vec<RequestRow>, Vec<EventKind>) {
+        let mut requests = Requests::new(1, 0, true);
+        let (mut rows, mut events) = (Vec::new(), Vec::new());
+        for (index, (at_schedule, after_update)) in states.into_iter().enumerate() {
+            let step = step(index as u64);
+            let mut row = StepRow::default();
+            let (out, token) = requests.schedule(
+                &mut Capped,
+                &step,
+                at_schedule.as_ref(),
+                &Budgets::default(),
+                &mut row,
+            );
+            events.extend(out.events.iter().map(|e| e.event));
+            rows.extend(out.finished);
+            let out = requests.update(&step, token, Some(&after_update), &mut row);
+            events.extend(out.events.iter().map(|e| e.event));
+            rows.extend(out.finished);
+        }
+        rows.extend(requests.finish(100_000).finished);
+        (requests, rows, events)
+    }
+
+    /// The update after an unseen `schedule()` (a shadow copy that ended late) frees a running
+    /// request: its last token is counted, so it reaches `max_tokens` (it read one short and
+    /// FINISHED_STOPPED on real vLLM 0.34.0 before).
+    #[test]
+    fn a_request_finishing_after_an_unseen_schedule_gets_its_last_token() {
+        let (requests, rows, _) = run_steps(vec![
+            (Some(scheduled(Some(200), 0, 200)), updated(&[1])),
+            (Some(scheduled(Some(201), 1, 1)), updated(&[1])),
+            (None, updated(&[])),
+        ]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].output_tokens, 3);
+        assert_eq!(rows[0].finish_status, "FINISHED_LENGTH_CAPPED");
+        assert_eq!(requests.counts.last_token_unseen, 1);
+        assert_eq!(requests.counts.finished, 1);
+    }
+
+    /// A request that an unseen `schedule()` preempted waits after the update: still one
+    /// request, not finished, its preemption counted when a snapshot shows it.
+    #[test]
+    fn a_request_preempted_by_an_unseen_schedule_is_not_finished() {
+        let waiting = |status: &str| {
+            let mut s = scheduled(Some(0), 1, 0);
+            let request = s.running.take().unwrap().remove(0);
+            s.waiting = Some(vec![RequestState {
+                status: Some(status.into()),
+                ..request
+            }]);
+            (s.running, s.running_len, s.scheduled) = (Some(Vec::new()), 0, None);
+            s
+        };
+        let mut after_preemption = updated(&[]);
+        after_preemption.waiting = Some(vec![RequestState {
+            object: 1,
+            ..RequestState::default()
+        }]);
+        let (requests, rows, events) = run_steps(vec![
+            (Some(scheduled(Some(200), 0, 200)), updated(&[1])),
+            (None, after_preemption),
+            (Some(waiting("PREEMPTED")), updated(&[])),
+        ]);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].finish_status, "UNFINISHED");
+        assert_eq!(rows[0].preemptions, 1);
+        assert!(!events.contains(&EventKind::Finished), "{events:?}");
+        assert_eq!(requests.counts.last_token_unseen, 0);
     }
 
     /// A request whose vLLM queueing stamp was gone when read is queued at the step that
