@@ -226,19 +226,28 @@ fn detach(mut tracer: Attached) -> Result<TracerCost> {
     })
 }
 
-/// `args`: none for the whole bench; `steps` for the step overhead alone; `queues [RxW …]`
-/// for the queue axis alone.
-pub fn run(args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
+/// One part of the bench.
+#[derive(clap::Subcommand)]
+pub enum Part {
+    /// The step overhead alone (out/bench/step_overhead.csv, sustained.csv)
+    Steps,
+    /// The queue axis alone (out/bench/queues.csv)
+    Queues {
+        /// Points as RUNNINGxWAITING, e.g. 512x2000 (default: the whole axis)
+        #[arg(value_parser = queues::parse_point)]
+        points: Vec<(u32, u32)>,
+    },
+}
+
+/// The whole bench, or one part of it.
+pub fn run(part: Option<Part>) -> Result<()> {
+    match part {
         None => {
             step_overhead()?;
             queues::run(&[])
         }
-        Some("steps") => step_overhead(),
-        Some("queues") => queues::run(&args[1..]),
-        Some(other) => {
-            anyhow::bail!("usage: cargo xtask bench [steps | queues [RxW …]], not {other}")
-        }
+        Some(Part::Steps) => step_overhead(),
+        Some(Part::Queues { points }) => queues::run(&points),
     }
 }
 

@@ -416,15 +416,22 @@ fn range(values: &[u64]) -> String {
     }
 }
 
-/// `points`: `RxW` to run only those points of the axis (e.g. `16x0 512x2000`); none: all.
-pub fn run(points: &[String]) -> Result<()> {
-    let points = points
-        .iter()
-        .map(|p| {
-            let (r, w) = p.split_once('x').context("a point is RxW, e.g. 512x2000")?;
-            Ok((r.parse()?, w.parse()?))
-        })
-        .collect::<Result<Vec<(u32, u32)>>>()?;
+/// A point of the axis as `RUNNINGxWAITING` (`512x2000`).
+pub fn parse_point(point: &str) -> Result<(u32, u32), String> {
+    let (r, w) = point
+        .split_once('x')
+        .and_then(|(r, w)| Some((r.parse().ok()?, w.parse().ok()?)))
+        .ok_or_else(|| format!("a point is RUNNINGxWAITING, e.g. 512x2000, not {point:?}"))?;
+    if !RUNNING.contains(&r) || !WAITING.contains(&w) {
+        return Err(format!(
+            "{r}x{w} is not a point of the axis: running {RUNNING:?} × waiting {WAITING:?}"
+        ));
+    }
+    Ok((r, w))
+}
+
+/// `points`: only those points of the axis (e.g. 16×0 and 512×2000); none: all.
+pub fn run(points: &[(u32, u32)]) -> Result<()> {
     let results = workspace_root().join("out/bench");
     std::fs::create_dir_all(&results)?;
     let mut table = String::from(

@@ -1,15 +1,4 @@
-//! Project chores, one command each (see README.md):
-//!
-//! - `cargo xtask setup`   install what the build needs (nightly rust-src, bpf-linker), build
-//! - `cargo xtask demo`    setup, then trace the bundled fixture engine for a few seconds
-//! - `cargo xtask test`    setup, then every test (unit and real-probe integration), a
-//!   summary line per test binary at the end
-//! - `cargo xtask bench`   step-time overhead, traced ÷ untraced, on the fixture engine
-//! - `cargo xtask codegen` regenerate the CPython layout tables
-//! - `cargo xtask python 3.14` build a CPython the machine lacks into `.pythons/`
-//! - `cargo xtask real-vllm` released vLLM in cached venvs, and the harness that runs it
-//! - `cargo xtask screenshot` a trace's timeline in speedscope (headless Chromium) as a PNG
-//! - `cargo xtask quickstart [--clone]` README's quick start, run exactly as written
+//! Project chores, one command each: [`Task`] (`cargo xtask --help`), and README.md.
 
 mod bench;
 mod codegen;
@@ -28,16 +17,69 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// Project chores, one command each (README.md says more).
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs (nightly rust-src, bpf-linker into .tools/), then build
+    Setup,
+    /// Setup, then trace the bundled fixture engine for a few seconds (out/demo)
+    Demo,
+    /// Setup, then every test (unit and real-probe integration), a summary line per test
+    /// binary at the end
+    Test {
+        /// Passed to `cargo test`, e.g. `--test faults -- --ignored long_run`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Step-time overhead, traced ÷ untraced, on the fixture engine (every part unless one is
+    /// named); tables in out/bench
+    Bench {
+        #[command(subcommand)]
+        part: Option<bench::Part>,
+    },
+    /// Regenerate the CPython layout tables from the interpreters' own headers
+    Codegen,
+    /// Build a CPython the machine lacks into .pythons/ (from Debian's packages)
+    Python {
+        /// The CPython minor version
+        #[arg(default_value = "3.14")]
+        minor: String,
+    },
+    /// Released vLLM in cached venvs, and the harness that runs it under the tracer
+    RealVllm {
+        #[command(subcommand)]
+        command: real_vllm::Task,
+    },
+    /// A trace's timeline in speedscope (headless Chromium) as a PNG
+    Screenshot(screenshot::Args),
+    /// README's quick start, run exactly as written
+    Quickstart {
+        /// Run it in a fresh `git clone` of this checkout's HEAD (nothing built)
+        #[arg(long)]
+        clone: bool,
+    },
+    /// The tracer crate's imports between modules (cycles, the layer rule) and its longest
+    /// functions
+    Modules,
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("setup") => setup::run(),
-        Some("demo") => {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo => {
             setup::run()?;
             fixture::demo()
         }
-        Some("test") => {
+        Task::Test { cargo_test_args } => {
             // Tools only: the test build compiles everything itself (a separate release
             // build first would compile the eBPF object twice).
             setup::tools()?;
@@ -45,22 +87,18 @@ fn main() -> Result<()> {
             // here); best effort: where it cannot, those rows skip and the summary says why.
             let pythons = python_build::for_tests();
             // Default members only: tracer-ebpf builds for the BPF target, inside tracer's build.rs.
-            test_run::run(&args[1..], &pythons)
+            test_run::run(&cargo_test_args, &pythons)
         }
-        Some("bench") => {
+        Task::Bench { part } => {
             setup::run()?;
-            bench::run(&args[1..])
+            bench::run(part)
         }
-        Some("codegen") => codegen::run(),
-        Some("python") => python_build::run(&args[1..]),
-        Some("real-vllm") => real_vllm::main(&args[1..]),
-        Some("screenshot") => screenshot::run(&args[1..]),
-        Some("quickstart") => quickstart::run(&args[1..]),
-        Some("modules") => modules::run(&args[1..]),
-        _ => bail!(
-            "usage: cargo xtask \
-             <setup|demo|test|bench|codegen|python|real-vllm|screenshot|quickstart|modules>"
-        ),
+        Task::Codegen => codegen::run(),
+        Task::Python { minor } => python_build::ensure(&minor),
+        Task::RealVllm { command } => real_vllm::main(command),
+        Task::Screenshot(args) => screenshot::run(args),
+        Task::Quickstart { clone } => quickstart::run(clone),
+        Task::Modules => modules::run(),
     }
 }
 
@@ -114,4 +152,58 @@ pub fn cmd_output(cmd: &mut Command) -> Result<String> {
 /// The built tracer binary.
 pub fn tracer_bin() -> PathBuf {
     workspace_root().join("target/release/tracer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README's commands reach the tasks with their arguments intact.
+    #[test]
+    fn readme_commands_parse() {
+        let parse = |line: &str| Cli::try_parse_from(line.split(' ')).map(|cli| cli.task);
+        match parse("cargo-xtask test --test faults -- --ignored long_run") {
+            Ok(Task::Test { cargo_test_args }) => {
+                assert_eq!(
+                    cargo_test_args,
+                    ["--test", "faults", "--", "--ignored", "long_run"]
+                )
+            }
+            _ => panic!("test with cargo test arguments"),
+        }
+        match parse("cargo-xtask real-vllm run --version 0.33.0 -- --async-scheduling --workers 2")
+        {
+            Ok(Task::RealVllm {
+                command:
+                    real_vllm::Task::Run {
+                        version, harness, ..
+                    },
+            }) => {
+                assert_eq!(version, "0.33.0");
+                assert_eq!(harness, ["--async-scheduling", "--workers", "2"]);
+            }
+            _ => panic!("real-vllm run with harness arguments"),
+        }
+        match parse("cargo-xtask real-vllm sweep --versions 0.34.0,0.8.5.post1 --keep") {
+            Ok(Task::RealVllm {
+                command:
+                    real_vllm::Task::Sweep {
+                        versions,
+                        shapes,
+                        keep,
+                    },
+            }) => {
+                assert_eq!(versions, ["0.34.0", "0.8.5.post1"]);
+                assert_eq!(shapes.len(), 4, "every shape by default");
+                assert!(keep);
+            }
+            _ => panic!("real-vllm sweep"),
+        }
+        assert!(matches!(
+            parse("cargo-xtask bench queues 512x2000"),
+            Ok(Task::Bench { part: Some(bench::Part::Queues { points }) }) if points == [(512, 2000)]
+        ));
+        assert!(parse("cargo-xtask bench queues 512x7").is_err());
+        assert!(parse("cargo-xtask quickstart --clone").is_ok());
+    }
 }

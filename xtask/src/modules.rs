@@ -42,10 +42,7 @@ pub struct Report {
     pub long_functions: Vec<(usize, String, String)>,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    if !args.is_empty() {
-        bail!("usage: cargo xtask modules");
-    }
+pub fn run() -> Result<()> {
     let report = analyse(&crate::workspace_root().join("tracer/src"))?;
     for (module, imports) in &report.imports {
         let imports: Vec<&str> = imports.iter().map(String::as_str).collect();

@@ -72,11 +72,6 @@ pub fn for_tests() -> Vec<String> {
         .collect()
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let minor = args.first().map(String::as_str).unwrap_or("3.14");
-    ensure(minor)
-}
-
 /// Makes `.pythons/<minor>` unless a working one is there.
 pub fn ensure(minor: &str) -> Result<()> {
     let python = built_python(minor);

@@ -7,19 +7,14 @@
 
 use std::{path::Path, process::Command, time::Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 
 use crate::{exec, workspace_root};
 
 const BEGIN: &str = "<!-- quickstart:begin -->";
 const END: &str = "<!-- quickstart:end -->";
 
-pub fn run(args: &[String]) -> Result<()> {
-    let clone = match args {
-        [] => false,
-        [flag] if flag == "--clone" => true,
-        _ => bail!("usage: cargo xtask quickstart [--clone]"),
-    };
+pub fn run(clone: bool) -> Result<()> {
     let root = workspace_root();
     let script = script(&std::fs::read_to_string(root.join("README.md"))?)?;
     let dir = if clone {

@@ -1,12 +1,7 @@
 //! `cargo xtask real-vllm`: released vLLM wheels from PyPI, each in its own cached venv, and the
 //! harness in tests/real_vllm that runs their real V1 engine around a stand-in executor.
 //!
-//! - `cargo xtask real-vllm setup [--version V | --all]`  create `.venvs/vllm-<V>` (idempotent)
-//! - `cargo xtask real-vllm run [--version V] [--phases-only] [-- harness args]`  setup, then
-//!   run the harness with `tracer attach` on it and check the trace (see [`run`]); with no
-//!   harness args, 200 requests whose KV blocks run out (preemption required)
-//! - `cargo xtask real-vllm sweep [--versions V,V,…] [--keep]`  every release of [`SWEEP`] in
-//!   every engine shape (see [`sweep`]): a table in `out/real-vllm/sweep.md`
+//! Its commands are [`Task`]'s (`cargo xtask real-vllm --help`).
 //!
 //! `pip install vllm==V` does not work here: 0.33.0 pins a `certifi` newer than any on PyPI and
 //! pulls GPU-only packages. So each venv gets vLLM with `--no-deps`, then vLLM's own requirements
@@ -100,30 +95,54 @@ const UV_VERSION: &str = "0.13.9";
 /// Written last into a venv: its presence means the venv is complete.
 const MARKER: &str = ".real-vllm-complete";
 
-pub fn main(args: &[String]) -> Result<()> {
-    let (ours, harness) = match args.iter().position(|a| a == "--") {
-        Some(i) => (&args[..i], &args[i + 1..]),
-        None => (args, &[][..]),
+/// What `cargo xtask real-vllm` does.
+#[derive(clap::Subcommand)]
+pub enum Task {
+    /// Create a release's venv, `.venvs/vllm-<V>` (kept; nothing is done when it is complete)
+    Setup {
+        /// The release
+        #[arg(long, default_value = VERSIONS[0], conflicts_with = "all")]
+        version: String,
+        /// Every release `run` defaults to or is documented with (0.34.0, 0.33.0, 0.11.0,
+        /// 0.10.2)
+        #[arg(long)]
+        all: bool,
+    },
+    /// Setup, then the harness under `tracer attach`, and the trace checked against vLLM's own
+    /// stats and the harness's ground truth (by default 200 requests whose KV blocks run out)
+    Run {
+        /// The release
+        #[arg(long, default_value = VERSIONS[0])]
+        version: String,
+        /// Trace with `--phases-only`
+        #[arg(long)]
+        phases_only: bool,
+        /// The harness's arguments, after `--` (e.g. `-- --async-scheduling --workers 2`)
+        #[arg(last = true)]
+        harness: Vec<String>,
+    },
+    /// Every release in every engine shape, one venv on disk at a time; a table in
+    /// out/real-vllm/sweep.md
+    Sweep {
+        /// Releases, comma-separated (default: every release of the sweep)
+        #[arg(long, value_delimiter = ',', default_values = SWEEP)]
+        versions: Vec<String>,
+        /// Engine shapes, comma-separated
+        #[arg(long, value_delimiter = ',', default_values = SHAPES.iter().map(|(s, _)| *s),
+              value_parser = clap::builder::PossibleValuesParser::new(SHAPES.iter().map(|(s, _)| *s)))]
+        shapes: Vec<String>,
+        /// Keep each release's venv (by default it is removed after its rows)
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+pub fn main(command: Task) -> Result<()> {
+    let versions: Vec<&String> = match &command {
+        Task::Setup { version, .. } | Task::Run { version, .. } => vec![version],
+        Task::Sweep { versions, .. } => versions.iter().collect(),
     };
-    let mut version = VERSIONS[0].to_owned();
-    let mut all = false;
-    let mut phases_only = false;
-    let mut keep = false;
-    let mut shapes: Vec<String> = SHAPES.iter().map(|(s, _)| s.to_string()).collect();
-    let mut versions: Vec<String> = SWEEP.iter().map(|v| v.to_string()).collect();
-    let mut rest = ours.iter().skip(1);
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--version" => version = rest.next().context("--version needs a value")?.clone(),
-            "--versions" => versions = comma_list(rest.next(), "--versions")?,
-            "--all" => all = true,
-            "--keep" => keep = true,
-            "--shapes" => shapes = comma_list(rest.next(), "--shapes")?,
-            "--phases-only" => phases_only = true,
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    for v in std::iter::once(&version).chain(&versions) {
+    for v in versions {
         if !VERSIONS.contains(&v.as_str()) && !SWEEP.contains(&v.as_str()) {
             bail!(
                 "vLLM {v} is not one we install; known: {}",
@@ -131,28 +150,24 @@ pub fn main(args: &[String]) -> Result<()> {
             );
         }
     }
-    match ours.first().map(String::as_str) {
-        Some("setup") if all => VERSIONS.iter().try_for_each(|v| setup(v).map(drop)),
-        Some("setup") => setup(&version).map(drop),
-        Some("run") if all => bail!("run takes one --version, not --all"),
-        Some("run") => match run(&version, phases_only, harness)? {
+    match command {
+        Task::Setup { all: true, .. } => VERSIONS.iter().try_for_each(|v| setup(v).map(drop)),
+        Task::Setup { version, .. } => setup(&version).map(drop),
+        Task::Run {
+            version,
+            phases_only,
+            harness,
+        } => match run(&version, phases_only, &harness)? {
             Outcome::Checked { passed: false, .. } => bail!("the trace check failed"),
             Outcome::Unsupported(why) => bail!("not run: {why}"),
             Outcome::Checked { .. } => Ok(()),
         },
-        Some("sweep") => sweep(&versions, &shapes, keep),
-        _ => bail!("{USAGE}"),
+        Task::Sweep {
+            versions,
+            shapes,
+            keep,
+        } => sweep(&versions, &shapes, keep),
     }
-}
-
-const USAGE: &str = "usage: cargo xtask real-vllm setup [--version V | --all]\n       \
-                     cargo xtask real-vllm run [--version V] [--phases-only] [-- harness args]\n       \
-                     cargo xtask real-vllm sweep [--versions V,V,...] [--shapes S,S,...] [--keep]";
-
-/// The value of a comma-list option (`--versions 0.33.0,0.34.0`).
-fn comma_list(value: Option<&String>, option: &str) -> Result<Vec<String>> {
-    let value = value.with_context(|| format!("{option} needs a value"))?;
-    Ok(value.split(',').map(str::to_owned).collect())
 }
 
 fn venvs_dir() -> PathBuf {

@@ -33,28 +33,34 @@ const ALERT: &str = "data-tracer-alert";
 /// Parsing the demo's 3 MB trace takes a few seconds here; this is for a stuck page.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub fn run(args: &[String]) -> Result<()> {
-    let root = workspace_root();
-    let mut dir = None;
-    let mut png = root.join("docs/timeline.png");
-    let mut window_ms = 6.0;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-o" | "--output" => png = PathBuf::from(args.next().context("-o needs a path")?),
-            "--window-ms" => {
-                window_ms = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .filter(|ms: &f64| *ms > 0.0)
-                    .context("--window-ms needs a number of ms above 0")?
-            }
-            other if !other.starts_with('-') && dir.is_none() => dir = Some(PathBuf::from(other)),
-            other => bail!(
-                "usage: cargo xtask screenshot [DIR] [-o PNG] [--window-ms MS] (unexpected {other})"
-            ),
-        }
+/// What `cargo xtask screenshot` takes.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A trace's directory (default: out/demo, made by the demo first when it has no trace)
+    dir: Option<PathBuf>,
+    /// The PNG to write (default: docs/timeline.png, the README's picture)
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// How much of the timeline the view shows, ms
+    #[arg(long, default_value_t = 6.0, value_parser = positive_ms)]
+    window_ms: f64,
+}
+
+fn positive_ms(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(ms) if ms > 0.0 => Ok(ms),
+        _ => Err(format!("a number of ms above 0, not {value:?}")),
     }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let root = workspace_root();
+    let Args {
+        dir,
+        output,
+        window_ms,
+    } = args;
+    let png = output.unwrap_or_else(|| root.join("docs/timeline.png"));
     let dir = match dir {
         Some(dir) => dir,
         None => {
