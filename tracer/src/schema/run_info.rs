@@ -171,6 +171,9 @@ pub struct RequestCounts {
     /// Scheduled requests whose token count was not in `num_scheduled_tokens` and came
     /// from the change of their computed tokens instead.
     pub scheduled_from_computed: u64,
+    /// Steps whose token columns are empty: a request's tokens would have come from its
+    /// computed count, last seen before an unseen step (the change spans both).
+    pub steps_tokens_unknown: u64,
     /// Requests that arrived during the trace whose `queued_ns` is the start of the step that
     /// first listed them: vLLM's own stamp was gone when read (its first output takes it;
     /// read late when the tracer lags, snapshots copied in the trap).

@@ -395,6 +395,7 @@ impl Requests {
         // This snapshot shows the outputs of the updates before it.
         self.produced_last.clear();
 
+        self.counts.steps_tokens_unknown += u64::from(batch.tokens_unknown);
         batch.fill(row);
         row.preempted = Some(preempted_now.len() as u32);
         queue_columns(row, s, budgets);
@@ -478,6 +479,8 @@ impl Requests {
                 u32::try_from((i64::from(computed) - i64::from(before)).max(0)).unwrap_or(u32::MAX);
             if n > 0 {
                 self.counts.scheduled_from_computed += 1;
+                // The last count seen is older than the last step: the change spans two.
+                batch.tokens_unknown |= self.after_unseen_step;
             }
             n
         });
@@ -824,6 +827,9 @@ struct Batch {
     resumed_requests: u32,
     context_sum: u64,
     context_max: u32,
+    /// A request's tokens were told from its computed count across an unseen step: the
+    /// token columns are left empty.
+    tokens_unknown: bool,
 }
 
 impl Batch {
@@ -844,13 +850,16 @@ impl Batch {
     /// The step row's batch columns.
     fn fill(&self, row: &mut StepRow) {
         row.batch_size = Some(self.size);
+        row.new_requests = Some(self.new_requests);
+        row.resumed_requests = Some(self.resumed_requests);
+        if self.tokens_unknown {
+            return;
+        }
         row.scheduled_tokens = Some(self.scheduled_tokens);
         row.prefill_tokens = Some(self.prefill_tokens);
         row.decode_tokens = Some(self.decode_tokens);
         row.prefill_requests = Some(self.prefill_requests);
         row.decode_requests = Some(self.decode_requests);
-        row.new_requests = Some(self.new_requests);
-        row.resumed_requests = Some(self.resumed_requests);
         row.context_tokens_sum = Some(self.context_sum);
         row.context_tokens_max = Some(self.context_max);
     }
@@ -1133,6 +1142,45 @@ mod tests {
         assert_eq!(rows[0].finish_status, "FINISHED_LENGTH_CAPPED");
         assert_eq!(requests.counts.last_token_unseen, 1);
         assert_eq!(requests.counts.finished, 1);
+    }
+
+    /// A step after an unseen one whose copy lacks the scheduled tokens: its tokens would
+    /// come from computed counts two steps apart, so its token columns stay empty.
+    #[test]
+    fn tokens_told_across_an_unseen_step_are_left_empty() {
+        let without_output = |computed| SchedulerState {
+            scheduled: None,
+            ..scheduled(Some(computed), 0, 0)
+        };
+        let mut requests = Requests::new(1, 0, true);
+        let mut rows = Vec::new();
+        for (index, state) in [
+            Some(scheduled(Some(64), 0, 64)),
+            None,
+            Some(without_output(192)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let step = step(index as u64);
+            let mut row = StepRow::default();
+            let (_, token) = requests.schedule(
+                &mut OnePrompt,
+                &step,
+                state.as_ref(),
+                &Budgets::default(),
+                &mut row,
+            );
+            requests.update(&step, token, Some(&updated(&[1])), &mut row);
+            rows.push(row);
+        }
+        assert_eq!(rows[0].scheduled_tokens, Some(64));
+        assert_eq!(rows[2].batch_size, Some(1));
+        assert_eq!(
+            rows[2].scheduled_tokens, None,
+            "192 - 64 spans steps 1 and 2"
+        );
+        assert_eq!(requests.counts.steps_tokens_unknown, 1);
     }
 
     /// A request that an unseen `schedule()` preempted waits after the update: still one
