@@ -154,9 +154,16 @@ def batch_check(pairs, run, problems):
                         f"({dropped_allowed} shadow copies late or failed, or switches)")
     elif dropped:
         pairs = [(g, t) for g, t in pairs if t["batch_size"]]
+    # A step after an unseen one whose scheduled tokens were not read has no token columns
+    # (run.json counts it): not compared there.
+    unknown = [t for _, t in pairs if not t["scheduled_tokens"]]
+    out["steps_tokens_unknown"] = len(unknown)
+    if len(unknown) > run["counters"]["requests"].get("steps_tokens_unknown", 0):
+        problems.append(f"{len(unknown)} steps without token columns, more than run.json counts")
     for col, gcol in BATCH_COLUMNS.items():
-        bad = [(int(t["step"]), t[col], g[gcol]) for g, t in pairs if t[col] != g[gcol]]
-        out[col] = {"equal": len(pairs) - len(bad), "differ": len(bad), "first": bad[:3]}
+        compared = [(g, t) for g, t in pairs if t[col] or t not in unknown]
+        bad = [(int(t["step"]), t[col], g[gcol]) for g, t in compared if t[col] != g[gcol]]
+        out[col] = {"equal": len(compared) - len(bad), "differ": len(bad), "first": bad[:3]}
         if bad:
             problems.append(f"steps.csv {col} differs from the ground truth in {len(bad)} steps")
     # An empty kv_blocks_total (snapshots off) is a difference, not a crash.
