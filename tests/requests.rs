@@ -82,6 +82,20 @@ fn assert_batch_matches(s: &Row, t: &Row) {
     );
 }
 
+/// The traced request `s` ended as the fixture's `t` did. The status is told from token
+/// counts: a stop token that is exactly the last allowed one reads as length-capped (README).
+fn assert_same_end(s: &Row, t: &Row) {
+    let stopped_at_max =
+        t["finish_status"] == "FINISHED_STOPPED" && t["output_tokens"] == t["max_tokens"];
+    if !stopped_at_max {
+        assert_eq!(
+            s["finish_status"], t["finish_status"],
+            "{}",
+            t["request_id"]
+        );
+    }
+}
+
 fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
@@ -344,17 +358,7 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
         ] {
             assert_eq!(s[column], t[truth_column], "{}: {column}", t["request_id"]);
         }
-        // The status is told from token counts: a stop token that is exactly the last
-        // allowed one reads as length-capped (README).
-        let stopped_at_max =
-            t["finish_status"] == "FINISHED_STOPPED" && t["output_tokens"] == t["max_tokens"];
-        if !stopped_at_max {
-            assert_eq!(
-                s["finish_status"], t["finish_status"],
-                "{}",
-                t["request_id"]
-            );
-        }
+        assert_same_end(s, &t);
         if t["num_cached_tokens"] != "-1" {
             assert_eq!(
                 s["cached_tokens"], t["num_cached_tokens"],
@@ -375,23 +379,25 @@ fn lifecycles_match_ground_truth(python: &str, with_lifecycles: bool) {
 /// the next drain).
 const AUTO_SHADOW_BY: usize = 64;
 
+/// [`LOAD`] over `steps` steps whose execute sleeps 8 ms (an engine thread waiting for a
+/// GPU: a window for shadow copies), the fixture's truth written to `truth`.
+fn sleeping_load<'a>(steps: &'a str, truth: &'a Path) -> Vec<&'a str> {
+    let mut args: Vec<&str> = LOAD.to_vec();
+    for (name, value) in [("--steps", steps), ("--execute-ms", "8")] {
+        let at = args.iter().position(|a| *a == name).unwrap() + 1;
+        args[at] = value;
+    }
+    let truth = truth.to_str().unwrap();
+    args.extend(["--execute-mode", "sleep", "--truth-dir", truth]);
+    args
+}
+
 fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let truth = dir.path().join("truth");
     let out = dir.path().join("out");
-    let mut args: Vec<&str> = LOAD.to_vec();
-    let at = |name: &str| args.iter().position(|a| *a == name).unwrap() + 1;
-    let (steps, execute) = (at("--steps"), at("--execute-ms"));
-    args[steps] = "500";
-    args[execute] = "8";
-    args.extend([
-        "--execute-mode",
-        "sleep",
-        "--truth-dir",
-        truth.to_str().unwrap(),
-    ]);
-    let mut fixture = Fixture::spawn(python, &args);
+    let mut fixture = Fixture::spawn(python, &sleeping_load("500", &truth));
     let tracer = Tracer::attach_with(fixture.pid, &out, &["--snapshots", snapshots]);
     fixture.go();
     assert!(fixture.wait().success());
@@ -487,18 +493,7 @@ fn requests_stay_whole_across_late_shadow_copies() {
     let dir = tempfile::tempdir().unwrap();
     let truth = dir.path().join("truth");
     let out = dir.path().join("out");
-    let mut args: Vec<&str> = LOAD.to_vec();
-    let at = |name: &str| args.iter().position(|a| *a == name).unwrap() + 1;
-    let (steps, execute) = (at("--steps"), at("--execute-ms"));
-    args[steps] = "600";
-    args[execute] = "8";
-    args.extend([
-        "--execute-mode",
-        "sleep",
-        "--truth-dir",
-        truth.to_str().unwrap(),
-    ]);
-    let mut fixture = Fixture::spawn(&pyenv("3.12.1"), &args);
+    let mut fixture = Fixture::spawn(&pyenv("3.12.1"), &sleeping_load("600", &truth));
     let tracer = Tracer::attach_with(fixture.pid, &out, &["--snapshots", "shadow"]);
     let done = Arc::new(AtomicBool::new(false));
     let stalls = {
@@ -565,15 +560,7 @@ fn requests_stay_whole_across_late_shadow_copies() {
             "{}",
             t["request_id"]
         );
-        let stopped_at_max =
-            t["finish_status"] == "FINISHED_STOPPED" && t["output_tokens"] == t["max_tokens"];
-        if !stopped_at_max {
-            assert_eq!(
-                s["finish_status"], t["finish_status"],
-                "{}",
-                t["request_id"]
-            );
-        }
+        assert_same_end(s, &t);
         compared += 1;
         finished_unseen += u32::from(unseen(end));
     }

@@ -1100,13 +1100,19 @@ mod tests {
         }
     }
 
+    /// What [`run_steps`] left.
+    struct Run {
+        requests: Requests,
+        rows: Vec<RequestRow>,
+        events: Vec<EventKind>,
+        steps: Vec<StepRow>,
+    }
+
     /// Steps of request (1, 10): `Some(state)` after `schedule()`, `None` for a step whose
-    /// `schedule()` no snapshot showed, each with what its update left; the rows and events.
-    fn run_steps(
-        states: Vec<(Option<SchedulerState>, SchedulerState)>,
-    ) -> (Requests, Vec<RequestRow>, Vec<EventKind>) {
+    /// `schedule()` no snapshot showed, each with what its update left.
+    fn run_steps(states: Vec<(Option<SchedulerState>, SchedulerState)>) -> Run {
         let mut requests = Requests::new(1, 0, true);
-        let (mut rows, mut events) = (Vec::new(), Vec::new());
+        let (mut rows, mut events, mut steps) = (Vec::new(), Vec::new(), Vec::new());
         for (index, (at_schedule, after_update)) in states.into_iter().enumerate() {
             let step = step(index as u64);
             let mut row = StepRow::default();
@@ -1122,9 +1128,15 @@ mod tests {
             let out = requests.update(&step, token, Some(&after_update), &mut row);
             events.extend(out.events.iter().map(|e| e.event));
             rows.extend(out.finished);
+            steps.push(row);
         }
         rows.extend(requests.finish(100_000).finished);
-        (requests, rows, events)
+        Run {
+            requests,
+            rows,
+            events,
+            steps,
+        }
     }
 
     /// The update after an unseen `schedule()` (a shadow copy that ended late) frees a running
@@ -1132,7 +1144,7 @@ mod tests {
     /// FINISHED_STOPPED on real vLLM 0.34.0 before).
     #[test]
     fn a_request_finishing_after_an_unseen_schedule_gets_its_last_token() {
-        let (requests, rows, _) = run_steps(vec![
+        let Run { requests, rows, .. } = run_steps(vec![
             (Some(scheduled(Some(200), 0, 200)), updated(&[1])),
             (Some(scheduled(Some(201), 1, 1)), updated(&[1])),
             (None, updated(&[])),
@@ -1152,28 +1164,15 @@ mod tests {
             scheduled: None,
             ..scheduled(Some(computed), 0, 0)
         };
-        let mut requests = Requests::new(1, 0, true);
-        let mut rows = Vec::new();
-        for (index, state) in [
-            Some(scheduled(Some(64), 0, 64)),
-            None,
-            Some(without_output(192)),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let step = step(index as u64);
-            let mut row = StepRow::default();
-            let (_, token) = requests.schedule(
-                &mut OnePrompt,
-                &step,
-                state.as_ref(),
-                &Budgets::default(),
-                &mut row,
-            );
-            requests.update(&step, token, Some(&updated(&[1])), &mut row);
-            rows.push(row);
-        }
+        let Run {
+            requests,
+            steps: rows,
+            ..
+        } = run_steps(vec![
+            (Some(scheduled(Some(64), 0, 64)), updated(&[1])),
+            (None, updated(&[1])),
+            (Some(without_output(192)), updated(&[1])),
+        ]);
         assert_eq!(rows[0].scheduled_tokens, Some(64));
         assert_eq!(rows[2].batch_size, Some(1));
         assert_eq!(
@@ -1202,7 +1201,12 @@ mod tests {
             object: 1,
             ..RequestState::default()
         }]);
-        let (requests, rows, events) = run_steps(vec![
+        let Run {
+            requests,
+            rows,
+            events,
+            ..
+        } = run_steps(vec![
             (Some(scheduled(Some(200), 0, 200)), updated(&[1])),
             (None, after_preemption),
             (Some(waiting("PREEMPTED")), updated(&[])),
