@@ -43,7 +43,7 @@ pub enum Command {
     /// Check that this machine (and with --pid, that target) can be traced; say how to fix
     /// what cannot. Exits non-zero when a check fails.
     ///
-    /// Checks the kernel (5.8+, bpf(), ring buffers, lockdown), privileges (root, or
+    /// Checks the kernel (5.17+; 5.8+ with --phases-only; bpf(), ring buffers, lockdown), privileges (root, or
     /// CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE), hardware watchpoints, uprobes, and
     /// perf_event_paranoid and ptrace_scope; with --pid also the engines, CPython and vLLM
     /// versions and every probe point.

@@ -30,7 +30,7 @@ pub(crate) static EBPF_OBJECT: &[u8] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("loading the eBPF programs failed: {0}{hint}", hint = permission_hint(.0))]
+    #[error("loading the eBPF programs failed: {0}{hint}", hint = load_hint(.0))]
     Load(String),
     #[error("watching {what} on thread {tid} failed: {source}{hint}", hint = watch_hint(source))]
     Watch {
@@ -40,9 +40,11 @@ pub enum AttachError {
     },
 }
 
-fn permission_hint(message: &str) -> &'static str {
+fn load_hint(message: &str) -> &'static str {
     if message.contains("Operation not permitted") || message.contains("Permission denied") {
         "\n  hint: the tracer needs root (or CAP_BPF + CAP_PERFMON): run it with sudo"
+    } else if message.contains("bpf_loop") || message.contains("unknown func") {
+        "\n  hint: the scheduler snapshots need Linux 5.17+ (bpf_loop): trace with --phases-only"
     } else {
         ""
     }
@@ -196,6 +198,21 @@ pub(crate) fn watch_byte(program: &mut PerfEvent, tid: u32, addr: u64) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The verifier's refusal on a kernel without `bpf_loop` (5.16: "unknown func
+    /// bpf_loop#181"), and a refusal for want of privileges, each say what to do.
+    #[test]
+    fn load_errors_say_what_to_do() {
+        let message = |e: &str| AttachError::Load(e.into()).to_string();
+        assert!(message(
+            "Verifier output: 2266: (85) call bpf_loop#181\nunknown func bpf_loop#181"
+        )
+        .contains("--phases-only"));
+        assert!(
+            message("bpf(BPF_PROG_LOAD): Operation not permitted (os error 1)").contains("sudo")
+        );
+        assert!(!message("map create: Invalid argument").contains("hint"));
+    }
 
     /// The kernel verifies the snapshot program at every attach, in time that grows with the
     /// instructions it must walk: 240 058 of them (~330 ms on the dev VM) when the request

@@ -40,6 +40,8 @@ pub struct Check {
 
 /// Oldest kernel with BPF ring buffers (5.8); perf-event programs on breakpoints are older.
 const MIN_KERNEL: (u32, u32) = (5, 8);
+/// Oldest kernel with `bpf_loop`, over which the scheduler snapshots walk the queues.
+const MIN_SNAPSHOT_KERNEL: (u32, u32) = (5, 17);
 /// Capability bits (linux/capability.h).
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_PERFMON: u32 = 38;
@@ -48,8 +50,8 @@ const CAP_BPF: u32 = 39;
 pub const CHECKS: &[Check] = &[
     Check {
         name: "kernel",
-        why: "Linux 5.8 or newer: the probes report through a BPF ring buffer (5.8+) from a BPF program on hardware-breakpoint perf events.",
-        fix: "Run on a newer kernel (any distribution kernel from 2021 on).",
+        why: "Linux 5.17 or newer: the probes report through a BPF ring buffer (5.8+) from a BPF program on hardware-breakpoint perf events, and the scheduler snapshots walk the queues with bpf_loop (5.17+).",
+        fix: "Run on a newer kernel (any distribution kernel from 2022 on); on 5.8-5.16, `--phases-only` traces the phases without the snapshots.",
         run: check_kernel,
     },
     Check {
@@ -186,8 +188,13 @@ fn check_kernel(_: &Context) -> Outcome {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|p| p.parse::<u32>().ok());
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if version >= MIN_KERNEL {
+    if version >= MIN_SNAPSHOT_KERNEL {
         Outcome::Ok(format!("Linux {release}"))
+    } else if version >= MIN_KERNEL {
+        Outcome::Warn(format!(
+            "Linux {release} is older than {}.{}: trace with --phases-only",
+            MIN_SNAPSHOT_KERNEL.0, MIN_SNAPSHOT_KERNEL.1
+        ))
     } else {
         Outcome::Fail(format!(
             "Linux {release} is older than {}.{}",
