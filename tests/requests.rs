@@ -481,8 +481,7 @@ fn shadow_copies_match_ground_truth(python: &str, snapshots: &str) {
 
 /// Shadow copies made late on purpose (the tracer stopped 10 ms every 70 ms while the
 /// fixture's steps execute for 8 ms): a request that finishes or is preempted in a step no
-/// snapshot showed is still one request, with its tokens. Requests whose last two steps both
-/// went unseen are not compared (their tokens in the first are not known).
+/// snapshot showed is still one request, with its tokens.
 #[test]
 fn requests_stay_whole_across_late_shadow_copies() {
     use std::sync::{
@@ -551,7 +550,7 @@ fn requests_stay_whole_across_late_shadow_copies() {
         let Some(&end) = last_step.get(&t["request_id"]) else {
             continue;
         };
-        if t["finish_status"] == "UNFINISHED" || (end > 0 && unseen(end) && unseen(end - 1)) {
+        if t["finish_status"] == "UNFINISHED" {
             continue;
         }
         let s = traced[t["request_id"].as_str()];

@@ -178,11 +178,13 @@ pub struct RequestCounts {
     /// first listed them: vLLM's own stamp was gone when read (its first output takes it;
     /// read late when the tracer lags, snapshots copied in the trap).
     pub queued_from_step: u64,
-    /// Requests that left the running queue in the update of a step whose `schedule()` no
-    /// snapshot showed: their last token is counted, as vLLM frees a running request in
-    /// its update only once a new token stopped it (one aborted between the steps would be
-    /// counted so too).
-    pub last_token_unseen: u64,
+    /// Output tokens counted from steps whose `schedule()` no snapshot showed (nor any later
+    /// one, for the request): the last token of each request that left the running queue in
+    /// such a step's update (vLLM frees a running request there only once a new token
+    /// stopped it; one aborted between the steps would be counted so too), and one for each
+    /// request decoding before such a step and still running after it (while the token
+    /// budget lasts, every running request is scheduled).
+    pub tokens_unseen: u64,
 }
 
 /// How the shadow copies went (run.json `counters.shadow`).

@@ -91,6 +91,10 @@ pub struct Requests {
     /// Requests of the last update that produced a token and still run: their count is
     /// known only from the next `schedule()`'s snapshot.
     produced_last: HashSet<Key>,
+    /// Requests that were decoding before the last update's unseen `schedule()` and still
+    /// run: taken to have produced a token there (while the token budget lasts, vLLM
+    /// schedules every running request), which the next snapshot's count replaces.
+    guessed_last: HashSet<Key>,
     /// The last `schedule()` folded in had no snapshot (its copy was dropped): a request
     /// first seen scheduled now may have been first scheduled by it.
     after_unseen_step: bool,
@@ -112,6 +116,7 @@ impl Requests {
             last_running: Vec::new(),
             last_waiting: Vec::new(),
             produced_last: HashSet::new(),
+            guessed_last: HashSet::new(),
             after_unseen_step: false,
             counts: RequestCounts::default(),
         }
@@ -394,6 +399,7 @@ impl Requests {
         self.last_waiting = waiting_keys.to_vec();
         // This snapshot shows the outputs of the updates before it.
         self.produced_last.clear();
+        self.guessed_last.clear();
 
         self.counts.steps_tokens_unknown += u64::from(batch.tokens_unknown);
         batch.fill(row);
@@ -706,6 +712,14 @@ impl Requests {
             .filter(|k| after.contains(&k.0))
             .copied()
             .collect();
+        if unseen {
+            let decoding = |k: &&Key| self.tracks.get(k).is_some_and(|t| t.output > 0);
+            self.guessed_last = (self.last_running.iter())
+                .filter(|k| after.contains(&k.0))
+                .filter(decoding)
+                .copied()
+                .collect();
+        }
         let waiting_after: Option<HashSet<u64>> = updated
             .and_then(|u| u.waiting.as_ref())
             .map(|w| w.iter().map(|r| r.object).collect());
@@ -724,7 +738,7 @@ impl Requests {
             // update frees a running request only once a new token stopped it (an abort
             // between the steps cannot be told apart then; counted).
             let made_token = produced.contains(&k) || (unseen && was_running);
-            self.counts.last_token_unseen += u64::from(unseen && was_running);
+            self.counts.tokens_unseen += u64::from(unseen && was_running);
             if made_token {
                 let track = self.tracks.get_mut(&k).expect("checked above");
                 track.output = track.output.saturating_add(1);
@@ -782,7 +796,12 @@ impl Requests {
         let Some((step, update_ns)) = self.last_update else {
             return;
         };
-        for k in std::mem::take(&mut self.produced_last) {
+        let guessed = std::mem::take(&mut self.guessed_last);
+        self.counts.tokens_unseen += guessed.len() as u64;
+        for k in std::mem::take(&mut self.produced_last)
+            .into_iter()
+            .chain(guessed)
+        {
             let Some(track) = self.tracks.get_mut(&k) else {
                 continue;
             };
@@ -1152,7 +1171,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].output_tokens, 3);
         assert_eq!(rows[0].finish_status, "FINISHED_LENGTH_CAPPED");
-        assert_eq!(requests.counts.last_token_unseen, 1);
+        assert_eq!(requests.counts.tokens_unseen, 1);
         assert_eq!(requests.counts.finished, 1);
     }
 
@@ -1215,7 +1234,7 @@ mod tests {
         assert_eq!(rows[0].finish_status, "UNFINISHED");
         assert_eq!(rows[0].preemptions, 1);
         assert!(!events.contains(&EventKind::Finished), "{events:?}");
-        assert_eq!(requests.counts.last_token_unseen, 0);
+        assert_eq!(requests.counts.tokens_unseen, 0);
     }
 
     /// A request whose vLLM queueing stamp was gone when read is queued at the step that
