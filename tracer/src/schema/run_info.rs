@@ -172,7 +172,9 @@ pub struct RequestCounts {
     /// from the change of their computed tokens instead.
     pub scheduled_from_computed: u64,
     /// Steps whose token columns are empty: a request's tokens would have come from its
-    /// computed count, last seen before an unseen step (the change spans both).
+    /// computed count, which cannot tell them (last seen before an unseen step, so the
+    /// change spans both; or the request starts there with a prefix-cache hit vLLM does not
+    /// count).
     pub steps_tokens_unknown: u64,
     /// Requests that arrived during the trace whose `queued_ns` is the start of the step that
     /// first listed them: vLLM's own stamp was gone when read (its first output takes it;

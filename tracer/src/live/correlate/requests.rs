@@ -479,22 +479,31 @@ impl Requests {
         let computed = r.computed_tokens.unwrap_or(0);
         // Tokens the step's output names, else told from the computed count.
         let from_output = s.scheduled.as_ref().and_then(|m| m.get(&r.id).copied());
+        let mut told = true;
         let tokens = from_output.unwrap_or_else(|| {
-            let before = self.tracks[&k].computed;
+            // What was computed before this step: the last count seen, which is the last
+            // step's unless that step went unseen; for a request (re)starting here, its
+            // prefix-cache hit, which vLLM counts only at a first scheduling.
+            let track = &self.tracks[&k];
+            let starts_here = track.row.first_scheduled_ns.is_none() && !track.in_flight_at_start;
+            let (before, known) = if starts_here || track.preempted {
+                let cached = r.cached_tokens.filter(|&c| c >= 0 && starts_here);
+                (cached.unwrap_or(0), cached.is_some())
+            } else {
+                (track.computed, true)
+            };
+            told = known && !self.after_unseen_step;
             let n =
                 u32::try_from((i64::from(computed) - i64::from(before)).max(0)).unwrap_or(u32::MAX);
-            if n > 0 {
-                self.counts.scheduled_from_computed += 1;
-                // The last count seen is older than the last step: the change spans two.
-                batch.tokens_unknown |= self.after_unseen_step;
-            }
+            self.counts.scheduled_from_computed += u64::from(n > 0);
+            batch.tokens_unknown |= n > 0 && !told;
             n
         });
         // Counts are the target's (any i32 or u32): summed and compared as i64.
         let before = i64::from(computed) - i64::from(tokens);
         // Its count before this step is known from the step's output and a computed count.
         let exact = from_output.is_some() && r.computed_tokens.is_some();
-        let produces = tokens > 0 && self.run(k, r, tokens, before, exact, step, batch, out);
+        let produces = tokens > 0 && self.run(k, r, tokens, before, exact, !told, step, batch, out);
         self.tracks.get_mut(&k).expect("arrived above").computed = computed;
         out.queues.push(QueueRow {
             step: step.index,
@@ -511,8 +520,9 @@ impl Requests {
     }
 
     /// Request `k` runs `tokens` in the step, `before` computed before them (`exact`: as
-    /// vLLM counts them): the batch's sums, the request's row and events. `true` if its
-    /// tokens complete all it has, so the update gives it a new one.
+    /// vLLM counts them; `doubtful`: the tokens may hold an unseen step's or a prefix-cache
+    /// hit): the batch's sums, the request's row and events. `true` if its tokens complete
+    /// all it has, so the update gives it a new one.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
@@ -521,6 +531,7 @@ impl Requests {
         tokens: u32,
         before: i64,
         exact: bool,
+        doubtful: bool,
         step: &Step,
         batch: &mut Batch,
         out: &mut StepOutput,
@@ -540,7 +551,7 @@ impl Requests {
             prefill,
             u32::try_from(before.max(0)).unwrap_or(u32::MAX),
         );
-        let after_unseen_step = self.after_unseen_step;
+        let doubtful = doubtful || self.after_unseen_step;
         let track = self.tracks.get_mut(&k).expect("arrived above");
         Self::close_wait(track, step.schedule_done_ns);
         track.row.iterations += 1;
@@ -550,8 +561,8 @@ impl Requests {
         if first {
             track.row.first_scheduled_ns = Some(step.schedule_done_ns);
             // After an unseen step, what was computed before may hold that step's chunk.
-            let before = (exact && !after_unseen_step).then_some(before);
-            Self::cached_at_first(track, r, tokens, before, after_unseen_step);
+            let before = (exact && !doubtful).then_some(before);
+            Self::cached_at_first(track, r, tokens, before, doubtful);
             batch.new_requests += 1;
         } else if let Some(since) = track.cached_pending {
             Self::cached_later(track, since, resumed, tokens, exact.then_some(before));
@@ -575,13 +586,14 @@ impl Requests {
     /// A request's prefix-cache hit at its first scheduling: its own count, else (releases
     /// without the attribute: 0.33 keeps it in its prefill stats) what was computed before
     /// (`before`, where exact), else told at its next scheduling; unknown (empty) when the
-    /// step before went unseen (`after_unseen_step`: that may have been its first).
+    /// tokens are in doubt (`doubtful`: the step before went unseen, and may have been its
+    /// first; or they came from its computed count, which holds the hit too).
     fn cached_at_first(
         track: &mut Track,
         r: &RequestState,
         tokens: u32,
         before: Option<i64>,
-        after_unseen_step: bool,
+        doubtful: bool,
     ) {
         let computed_before = before.and_then(|b| u32::try_from(b).ok());
         track.row.cached_tokens = r
@@ -591,7 +603,7 @@ impl Requests {
         // Its computed count not planned yet (the plan is completed from the first running
         // request): told at its next scheduling, less what ran since.
         track.cached_pending =
-            (track.row.cached_tokens.is_none() && r.cached_tokens.is_none() && !after_unseen_step)
+            (track.row.cached_tokens.is_none() && r.cached_tokens.is_none() && !doubtful)
                 .then_some(tokens);
     }
 
@@ -1034,12 +1046,10 @@ mod tests {
             rows.extend(out.finished);
             let out = requests.update(&step, token, Some(&updated(&[1, 2])), &mut row);
             rows.extend(out.finished);
-            // Without its id, A's tokens are not found in the step's output at step 0.
-            assert_eq!(
-                row.batch_size,
-                Some(1 + u32::from(index > 0)),
-                "step {index}"
-            );
+            // Without its id, A's tokens are not found in the step's output at step 0: told
+            // from its computed count, which may hold a prefix-cache hit (not told).
+            assert_eq!(row.batch_size, Some(2), "step {index}");
+            assert_eq!(row.scheduled_tokens.is_none(), index == 0, "step {index}");
         }
         rows.extend(requests.finish(10_000).finished);
         let mut ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
@@ -1199,6 +1209,36 @@ mod tests {
             "192 - 64 spans steps 1 and 2"
         );
         assert_eq!(requests.counts.steps_tokens_unknown, 1);
+    }
+
+    /// A request first scheduled in a step whose copy lacks the scheduled tokens: its
+    /// computed count holds its prefix-cache hit too, told by vLLM's own count of it where
+    /// the release keeps one; else the step's token columns and its hit stay empty.
+    #[test]
+    fn a_first_scheduling_without_the_step_output_is_told_by_its_prefix_hit() {
+        for cached in [Some(64), None] {
+            let mut waiting = scheduled(Some(0), 0, 0);
+            let request = waiting.running.take().unwrap().remove(0);
+            waiting.waiting = Some(vec![RequestState {
+                status: Some("WAITING".into()),
+                ..request
+            }]);
+            (waiting.running, waiting.running_len, waiting.waiting_len) = (Some(vec![]), 0, 1);
+            let mut first = scheduled(Some(164), 0, 0);
+            first.scheduled = None;
+            first.running.as_mut().unwrap()[0].cached_tokens = cached;
+            let Run { rows, steps, .. } = run_steps(vec![
+                (Some(waiting), updated(&[])),
+                (Some(first), updated(&[1])),
+            ]);
+            assert_eq!(steps[1].batch_size, Some(1), "{cached:?}");
+            assert_eq!(steps[1].scheduled_tokens, cached.map(|_| 100), "{cached:?}");
+            assert_eq!(
+                rows[0].cached_tokens,
+                cached.map(|c| c as u32),
+                "{cached:?}"
+            );
+        }
     }
 
     /// A request that an unseen `schedule()` preempted waits after the update: still one
