@@ -98,6 +98,8 @@ pub struct Requests {
     /// The last `schedule()` folded in had no snapshot (its copy was dropped): a request
     /// first seen scheduled now may have been first scheduled by it.
     after_unseen_step: bool,
+    /// The last `schedule()` no snapshot showed: its step and return.
+    unseen_schedule: Option<(u64, u64)>,
     pub counts: RequestCounts,
 }
 
@@ -118,6 +120,7 @@ impl Requests {
             produced_last: HashSet::new(),
             guessed_last: HashSet::new(),
             after_unseen_step: false,
+            unseen_schedule: None,
             counts: RequestCounts::default(),
         }
     }
@@ -217,10 +220,21 @@ impl Requests {
             ..RequestInfo::default()
         });
         self.counts.requests_seen += 1;
+        let mut output = r.output_tokens.unwrap_or(0).max(0) as u32;
+        // First listed during the trace with tokens out, after a step no snapshot showed:
+        // first scheduled by that step (first seen there), its one token (if one) from that
+        // step's update.
+        let scheduled_unseen = (self.started && output > 0 && self.after_unseen_step)
+            .then_some(self.unseen_schedule)
+            .flatten();
+        if scheduled_unseen.is_some() && output == 1 {
+            output = 0;
+        }
+        let (seen_step, seen_ns) = scheduled_unseen.unwrap_or((step, t_ns));
         let arrived_in_trace = self.started || fresh;
         let stamp = info
             .queued_ns
-            .filter(|&queued| arrived_in_trace && queued <= t_ns);
+            .filter(|&queued| arrived_in_trace && queued <= seen_ns);
         self.counts.queued_from_step += u64::from(arrived_in_trace && stamp.is_none());
         let row = RequestRow {
             request_id: info.id.clone(),
@@ -228,7 +242,8 @@ impl Requests {
             arrival_time_s: info.arrival_time_s,
             // vLLM's own stamp when it was read: it comes from `add_request`, before the
             // step in which the tracer first sees the request.
-            queued_ns: stamp.unwrap_or(t_ns),
+            queued_ns: stamp.unwrap_or(seen_ns),
+            first_scheduled_ns: scheduled_unseen.map(|(_, ns)| ns),
             finish_status: "UNFINISHED".into(),
             prompt_tokens: info.prompt_tokens,
             // Set at first scheduling (−1 before), so known for requests in flight too.
@@ -244,7 +259,7 @@ impl Requests {
                 id_known,
                 id_tries: u8::from(r.id != 0),
                 row,
-                waiting_since: Some(t_ns),
+                waiting_since: scheduled_unseen.is_none().then_some(t_ns),
                 // In the first snapshot a preempted request's preemption may be older than
                 // the trace: it is not counted.
                 preempted: !self.started && r.status.as_deref() == Some(STATUSES.preempted),
@@ -257,11 +272,14 @@ impl Requests {
                         .as_deref()
                         .is_some_and(|s| s.starts_with(STATUSES.never_scheduled_prefix)),
                 computed: r.computed_tokens.unwrap_or(0),
-                output: r.output_tokens.unwrap_or(0).max(0) as u32,
+                output,
                 cached_pending: None,
             },
         );
-        self.event(out, step, t_ns, k, EventKind::Arrived);
+        self.event(out, seen_step, seen_ns, k, EventKind::Arrived);
+        if scheduled_unseen.is_some() {
+            self.event(out, seen_step, seen_ns, k, EventKind::Scheduled);
+        }
     }
 
     /// Request `k`'s first output came from the update of `step`, ending at `t_ns`.
@@ -354,6 +372,7 @@ impl Requests {
         ) else {
             self.counts.steps_without_snapshot += 1;
             self.after_unseen_step = true;
+            self.unseen_schedule = Some((step.index, step.schedule_done_ns));
             return (out, None);
         };
         // The lengths are the target's: a copy longer than its queue reads as whole.
@@ -1239,6 +1258,41 @@ mod tests {
                 "{cached:?}"
             );
         }
+    }
+
+    /// A request that arrived and was first scheduled in a step no snapshot showed, first
+    /// listed after it with its first token: first scheduled there, its token from that
+    /// step's update, not new in the step that lists it (real vLLM 0.11.0 at the step where
+    /// `auto` moved to shadow copies: new there, and no first token).
+    #[test]
+    fn a_request_first_scheduled_in_an_unseen_step_starts_there() {
+        let empty = SchedulerState {
+            running: Some(Vec::new()),
+            waiting: Some(Vec::new()),
+            ..SchedulerState::default()
+        };
+        let Run {
+            rows,
+            events,
+            steps,
+            ..
+        } = run_steps(vec![
+            (Some(empty), updated(&[])),
+            (None, updated(&[1])),
+            (Some(scheduled(Some(201), 1, 1)), updated(&[1])),
+        ]);
+        assert_eq!(steps[2].new_requests, Some(0));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].first_scheduled_ns, Some(step(1).schedule_done_ns));
+        assert_eq!(rows[0].first_token_ns, Some(step(1).outputs_ns()));
+        assert_eq!(
+            events[..3],
+            [
+                EventKind::Arrived,
+                EventKind::Scheduled,
+                EventKind::FirstToken
+            ]
+        );
     }
 
     /// A request that an unseen `schedule()` preempted waits after the update: still one
