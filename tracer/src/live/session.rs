@@ -220,7 +220,8 @@ impl<'r> Session<'r> {
         Ok(Self {
             decoder: Decoder::new(&plan, target.python.eval_code.clone()),
             correlator: Correlator::new(plan.per_batch),
-            requests: Requests::new(target.pid, trace_start_ns, idle_at_start),
+            requests: Requests::new(target.pid, trace_start_ns, idle_at_start)
+                .with_prefix_caching(config.get("enable_prefix_caching") != Some(&false.into())),
             recorder: Recorder::from_env(engine, &plan, snapshots.as_ref(), trace_start_ns),
             engine,
             reader,

@@ -100,6 +100,9 @@ pub struct Requests {
     after_unseen_step: bool,
     /// The last `schedule()` no snapshot showed: its step and return.
     unseen_schedule: Option<(u64, u64)>,
+    /// The engine may hit its prefix cache (unless its config says not): a request's
+    /// computed count may then hold a hit when it is scheduled (again).
+    prefix_caching: bool,
     pub counts: RequestCounts,
 }
 
@@ -121,7 +124,16 @@ impl Requests {
             guessed_last: HashSet::new(),
             after_unseen_step: false,
             unseen_schedule: None,
+            prefix_caching: true,
             counts: RequestCounts::default(),
+        }
+    }
+
+    /// Whether the engine may hit its prefix cache (its config's `enable_prefix_caching`).
+    pub fn with_prefix_caching(self, prefix_caching: bool) -> Self {
+        Self {
+            prefix_caching,
+            ..self
         }
     }
 
@@ -502,12 +514,20 @@ impl Requests {
         let tokens = from_output.unwrap_or_else(|| {
             // What was computed before this step: the last count seen, which is the last
             // step's unless that step went unseen; for a request (re)starting here, its
-            // prefix-cache hit, which vLLM counts only at a first scheduling.
+            // prefix-cache hit, which vLLM counts only at a first scheduling (none without
+            // prefix caching).
             let track = &self.tracks[&k];
             let starts_here = track.row.first_scheduled_ns.is_none() && !track.in_flight_at_start;
             let (before, known) = if starts_here || track.preempted {
-                let cached = r.cached_tokens.filter(|&c| c >= 0 && starts_here);
+                let cached = (r.cached_tokens.filter(|&c| c >= 0 && starts_here))
+                    .or((!self.prefix_caching).then_some(0));
                 (cached.unwrap_or(0), cached.is_some())
+            } else if self.after_unseen_step
+                && track.row.first_scheduled_ns == self.unseen_schedule.map(|(_, ns)| ns)
+            {
+                // First listed now, first scheduled by the unseen step before and decoding
+                // since: its count before this step was never seen; a decode computes one.
+                (computed - 1, false)
             } else {
                 (track.computed, true)
             };
@@ -1293,6 +1313,28 @@ mod tests {
                 EventKind::FirstToken
             ]
         );
+    }
+
+    /// A request first listed after an unseen step, without the step's scheduled tokens,
+    /// finishing in that step: its decode there is counted (its computed count before the
+    /// step was never seen).
+    #[test]
+    fn a_request_first_listed_after_an_unseen_step_without_the_step_output_decodes() {
+        let empty = SchedulerState {
+            running: Some(Vec::new()),
+            waiting: Some(Vec::new()),
+            ..SchedulerState::default()
+        };
+        let mut listed = scheduled(Some(201), 1, 0);
+        listed.scheduled = None;
+        let Run { rows, steps, .. } = run_steps(vec![
+            (Some(empty), updated(&[])),
+            (None, updated(&[1])),
+            (Some(listed), updated(&[])),
+        ]);
+        assert_eq!(steps[2].batch_size, Some(1));
+        assert_eq!(steps[2].scheduled_tokens, None, "not told");
+        assert_eq!(rows[0].output_tokens, 2);
     }
 
     /// A request that an unseen `schedule()` preempted waits after the update: still one
