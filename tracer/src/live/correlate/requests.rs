@@ -479,13 +479,21 @@ impl Requests {
         }
     }
 
-    /// Takes in the listed requests' outputs as the last update left them. They survive
-    /// preemption: the first token is the first output ever, produced by the previous
-    /// step's update.
+    /// Takes in the listed requests' outputs as the last update left them (and a prefix-cache
+    /// hit not known before). They survive preemption: the first token is the first output
+    /// ever, produced by the previous step's update.
     fn take_outputs(&mut self, keys: &[Key], listed: &[&RequestState], out: &mut StepOutput) {
         for (&k, r) in keys.iter().zip(listed) {
             let output = r.output_tokens.unwrap_or(0).max(0) as u32;
             let track = self.tracks.get_mut(&k).expect("arrived above");
+            // vLLM's own count of its prefix-cache hit, where its first scheduling could not
+            // tell it (seen without the step's scheduled tokens, or unseen).
+            if track.row.cached_tokens.is_none() {
+                track.row.cached_tokens = r.cached_tokens.and_then(|c| u32::try_from(c).ok());
+                track.cached_pending = track
+                    .cached_pending
+                    .filter(|_| track.row.cached_tokens.is_none());
+            }
             let first_token = track.output == 0 && output > 0;
             track.output = output;
             if let (true, Some((update_step, update_ns))) = (first_token, self.last_update) {
@@ -1252,7 +1260,8 @@ mod tests {
 
     /// A request first scheduled in a step whose copy lacks the scheduled tokens: its
     /// computed count holds its prefix-cache hit too, told by vLLM's own count of it where
-    /// the release keeps one; else the step's token columns and its hit stay empty.
+    /// the copy shows one; else the step's token columns stay empty, and its hit is taken
+    /// from the first copy that shows vLLM's count (real vLLM 0.22.1: empty before).
     #[test]
     fn a_first_scheduling_without_the_step_output_is_told_by_its_prefix_hit() {
         for cached in [Some(64), None] {
@@ -1266,17 +1275,17 @@ mod tests {
             let mut first = scheduled(Some(164), 0, 0);
             first.scheduled = None;
             first.running.as_mut().unwrap()[0].cached_tokens = cached;
+            // Where vLLM's count was not set yet at the first copy, a later one shows it.
+            let mut later = scheduled(Some(165), 1, 1);
+            later.running.as_mut().unwrap()[0].cached_tokens = Some(64);
             let Run { rows, steps, .. } = run_steps(vec![
                 (Some(waiting), updated(&[])),
                 (Some(first), updated(&[1])),
+                (Some(later), updated(&[1])),
             ]);
             assert_eq!(steps[1].batch_size, Some(1), "{cached:?}");
             assert_eq!(steps[1].scheduled_tokens, cached.map(|_| 100), "{cached:?}");
-            assert_eq!(
-                rows[0].cached_tokens,
-                cached.map(|c| c as u32),
-                "{cached:?}"
-            );
+            assert_eq!(rows[0].cached_tokens, Some(64), "{cached:?}");
         }
     }
 
