@@ -170,6 +170,28 @@ pub fn main(command: Task) -> Result<()> {
     }
 }
 
+/// Keeps a failed run's harness output and trace in `out/real-vllm/failed/<version>-<shape>-
+/// <attempt>` (the next run of the release would remove them), and says where.
+fn keep_failed(version: &str, shape: &str, attempt: u32) {
+    let run = workspace_root().join("out/real-vllm").join(version);
+    let kept = (run.parent().expect("under out/real-vllm"))
+        .join("failed")
+        .join(format!("{version}-{shape}-{attempt}"));
+    let _ = std::fs::remove_dir_all(&kept);
+    let moved = std::fs::create_dir_all(&kept).and_then(|()| {
+        ["harness", "trace"]
+            .iter()
+            .try_for_each(|dir| std::fs::rename(run.join(dir), kept.join(dir)))
+    });
+    match moved {
+        Ok(()) => eprintln!(
+            "real-vllm sweep: the failed run is kept in {}",
+            kept.display()
+        ),
+        Err(e) => eprintln!("real-vllm sweep: the failed run could not be kept: {e}"),
+    }
+}
+
 fn venvs_dir() -> PathBuf {
     workspace_root().join(".venvs")
 }
@@ -542,8 +564,12 @@ fn sweep(versions: &[String], shapes: &[String], keep: bool) -> Result<()> {
                             Ok(Outcome::Unsupported(why)) => why.clone(),
                         };
                         eprintln!("real-vllm sweep: {version} {shape} failed ({first}); once more");
+                        keep_failed(version, shape, 1);
                         outcome = run(version, false, &args);
                         row.retry = Some(first.chars().take(300).collect());
+                        if !matches!(outcome, Ok(Outcome::Checked { passed: true, .. })) {
+                            keep_failed(version, shape, 2);
+                        }
                     }
                     match outcome {
                         Err(e) => {

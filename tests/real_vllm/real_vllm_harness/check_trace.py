@@ -156,7 +156,7 @@ def batch_check(pairs, run, problems):
         pairs = [(g, t) for g, t in pairs if t["batch_size"]]
     # A step after an unseen one whose scheduled tokens were not read has no token columns
     # (run.json counts it): not compared there.
-    unknown = [t for _, t in pairs if not t["scheduled_tokens"]]
+    unknown = [t for _, t in pairs if t["batch_size"] and not t["scheduled_tokens"]]
     out["steps_tokens_unknown"] = len(unknown)
     if len(unknown) > run["counters"]["requests"].get("steps_tokens_unknown", 0):
         problems.append(f"{len(unknown)} steps without token columns, more than run.json counts")
@@ -184,10 +184,11 @@ def requests_check(stats, gt_requests, requests, steps, from_step, problems):
     schedule_done = [int(r["start_ns"]) + int(r["schedule_ns"]) for r in steps]
 
     def after_unseen(t):
-        """The request was first seen scheduled right after a step without batch columns."""
+        """The request was first seen scheduled right after a step without batch columns, or
+        in one whose token columns the tracer could not tell (its prefix-cache hit neither)."""
         at = t["first_scheduled_ns"] and int(t["first_scheduled_ns"])
         i = schedule_done.index(at) if at in schedule_done else 0
-        return i > 0 and not steps[i - 1]["batch_size"]
+        return i > 0 and (not steps[i - 1]["batch_size"] or not steps[i]["scheduled_tokens"])
 
     by_id = {r["request_id"]: r for r in requests}
     freed = {r["request_id"]: r for r in gt_requests}
