@@ -905,8 +905,8 @@ struct Batch {
     resumed_requests: u32,
     context_sum: u64,
     context_max: u32,
-    /// A request's tokens were told from its computed count across an unseen step: the
-    /// token columns are left empty.
+    /// A request's tokens would have come from its computed count, which could not tell
+    /// them: the token columns are left empty.
     tokens_unknown: bool,
 }
 
