@@ -232,16 +232,7 @@ impl Requests {
             ..RequestInfo::default()
         });
         self.counts.requests_seen += 1;
-        let mut output = r.output_tokens.unwrap_or(0).max(0) as u32;
-        // First listed during the trace with tokens out, after a step no snapshot showed:
-        // first scheduled by that step (first seen there), its one token (if one) from that
-        // step's update.
-        let scheduled_unseen = (self.started && output > 0 && self.after_unseen_step)
-            .then_some(self.unseen_schedule)
-            .flatten();
-        if scheduled_unseen.is_some() && output == 1 {
-            output = 0;
-        }
+        let (scheduled_unseen, output) = self.scheduled_unseen(r);
         let (seen_step, seen_ns) = scheduled_unseen.unwrap_or((step, t_ns));
         let arrived_in_trace = self.started || fresh;
         let stamp = info
@@ -292,6 +283,24 @@ impl Requests {
         if scheduled_unseen.is_some() {
             self.event(out, seen_step, seen_ns, k, EventKind::Scheduled);
         }
+    }
+
+    /// For request `r`, first listed now: the step and `schedule()` return of the unseen step
+    /// before, if it was first scheduled there (listed during the trace with tokens out), and
+    /// the output count its track starts from (its one token, if one, is that step's update's).
+    fn scheduled_unseen(&self, r: &RequestState) -> (Option<(u64, u64)>, u32) {
+        let output = r.output_tokens.unwrap_or(0).max(0) as u32;
+        let unseen = (self.started && output > 0 && self.after_unseen_step)
+            .then_some(self.unseen_schedule)
+            .flatten();
+        (
+            unseen,
+            if unseen.is_some() && output == 1 {
+                0
+            } else {
+                output
+            },
+        )
     }
 
     /// Request `k`'s first output came from the update of `step`, ending at `t_ns`.
