@@ -791,7 +791,12 @@ impl Requests {
         let waiting_after: Option<HashSet<u64>> = updated
             .and_then(|u| u.waiting.as_ref())
             .map(|w| w.iter().map(|r| r.object).collect());
-        let (running_gone, waiting_gone) = self.gone(&after, waiting_after.as_ref());
+        let (running_gone, waiting_gone, preempted) = self.gone(&after, waiting_after.as_ref());
+        let at = self
+            .unseen_schedule
+            .filter(|_| unseen)
+            .unwrap_or((index, step.schedule_done_ns));
+        self.preempted_unseen(preempted, at, &mut out);
         let mut finished = 0;
         for (k, was_running) in running_gone
             .into_iter()
@@ -827,14 +832,29 @@ impl Requests {
         out
     }
 
+    /// Requests an update left waiting that were last seen running: preempted by the
+    /// `schedule()` no snapshot showed, at `at` (step, its return); a later snapshot may list
+    /// them running again.
+    fn preempted_unseen(&mut self, preempted: Vec<Key>, at: (u64, u64), out: &mut StepOutput) {
+        for k in preempted {
+            let Some(track) = self.tracks.get_mut(&k).filter(|t| !t.preempted) else {
+                continue;
+            };
+            track.preempted = true;
+            track.row.preemptions += 1;
+            track.waiting_since = Some(at.1);
+            self.event(out, at.0, at.1, k, EventKind::Preempted);
+        }
+    }
+
     /// The requests last seen running, and those last seen waiting, that an update left in
-    /// neither queue (`running_after`, `waiting_after`: what it left there); the rest are
-    /// kept as last seen.
+    /// neither queue (`running_after`, `waiting_after`: what it left there), and those last
+    /// seen running that it left waiting; the rest are kept as last seen.
     fn gone(
         &mut self,
         running_after: &HashSet<u64>,
         waiting_after: Option<&HashSet<u64>>,
-    ) -> (Vec<Key>, Vec<Key>) {
+    ) -> (Vec<Key>, Vec<Key>, Vec<Key>) {
         let (mut running_gone, still_running): (Vec<Key>, Vec<Key>) =
             std::mem::take(&mut self.last_running)
                 .into_iter()
@@ -842,20 +862,26 @@ impl Requests {
         self.last_running = still_running;
         // A request preempted after its batch was scheduled (per batch) can be finished by
         // that batch's update while it waits; without a token there it was aborted.
-        let mut waiting_gone = Vec::new();
+        let (mut waiting_gone, mut preempted) = (Vec::new(), Vec::new());
         if let Some(waiting_after) = waiting_after {
             (waiting_gone, self.last_waiting) = std::mem::take(&mut self.last_waiting)
                 .into_iter()
                 .partition(|k| !running_after.contains(&k.0) && !waiting_after.contains(&k.0));
+            // Left waiting for the running queue: scheduled by a `schedule()` no snapshot
+            // showed (an update moves none there).
+            let scheduled: Vec<Key>;
+            (scheduled, self.last_waiting) = std::mem::take(&mut self.last_waiting)
+                .into_iter()
+                .partition(|k| running_after.contains(&k.0));
+            self.last_running.extend(scheduled);
             // Left running for the waiting queue: preempted by a `schedule()` after the last
             // one seen (the running list is that one's), not finished.
-            let preempted: Vec<Key>;
             (preempted, running_gone) = running_gone
                 .into_iter()
                 .partition(|k| waiting_after.contains(&k.0));
-            self.last_waiting.extend(preempted);
+            self.last_waiting.extend(&preempted);
         }
-        (running_gone, waiting_gone)
+        (running_gone, waiting_gone, preempted)
     }
 
     /// The tokens of the last update that no `schedule()` snapshot showed, counted as
@@ -1389,6 +1415,27 @@ mod tests {
         assert_eq!(rows[0].preemptions, 1);
         assert!(!events.contains(&EventKind::Finished), "{events:?}");
         assert_eq!(requests.counts.tokens_unseen, 0);
+        // Running again by the next snapshot: its preemption still counted, then its resume.
+        let mut after_preemption = updated(&[]);
+        after_preemption.waiting = Some(vec![RequestState {
+            object: 1,
+            ..RequestState::default()
+        }]);
+        let Run {
+            rows,
+            events,
+            steps,
+            ..
+        } = run_steps(vec![
+            (Some(scheduled(Some(200), 0, 200)), updated(&[1])),
+            (None, after_preemption),
+            (Some(scheduled(Some(201), 1, 201)), updated(&[1])),
+        ]);
+        assert_eq!(rows[0].preemptions, 1);
+        assert_eq!(steps[2].resumed_requests, Some(1));
+        let preempted = events.iter().position(|e| *e == EventKind::Preempted);
+        let resumed = events.iter().position(|e| *e == EventKind::Resumed);
+        assert!(preempted.is_some() && preempted < resumed, "{events:?}");
     }
 
     /// A request whose vLLM queueing stamp was gone when read is queued at the step that
