@@ -791,12 +791,12 @@ impl Requests {
         let waiting_after: Option<HashSet<u64>> = updated
             .and_then(|u| u.waiting.as_ref())
             .map(|w| w.iter().map(|r| r.object).collect());
-        let (running_gone, waiting_gone, preempted) = self.gone(&after, waiting_after.as_ref());
+        let (running_gone, waiting_gone, moved) = self.gone(&after, waiting_after.as_ref());
         let at = self
             .unseen_schedule
             .filter(|_| unseen)
             .unwrap_or((index, step.schedule_done_ns));
-        self.preempted_unseen(preempted, at, &mut out);
+        self.moved_unseen(moved, at, &mut out);
         let mut finished = 0;
         for (k, was_running) in running_gone
             .into_iter()
@@ -832,11 +832,12 @@ impl Requests {
         out
     }
 
-    /// Requests an update left waiting that were last seen running: preempted by the
-    /// `schedule()` no snapshot showed, at `at` (step, its return); a later snapshot may list
-    /// them running again.
-    fn preempted_unseen(&mut self, preempted: Vec<Key>, at: (u64, u64), out: &mut StepOutput) {
-        for k in preempted {
+    /// Requests an update left in the other queue than the last snapshot showed them in
+    /// (`moved`: to waiting, to running): moved by a `schedule()` no snapshot showed, at `at`
+    /// (step, its return). Those now waiting were preempted; those now running were scheduled:
+    /// resumed, or scheduled for the first time.
+    fn moved_unseen(&mut self, moved: Moved, at: (u64, u64), out: &mut StepOutput) {
+        for k in moved.to_waiting {
             let Some(track) = self.tracks.get_mut(&k).filter(|t| !t.preempted) else {
                 continue;
             };
@@ -845,16 +846,32 @@ impl Requests {
             track.waiting_since = Some(at.1);
             self.event(out, at.0, at.1, k, EventKind::Preempted);
         }
+        for k in moved.to_running {
+            let Some(track) = self.tracks.get_mut(&k) else {
+                continue;
+            };
+            let first = track.row.first_scheduled_ns.is_none() && !track.in_flight_at_start;
+            let kind = if std::mem::take(&mut track.preempted) {
+                EventKind::Resumed
+            } else if first {
+                track.row.first_scheduled_ns = Some(at.1);
+                EventKind::Scheduled
+            } else {
+                continue;
+            };
+            Self::close_wait(track, at.1);
+            self.event(out, at.0, at.1, k, kind);
+        }
     }
 
     /// The requests last seen running, and those last seen waiting, that an update left in
-    /// neither queue (`running_after`, `waiting_after`: what it left there), and those last
-    /// seen running that it left waiting; the rest are kept as last seen.
+    /// neither queue (`running_after`, `waiting_after`: what it left there), and those it
+    /// left in the other queue; the rest are kept as last seen.
     fn gone(
         &mut self,
         running_after: &HashSet<u64>,
         waiting_after: Option<&HashSet<u64>>,
-    ) -> (Vec<Key>, Vec<Key>, Vec<Key>) {
+    ) -> (Vec<Key>, Vec<Key>, Moved) {
         let (mut running_gone, still_running): (Vec<Key>, Vec<Key>) =
             std::mem::take(&mut self.last_running)
                 .into_iter()
@@ -862,26 +879,25 @@ impl Requests {
         self.last_running = still_running;
         // A request preempted after its batch was scheduled (per batch) can be finished by
         // that batch's update while it waits; without a token there it was aborted.
-        let (mut waiting_gone, mut preempted) = (Vec::new(), Vec::new());
+        let (mut waiting_gone, mut moved) = (Vec::new(), Moved::default());
         if let Some(waiting_after) = waiting_after {
             (waiting_gone, self.last_waiting) = std::mem::take(&mut self.last_waiting)
                 .into_iter()
                 .partition(|k| !running_after.contains(&k.0) && !waiting_after.contains(&k.0));
             // Left waiting for the running queue: scheduled by a `schedule()` no snapshot
             // showed (an update moves none there).
-            let scheduled: Vec<Key>;
-            (scheduled, self.last_waiting) = std::mem::take(&mut self.last_waiting)
+            (moved.to_running, self.last_waiting) = std::mem::take(&mut self.last_waiting)
                 .into_iter()
                 .partition(|k| running_after.contains(&k.0));
-            self.last_running.extend(scheduled);
+            self.last_running.extend(&moved.to_running);
             // Left running for the waiting queue: preempted by a `schedule()` after the last
             // one seen (the running list is that one's), not finished.
-            (preempted, running_gone) = running_gone
+            (moved.to_waiting, running_gone) = running_gone
                 .into_iter()
                 .partition(|k| waiting_after.contains(&k.0));
-            self.last_waiting.extend(&preempted);
+            self.last_waiting.extend(&moved.to_waiting);
         }
-        (running_gone, waiting_gone, preempted)
+        (running_gone, waiting_gone, moved)
     }
 
     /// The tokens of the last update that no `schedule()` snapshot showed, counted as
@@ -925,6 +941,13 @@ impl Requests {
         out.finished.sort_by_key(|r| r.queued_ns);
         out
     }
+}
+
+/// Requests an update left in the other queue than the last snapshot showed them in.
+#[derive(Default)]
+struct Moved {
+    to_waiting: Vec<Key>,
+    to_running: Vec<Key>,
 }
 
 /// A step's batch, summed over its scheduled requests.
@@ -1436,6 +1459,30 @@ mod tests {
         let preempted = events.iter().position(|e| *e == EventKind::Preempted);
         let resumed = events.iter().position(|e| *e == EventKind::Resumed);
         assert!(preempted.is_some() && preempted < resumed, "{events:?}");
+        // Seen preempted, resumed by an unseen step, seen preempted again: two preemptions
+        // (the late-copies test's cmpl-fixture-133: one fewer before).
+        let queues = |running: &[u64], waiting: &[u64]| SchedulerState {
+            waiting: updated(waiting).running,
+            ..updated(running)
+        };
+        let Run { rows, events, .. } = run_steps(vec![
+            (Some(scheduled(Some(200), 0, 200)), queues(&[1], &[])),
+            (Some(waiting("PREEMPTED")), queues(&[], &[1])),
+            (None, queues(&[1], &[])),
+            (Some(waiting("PREEMPTED")), queues(&[], &[1])),
+        ]);
+        assert_eq!(rows[0].preemptions, 2, "{events:?}");
+        let kinds: Vec<_> = (events.iter())
+            .filter(|e| matches!(e, EventKind::Preempted | EventKind::Resumed))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                &EventKind::Preempted,
+                &EventKind::Resumed,
+                &EventKind::Preempted
+            ]
+        );
     }
 
     /// A request whose vLLM queueing stamp was gone when read is queued at the step that
