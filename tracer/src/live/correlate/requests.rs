@@ -495,13 +495,13 @@ impl Requests {
         for (&k, r) in keys.iter().zip(listed) {
             let output = r.output_tokens.unwrap_or(0).max(0) as u32;
             let track = self.tracks.get_mut(&k).expect("arrived above");
-            // vLLM's own count of its prefix-cache hit, where its first scheduling could not
-            // tell it (seen without the step's scheduled tokens, or unseen).
-            if track.row.cached_tokens.is_none() {
-                track.row.cached_tokens = r.cached_tokens.and_then(|c| u32::try_from(c).ok());
-                track.cached_pending = track
-                    .cached_pending
-                    .filter(|_| track.row.cached_tokens.is_none());
+            // vLLM's own count of its prefix-cache hit, until its first token (vLLM reports
+            // the count then: one a preemption before it reset is the resumed scheduling's),
+            // and where its first scheduling could not tell it.
+            let vllm_count = r.cached_tokens.and_then(|c| u32::try_from(c).ok());
+            if vllm_count.is_some() && (track.row.cached_tokens.is_none() || output == 0) {
+                track.row.cached_tokens = vllm_count;
+                track.cached_pending = None;
             }
             let first_token = track.output == 0 && output > 0;
             track.output = output;
@@ -1336,15 +1336,51 @@ mod tests {
             // Where vLLM's count was not set yet at the first copy, a later one shows it.
             let mut later = scheduled(Some(165), 1, 1);
             later.running.as_mut().unwrap()[0].cached_tokens = Some(64);
+            // (A count changed before the first token, as a preemption resets it, is taken;
+            // after it, not.)
+            let mut after_first = scheduled(Some(166), 2, 1);
+            after_first.running.as_mut().unwrap()[0].cached_tokens = Some(96);
             let Run { rows, steps, .. } = run_steps(vec![
                 (Some(waiting), updated(&[])),
                 (Some(first), updated(&[1])),
                 (Some(later), updated(&[1])),
+                (Some(after_first), updated(&[1])),
             ]);
             assert_eq!(steps[1].batch_size, Some(1), "{cached:?}");
             assert_eq!(steps[1].scheduled_tokens, cached.map(|_| 100), "{cached:?}");
             assert_eq!(rows[0].cached_tokens, Some(64), "{cached:?}");
         }
+    }
+
+    /// vLLM reports a request's prefix-cache hit with its first token: where a preemption
+    /// before it reset the count, that of the resumed scheduling (real vLLM 0.22.1, async
+    /// scheduling: 64 for 128 before).
+    #[test]
+    fn the_prefix_hit_is_vllm_s_count_at_the_first_token() {
+        let with_cached = |mut s: SchedulerState, cached: i32| {
+            s.running.as_mut().unwrap()[0].cached_tokens = Some(cached);
+            s
+        };
+        let mut preempted = scheduled(Some(0), 0, 0);
+        let request = preempted.running.take().unwrap().remove(0);
+        preempted.waiting = Some(vec![RequestState {
+            status: Some("PREEMPTED".into()),
+            cached_tokens: Some(-1),
+            ..request
+        }]);
+        (preempted.running, preempted.running_len) = (Some(vec![]), 0);
+        let Run { rows, .. } = run_steps(vec![
+            (
+                Some(with_cached(scheduled(Some(134), 0, 70), 64)),
+                updated(&[1]),
+            ),
+            (Some(preempted), updated(&[])),
+            (
+                Some(with_cached(scheduled(Some(241), 0, 113), 128)),
+                updated(&[1]),
+            ),
+        ]);
+        assert_eq!(rows[0].cached_tokens, Some(128));
     }
 
     /// A request that arrived and was first scheduled in a step no snapshot showed, first
