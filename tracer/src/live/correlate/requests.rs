@@ -95,10 +95,8 @@ pub struct Requests {
     /// run: taken to have produced a token there (while the token budget lasts, vLLM
     /// schedules every running request), which the next snapshot's count replaces.
     guessed_last: HashSet<Key>,
-    /// The last `schedule()` folded in had no snapshot (its copy was dropped): a request
-    /// first seen scheduled now may have been first scheduled by it.
-    after_unseen_step: bool,
-    /// The last `schedule()` no snapshot showed: its step and return.
+    /// The last `schedule()` folded in, if no snapshot showed it (its copy was dropped): its
+    /// step and return. A request first seen scheduled now may have been first scheduled by it.
     unseen_schedule: Option<(u64, u64)>,
     /// The engine may hit its prefix cache (unless its config says not): a request's
     /// computed count may then hold a hit when it is scheduled (again).
@@ -122,7 +120,6 @@ impl Requests {
             last_waiting: Vec::new(),
             produced_last: HashSet::new(),
             guessed_last: HashSet::new(),
-            after_unseen_step: false,
             unseen_schedule: None,
             prefix_caching: true,
             counts: RequestCounts::default(),
@@ -290,9 +287,7 @@ impl Requests {
     /// the output count its track starts from (its one token, if one, is that step's update's).
     fn scheduled_unseen(&self, r: &RequestState) -> (Option<(u64, u64)>, u32) {
         let output = r.output_tokens.unwrap_or(0).max(0) as u32;
-        let unseen = (self.started && output > 0 && self.after_unseen_step)
-            .then_some(self.unseen_schedule)
-            .flatten();
+        let unseen = self.unseen_schedule.filter(|_| self.started && output > 0);
         (
             unseen,
             if unseen.is_some() && output == 1 {
@@ -392,7 +387,6 @@ impl Requests {
             scheduled.and_then(|s| s.waiting.as_ref()),
         ) else {
             self.counts.steps_without_snapshot += 1;
-            self.after_unseen_step = true;
             self.unseen_schedule = Some((step.index, step.schedule_done_ns));
             return (out, None);
         };
@@ -434,7 +428,7 @@ impl Requests {
             &mut out,
         );
         self.started = true;
-        self.after_unseen_step = false;
+        self.unseen_schedule = None;
         self.last_running = running_keys.to_vec();
         self.last_waiting = waiting_keys.to_vec();
         // This snapshot shows the outputs of the updates before it.
@@ -539,7 +533,7 @@ impl Requests {
                 let cached = (r.cached_tokens.filter(|&c| c >= 0 && starts_here))
                     .or((!self.prefix_caching).then_some(0));
                 (cached.unwrap_or(0), cached.is_some())
-            } else if self.after_unseen_step
+            } else if track.row.first_scheduled_ns.is_some()
                 && track.row.first_scheduled_ns == self.unseen_schedule.map(|(_, ns)| ns)
             {
                 // First listed now, first scheduled by the unseen step before and decoding
@@ -548,7 +542,7 @@ impl Requests {
             } else {
                 (track.computed, true)
             };
-            told = known && !self.after_unseen_step;
+            told = known && self.unseen_schedule.is_none();
             let n =
                 u32::try_from((i64::from(computed) - i64::from(before)).max(0)).unwrap_or(u32::MAX);
             self.counts.scheduled_from_computed += u64::from(n > 0);
@@ -607,7 +601,7 @@ impl Requests {
             prefill,
             u32::try_from(before.max(0)).unwrap_or(u32::MAX),
         );
-        let doubtful = doubtful || self.after_unseen_step;
+        let doubtful = doubtful || self.unseen_schedule.is_some();
         let track = self.tracks.get_mut(&k).expect("arrived above");
         Self::close_wait(track, step.schedule_done_ns);
         track.row.iterations += 1;
@@ -792,11 +786,8 @@ impl Requests {
             .and_then(|u| u.waiting.as_ref())
             .map(|w| w.iter().map(|r| r.object).collect());
         let (running_gone, waiting_gone, moved) = self.gone(&after, waiting_after.as_ref());
-        let at = self
-            .unseen_schedule
-            .filter(|_| unseen)
-            .unwrap_or((index, step.schedule_done_ns));
-        self.moved_unseen(moved, at, &mut out);
+        // Moved between queues by a `schedule()` no snapshot showed: this step's.
+        self.moved_unseen(moved, (index, step.schedule_done_ns), &mut out);
         let mut finished = 0;
         for (k, was_running) in running_gone
             .into_iter()
