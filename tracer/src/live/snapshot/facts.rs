@@ -277,8 +277,9 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
     }
 
     /// The facts read from the live target now, if `object` still is the request whose id
-    /// string is at `id` (it may have ended and left its memory to another one).
-    fn live(&mut self, object: u64, id: u64) -> Option<RequestInfo> {
+    /// string is at `id` (it may have ended and left its memory to another one); its
+    /// queueing stamp read only where none was taken before (`stamped`).
+    fn live(&mut self, object: u64, id: u64, stamped: Option<u64>) -> Option<RequestInfo> {
         let reader = self.reader;
         let [arrival_time, max_tokens, prompt_tokens] = self.names.facts;
         let count = |v| reader.int(v).ok().and_then(|n| u32::try_from(n).ok());
@@ -294,7 +295,7 @@ impl<'r, M: ProcessMemory> LiveRequests<'r, M> {
             arrival_time_s,
             max_tokens,
             prompt_tokens,
-            queued_ns: self.queued_ns(object),
+            queued_ns: stamped.or_else(|| self.queued_ns(object)),
         })
     }
 }
@@ -326,13 +327,12 @@ impl<M: ProcessMemory> RequestSource for LiveRequests<'_, M> {
                 }),
                 ..info
             }),
-            Some((info, false)) => self.live(object, id).or(Some(info)),
-            None => self.live(object, id),
-        }
-        .map(|info| RequestInfo {
-            queued_ns: info.queued_ns.or(stamped),
-            ..info
-        });
+            Some((info, false)) => self.live(object, id, stamped).or(Some(RequestInfo {
+                queued_ns: stamped,
+                ..info
+            })),
+            None => self.live(object, id, stamped),
+        };
         match &info {
             Some(_) if self.failed.remove(&object) => self.errors -= 1,
             Some(_) => {}
