@@ -156,12 +156,12 @@ def batch_check(pairs, run, problems):
         pairs = [(g, t) for g, t in pairs if t["batch_size"]]
     # A step after an unseen one whose scheduled tokens were not read has no token columns
     # (run.json counts it): not compared there.
-    unknown = [t for _, t in pairs if t["batch_size"] and not t["scheduled_tokens"]]
+    unknown = {t["step"] for _, t in pairs if t["batch_size"] and not t["scheduled_tokens"]}
     out["steps_tokens_unknown"] = len(unknown)
     if len(unknown) > run["counters"]["requests"].get("steps_tokens_unknown", 0):
         problems.append(f"{len(unknown)} steps without token columns, more than run.json counts")
     for col, gcol in BATCH_COLUMNS.items():
-        compared = [(g, t) for g, t in pairs if t[col] or t not in unknown]
+        compared = [(g, t) for g, t in pairs if t[col] or t["step"] not in unknown]
         bad = [(int(t["step"]), t[col], g[gcol]) for g, t in compared if t[col] != g[gcol]]
         out[col] = {"equal": len(compared) - len(bad), "differ": len(bad), "first": bad[:3]}
         if bad:
