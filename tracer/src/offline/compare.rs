@@ -254,12 +254,14 @@ fn wait_reason_rows((sum_a, sum_b): Pair<Summary>) -> Vec<Row> {
         .collect()
 }
 
+/// One preemption count read from a run's summary.
+type PreemptionStat = fn(&summary::Preemptions) -> Option<u64>;
+
 /// The preemption counts either run has.
 fn preemption_rows((sum_a, sum_b): Pair<Summary>) -> Vec<Row> {
-    let count = |s: &Summary, f: fn(&summary::Preemptions) -> Option<u64>| {
-        s.preemptions.as_ref().and_then(f).map(|n| n as f64)
-    };
-    let preemption_stats: [(&str, fn(&summary::Preemptions) -> Option<u64>); 3] = [
+    let count =
+        |s: &Summary, f: PreemptionStat| s.preemptions.as_ref().and_then(f).map(|n| n as f64);
+    let preemption_stats: [(&str, PreemptionStat); 3] = [
         ("preemptions", |p| Some(p.total)),
         ("requests preempted", |p| p.requests_preempted),
         ("steps that preempted", |p| p.steps_with_preemption),

@@ -76,8 +76,11 @@ pub struct StepRow {
     pub rank_skew_ns: Option<u64>,
 }
 
+/// A phase's time in a steps.csv row.
+pub type PhaseField = fn(&StepRow) -> u64;
+
 /// The phases of steps.csv, in step order, with the field that holds each.
-pub const PHASES: [(&str, fn(&StepRow) -> u64); 4] = [
+pub const PHASES: [(&str, PhaseField); 4] = [
     ("schedule", |s| s.schedule_ns),
     ("execute", |s| s.execute_ns),
     ("update", |s| s.update_ns),

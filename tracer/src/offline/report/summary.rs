@@ -161,9 +161,12 @@ pub fn step_times_by_batch(run: &Run) -> Vec<(String, Vec<u64>)> {
         .collect()
 }
 
+/// One latency of a request, where it has one.
+type Latency = fn(&crate::schema::rows::RequestRow) -> Option<u64>;
+
 /// Latency values per metric (name, ns values) over the requests that have them.
 pub fn latencies(run: &Run) -> Vec<(&'static str, Vec<u64>)> {
-    let metrics: [(&str, fn(&crate::schema::rows::RequestRow) -> Option<u64>); 3] = [
+    let metrics: [(&str, Latency); 3] = [
         ("TTFT", |r| r.ttft_ns),
         ("TPOT", |r| r.tpot_ns),
         ("E2E", |r| r.e2e_ns),
@@ -233,7 +236,7 @@ pub fn summarize(run: &Run) -> Summary {
             requests: count.requests,
         })
         .collect();
-    wait_reasons.sort_by(|a, b| b.request_steps.cmp(&a.request_steps));
+    wait_reasons.sort_by_key(|w| std::cmp::Reverse(w.request_steps));
     let (start, end) = run.window();
     Summary {
         steps: run.steps.len() as u64,
