@@ -4,9 +4,12 @@
 //! Long runs have hundreds of thousands of steps; time series are averaged into at most
 //! [`TIME_BINS`] bins and scatter plots thinned to [`MAX_POINTS`], so the files stay small.
 
+use std::ops::Range;
+
 use anyhow::{anyhow, Result};
 use plotters::{
-    coord::Shift,
+    chart::MeshStyle,
+    coord::{types::RangedCoordf64, Shift},
     prelude::*,
     style::text_anchor::{HPos, Pos, VPos},
 };
@@ -97,6 +100,48 @@ fn placeholder(root: &DrawingArea<SVGBackend, Shift>, title: &str, why: &str) ->
     .map_err(plot_error)
 }
 
+/// Every chart here: f64 on both axes.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart on `root` over `x` × `y` with the report's caption, margins and fonts, its mesh
+/// drawn with the axes described; `mesh` adds what one chart needs beyond that.
+fn axes<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    (x, y): (Range<f64>, Range<f64>),
+    (x_desc, y_desc): (&str, &str),
+    mesh: impl FnOnce(&mut MeshStyle<'_, '_, RangedCoordf64, RangedCoordf64, SVGBackend<'b>>),
+) -> Result<Chart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, y)
+        .map_err(plot_error)?;
+    let mut style = chart.configure_mesh();
+    style
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .x_desc(x_desc)
+        .y_desc(y_desc);
+    mesh(&mut style);
+    style.draw().map_err(plot_error)?;
+    Ok(chart)
+}
+
+/// The chart's legend, at `position`.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 14))
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)
+}
+
 /// Seconds since the run's start for a CLOCK_MONOTONIC ns time.
 fn seconds(t_ns: u64, start_ns: u64) -> f64 {
     t_ns.saturating_sub(start_ns) as f64 / 1e9
@@ -154,21 +199,13 @@ fn phases_over_time(run: &Run) -> Result<String> {
         ];
         let bins = binned(&times, &stacks, t_end);
         let y_max = bins.iter().map(|(_, v)| v[2]).fold(0.0, f64::max) * 1.1 + 1e-6;
-        let mut chart = ChartBuilder::on(root)
-            .caption(format!("{title} (mean per bin)"), (FONT, 18))
-            .margin(12)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..t_end, 0.0..y_max)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .x_desc("time since trace start (s)")
-            .y_desc("ms per step")
-            .draw()
-            .map_err(plot_error)?;
+        let mut chart = axes(
+            root,
+            &format!("{title} (mean per bin)"),
+            (0.0..t_end, 0.0..y_max),
+            ("time since trace start (s)", "ms per step"),
+            |_| {},
+        )?;
         // Drawn top layer first, so each lower band paints over the one above it.
         for (k, (name, color)) in [
             ("update", UPDATE),
@@ -194,13 +231,7 @@ fn phases_over_time(run: &Run) -> Result<String> {
                     Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
                 });
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)
+        legend(&mut chart, SeriesLabelPosition::MiddleRight)
     })
 }
 
@@ -222,21 +253,13 @@ fn step_vs_tokens(run: &Run) -> Result<String> {
         let stride = points.len().div_ceil(MAX_POINTS);
         let x_max = points.iter().map(|p| p.0).fold(0.0, f64::max) * 1.05 + 1.0;
         let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max) * 1.05 + 1e-6;
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 18))
-            .margin(12)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .x_desc("scheduled tokens in the step")
-            .y_desc("step time (ms)")
-            .draw()
-            .map_err(plot_error)?;
+        let mut chart = axes(
+            root,
+            title,
+            (0.0..x_max, 0.0..y_max),
+            ("scheduled tokens in the step", "step time (ms)"),
+            |_| {},
+        )?;
         chart
             .draw_series(
                 points
@@ -280,24 +303,13 @@ fn queues_over_time(run: &Run) -> Result<String> {
             .fold(0.0, f64::max)
             * 1.1
             + 1.0;
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("{title} (mean per bin, after schedule())"),
-                (FONT, 18),
-            )
-            .margin(12)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..t_end, 0.0..y_max)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .x_desc("time since trace start (s)")
-            .y_desc("requests")
-            .draw()
-            .map_err(plot_error)?;
+        let mut chart = axes(
+            root,
+            &format!("{title} (mean per bin, after schedule())"),
+            (0.0..t_end, 0.0..y_max),
+            ("time since trace start (s)", "requests"),
+            |_| {},
+        )?;
         for (k, (name, color)) in [("running", SCHEDULE), ("waiting", EXECUTE)]
             .into_iter()
             .enumerate()
@@ -313,13 +325,7 @@ fn queues_over_time(run: &Run) -> Result<String> {
                     PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)
+        legend(&mut chart, SeriesLabelPosition::MiddleRight)
     })
 }
 
@@ -338,26 +344,16 @@ fn gantt(run: &Run) -> Result<String> {
             .fold(0.0, f64::max)
             .max(1e-6);
         let rows = lives.len() as f64;
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("{title} (first {} requests)", lives.len()),
-                (FONT, 18),
-            )
-            .margin(12)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..t_end * 1.02, rows..0.0)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .x_desc("time since trace start (s)")
-            .y_desc("request (arrival order)")
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .disable_y_mesh()
-            .draw()
-            .map_err(plot_error)?;
+        let mut chart = axes(
+            root,
+            &format!("{title} (first {} requests)", lives.len()),
+            (0.0..t_end * 1.02, rows..0.0),
+            ("time since trace start (s)", "request (arrival order)"),
+            |mesh| {
+                mesh.y_label_formatter(&|y| format!("{y:.0}"))
+                    .disable_y_mesh();
+            },
+        )?;
         let color = |state: State| match state {
             State::Waiting => EXECUTE,
             State::Running => SCHEDULE,
@@ -385,14 +381,7 @@ fn gantt(run: &Run) -> Result<String> {
                     Rectangle::new([(x, y - 5), (x + 12, y + 5)], color(state).filled())
                 });
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)
+        legend(&mut chart, SeriesLabelPosition::UpperRight)
     })
 }
 
@@ -426,21 +415,13 @@ fn model_fit(run: &Run) -> Result<String> {
         }
         let all = series.iter().flat_map(|(.., p)| p.iter());
         let max = all.fold(0.0, |m: f64, p| m.max(p.0).max(p.1)) * 1.05 + 1e-6;
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 18))
-            .margin(12)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..max, 0.0..max)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .x_desc("predicted execute time (ms)")
-            .y_desc("measured execute time (ms)")
-            .draw()
-            .map_err(plot_error)?;
+        let mut chart = axes(
+            root,
+            title,
+            (0.0..max, 0.0..max),
+            ("predicted execute time (ms)", "measured execute time (ms)"),
+            |_| {},
+        )?;
         chart
             .draw_series(LineSeries::new([(0.0, 0.0), (max, max)], BLACK.mix(0.4)))
             .map_err(plot_error)?;
@@ -461,13 +442,6 @@ fn model_fit(run: &Run) -> Result<String> {
                 .label(format!("{} ({outliers} outliers not shown)", kind.name()))
                 .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
     })
 }
