@@ -365,7 +365,13 @@ def read_csv(path):
 
 
 def summarize(out, a, run_s, info):
-    steps = read_csv(os.path.join(out, "gt_steps.csv"))
+    # A step's first row: SystemExit raised in the monitor's callback after its write writes it
+    # again as raised (monitor.py, _write_row).
+    steps, seen = [], set()
+    for s in read_csv(os.path.join(out, "gt_steps.csv")):
+        if s["step"] not in seen:
+            seen.add(s["step"])
+            steps.append(s)
     # The workload's requests only (--facts adds one of its own).
     freed = [
         r

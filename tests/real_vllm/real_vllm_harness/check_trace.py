@@ -74,7 +74,7 @@ def gt_records(gt_steps):
     records, in_flight, last_end, last_step = [], [], None, None
     for s in gt_steps:
         # A call written twice: returned, then SystemExit raised in the monitor's callback
-        # (monitors before that fix wrote the row again as raised).
+        # after the write (monitor.py, _write_row): the first row holds.
         if s["step"] == last_step:
             continue
         last_step = s["step"]

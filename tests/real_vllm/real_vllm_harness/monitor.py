@@ -131,11 +131,8 @@ class Monitor:
         if role == "free" or self.row is None:
             return
         if role == "step":
-            # Taken before it is written: vLLM's SIGTERM (SystemExit) can be raised inside
-            # this callback, and _unwind must not write the row again.
-            row, self.row = self.row, None
-            row["step_end_ns"] = t
-            self.steps.writerow(row.values())
+            self.row["step_end_ns"] = t
+            self._write_row()
             return
         self.row[f"{role}_end_ns"] = t
         if role == "schedule":
@@ -147,8 +144,16 @@ class Monitor:
     def _unwind(self, code, offset, exc):
         if self.roles.get(code) == "step" and self.row is not None:
             self.row.update(step_end_ns=time.monotonic_ns(), raised=type(exc).__name__)
-            self.steps.writerow(self.row.values())
-            self.row = None
+            self._write_row()
+
+    def _write_row(self):
+        """Written before it is let go: vLLM's SIGTERM handler raises SystemExit at whatever
+        call the engine thread makes next, in these callbacks too. A row let go before its
+        write was lost so (vLLM 0.10.2, TP 2, twice: the last batch's update, which the
+        tracer and both workers saw, had no row). Raised after the write, the row is written
+        again by _unwind as raised; readers keep a step's first row."""
+        self.steps.writerow(self.row.values())
+        self.row = None
 
     def _scheduled(self, scheduler, so):
         from vllm.v1.request import RequestStatus
