@@ -614,6 +614,14 @@ impl Requests {
             let before = (exact && !doubtful).then_some(before);
             Self::cached_at_first(track, r, tokens, before, doubtful);
             batch.new_requests += 1;
+        } else if resumed && track.output == 0 && r.cached_tokens.is_none() {
+            // Resumed before its first token where vLLM keeps the hit in its prefill stats
+            // (0.22.1, 0.26.0, 0.34.0: set again at each scheduling until the first token): this
+            // scheduling's hit is the one vLLM reports (real vLLM 0.22.1: 64 for 464 before).
+            track.row.cached_tokens = (exact && !doubtful)
+                .then(|| u32::try_from(before).ok())
+                .flatten();
+            track.cached_pending = None;
         } else if let Some(since) = track.cached_pending {
             Self::cached_later(track, since, resumed, tokens, exact.then_some(before));
         }
@@ -1370,6 +1378,29 @@ mod tests {
                 Some(with_cached(scheduled(Some(241), 0, 113), 128)),
                 updated(&[1]),
             ),
+        ]);
+        assert_eq!(rows[0].cached_tokens, Some(128));
+    }
+
+    /// Where the release keeps no count on the request (0.22.1 to 0.34.0: its prefill stats, set
+    /// at each scheduling until the first token), a request resumed before its first token
+    /// has the resumed scheduling's hit: what was computed before it (real vLLM 0.22.1, async
+    /// scheduling: 64 for 464 before).
+    #[test]
+    fn a_hit_without_vllm_s_count_is_the_resumed_scheduling_s_before_the_first_token() {
+        let mut preempted = scheduled(Some(0), 0, 0);
+        let request = preempted.running.take().unwrap().remove(0);
+        preempted.waiting = Some(vec![RequestState {
+            status: Some("PREEMPTED".into()),
+            ..request
+        }]);
+        (preempted.running, preempted.running_len) = (Some(vec![]), 0);
+        // First scheduled with 64 cached and 70 computed; resumed with 128 cached and 113
+        // computed: 241 computed after the step.
+        let Run { rows, .. } = run_steps(vec![
+            (Some(scheduled(Some(134), 0, 70)), updated(&[1])),
+            (Some(preempted), updated(&[])),
+            (Some(scheduled(Some(241), 0, 113)), updated(&[1])),
         ]);
         assert_eq!(rows[0].cached_tokens, Some(128));
     }
