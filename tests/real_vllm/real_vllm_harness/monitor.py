@@ -148,10 +148,11 @@ class Monitor:
 
     def _write_row(self):
         """Written before it is let go: vLLM's SIGTERM handler raises SystemExit at whatever
-        call the engine thread makes next, in these callbacks too. A row let go before its
-        write was lost so (vLLM 0.10.2, TP 2, twice: the last batch's update, which the
-        tracer and both workers saw, had no row). Raised after the write, the row is written
-        again by _unwind as raised; readers keep a step's first row."""
+        call the engine thread makes next, in these callbacks too, and a row let go first is
+        lost then. (Sweep 3's vLLM 0.10.2 TP 2 had no row, twice, for the call that updated
+        the last batch, which the tracer and both workers saw; not seen in 5 runs since.)
+        Raised after the write, the row is written again by _unwind as raised; readers keep a
+        step's first row."""
         self.steps.writerow(self.row.values())
         self.row = None
 

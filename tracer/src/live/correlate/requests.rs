@@ -1395,8 +1395,8 @@ mod tests {
             ..request
         }]);
         (preempted.running, preempted.running_len) = (Some(vec![]), 0);
-        // First scheduled with 64 cached and 70 computed; resumed with 128 cached and 113
-        // computed: 241 computed after the step.
+        // First scheduled for 70 tokens after a hit of 64; resumed for 113 after a hit of
+        // 128: 241 computed after that step.
         let Run { rows, .. } = run_steps(vec![
             (Some(scheduled(Some(134), 0, 70)), updated(&[1])),
             (Some(preempted), updated(&[])),
