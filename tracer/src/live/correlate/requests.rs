@@ -610,18 +610,14 @@ impl Requests {
         let resumed = std::mem::take(&mut track.preempted);
         if first {
             track.row.first_scheduled_ns = Some(step.schedule_done_ns);
+            batch.new_requests += 1;
+        }
+        // The hit vLLM reports is its last scheduling's before the first token: a preemption
+        // before it starts the count over (real vLLM 0.22.1: 64 for 464 before).
+        if first || (resumed && track.output == 0) {
             // After an unseen step, what was computed before may hold that step's chunk.
             let before = (exact && !doubtful).then_some(before);
             Self::cached_at_first(track, r, tokens, before, doubtful);
-            batch.new_requests += 1;
-        } else if resumed && track.output == 0 && r.cached_tokens.is_none() {
-            // Resumed before its first token where vLLM keeps the hit in its prefill stats
-            // (0.22.1, 0.26.0, 0.34.0: set again at each scheduling until the first token): this
-            // scheduling's hit is the one vLLM reports (real vLLM 0.22.1: 64 for 464 before).
-            track.row.cached_tokens = (exact && !doubtful)
-                .then(|| u32::try_from(before).ok())
-                .flatten();
-            track.cached_pending = None;
         } else if let Some(since) = track.cached_pending {
             Self::cached_later(track, since, resumed, tokens, exact.then_some(before));
         }
@@ -641,10 +637,11 @@ impl Requests {
         known.is_some_and(|known| before + i64::from(tokens) >= known)
     }
 
-    /// A request's prefix-cache hit at its first scheduling: its own count, else (releases
-    /// without the attribute: 0.33 keeps it in its prefill stats) what was computed before
-    /// (`before`, where exact), else told at its next scheduling; unknown (empty) when the
-    /// tokens are in doubt (`doubtful`: the step before went unseen, and may have been its
+    /// A request's prefix-cache hit at its first scheduling (or one that resumed it before its
+    /// first token): its own count, else (releases without the attribute: 0.22.1 to 0.34.0
+    /// keep it in the request's prefill stats, set at each such scheduling) what was computed
+    /// before (`before`, where exact), else told at its next scheduling; unknown (empty) when
+    /// the tokens are in doubt (`doubtful`: the step before went unseen, and may have been its
     /// first; or they came from its computed count, which holds the hit too).
     fn cached_at_first(
         track: &mut Track,
